@@ -1,0 +1,198 @@
+"""Backbones and their partition into units (layers, blocks or stages).
+
+A ``Backbone`` is a sequence of units; running them in order is the plain forward pass. Local methods
+attach a head to each unit and cut the gradient at unit boundaries; BP runs them end to end. The
+torchvision models are wrapped, not rewritten: their blocks are the same module objects, only the stem
+is adapted to small images (3x3 stride-1 first convolution, no max-pool; any channel count).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from ffbench.registry import BACKBONES, Card
+
+GRANULARITIES = ("layer", "block", "stage")
+BN_PLACEMENTS = ("inside", "outside", "none")
+
+
+class Backbone(nn.Module):
+    """Units applied in order. ``out_shapes[k]`` is unit k's output shape without the batch dimension."""
+
+    def __init__(self, units: Sequence[nn.Module], names: Sequence[str], in_shape: tuple[int, ...],
+                 granularity: str, source: nn.Module | None = None):
+        super().__init__()
+        self.units = nn.ModuleList(units)
+        self.unit_names = list(names)
+        self.in_shape = tuple(in_shape)
+        self.granularity = granularity
+        object.__setattr__(self, "source", source)  # the wrapped model, kept unregistered
+        with torch.no_grad():
+            h = torch.zeros(2, *in_shape)
+            shapes = []
+            was_training = self.training
+            self.eval()
+            for u in self.units:
+                h = u(h)
+                shapes.append(tuple(h.shape[1:]))
+            self.train(was_training)
+        self.out_shapes = shapes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for u in self.units:
+            x = u(x)
+        return x
+
+    @property
+    def is_conv(self) -> bool:
+        return len(self.out_shapes[-1]) == 3
+
+
+def _group(modules: list[nn.Module], bounds: list[int]) -> list[nn.Module]:
+    """Split ``modules`` at the given start indices into nn.Sequential units."""
+    edges = list(bounds) + [len(modules)]
+    return [nn.Sequential(*modules[a:b]) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def _check(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"backbone option {name}={value!r}; allowed: {', '.join(map(str, allowed))}")
+
+
+# ---------------------------------------------------------------- MLP
+@BACKBONES.register(Card(
+    name="mlp", family="mlp", summary="Fully connected ReLU layers on the flattened image; a unit is a layer",
+    defaults={"widths": [1000, 1000, 1000], "granularity": "layer"},
+    options={"widths": list, "granularity": ("layer",)}, capabilities=frozenset({"flat"})))
+def mlp(in_shape, num_classes, widths=(1000, 1000, 1000), granularity="layer") -> Backbone:
+    _check("granularity", granularity, ("layer",))
+    dims = [int(torch.tensor(in_shape).prod())] + [int(w) for w in widths]
+    units = [nn.Sequential(*([nn.Flatten()] if i == 0 else []), nn.Linear(a, b), nn.ReLU())
+             for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))]
+    return Backbone(units, [f"fc{i + 1}" for i in range(len(units))], in_shape, granularity)
+
+
+# ---------------------------------------------------------------- CwC-style simple CNN
+def _simple_cnn(in_shape, channels, groups, pool, bn, kernel, granularity) -> Backbone:
+    _check("granularity", granularity, GRANULARITIES)
+    _check("bn", bn, BN_PLACEMENTS)
+    layers, c_in = [], in_shape[0]
+    for i, (c, g) in enumerate(zip(channels, groups)):
+        if c_in % g or c % g:
+            raise ValueError(f"cnn layer {i + 1}: groups={g} must divide the input ({c_in}) and output ({c}) channels")
+        mods: list[nn.Module] = []
+        if bn == "outside" and i > 0:  # normalises the (detached) input: trained by this unit, not the last
+            mods.append(nn.BatchNorm2d(c_in, eps=1e-4))
+        mods += [nn.Conv2d(c_in, c, kernel, padding=kernel // 2, groups=g), nn.ReLU()]
+        if i in pool:
+            mods.append(nn.MaxPool2d(2))
+        if bn == "inside":
+            mods.append(nn.BatchNorm2d(c, eps=1e-4))
+        layers.append(nn.Sequential(*mods))
+        c_in = c
+    if granularity == "layer":
+        bounds = list(range(len(layers)))
+    else:  # a block (and a stage: one resolution) ends at each pooling layer
+        bounds = [0] + [i + 1 for i in sorted(pool) if i + 1 < len(layers)]
+    units = _group(layers, bounds)
+    names = [f"{granularity}{k + 1}" for k in range(len(units))]
+    return Backbone(units, names, in_shape, granularity)
+
+
+_CNN_OPTIONS = {"channels": list, "pool": list, "bn": BN_PLACEMENTS, "kernel": int, "granularity": GRANULARITIES}
+_CNN_DEFAULTS = {"channels": [20, 80, 240, 480], "pool": [1, 3], "bn": "inside", "kernel": 3, "granularity": "layer"}
+
+
+@BACKBONES.register(Card(
+    name="cnn", family="cnn",
+    summary="CwC-style simple CNN: conv3x3 -> ReLU -> [max-pool on odd layers] -> BatchNorm, per layer",
+    paper="Papachristodoulou et al., AAAI 2024", code="andreaspapac/CwComp src/Layer_cnn.py",
+    defaults=dict(_CNN_DEFAULTS), options=dict(_CNN_OPTIONS), capabilities=frozenset({"conv"})))
+def cnn(in_shape, num_classes, channels=(20, 80, 240, 480), pool=(1, 3), bn="inside", kernel=3,
+        granularity="layer") -> Backbone:
+    return _simple_cnn(in_shape, list(channels), [1] * len(channels), set(pool), bn, kernel, granularity)
+
+
+@BACKBONES.register(Card(
+    name="cnn.cfse", family="cnn",
+    summary="The simple CNN with CFSE: odd layers are grouped convolutions with groups = class count",
+    paper="Papachristodoulou et al., AAAI 2024", code="andreaspapac/CwComp src/Models.py",
+    defaults=dict(_CNN_DEFAULTS), options=dict(_CNN_OPTIONS), capabilities=frozenset({"conv", "cfse"})))
+def cnn_cfse(in_shape, num_classes, channels=(20, 80, 240, 480), pool=(1, 3), bn="inside", kernel=3,
+             granularity="layer") -> Backbone:
+    groups = [num_classes if i % 2 else 1 for i in range(len(channels))]
+    for i, (c, g) in enumerate(zip(channels, groups)):
+        if c % g:
+            raise ValueError(f"cnn.cfse: layer {i + 1} has {c} channels, not divisible by the class count "
+                             f"{num_classes}; choose channels that are multiples of {num_classes}")
+    return _simple_cnn(in_shape, list(channels), groups, set(pool), bn, kernel, granularity)
+
+
+# ---------------------------------------------------------------- torchvision models
+def _small_stem_conv(old: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, old.out_channels, 3, stride=1, padding=1, bias=old.bias is not None)
+
+
+@BACKBONES.register(Card(
+    name="resnet18", family="resnet",
+    summary="torchvision ResNet18, small-image stem (3x3 stride 1, no max-pool); units: 8 residual blocks "
+            "(block) or 4 stages (stage); the stem belongs to the first unit",
+    paper="He et al. 2016", code="torchvision.models.resnet18",
+    defaults={"granularity": "block"}, options={"granularity": ("block", "stage"), "bn": ("inside",)},
+    capabilities=frozenset({"conv", "torchvision"})))
+def resnet18(in_shape, num_classes, granularity="block", bn="inside") -> Backbone:
+    import torchvision
+
+    _check("granularity", granularity, ("block", "stage"))
+    _check("bn", bn, ("inside",))
+    m = torchvision.models.resnet18(num_classes=num_classes)
+    m.conv1 = _small_stem_conv(m.conv1, in_shape[0])
+    m.maxpool = nn.Identity()
+    stem = [m.conv1, m.bn1, m.relu]
+    stages = [m.layer1, m.layer2, m.layer3, m.layer4]
+    if granularity == "stage":
+        units = [nn.Sequential(*stem, m.layer1)] + [nn.Sequential(s) for s in stages[1:]]
+        names = [f"stage{i + 1}" for i in range(4)]
+    else:
+        blocks = [b for s in stages for b in s]
+        units = [nn.Sequential(*stem, blocks[0])] + [nn.Sequential(b) for b in blocks[1:]]
+        names = [f"block{i + 1}" for i in range(len(blocks))]
+    return Backbone(units, names, in_shape, granularity, source=m)
+
+
+@BACKBONES.register(Card(
+    name="mobilenetv3", family="mobilenet",
+    summary="torchvision MobileNetV3-Small, small-image stem (stride 1); units: inverted-residual blocks "
+            "(block) or resolution stages (stage)",
+    paper="Howard et al. 2019", code="torchvision.models.mobilenet_v3_small",
+    defaults={"granularity": "block"}, options={"granularity": ("block", "stage"), "bn": ("inside",)},
+    capabilities=frozenset({"conv", "torchvision"})))
+def mobilenetv3(in_shape, num_classes, granularity="block", bn="inside") -> Backbone:
+    import torchvision
+
+    _check("granularity", granularity, ("block", "stage"))
+    _check("bn", bn, ("inside",))
+    m = torchvision.models.mobilenet_v3_small(num_classes=num_classes)
+    stem_conv = m.features[0][0]
+    m.features[0][0] = nn.Conv2d(in_shape[0], stem_conv.out_channels, 3, stride=1, padding=1, bias=False)
+    f = list(m.features)
+    # stem + first block, then one unit per block; the final 1x1 conv joins the last block
+    blocks = [[f[0], f[1]]] + [[b] for b in f[2:-1]]
+    blocks[-1].append(f[-1])
+    units = [nn.Sequential(*b) for b in blocks]
+    names = [f"block{i + 1}" for i in range(len(units))]
+    if granularity == "stage":  # a stage = the blocks at one spatial resolution
+        sizes = [s[-1] for s in Backbone(units, names, in_shape, "block").out_shapes]
+        bounds = [0] + [i for i in range(1, len(sizes)) if sizes[i] < sizes[i - 1]]
+        flat = [[mod for mod in u] for u in units]
+        edges = bounds + [len(units)]
+        units = [nn.Sequential(*[mod for blk in flat[a:b] for mod in blk]) for a, b in zip(edges[:-1], edges[1:])]
+        names = [f"stage{i + 1}" for i in range(len(units))]
+    return Backbone(units, names, in_shape, granularity, source=m)
+
+
+def build(name: str, in_shape: tuple[int, ...], num_classes: int, options: dict | None = None) -> Backbone:
+    entry = BACKBONES.get(name)
+    return entry.obj(tuple(in_shape), num_classes, **(options or {}))

@@ -1,0 +1,155 @@
+"""Splits, subsets and the device-resident loader.
+
+The train / validation split is carved from the training set with the run's ``split`` stream, the test
+set is never touched. Every split is held on the device as one float tensor (normalised once), and an
+epoch is one ``randperm`` from the ``order`` stream plus batched tensor augmentation from the
+``augment`` stream: no DataLoader, no workers, no host-to-device copies inside the loop.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ffbench.datasets import RawData
+from ffbench.registry import DATASETS
+from ffbench.seeds import Streams
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # (N, C, H, W) float, normalised
+    y: torch.Tensor  # (N,) int64, relabelled to 0..K-1
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class Data:
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    classes: list[int]  # original labels kept, in new-label order
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+
+@functools.lru_cache(maxsize=4)
+def load_raw(name: str, root: str | None = None) -> RawData:
+    return DATASETS.get(name).obj(root=root)
+
+
+def _balanced_take(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of an n-sample subset with classes as equal as n allows (remainder to random classes)."""
+    classes = np.unique(y)
+    per = np.full(len(classes), n // len(classes))
+    per[rng.permutation(len(classes))[: n % len(classes)]] += 1
+    idx = []
+    for c, m in zip(classes, per):
+        pool = np.flatnonzero(y == c)
+        if m > len(pool):
+            raise ValueError(f"train_subset={n} needs {m} samples of class {c} but only {len(pool)} remain")
+        idx.append(rng.permutation(pool)[:m])
+    return np.sort(np.concatenate(idx))
+
+
+def prepare(name: str, streams: Streams, device: torch.device, *, val_size: float | int = 0.1,
+            train_subset: int | None = None, classes: int | None = None, root: str | None = None) -> Data:
+    """Load ``name`` and return normalised train / val / test tensors on ``device``.
+
+    val_size: a fraction of the training set (< 1) or a sample count, stratified by class.
+    train_subset: keep a class-balanced subset of this many training samples (after the split).
+    classes: keep only this many classes, drawn from the ``classes`` stream, relabelled 0..classes-1.
+    """
+    raw = load_raw(name, root)
+    trx, try_, tex, tey = raw.train_x, raw.train_y, raw.test_x, raw.test_y
+    kept = list(range(raw.num_classes))
+    if classes is not None:
+        if not 2 <= classes <= raw.num_classes:
+            raise ValueError(f"classes={classes}: {name} has {raw.num_classes} classes; allowed 2..{raw.num_classes}")
+        kept = sorted(streams.numpy("classes").choice(raw.num_classes, classes, replace=False).tolist())
+        remap = np.full(raw.num_classes, -1)
+        remap[kept] = np.arange(classes)
+        tr_mask, te_mask = np.isin(try_, kept), np.isin(tey, kept)
+        trx, try_ = trx[tr_mask], remap[try_[tr_mask]]
+        tex, tey = tex[te_mask], remap[tey[te_mask]]
+
+    # stratified validation split from the `split` stream
+    rng = streams.numpy("split")
+    n_val = int(round(val_size * len(try_))) if val_size < 1 else int(val_size)
+    if not 0 < n_val < len(try_):
+        raise ValueError(f"val_size={val_size} gives {n_val} validation samples out of {len(try_)}")
+    val_idx = _balanced_take(try_, n_val, rng)
+    train_mask = np.ones(len(try_), bool)
+    train_mask[val_idx] = False
+    train_idx = np.flatnonzero(train_mask)
+    if train_subset is not None:
+        if train_subset > len(train_idx):
+            raise ValueError(f"train_subset={train_subset} exceeds the {len(train_idx)} training samples left")
+        train_idx = train_idx[_balanced_take(try_[train_idx], train_subset, streams.numpy("subset"))]
+
+    mean = torch.tensor(raw.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(raw.std, device=device).view(1, -1, 1, 1)
+
+    def to_split(x: np.ndarray, y: np.ndarray) -> Split:
+        xt = torch.as_tensor(x, device=device).float() / raw.scale  # never in place: x may be the cached array
+        return Split(((xt - mean) / std).contiguous(), torch.as_tensor(y, dtype=torch.long, device=device))
+
+    return Data(name, to_split(trx[train_idx], try_[train_idx]), to_split(trx[val_idx], try_[val_idx]),
+                to_split(tex, tey), len(kept), kept)
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator, crop_padding: int = 0, flip: bool = False) -> torch.Tensor:
+    """Random crop with zero padding and horizontal flip, as batched tensor ops (one draw per image)."""
+    n, _, h, w = x.shape
+    if crop_padding:
+        p = crop_padding
+        padded = F.pad(x, (p, p, p, p))
+        dx = torch.randint(0, 2 * p + 1, (n,), generator=gen, device=x.device)
+        dy = torch.randint(0, 2 * p + 1, (n,), generator=gen, device=x.device)
+        rows = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+        cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+        batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+        chan = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+        x = padded[batch, chan, rows, cols]
+    if flip:
+        mask = torch.rand(n, generator=gen, device=x.device) < 0.5
+        x = torch.where(mask.view(n, 1, 1, 1), x.flip(3), x)
+    return x
+
+
+class DeviceLoader:
+    """Mini-batches over a device-resident split. One permutation per epoch from ``order_gen``."""
+
+    def __init__(self, split: Split, batch_size: int, *, order_gen: torch.Generator | None = None,
+                 augment_gen: torch.Generator | None = None, crop_padding: int = 0, flip: bool = False,
+                 drop_last: bool = True):
+        self.split, self.batch_size = split, batch_size
+        self.order_gen, self.augment_gen = order_gen, augment_gen
+        self.crop_padding, self.flip = crop_padding, flip
+        # a last batch of a few samples would give BatchNorm and FF statistics noise; drop it while training
+        self.drop_last = drop_last and len(split) > batch_size
+
+    def __len__(self) -> int:
+        n = len(self.split)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        x, y = self.split.x, self.split.y
+        if self.order_gen is not None:
+            perm = torch.randperm(len(y), generator=self.order_gen, device=self.order_gen.device)
+            perm = perm.to(y.device)
+            x, y = x[perm], y[perm]
+        augment = self.augment_gen is not None and (self.crop_padding or self.flip)
+        for i in range(len(self)):
+            s = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            xb = augment_batch(x[s], self.augment_gen, self.crop_padding, self.flip) if augment else x[s]
+            yield xb, y[s]
