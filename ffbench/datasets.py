@@ -134,50 +134,69 @@ def fashion_mnist(root: str | None = None, download: bool = True) -> RawData:
                             "FashionMNIST", 0.2860, 0.3530)
 
 
-# ---------------------------------------------------------------- CIFAR (torchvision)
-def _cifar(name: str, tv_class: str, folder: str, k: int, mean, std, root: str | None, download: bool) -> RawData:
-    import torchvision.datasets as tvd
+# ---------------------------------------------------------------- CIFAR (torchvision download)
+CIFAR_FILES = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels"),
+}
 
+
+def read_cifar_folder(name: str, folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Read the 'python version' pickled batches: (train_x, train_y, test_x, test_y), images NCHW uint8."""
+    import pickle
+
+    _, train_files, test_files, label_key = CIFAR_FILES[name]
+
+    def read(files):
+        xs, ys = [], []
+        for f in files:
+            with open(folder / f, "rb") as fh:
+                d = pickle.load(fh, encoding="bytes")
+            xs.append(np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(d[label_key], np.int64))
+        return np.concatenate(xs), np.concatenate(ys)
+
+    return (*read(train_files), *read(test_files))
+
+
+def _cifar(name: str, tv_class: str, k: int, mean, std, root: str | None, download: bool) -> RawData:
+    folder_name, train_files, test_files, _ = CIFAR_FILES[name]
     dirs = _candidates(name, root)
-    errors = []
-    for d in dirs:
+    folder = next((d / folder_name for d in dirs
+                   if all((d / folder_name / f).exists() for f in train_files + test_files)), None)
+    if folder is None and download:
+        import torchvision.datasets as tvd
+
         try:
-            tr = getattr(tvd, tv_class)(str(d), train=True, download=False)
-            te = getattr(tvd, tv_class)(str(d), train=False, download=False)
-            break
-        except RuntimeError as exc:
-            errors.append(str(exc))
+            for train in (True, False):
+                getattr(tvd, tv_class)(str(dirs[0]), train=train, download=True)
+            folder = dirs[0] / folder_name
+        except Exception as exc:  # offline
+            download_error = f"the torchvision download failed ({type(exc).__name__})"
+        else:
+            download_error = ""
     else:
-        target = dirs[0]
-        try:
-            if not download:
-                raise RuntimeError("download disabled")
-            tr = getattr(tvd, tv_class)(str(target), train=True, download=True)
-            te = getattr(tvd, tv_class)(str(target), train=False, download=True)
-        except Exception as exc:
-            raise DataNotFoundError(
-                f"dataset {name!r}: not found (expected the folder {folder}/ from the python tarball in one of "
-                f"{', '.join(str(d) for d in dirs)}) and the download failed ({exc.__class__.__name__}). "
-                f"Download it where you are online, or set the suite's [datasets.{name}] root") from None
-
-    def chw(a):
-        return np.ascontiguousarray(np.asarray(a).transpose(0, 3, 1, 2))
-
-    return RawData(name, chw(tr.data), np.asarray(tr.targets, np.int64), chw(te.data),
-                   np.asarray(te.targets, np.int64), k, mean, std)
+        download_error = "download disabled"
+    if folder is None:
+        raise DataNotFoundError(
+            f"dataset {name!r}: folder {folder_name}/ (the python-version tarball, unpacked) not found in "
+            f"{', '.join(str(d) for d in dirs)}, and {download_error}. Download it where you are online, "
+            f"or set the suite's [datasets.{name}] root")
+    trx, tr_y, tex, te_y = read_cifar_folder(name, folder)
+    return RawData(name, trx, tr_y, tex, te_y, k, mean, std)
 
 
 @DATASETS.register(Card(name="cifar10", family="cifar", summary="CIFAR-10, 32x32 RGB, 50k / 10k",
                         paper="Krizhevsky 2009", defaults={"root": None}))
 def cifar10(root: str | None = None, download: bool = True) -> RawData:
-    return _cifar("cifar10", "CIFAR10", "cifar-10-batches-py", 10, (0.4914, 0.4822, 0.4465),
+    return _cifar("cifar10", "CIFAR10", 10, (0.4914, 0.4822, 0.4465),
                   (0.2470, 0.2435, 0.2616), root, download)
 
 
 @DATASETS.register(Card(name="cifar100", family="cifar", summary="CIFAR-100, 32x32 RGB, 50k / 10k",
                         paper="Krizhevsky 2009", defaults={"root": None}))
 def cifar100(root: str | None = None, download: bool = True) -> RawData:
-    return _cifar("cifar100", "CIFAR100", "cifar-100-python", 100, (0.5071, 0.4865, 0.4409),
+    return _cifar("cifar100", "CIFAR100", 100, (0.5071, 0.4865, 0.4409),
                   (0.2673, 0.2564, 0.2762), root, download)
 
 

@@ -209,7 +209,11 @@ def results_table(store: Store, suite: Suite, design: Design):
                      "epoch_time_s": ok["epoch_time_s"].mean() if "epoch_time_s" in ok else float("nan"),
                      "saved_MB_per_step": ok["saved_bytes_per_step"].mean() / 2**20
                      if "saved_bytes_per_step" in ok else float("nan")})
-    return pd.DataFrame(rows), frame
+    table = pd.DataFrame(rows)
+    if len(table):  # the suite's own order, not the store's
+        order = {"dataset": suite.datasets, "backbone": suite.backbones, "method": suite.methods}
+        table = table.sort_values(keys, key=lambda col: col.map({v: i for i, v in enumerate(order[col.name])}))
+    return table.reset_index(drop=True), frame
 
 
 def format_table(table) -> str:

@@ -49,50 +49,51 @@ def sync(device: torch.device) -> None:
 class SavedTensorMeter:
     """Peak bytes of activations held for backward, via autograd saved-tensor hooks.
 
-    A storage counts once however often it is saved, and stops counting when the last graph holding it
+    A tensor counts once however often it is saved, and stops counting when the last graph holding it
     is freed, so a method that steps and frees unit by unit shows one unit's activations, while
     end-to-end backprop shows the sum over units. Parameters are not activations and are left out.
     """
 
     def __init__(self, params: list[torch.Tensor]):
         self.param_ptrs = {p.untyped_storage().data_ptr() for p in params}
-        self.live: dict[int, list[int]] = {}  # storage ptr -> [bytes, refcount]
+        self.live: dict[tuple[int, int], list[int]] = {}  # (data ptr, numel) -> [bytes, refcount]
         self.current = 0
         self.peak = 0
 
     def _pack(self, t: torch.Tensor):
         storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr in self.param_ptrs or storage.nbytes() == 0:
+        if storage.data_ptr() in self.param_ptrs or storage.nbytes() == 0:
             return _Held(t, None, None)
-        rec = self.live.get(ptr)
+        # a view (a batch sliced from the resident dataset) costs its own bytes, not its storage's
+        key = (t.data_ptr(), t.numel())
+        rec = self.live.get(key)
         if rec is None:
-            rec = self.live[ptr] = [storage.nbytes(), 0]
+            rec = self.live[key] = [min(storage.nbytes(), t.numel() * t.element_size()), 0]
             self.current += rec[0]
             self.peak = max(self.peak, self.current)
         rec[1] += 1
-        return _Held(t, self, ptr)
+        return _Held(t, self, key)
 
-    def _release(self, ptr: int) -> None:
-        rec = self.live[ptr]
+    def _release(self, key: tuple[int, int]) -> None:
+        rec = self.live[key]
         rec[1] -= 1
         if rec[1] == 0:
             self.current -= rec[0]
-            del self.live[ptr]
+            del self.live[key]
 
     def hooks(self):
         return torch.autograd.graph.saved_tensors_hooks(self._pack, lambda held: held.tensor)
 
 
 class _Held:
-    __slots__ = ("tensor", "meter", "ptr")
+    __slots__ = ("tensor", "meter", "key")
 
-    def __init__(self, tensor, meter, ptr):
-        self.tensor, self.meter, self.ptr = tensor, meter, ptr
+    def __init__(self, tensor, meter, key):
+        self.tensor, self.meter, self.key = tensor, meter, key
 
     def __del__(self):
         if self.meter is not None:
-            self.meter._release(self.ptr)
+            self.meter._release(self.key)
 
 
 def method_options(config: RunConfig) -> dict[str, Any]:

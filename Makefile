@@ -1,0 +1,39 @@
+# The two set-up commands of the README:
+#   make quick   install everything, then run the main job (the `quick` suite on the bundled digits)
+#   make test    install everything (with the test tools and data), then run the tests
+VENV    ?= .venv
+PYTHON  ?= python3
+BIN     := $(VENV)/bin
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PKGS := postgresql chromium dataset-fashion-mnist
+
+.PHONY: quick test install system-packages data clean
+
+quick: install
+	$(BIN)/ffbench run quick
+
+test: install system-packages data
+	$(BIN)/python -m pytest -q
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev,postgres]'
+	touch $@
+
+# What the tests need beyond Python: a PostgreSQL server binary (multi-machine store test), headless
+# Chromium (report rendering test) and Fashion-MNIST (data loader test).
+system-packages:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing || \
+	  { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; }; \
+	fi
+
+data: install
+	$(BIN)/ffbench data fetch fashion-mnist mnist
+
+clean:
+	rm -rf ffbench-out .pytest_cache

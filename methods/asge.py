@@ -1,0 +1,209 @@
+"""ASGE, Adaptive Spatial Goodness Encoding (Gong, Staszewski, Xu; arXiv 2509.12394), following methods.md §5,
+and its VGG-like backbone ``vgg.asge``.
+
+A block is conv -> ReLU -> RMS pooling -> LayerNorm over channels. The goodness of block l is read from its
+ReLU map Y_l (before pooling and LN): each channel map is cut into a P_l x P_l grid of patches and each patch
+gives its mean square, so g_l has C_l * P_l^2 entries. Class scores a_l = W_l g_l + b_l come from a fixed
+random projection, held as buffers and never trained; each block is trained with cross-entropy on a_l,
+its input detached (no gradient crosses a block), step-and-free. Prediction: the last block's a_L, the sum
+of the a_l, or a linear read-out trained on the concatenated (detached) goodness; all three are logged.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ffbench.backbones import Backbone, _check
+from ffbench.method import Method, method_card, step
+from ffbench.registry import BACKBONES, Card
+
+
+# ---------------------------------------------------------------- the VGG-like backbone
+class RMSPool2d(nn.Module):
+    """Root of the mean square over each s x s window (eps keeps the gradient finite on all-zero windows)."""
+
+    def __init__(self, size: int, eps: float = 1e-6):
+        super().__init__()
+        self.size, self.eps = size, eps
+
+    def forward(self, x):
+        return (F.avg_pool2d(x * x, self.size) + self.eps).sqrt()
+
+
+class ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels at each position (gamma 1, beta 0, eps 1e-5)."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ASGEBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, kernel: int, pool: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2)
+        self.act = nn.ReLU()
+        self.pool = RMSPool2d(pool) if pool > 1 else nn.Identity()
+        self.norm = ChannelLayerNorm(c_out)
+
+    def forward_pair(self, x):
+        """(the ReLU map that goodness reads, the block output)."""
+        y = self.act(self.conv(x))
+        return y, self.norm(self.pool(y))
+
+    def forward(self, x):
+        return self.forward_pair(x)[1]
+
+
+@BACKBONES.register(Card(
+    name="vgg.asge", family="vgg",
+    summary="ASGE's VGG-like CNN: blocks conv3x3 -> ReLU -> RMS pooling (2x2, on the blocks in `pool`) -> "
+            "LayerNorm over channels; a unit is a block",
+    paper="Gong, Staszewski, Xu, arXiv 2509.12394 (widths and depth not found: VGG-style defaults)",
+    defaults={"channels": [64, 128, 256, 512], "pool": [0, 1, 2], "kernel": 3, "granularity": "block"},
+    options={"channels": list, "pool": list, "kernel": int, "granularity": ("block", "layer")},
+    capabilities=frozenset({"conv"})))
+def vgg_asge(in_shape, num_classes, channels=(64, 128, 256, 512), pool=(0, 1, 2), kernel=3,
+             granularity="block") -> Backbone:
+    _check("granularity", granularity, ("block", "layer"))  # one conv per block: a block is a layer
+    c_in, units = in_shape[0], []
+    for i, c in enumerate(channels):
+        units.append(ASGEBlock(c_in, int(c), kernel, 2 if i in set(pool) else 1))
+        c_in = int(c)
+    return Backbone(units, [f"block{i + 1}" for i in range(len(units))], in_shape, granularity)
+
+
+# ---------------------------------------------------------------- spatial goodness
+def _round(p: float) -> int:
+    return int(math.floor(p + 0.5))
+
+
+# P_l from (C_l, C_L, alpha); pluggable: add a rule here and to the `grid` option. methods.md §5.2 readings.
+GRID_RULES = {
+    "sqrt": lambda c, c_last, alpha: _round((c_last / c) ** (alpha / 2)),  # (a): C_l * P_l^2 ~ C_L at alpha=1
+    "linear": lambda c, c_last, alpha: _round((c_last / c) ** alpha),      # (b)
+}
+FITS = ("adaptive", "crop")
+PREDICTIONS = ("last", "sum", "linear")
+
+
+def patch_goodness(y: torch.Tensor, p: int, fit: str) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C * p * p): the mean square of each patch of a p x p grid over every channel map.
+
+    When p does not divide H or W: 'adaptive' uses adaptive average pooling of y^2 (torch's bins,
+    floor/ceil edges, neighbouring patches may share a row), so every position counts and the result is
+    exact patches whenever p divides; 'crop' drops the bottom/right remainder, then exact patches."""
+    if y.dim() == 2:
+        y = y[:, :, None, None]
+    sq = y * y
+    if fit == "crop":
+        h, w = sq.shape[2] // p * p, sq.shape[3] // p * p
+        sq = sq[:, :, :h, :w]
+        return F.avg_pool2d(sq, (h // p, w // p)).flatten(1)
+    return F.adaptive_avg_pool2d(sq, p).flatten(1)
+
+
+# ---------------------------------------------------------------- the method
+_NOTES = (
+    "Defaults and why ([INF] per methods.md §5): grid='sqrt' is reading (a), P_l = round((C_L/C_l)^(alpha/2)) "
+    "(keeps C_l*P_l^2 ~ C_L, 'decoupling classification complexity from channel dimensionality'); 'linear' is "
+    "reading (b), P_l = round((C_L/C_l)^alpha); alpha=1 (reported best); both rounded half up and clipped to "
+    "[1, H_l]; `patches` (a list, one per block) overrides the rule. fit='adaptive': maps P_l does not divide "
+    "are read with adaptive average pooling of Y^2, so no position is dropped (each one still gets gradient) "
+    "and it equals exact patches when P_l divides; 'crop' drops the remainder. Patch goodness is the mean "
+    "square (the digest says sum; mean keeps the scale independent of patch area, which matters because the "
+    "projection has no trainable scale). The projection W_l, b_l uses nn.Linear's initialisation from the "
+    "run's init stream and is a buffer, in no optimizer. Loss: softmax cross-entropy on a_l. Units are the "
+    "backbone's (on vgg.asge one block = conv-ReLU-RMSpool-LN); on other backbones goodness is read from the "
+    "unit output. predict='last' (the FF-style single read-out; all three are logged): 'sum' adds the a_l, "
+    "'linear' is a linear layer on the concatenated detached goodness, trained with CE alongside.")
+
+
+@method_card(
+    name="asge", family="asge",
+    summary="Adaptive Spatial Goodness Encoding: per-block patch-grid goodness of the ReLU maps, fixed random "
+            "projection to class scores, layer-wise cross-entropy, detached between blocks",
+    paper="Gong, Staszewski, Xu 2025, arXiv 2509.12394 (v2: three prediction strategies; code "
+          "KAI-Laboratory/ASGE not readable; methods.md §5)",
+    defaults={"grid": "sqrt", "alpha": 1.0, "patches": [], "fit": "adaptive", "predict": "last"},
+    options={"grid": tuple(GRID_RULES), "alpha": float, "patches": list, "fit": FITS, "predict": PREDICTIONS},
+    capabilities=frozenset({"any-backbone", "unit-heads", "step-and-free", "fixed-projection"}),
+    tuning_space={"lr": ("log", 1e-4, 1e-2), "weight_decay": ("log", 1e-6, 1e-3)}, notes=_NOTES)
+class ASGE(Method):
+    def __init__(self, backbone, num_classes, options, ctx):
+        super().__init__(backbone, num_classes, options, ctx)
+        for key in ("grid", "fit", "predict"):
+            if options[key] not in self.card.options[key]:
+                raise ValueError(f"asge: option {key}={options[key]!r}; allowed: {', '.join(self.card.options[key])}")
+        shapes = self._map_shapes()
+        c_last, patches = shapes[-1][0], list(options["patches"])
+        if patches and len(patches) != len(shapes):
+            raise ValueError(f"asge: patches has {len(patches)} entries for {len(shapes)} units")
+        self.patches = []
+        for k, (c, *hw) in enumerate(shapes):
+            p = int(patches[k]) if patches else GRID_RULES[options["grid"]](c, c_last, options["alpha"])
+            self.patches.append(max(1, min(p, *(hw or [1]))))
+        dims = [c * p * p for (c, *_), p in zip(shapes, self.patches)]
+        for k, d in enumerate(dims):  # fixed random projections: buffers, never parameters
+            proj = nn.Linear(d, num_classes)
+            self.register_buffer(f"proj_w{k}", proj.weight.detach().clone())
+            self.register_buffer(f"proj_b{k}", proj.bias.detach().clone())
+        self.readout = nn.Linear(sum(dims), num_classes)
+        self.opts = [ctx.make_optimizer(u.parameters()) for u in backbone.units]
+        self.readout_opt = ctx.make_optimizer(self.readout.parameters())
+
+    @torch.no_grad()
+    def _map_shapes(self):
+        was, shapes = self.backbone.training, []
+        self.backbone.eval()
+        x = torch.zeros(2, *self.backbone.in_shape, device=next(self.backbone.parameters()).device)
+        for k in range(len(self.backbone.units)):
+            y, x = self._pair(k, x)
+            shapes.append(tuple(y.shape[1:]))
+        self.backbone.train(was)
+        return shapes
+
+    def _pair(self, k, x):
+        unit = self.backbone.units[k]
+        if hasattr(unit, "forward_pair"):
+            return unit.forward_pair(x)
+        h = unit(x)
+        return h, h
+
+    def _block(self, k, x):
+        """Block k on its detached input: (class scores a_k, goodness g_k, detached hand-off)."""
+        y, out = self._pair(k, x)
+        g = patch_goodness(y, self.patches[k], self.options["fit"])
+        a = F.linear(g, getattr(self, f"proj_w{k}"), getattr(self, f"proj_b{k}"))
+        return a, g, out.detach()
+
+    def train_step(self, x, y):
+        stats, total, goods = {}, 0.0, []
+        for k, opt in enumerate(self.opts):
+            a, g, x = self._block(k, x)
+            loss = F.cross_entropy(a, y)
+            step(opt, loss)  # block k's graph is freed before block k+1 runs
+            goods.append(g.detach())
+            stats[f"loss.unit{k + 1}"] = loss.detach()
+            total = total + stats[f"loss.unit{k + 1}"]
+        readout = F.cross_entropy(self.readout(torch.cat(goods, 1)), y)
+        step(self.readout_opt, readout)
+        return {"loss": total, **stats, "loss.readout": readout.detach()}
+
+    def evaluate(self, x):
+        scores, goods = [], []
+        for k in range(len(self.opts)):
+            a, g, x = self._block(k, x)
+            scores.append(a)
+            goods.append(g)
+        rules = {"last": scores[-1], "sum": torch.stack(scores).sum(0), "linear": self.readout(torch.cat(goods, 1))}
+        first = self.options["predict"]
+        return {first: rules[first], **{r: v for r, v in rules.items() if r != first}}, scores
+
+    def predict(self, x):
+        return self.evaluate(x)[0]
+
+    def unit_scores(self, x):
+        return self.evaluate(x)[1]

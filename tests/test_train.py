@@ -1,0 +1,102 @@
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from ffbench.config import RunConfig
+from ffbench.method import Method, make_head, method_card, step
+from ffbench.seeds import Streams
+from ffbench.train import SavedTensorMeter, fit
+
+
+@method_card(name="test.nan", summary="test-only: its loss is NaN")
+class NaNMethod(Method):
+    def __init__(self, backbone, num_classes, options, ctx):
+        super().__init__(backbone, num_classes, options, ctx)
+        self.head = make_head("linear", backbone.out_shapes[-1], num_classes)
+
+    def train_step(self, x, y):
+        return {"loss": torch.tensor(float("nan"))}
+
+    def predict(self, x):
+        return {"head": self.head(self.backbone(x))}
+
+
+@method_card(name="test.local", summary="test-only: greedy per-unit heads, step and free")
+class LocalMethod(Method):
+    def __init__(self, backbone, num_classes, options, ctx):
+        super().__init__(backbone, num_classes, options, ctx)
+        self.heads = torch.nn.ModuleList(make_head("linear", s, num_classes) for s in backbone.out_shapes)
+        self.opts = [ctx.make_optimizer([*u.parameters(), *h.parameters()])
+                     for u, h in zip(backbone.units, self.heads)]
+
+    def train_step(self, x, y):
+        total = 0.0
+        for unit, head, opt in zip(self.backbone.units, self.heads, self.opts):
+            h = unit(x)
+            loss = F.cross_entropy(head(h), y)
+            step(opt, loss)
+            x = h.detach()
+            total = total + loss.detach()
+        return {"loss": total}
+
+    def predict(self, x):
+        return {"last": self.heads[-1](self.backbone(x))}
+
+
+def digits_mlp(method, **kw):
+    return RunConfig(method=method, dataset="digits", backbone="mlp", epochs=kw.pop("epochs", 8),
+                     backbone_options={"widths": [128, 128]}, **kw)
+
+
+def test_bp_and_deepsup_learn_digits():
+    for method in ("bp", "bp.deepsup"):
+        r = fit(digits_mlp(method), "cpu")
+        assert r.status == "done"
+        assert r.metrics["test_acc"] > 0.90, (method, r.metrics)
+        assert len(r.curves) == 8 and r.compute["epoch_time_s"] > 0 and r.compute["images_per_s"] > 0
+    assert set(r.metrics) >= {"val_acc.last", "test_acc.average", "test_acc.unit1", "test_acc.unit2"}
+
+
+def test_model_selection_uses_validation_only():
+    r = fit(digits_mlp("bp", epochs=5), "cpu")
+    best = max(r.curves, key=lambda row: row["val_acc"])  # first maximum wins
+    assert r.metrics["best_epoch"] == best["epoch"] and r.metrics["test_acc"] == best["test_acc"]
+    assert r.metrics["test_acc_last"] == r.curves[-1]["test_acc"]
+
+
+def test_nan_loss_is_a_recorded_failure():
+    r = fit(digits_mlp("test.nan", epochs=3), "cpu")
+    assert r.status == "failed" and "non-finite" in r.error and r.curves == []
+
+
+def test_same_seed_same_result_and_streams_stable_across_processes():
+    a, b = fit(digits_mlp("bp", epochs=2, seed=4), "cpu"), fit(digits_mlp("bp", epochs=2, seed=4), "cpu")
+    assert [r["val_acc"] for r in a.curves] == [r["val_acc"] for r in b.curves]
+    here = Streams(11).as_dict()
+    code = "from ffbench.seeds import Streams; print(Streams(11).as_dict())"
+    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert eval(there) == here and len(set(here.values())) == len(here)
+
+
+def test_saved_bytes_show_step_and_free():
+    # 3 layers of width 512 at batch 64: BP keeps every layer's input and output, a local method one layer's
+    cfg = dict(dataset="digits", backbone="mlp", epochs=1, batch_size=64, backbone_options={"widths": [512] * 3})
+    bp = fit(RunConfig(method="bp", **cfg), "cpu").compute["saved_bytes_per_step"]
+    local = fit(RunConfig(method="test.local", **cfg), "cpu").compute["saved_bytes_per_step"]
+    layer = 64 * 512 * 4
+    assert bp >= 3 * layer and layer < local < 2.2 * layer  # BP: all 3 outputs; local: one input + output
+
+
+def test_meter_counts_a_storage_once_and_frees_it():
+    w = torch.randn(8, 8, requires_grad=True)
+    meter = SavedTensorMeter([w])
+    x = torch.randn(4, 8)
+    with meter.hooks():
+        h = (x @ w).relu()
+        loss = (h * h).sum()
+    assert meter.current > 0 and meter.current == meter.peak
+    loss.backward()
+    del h, loss
+    assert meter.current == 0
