@@ -131,12 +131,20 @@ class Axis:
             applies.append(f"methods {', '.join(self.methods)}")
         if self.backbones != ("*",):
             applies.append(f"backbones {', '.join(self.backbones)}")
-        scope = (f"every {self.target} whose card has the option" if self.target != "train" else "every run")
-        notes = (f"sets the {where} {' / '.join(self.keys)} (first one the card has); applies to "
-                 f"{'; '.join(applies) + ', ' if applies else ''}{scope}. {self.notes}").strip()
-        levels = self.levels if self.levels is not None else self.kind
+        if self.target == "train":
+            notes = f"sets the training field {self.keys[0]}; applies to {'; '.join(applies) or 'every run'}. {self.notes}"
+        else:
+            first = " (the first one the card has)" if len(self.keys) > 1 else ""
+            notes = (f"sets the {where} {' / '.join(self.keys)}{first}; applies to "
+                     f"{'; '.join(applies) + ', ' if applies else ''}every {self.target} whose card has it, "
+                     f"levels checked against the card. {self.notes}")
+        if self.levels is not None:
+            levels: Any = tuple(self.levels)
+        else:
+            kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
+            levels = self.check_doc or " or ".join(k.__name__ for k in kinds)
         return Card(name=self.name, summary=self.summary, family=f"axis:{self.target}",
-                    options={"levels": levels}, notes=notes + (f" Levels: {self.check_doc}." if self.check_doc else ""))
+                    options={"levels": levels}, notes=notes.strip())
 
 
 def register(axis: Axis) -> Axis:

@@ -166,27 +166,28 @@ def aggregate_plot(agg: pd.DataFrame, *, control: str | None = None) -> Figure:
 
 
 # ---------------------------------------------------------------- ablations
-def interaction_plot(means: pd.DataFrame, x: str, hue: str, *, scale: float = 100.0,
+def interaction_plot(means: pd.DataFrame, x: str, hue: str | None, *, scale: float = 100.0,
                      ylabel: str = "test accuracy (%)", title: str = "") -> Figure:
     """Marginal means (``stats.marginal_means``) of ``x`` × ``hue`` with CIs: non-parallel lines are an
-    interaction."""
+    interaction. ``hue`` None: one line (a main-effect plot)."""
     levels_x = list(dict.fromkeys(means[x]))
     pos = {lv: i for i, lv in enumerate(levels_x)}
-    hues = list(dict.fromkeys(means[hue]))
+    hues = list(dict.fromkeys(means[hue])) if hue else [None]
     pal = _palette(hues)
     with _style():
         fig = Figure(figsize=(5.0, 3.4), layout="constrained")
         ax = fig.subplots()
         for j, h in enumerate(hues):
-            g = means[means[hue] == h]
+            g = means[means[hue] == h] if hue else means
             xs = np.array([pos[v] for v in g[x]], float) + (j - (len(hues) - 1) / 2) * 0.05
             m, lo, hi = (g[c].to_numpy(float) * scale for c in ("mean", "ci_low", "ci_high"))
             ax.errorbar(xs, m, yerr=np.nan_to_num(np.vstack([m - lo, hi - m])), fmt="-o", color=pal[h],
-                        capsize=3, label=f"{hue}={h}")
+                        capsize=3, label=f"{hue}={h}" if hue else "mean")
         ax.set_xticks(range(len(levels_x)), [str(v) for v in levels_x])
         ax.set_xlabel(x)
         ax.set_ylabel(ylabel)
-        ax.legend(fontsize=7)
+        if hue:
+            ax.legend(fontsize=7)
         ax.set_title(title, fontsize=9)
     return fig
 

@@ -1032,6 +1032,15 @@ def _corr(x: np.ndarray, y: np.ndarray, method: str) -> tuple[float, float]:
     return float(res.statistic), float(res.pvalue)
 
 
+def correlation_ci(r: float, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Fisher z interval of a correlation from n pairs (NaN when n ≤ 3 or r undefined)."""
+    if n <= 3 or not np.isfinite(r):
+        return math.nan, math.nan
+    z = math.atanh(max(-0.999999, min(0.999999, r)))
+    h = stats.norm.ppf(0.5 + confidence / 2) / math.sqrt(n - 3)
+    return math.tanh(z - h), math.tanh(z + h)
+
+
 def fisher_z_mean(r: Sequence[float], confidence: float = CONFIDENCE) -> dict[str, Any]:
     """Average correlations through Fisher's z: r̄ = tanh(mean(atanh r)); the t interval of mean z over
     the runs, back-transformed; t and p of the one-sample t-test of H0 mean z = 0 (runs, not epochs,
@@ -1076,12 +1085,13 @@ def layer_correlations_within(frame: pd.DataFrame, *, split: str = "test", metho
 
 
 def layer_correlations_across(frame: pd.DataFrame, *, split: str = "test", epoch: int | str = "last",
-                              methods: Sequence[str] = ("pearson", "spearman"), by: Sequence[str] | None = None
-                              ) -> pd.DataFrame:
+                              methods: Sequence[str] = ("pearson", "spearman"), by: Sequence[str] | None = None,
+                              confidence: float = CONFIDENCE) -> pd.DataFrame:
     """Across seeds at a fixed epoch: the correlation between unit K's accuracy and the model's
     accuracy over the runs of each group ``by`` (statistic, n = runs, p). ``epoch``: an epoch number,
     'last' (the last epoch every run of the group reached) or 'selected' (the best-validation epoch's
-    metrics '<split>_acc' and '<split>_acc.unitK' of each run)."""
+    metrics '<split>_acc' and '<split>_acc.unitK' of each run). The interval is Fisher's z interval
+    (tanh(atanh r ± z_{α/2}/√(n−3)); NaN for n ≤ 3), approximate for Spearman."""
     df, factors = prepare(frame)
     by = list(by) if by is not None else factors
     df = df[df["status"] == "done"]
@@ -1105,8 +1115,9 @@ def layer_correlations_across(frame: pd.DataFrame, *, split: str = "test", epoch
             pair = vals[[model, f"{split}_acc.unit{k}"]].apply(pd.to_numeric, errors="coerce").dropna()
             for m in methods:
                 r, p = _corr(pair.iloc[:, 1].to_numpy(float), pair.iloc[:, 0].to_numpy(float), m)
+                lo, hi = correlation_ci(r, len(pair), confidence)
                 rows.append({**dict(zip(by, _key(key))), "unit": k, "epoch": at, "method_corr": m, "r": r, "p": p,
-                             "n": len(pair)})
+                             "n": len(pair), "ci_low": lo, "ci_high": hi})
     return pd.DataFrame(rows)
 
 

@@ -3,6 +3,11 @@
 SQLite under the output directory on one machine; any SQLAlchemy URL (PostgreSQL) for several.
 Claiming a run is one atomic conditional UPDATE, so many workers can share a suite: a run is taken
 when it is pending, or when it is running but its worker's heartbeat is older than the lease.
+Rows are evaluation runs and tuning trial slots (role 'tuning', ``trial`` = slot number 0..n-1,
+``optuna_trial`` = the Optuna trial number, ``params`` = the sampled parameters; an evaluation row of a
+tuned cell carries the chosen parameters in ``params``). Statuses: pending, running, done, failed,
+pruned (tuning trials stopped by the pruner). Lease times use the database's clock on PostgreSQL, so
+machines with skewed clocks still agree on what is stale.
 """
 from __future__ import annotations
 
@@ -17,8 +22,8 @@ import sqlalchemy as sa
 
 from ffbench.config import canonical_json
 
-PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
-FINISHED = (DONE, FAILED)
+PENDING, RUNNING, DONE, FAILED, PRUNED = "pending", "running", "done", "failed", "pruned"
+FINISHED = (DONE, FAILED, PRUNED)
 
 _meta = sa.MetaData()
 runs = sa.Table(
@@ -44,7 +49,11 @@ runs = sa.Table(
     sa.Column("manifest", sa.Text),
     sa.Column("error", sa.Text),
     sa.Column("mlflow_run_id", sa.String(64)),
+    sa.Column("params", sa.Text),  # JSON: tuned / sampled parameters
+    sa.Column("optuna_trial", sa.Integer),  # the Optuna trial number of a tuning slot's current attempt
 )
+_ADDED_COLUMNS = {"params": "TEXT", "optuna_trial": "INTEGER"}  # added to stores created before them
+_JSON = ("factors", "config", "metrics", "curves", "compute", "manifest", "params")
 
 
 def worker_name() -> str:
@@ -66,11 +75,35 @@ class Store:
         kwargs: dict[str, Any] = {"future": True}
         if self.url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 60}
+        else:
+            kwargs["pool_pre_ping"] = True
         self.engine = sa.create_engine(self.url, **kwargs)
         if self.url.startswith("sqlite"):
             with self.engine.begin() as c:
                 c.exec_driver_sql("PRAGMA journal_mode=WAL")
-        _meta.create_all(self.engine)
+        try:
+            _meta.create_all(self.engine)
+        except sa.exc.IntegrityError:  # PostgreSQL: another process created the table at the same moment
+            _meta.create_all(self.engine)
+        self._migrate()
+        self.dialect = self.engine.dialect.name
+
+    def _migrate(self) -> None:
+        have = {c["name"] for c in sa.inspect(self.engine).get_columns("runs")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in have:
+                try:
+                    with self.engine.begin() as c:
+                        c.exec_driver_sql(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+                except sa.exc.DBAPIError:  # added concurrently by another process
+                    pass
+
+    def now(self) -> float:
+        """Seconds since the epoch on the database's clock (PostgreSQL), or this machine's (SQLite)."""
+        if self.url.startswith("postgresql"):
+            with self.engine.connect() as c:
+                return float(c.exec_driver_sql("SELECT extract(epoch from clock_timestamp())").scalar())
+        return time.time()
 
     # ------------------------------------------------------------ writing
     def add_runs(self, rows: Iterable[dict[str, Any]]) -> int:
@@ -81,15 +114,27 @@ class Store:
         with self.engine.begin() as c:
             have = {r for (r,) in c.execute(sa.select(runs.c.run_id).where(
                 runs.c.suite == rows[0]["suite"]))}
-            new = [dict(r, status=PENDING, attempts=0, factors=canonical_json(r["factors"]),
-                        config=canonical_json(r["config"])) for r in rows if r["run_id"] not in have]
+            new = [dict(r, status=r.get("status", PENDING), attempts=0, factors=canonical_json(r["factors"]),
+                        config=canonical_json(r["config"]), error=r.get("error"),
+                        params=canonical_json(r["params"]) if r.get("params") is not None else None)
+                   for r in rows if r["run_id"] not in have]
             if new:
-                c.execute(runs.insert(), new)
+                c.execute(self._insert_ignore(), new)
         return len(new)
+
+    def _insert_ignore(self):
+        """INSERT that skips rows already there (two workers registering the same runs at once)."""
+        if self.dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        elif self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            return runs.insert()
+        return insert(runs).on_conflict_do_nothing(index_elements=["run_id"])
 
     def claim(self, run_id: str, worker: str, lease_s: float) -> bool:
         """Atomically take a pending run, or a running one whose heartbeat is stale."""
-        now = time.time()
+        now = self.now()
         stmt = (runs.update()
                 .where(runs.c.run_id == run_id)
                 .where(sa.or_(runs.c.status == PENDING,
@@ -103,7 +148,7 @@ class Store:
         """Refresh the lease; False if another worker has taken the run over."""
         with self.engine.begin() as c:
             return c.execute(runs.update().where(runs.c.run_id == run_id).where(runs.c.worker == worker)
-                             .where(runs.c.status == RUNNING).values(heartbeat=time.time())).rowcount == 1
+                             .where(runs.c.status == RUNNING).values(heartbeat=self.now())).rowcount == 1
 
     def finish(self, run_id: str, worker: str, status: str, *, metrics=None, curves=None, compute=None,
                manifest=None, error=None) -> bool:
@@ -115,6 +160,15 @@ class Store:
         with self.engine.begin() as c:
             return c.execute(runs.update().where(runs.c.run_id == run_id).where(runs.c.worker == worker)
                              .where(runs.c.status == RUNNING).values(**values)).rowcount == 1
+
+    def set_trial(self, run_id: str, worker: str, optuna_trial: int, params: dict[str, Any],
+                  config: dict[str, Any]) -> bool:
+        """Record the Optuna trial a worker asked for a claimed tuning slot (only if it still holds it)."""
+        with self.engine.begin() as c:
+            return c.execute(runs.update().where(runs.c.run_id == run_id).where(runs.c.worker == worker)
+                             .where(runs.c.status == RUNNING)
+                             .values(optuna_trial=optuna_trial, params=canonical_json(params),
+                                     config=canonical_json(config))).rowcount == 1
 
     def set_mlflow_run(self, run_id: str, mlflow_run_id: str) -> None:
         with self.engine.begin() as c:
@@ -136,9 +190,19 @@ class Store:
         with self.engine.connect() as c:
             out = [dict(r._mapping) for r in c.execute(q.order_by(runs.c.run_id))]
         for r in out:
-            for k in ("factors", "config", "metrics", "curves", "compute", "manifest"):
+            for k in _JSON:
                 r[k] = json.loads(r[k]) if r[k] else None
         return out
+
+    def states(self, suite: str, suite_version: int | None = None) -> list[dict[str, Any]]:
+        """The light columns of a suite's rows (what a worker needs to decide what to claim)."""
+        cols = [runs.c.run_id, runs.c.cell_id, runs.c.role, runs.c.trial, runs.c.seed, runs.c.status,
+                runs.c.heartbeat, runs.c.worker, runs.c.attempts]
+        q = sa.select(*cols).where(runs.c.suite == suite)
+        if suite_version is not None:
+            q = q.where(runs.c.suite_version == suite_version)
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(q)]
 
     def status_counts(self, suite: str, run_ids: Iterable[str] | None = None) -> dict[str, int]:
         q = sa.select(runs.c.status, sa.func.count()).where(runs.c.suite == suite)
@@ -147,15 +211,20 @@ class Store:
         with self.engine.connect() as c:
             return dict(c.execute(q.group_by(runs.c.status)).all())
 
-    def frame(self, suite: str | None = None, role: str | None = "evaluation"):
-        """The tidy table: one row per run, factors, metrics and compute flattened into columns."""
+    def frame(self, suite: str | None = None, role: str | None = "evaluation", version: int | None = None):
+        """The tidy table: one row per run, factors, metrics and compute flattened into columns
+        (tuned parameters as ``param.<name>``). ``version``: only rows of that suite version."""
         import pandas as pd
 
+        where: dict[str, Any] = {"role": role} if role else {}
+        if version is not None:
+            where["suite_version"] = version
         records = []
-        for r in self.rows(suite, **({"role": role} if role else {})):
+        for r in self.rows(suite, **where):
             rec = {k: r[k] for k in ("run_id", "suite", "suite_version", "cell_id", "role", "seed", "trial",
-                                     "status", "error", "attempts", "mlflow_run_id")}
+                                     "status", "error", "attempts", "mlflow_run_id", "optuna_trial")}
             rec.update(r["factors"])
+            rec.update({f"param.{k}": v for k, v in (r["params"] or {}).items()})
             rec.update({f"cfg.{k}": (canonical_json(v) if isinstance(v, (dict, list)) else v)
                         for k, v in r["config"].items()})
             rec.update(r["metrics"] or {})

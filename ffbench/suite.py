@@ -9,9 +9,29 @@ A suite file (``suites/<name>.toml``)::
     [methods."<name>"]      per method: training fields and method options
     [backbones."<name>"]    per backbone: backbone options
     [datasets."<name>"]     per dataset: root, and training fields for that dataset
+    [axes]                  ablation axes and their levels (see below); optional
+    [tuning]                Optuna tuning inside each cell at an equal budget (see ``tuning.py``); optional
 
-Later sections win: ffbench defaults < the method card's defaults < [train] < [datasets.X] < [methods.X].
-Every error names the file, the field and the allowed values, and is raised before anything trains.
+Later sections win: ffbench defaults < the method card's defaults < [train] < [datasets.X] < [methods.X]
+< axis levels < tuned parameters. Every error names the file, the field and the allowed values, and is
+raised before anything trains.
+
+Axes (``ffbench list axes`` shows the registered ones)::
+
+    [axes]
+    granularity = ["layer", "block", "stage"]   # a registered axis and the levels to cross
+    head_kernel = [1, 3, 5]
+    [axes.loss]                                 # a generic axis declared here: method_option,
+    method_option = "loss"                      # backbone_option or train_field, and its levels
+    levels = ["ce", "margin"]
+
+    [design]
+    plan = "full"                               # or "one-at-a-time" (first level of each axis is the base)
+    only = [{granularity = "block"}]            # optional: keep only combinations matching one of these
+    exclude = [{bn = "none", head_kernel = 5}]  # optional: drop combinations matching any of these
+
+Levels are checked against the axis (type, allowed values) and against the cards of the suite's methods
+and backbones (a level no card allows is an error; a level some cards do not allow drops those cells).
 """
 from __future__ import annotations
 
@@ -20,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ffbench.config import TRAIN_FIELDS, Field, type_ok
+from ffbench.config import TRAIN_FIELDS, Field, canonical_json, type_ok
 from ffbench.registry import BACKBONES, DATASETS, METHODS, Card
 
 
@@ -37,9 +57,14 @@ _SECTIONS = {
     "methods": "per-method settings",
     "backbones": "per-backbone options",
     "datasets": "per-dataset settings",
+    "axes": "ablation axes and their levels",
+    "tuning": "Optuna tuning: trials, seeds, sampler, pruner, space",
 }
 _SUITE_KEYS = {"name": str, "version": int, "description": str, "control": str}
 _DESIGN_KEYS = ("methods", "datasets", "backbones", "seeds")
+_DESIGN_OPTIONAL = ("plan", "only", "exclude")
+PLANS = ("full", "one-at-a-time")
+_FACTOR_NAMES = ("method", "dataset", "backbone")
 
 
 @dataclass
@@ -57,7 +82,16 @@ class Suite:
     method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     backbone_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     dataset_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
-    raw: dict[str, Any] = field(default_factory=dict)  # the whole parsed file, for later sections (axes, tuning)
+    raw: dict[str, Any] = field(default_factory=dict)  # the whole parsed file
+    axes: list = field(default_factory=list)  # [axes.AxisUse] in file order
+    plan: str = "full"
+    only: list[dict[str, Any]] = field(default_factory=list)
+    exclude: list[dict[str, Any]] = field(default_factory=list)
+    tuning: Any = None  # tuning.TuningSpec, or None (no tuning: the configured values are evaluated as they are)
+
+    @property
+    def axis_names(self) -> list[str]:
+        return [a.name for a in self.axes]
 
 
 def find_suite(name_or_path: str) -> Path:
@@ -160,7 +194,7 @@ def load(name_or_path: str) -> Suite:
         ck.fail("[suite].version", "expected a positive integer")
 
     design = raw.get("design", {})
-    ck.keys("[design]", design, _DESIGN_KEYS)
+    ck.keys("[design]", design, _DESIGN_KEYS + _DESIGN_OPTIONAL)
     for k in _DESIGN_KEYS:
         if k not in design:
             ck.fail(f"[design].{k}", "missing (required)")
@@ -191,11 +225,126 @@ def load(name_or_path: str) -> Suite:
     backbone_options = per_name("backbones", backbones, lambda w, n, s: _check_backbone(ck, w, s, BACKBONES.get(n).card))
     dataset_settings = per_name("datasets", datasets, lambda w, n, s: validate_settings(ck, w, s, None, ("root",)))
 
+    axes = _parse_axes(ck, raw.get("axes", {}), methods, backbones)
+    plan = design.get("plan", "full")
+    if plan not in PLANS:
+        ck.fail("[design].plan", f"{plan!r} is not allowed; allowed: {', '.join(PLANS)}")
+    lists = {"method": methods, "dataset": datasets, "backbone": backbones, **{a.name: a.levels for a in axes}}
+    only = _parse_matches(ck, "[design].only", design.get("only", []), lists)
+    exclude = _parse_matches(ck, "[design].exclude", design.get("exclude", []), lists)
+
+    tuning = None
+    if "tuning" in raw:
+        from ffbench.tuning import parse_tuning
+
+        tuning = parse_tuning(ck, raw["tuning"], methods, backbones, list(seeds))
+
     control = head.get("control", "bp")
     return Suite(path=path, name=head["name"], version=head["version"], description=head.get("description", ""),
                  control=control, methods=methods, datasets=datasets, backbones=backbones, seeds=list(seeds),
                  train=train, method_settings=method_settings, backbone_options=backbone_options,
-                 dataset_settings=dataset_settings, raw=raw)
+                 dataset_settings=dataset_settings, raw=raw, axes=axes, plan=plan, only=only, exclude=exclude,
+                 tuning=tuning)
+
+
+_GENERIC_KEYS = {"method_option": "method", "backbone_option": "backbone", "train_field": "train"}
+
+
+def _parse_axes(ck: _Checker, table: Any, methods: list[str], backbones: list[str]) -> list:
+    """[axes]: registered axes with their levels, or generic ones declared in the file."""
+    from ffbench import axes as ax
+    from ffbench.registry import AXES
+
+    if not isinstance(table, dict):
+        ck.fail("[axes]", f"expected a table, got {type(table).__name__}")
+    out = []
+    for name, spec in table.items():
+        where = f"[axes].{name}"
+        if name in _FACTOR_NAMES:
+            ck.fail(where, f"{name!r} is a design factor, not an axis; choose another name")
+        if isinstance(spec, list):
+            spec = {"levels": spec}
+        if not isinstance(spec, dict):
+            ck.fail(where, "expected a list of levels, or a table with `levels` (and for a generic axis "
+                           "method_option / backbone_option / train_field)")
+        ck.keys(where, spec, ["levels", *_GENERIC_KEYS])
+        generic = [k for k in _GENERIC_KEYS if k in spec]
+        if len(generic) > 1:
+            ck.fail(where, f"give one of {', '.join(_GENERIC_KEYS)}, not {', '.join(generic)}")
+        if generic:
+            kind, key = generic[0], spec[generic[0]]
+            if name in AXES:
+                ck.fail(where, f"{name!r} is a registered axis; give a generic axis another name "
+                               f"(registered: {', '.join(AXES.names())})")
+            if not isinstance(key, str):
+                ck.fail(f"{where}.{kind}", "expected the name of an option or field")
+            target = _GENERIC_KEYS[kind]
+            if target == "train" and key not in TRAIN_FIELDS:
+                ck.fail(f"{where}.{kind}", f"unknown training field {key!r}; allowed: {', '.join(TRAIN_FIELDS)}")
+            if target != "train":
+                reg, names = (METHODS, methods) if target == "method" else (BACKBONES, backbones)
+                if not any(key in reg.get(n).card.options for n in names):
+                    having = [c.name for c in reg.list() if key in c.options]
+                    ck.fail(f"{where}.{kind}", f"no {target} in [design].{target}s has the option {key!r} "
+                                               f"({target}s with it: {', '.join(having) or 'none'})")
+            axis = ax.generic(name, target, key)
+        else:
+            if name not in AXES:
+                ck.fail(where, f"unknown axis; registered: {', '.join(AXES.names())} (or declare a generic one "
+                               f"as a table with method_option, backbone_option or train_field, and levels)")
+            axis = ax.get(name)
+        if "levels" not in spec:
+            ck.fail(f"{where}.levels", "missing (required)")
+        levels = spec["levels"]
+        if not isinstance(levels, list) or not levels:
+            ck.fail(f"{where}.levels" if generic else where, "expected a non-empty list of levels")
+        seen = set()
+        for i, level in enumerate(levels):
+            problem = axis.level_problem(level)
+            if problem is None and axis.target == "train" and axis.value(level) is not None:
+                spec_field = TRAIN_FIELDS[axis.keys[0]]
+                try:
+                    check_field(ck, where, axis.keys[0], axis.value(level), spec_field)
+                except SuiteError as exc:
+                    problem = str(exc).split(": ", 2)[-1]
+            if problem:
+                ck.fail(where, problem)
+            key = canonical_json(level)
+            if key in seen:
+                ck.fail(where, f"level {level!r} is given twice")
+            seen.add(key)
+        pairs = [(m, b) for m in methods for b in backbones if axis.option_of(m, b) is not None]
+        if not pairs:
+            ck.fail(where, f"applies to none of the suite's methods / backbones (it sets {axis.target} "
+                           f"{' / '.join(axis.keys)}); check [design].methods and [design].backbones")
+        if axis.target != "train":
+            for level in levels:
+                value = axis.value(level)
+                allowed = [axis.allowed_by(m, b) for m, b in pairs]
+                if not any(value in a if isinstance(a, tuple) else type_ok(value, a) for a in allowed):
+                    union = []
+                    for a in allowed:
+                        for v in (a if isinstance(a, tuple) else (getattr(a, "__name__", str(a)),)):
+                            if v not in union:
+                                union.append(v)
+                    owners = sorted({m if axis.target == "method" else b for m, b in pairs})
+                    ck.fail(where, f"{level!r} is not allowed by any of {', '.join(owners)}; allowed: "
+                                   f"{', '.join(map(repr, union))}")
+        out.append(ax.AxisUse(axis, list(levels)))
+    return out
+
+
+def _parse_matches(ck: _Checker, where: str, value: Any, lists: dict[str, list]) -> list[dict[str, Any]]:
+    """[design].only / exclude: a list of tables naming a level (or method / dataset / backbone) per key."""
+    if not isinstance(value, list) or not all(isinstance(v, dict) and v for v in value):
+        ck.fail(where, "expected a list of non-empty tables, e.g. [{granularity = \"block\", bn = \"none\"}]")
+    for i, entry in enumerate(value):
+        for k, v in entry.items():
+            if k not in lists:
+                ck.fail(f"{where}[{i}].{k}", f"unknown factor; allowed: {', '.join(lists)}")
+            if canonical_json(v) not in {canonical_json(x) for x in lists[k]}:
+                ck.fail(f"{where}[{i}].{k}", f"{v!r} is not a declared level; allowed: {', '.join(map(repr, lists[k]))}")
+    return value
 
 
 def _check_backbone(ck: _Checker, where: str, table: dict, card: Card) -> None:

@@ -64,7 +64,8 @@ class Tracker:
         if found:
             rid = found[0].info.run_id
         else:
-            name = "/".join(str(v) for v in factors.values())
+            name = "/".join(str(v) if k in ("method", "dataset", "backbone") else f"{k}={v}"
+                            for k, v in factors.items() if v is not None)
             tags = {"ffbench.cell_id": cell_id, "ffbench.kind": "cell", "ffbench.suite_version": str(suite_version),
                     **_flat("", factors), **_flat("cfg.", _config_tags(config))}
             rid = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
@@ -84,6 +85,10 @@ class Tracker:
                 "seed": str(row["seed"]), **_flat("", row["factors"]), **_flat("cfg.", _config_tags(row["config"]))}
         if row.get("trial") is not None:
             tags["ffbench.trial"] = str(row["trial"])
+        if row.get("optuna_trial") is not None:
+            tags["ffbench.optuna_trial"] = str(row["optuna_trial"])
+        for k, v in (row.get("params") or {}).items():
+            tags[f"{'tuning' if role == 'tuning' else 'tuned'}.{k}"] = str(v)
         if row.get("error"):
             tags["ffbench.error"] = row["error"][:4000]
         manifest = row.get("manifest") or {}
@@ -100,18 +105,23 @@ class Tracker:
         metrics += [Metric(f"final.{k}", float(v), now, 0) for k, v in finals.items() if _finite(v)]
         params = [Param(k[:250], str(v)[:6000]) for k, v in _config_tags(row["config"]).items()]
         self._batch(rid, metrics, params, [])
-        self.client.set_terminated(rid, "FINISHED" if row["status"] == "done" else "FAILED",
+        state = {"done": "FINISHED", "pruned": "KILLED"}.get(row["status"], "FAILED")
+        self.client.set_terminated(rid, state,
                                    end_time=int((row.get("finished") or time.time()) * 1000))
         return rid
 
     def log_cell_summary(self, cell_id: str, factors: dict[str, Any], config: dict[str, Any],
-                         suite_version: int, summary: dict[str, Any], done: bool) -> None:
-        """Aggregate figures across a cell's evaluation seeds onto its parent run (rank/compare in the UI)."""
+                         suite_version: int, summary: dict[str, Any], done: bool,
+                         budget_curve: list[tuple[int, float]] | None = None) -> None:
+        """Aggregate figures across a cell's evaluation seeds onto its parent run (rank/compare in the UI);
+        for a tuned cell also the tuning outcome and its budget curve (best validation accuracy after k
+        trials, as the metric ``tuning.best_val_acc`` at step k)."""
         from mlflow.entities import Metric, RunTag
 
         rid = self.parent_run(cell_id, factors, config, suite_version)
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, 0) for k, v in summary.items() if _finite(v)]
+        metrics += [Metric("tuning.best_val_acc", float(v), now, int(k)) for k, v in (budget_curve or [])]
         tags = [RunTag(k, str(v)) for k, v in summary.items() if not _finite(v) and v is not None]
         self._batch(rid, metrics, [], tags)
         if done:

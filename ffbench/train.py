@@ -181,7 +181,10 @@ def fit(config: RunConfig, device: torch.device | str = "auto",
                 else:
                     stats = method.train_step(x, y)
                 for k, v in stats.items():
-                    sums[k] = sums[k] + v if k in sums else v.detach().clone()
+                    if k in sums:
+                        sums[k].add_(v)
+                    else:
+                        sums[k] = v.detach().clone().double()
             sync(device)
             seconds = time.perf_counter() - t0
             train_time += seconds

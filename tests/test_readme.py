@@ -1,0 +1,19 @@
+"""The README's method example is real code: it registers, trains and learns."""
+import re
+from pathlib import Path
+
+from ffbench.config import RunConfig
+from ffbench.train import fit
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_method_example_runs_and_learns():
+    code = re.search(r"```python\n(# mypkg/myff.py\n.*?)```", README.read_text(), re.S).group(1)
+    namespace = {"__name__": "readme_example"}
+    exec(compile(code, "README.md", "exec"), namespace)
+    r = fit(RunConfig(method="myff.greedy", dataset="digits", backbone="cnn", epochs=4,
+                      backbone_options={"channels": [16, 32, 32, 32]}), "cpu")
+    assert r.status == "done" and r.metrics["test_acc"] > 0.8, r.metrics
+    assert r.metrics["test_acc.last"] > 0.5 and r.metrics["test_acc.unit1"] > 0.15  # chance: 0.1
+    assert r.curves[0]["train_loss.unit2"] > 0
