@@ -90,13 +90,13 @@ def part_sff(args, device):
 
     print(f"\nSFF vs BP, fashion-mnist 1000-sample subset, {args.epochs} epochs, {args.seeds} seeds, "
           f"mean ± sd; eval on {args.eval_size or 'full'} test samples; device {device}, {args.threads} threads")
-    print(f"{'backbone':<12} {'method':<22} {'test acc %':>14} {'s/epoch':>14} {'saved MiB/step':>15} {'vs BP':>7}")
+    print(f"{'backbone':<12} {'method':<28} {'test acc %':>14} {'s/epoch':>14} {'saved MiB/step':>15} {'vs BP':>7}")
     for backbone, results, per_unit in table:
         bp_saved = statistics.mean(r.compute["saved_bytes_per_step"] for r in results["bp"])
         for name, rs in results.items():
             saved = [r.compute["saved_bytes_per_step"] for r in rs]
             label = name + (" (goodness heads)" if name == "bp.deepsup" else "")
-            print(f"{backbone:<12} {label:<22} {ms([r.metrics['test_acc'] for r in rs], 100):>14} "
+            print(f"{backbone:<12} {label:<28} {ms([r.metrics['test_acc'] for r in rs], 100):>14} "
                   f"{ms([r.compute['epoch_time_s'] for r in rs]):>14} {ms(saved, 2**-20):>15} "
                   f"{statistics.mean(saved) / bp_saved:>6.2f}x")
         print(f"{backbone:<12} analytic: largest SFF unit step {max(per_unit) / 2**20:.2f} MiB "

@@ -2,8 +2,8 @@
 and returning a matplotlib ``Figure``. Nothing is estimated here: means, intervals and effects come in
 as columns; the raw per-seed points drawn next to them are data, not statistics.
 
-Figures are built on ``matplotlib.figure.Figure`` directly (no pyplot state, the Agg canvas), styled
-with seaborn. ``png_bytes(fig)`` renders one.
+Figures are built on ``matplotlib.figure.Figure`` directly (no pyplot state; rendered by the Agg canvas
+whatever the session's backend), styled with seaborn. ``png_bytes(fig)`` renders one.
 """
 from __future__ import annotations
 
@@ -12,15 +12,19 @@ import math
 from contextlib import contextmanager
 from typing import Sequence
 
+import sys
+
 import matplotlib
 
-matplotlib.use("Agg")
+if "matplotlib.pyplot" not in sys.modules:  # headless by default; never switch an interactive session's backend
+    matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 VERDICT_COLORS = {"better": "#2a9d8f", "equivalent": "#457b9d", "worse": "#e76f51",
                   "insufficient evidence": "#8d8d8d"}
@@ -108,7 +112,7 @@ def paired_differences(comp: pd.DataFrame, *, scale: float = 100.0, label: str =
     of each comparison shaded, colour = verdict."""
     n = len(comp)
     with _style():
-        fig = Figure(figsize=(7.5, 0.9 + 0.45 * max(n, 1)), layout="constrained")
+        fig = Figure(figsize=(7.5, max(2.2, 1.2 + 0.45 * n)), layout="constrained")
         ax = fig.subplots()
         ys = np.arange(n)[::-1]
         for y, r in zip(ys, comp.to_dict("records")):
@@ -198,9 +202,10 @@ def effects_plot(effects: pd.DataFrame, *, scale: float = 100.0, xlabel: str = "
     its CI (dark) and the OLS estimate with its t interval (light, offset)."""
     n = len(effects)
     with _style():
-        fig = Figure(figsize=(7.0, 0.9 + 0.4 * max(n, 1)), layout="constrained")
+        fig = Figure(figsize=(7.0, max(2.2, 1.2 + 0.45 * n)), layout="constrained")
         ax = fig.subplots()
         ys = np.arange(n)[::-1]
+        ax.set_ylim(-0.7, n - 0.3)
         for col, lo, hi, color, off, lab in (("estimate", "ci_low", "ci_high", "#1d3557", 0.0, "stratified bootstrap"),
                                              ("estimate_ols", "ci_low_ols", "ci_high_ols", "#e9c46a", -0.2, "OLS")):
             if col not in effects:
@@ -212,15 +217,17 @@ def effects_plot(effects: pd.DataFrame, *, scale: float = 100.0, xlabel: str = "
         ax.set_yticks(ys, [f"{r['axis']}: {r['level']} vs {r['reference']}" for r in effects.to_dict("records")],
                       fontsize=8)
         ax.set_xlabel(xlabel)
-        ax.legend(fontsize=7)
-        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, frameon=False)
+        ax.set_title(title, fontsize=9, loc="left")
     return fig
 
 
 # ---------------------------------------------------------------- curves
 def learning_curves(bands: pd.DataFrame, *, hue: str = "method", facet: str | None = "task", scale: float = 100.0,
-                    ylabel: str = "accuracy (%)", style: str | None = None) -> Figure:
-    """Mean curves over seeds with their t bands (``stats.curve_bands``), one panel per facet."""
+                    ylabel: str = "accuracy (%)", style: str | None = None,
+                    style_order: Sequence | None = None) -> Figure:
+    """Mean curves over seeds with their t bands (``stats.curve_bands``), one panel per facet; ``style``:
+    a column drawn as line styles (solid, dashed, dotted, ... in ``style_order``)."""
     facets = _facets(bands, facet)
     hues = list(dict.fromkeys(bands[hue])) if hue in bands else [None]
     pal = _palette(hues)
@@ -230,7 +237,8 @@ def learning_curves(bands: pd.DataFrame, *, hue: str = "method", facet: str | No
             for h in hues:
                 s = g if h is None else g[g[hue] == h]
                 if style and style in s:
-                    parts = list(s.groupby(style, sort=True))
+                    order = list(style_order or sorted(s[style].unique()))
+                    parts = [(v, s[s[style] == v]) for v in order if (s[style] == v).any()]
                 else:
                     parts = [(None, s)]
                 for i, (st, p) in enumerate(parts):
@@ -241,6 +249,7 @@ def learning_curves(bands: pd.DataFrame, *, hue: str = "method", facet: str | No
                     ax.fill_between(p["epoch"], p["ci_low"].to_numpy(float) * scale,
                                     p["ci_high"].to_numpy(float) * scale, color=pal[h], alpha=0.15, lw=0)
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(ylabel)
             ax.set_title(name, fontsize=9)
             ax.legend(fontsize=7)
@@ -263,6 +272,7 @@ def budget_plot(budget: pd.DataFrame, *, hue: str = "method", facet: str | None 
                 ax.step(s["k"], s["best_so_far"] * scale, where="post", ls="--", color=pal[h], alpha=0.6,
                         label=f"{h} best so far")
             ax.set_xlabel("trials k")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(ylabel)
             ax.set_title(name, fontsize=9)
             ax.legend(fontsize=7)
@@ -270,21 +280,27 @@ def budget_plot(budget: pd.DataFrame, *, hue: str = "method", facet: str | None 
 
 
 def compute_plot(tables: dict[str, pd.DataFrame], *, x: str = "method", facet: str | None = "task") -> Figure:
-    """One panel per compute quantity (``{label: stats.cell_table(...)}``): mean with CI per method."""
+    """One panel per compute quantity (``{label: stats.cell_table(...)}``): mean with CI per method
+    (and task, when there are several), as horizontal bars."""
     panels = [(lab, t) for lab, t in tables.items() if len(t) and np.isfinite(t["mean"].to_numpy(float)).any()]
     if not panels:
         return empty("no compute measurements")
+    n = max(len(t) for _, t in panels)
+    methods = list(dict.fromkeys(m for _, t in panels for m in t[x].astype(str)))
+    pal = _palette(methods)
     with _style():
-        fig, axes = _grid(len(panels), 2, size=(4.6, 3.0))
+        fig, axes = _grid(len(panels), 2, size=(5.2, max(2.0, 0.9 + 0.32 * n)))
         for ax, (lab, t) in zip(axes, panels):
-            t = t.copy()
-            t["_x"] = t[x].astype(str) + (("\n" + t[facet].astype(str)) if facet in t and t[facet].nunique() > 1 else "")
-            xs = np.arange(len(t))
+            t = t.reset_index(drop=True)
+            several = facet in t and t[facet].nunique() > 1
+            names = [f"{m}  [{k}]" if several else str(m) for m, k in
+                     zip(t[x].astype(str), t[facet].astype(str) if facet in t else [""] * len(t))]
+            ys = np.arange(len(t))[::-1]
             m, lo, hi = (t[c].to_numpy(float) for c in ("mean", "ci_low", "ci_high"))
-            ax.bar(xs, m, color=sns.color_palette("colorblind", 1)[0], alpha=0.8)
-            ax.errorbar(xs, m, yerr=np.nan_to_num(np.clip(np.vstack([m - lo, hi - m]), 0, None)), fmt="none",
+            ax.barh(ys, m, color=[pal[v] for v in t[x].astype(str)], alpha=0.85)
+            ax.errorbar(m, ys, xerr=np.nan_to_num(np.clip(np.vstack([m - lo, hi - m]), 0, None)), fmt="none",
                         color="k", capsize=3)
-            ax.set_xticks(xs, t["_x"], fontsize=7)
+            ax.set_yticks(ys, names, fontsize=7)
             ax.set_title(lab, fontsize=9)
     return fig
 
@@ -309,6 +325,7 @@ def layer_curves(bands: pd.DataFrame, *, facet: str = "group", scale: float = 10
                 ax.fill_between(s["epoch"], s["ci_low"].to_numpy(float) * scale, s["ci_high"].to_numpy(float) * scale,
                                 color=pal[u], alpha=0.12, lw=0)
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(ylabel)
             ax.set_title(name, fontsize=9)
             ax.legend(fontsize=7)

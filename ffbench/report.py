@@ -63,8 +63,8 @@ class Section:
         return self
 
     def table(self, name: str, raw: pd.DataFrame, display: pd.DataFrame | None = None, caption: str = "") -> "Section":
-        self.blocks.append(Block("table", name=_slug(name), caption=caption, table=raw,
-                                 display=display if display is not None else raw))
+        shown = display if display is not None else raw.drop(columns=["curves"], errors="ignore")
+        self.blocks.append(Block("table", name=_slug(name), caption=caption, table=raw, display=shown))
         return self
 
     def figure(self, name: str, fig, caption: str = "") -> "Section":
@@ -87,15 +87,28 @@ def fmt_num(x: Any, digits: int = 2, scale: float = 1.0) -> str:
     return "—" if not math.isfinite(v) else f"{v * scale:.{digits}f}"
 
 
+def fmt_sig(x: Any, digits: int = 3) -> str:
+    """Significant digits (for quantities of any size: times, bytes)."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "—"
+    return "—" if not math.isfinite(v) else f"{v:.{digits}g}"
+
+
 def fmt_pct(x: Any, digits: int = 2) -> str:
     return fmt_num(x, digits, 100.0)
 
 
-def fmt_ci(value: Any, low: Any, high: Any, digits: int = 2, scale: float = 100.0) -> str:
-    v = fmt_num(value, digits, scale)
-    if not (np.isfinite(float(low)) and np.isfinite(float(high))):
-        return v
-    return f"{v} [{fmt_num(low, digits, scale)}, {fmt_num(high, digits, scale)}]"
+def fmt_ci(value: Any, low: Any, high: Any, digits: int = 2, scale: float = 100.0, sig: bool = False) -> str:
+    """'value [low, high]' (scaled; ``sig``: significant digits instead of decimals)."""
+    f = (lambda x: fmt_sig(float(x) * scale, digits)) if sig else (lambda x: fmt_num(x, digits, scale))
+    v = f(value)
+    try:
+        ok = np.isfinite(float(low)) and np.isfinite(float(high))
+    except (TypeError, ValueError):
+        ok = False
+    return f"{v} [{f(low)}, {f(high)}]" if ok else v
 
 
 def fmt_p(p: Any) -> str:
@@ -144,10 +157,17 @@ class ReportContext:
         self.cache: dict[str, Any] = {}
 
     def _task(self, df: pd.DataFrame) -> pd.Series:
+        """'dataset / backbone / axis=level ...' (axes that do not apply, '-', left out)."""
         cols = [c for c in self.task_cols if c in df]
         if not cols:
             return pd.Series("all", index=df.index)
-        return df[cols].astype(str).agg(" / ".join, axis=1)
+
+        def label(row) -> str:
+            parts = [str(v) if c in stats.BASE_FACTORS else f"{c}={v}" for c, v in zip(cols, row)
+                     if v is not None and str(v) != stats.NA]
+            return " / ".join(parts) or "all"
+
+        return pd.Series([label(r) for r in df[cols].itertuples(index=False)], index=df.index, dtype=object)
 
     def with_task(self, df: pd.DataFrame) -> pd.DataFrame:
         """``df`` with a 'task' label column joined from the non-method factor columns it has."""
@@ -276,12 +296,13 @@ $body
 def _inline(s: str) -> str:
     s = html.escape(s, quote=False)
     s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
+    s = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', s)
     s = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)
     return re.sub(r"(?<![*\w])\*([^*]+)\*(?!\w)", r"<em>\1</em>", s)
 
 
 def md_to_html(md: str) -> str:
-    """The markdown subset the kinds write: paragraphs, '- ' lists, `code`, **bold**, *italic*."""
+    """The markdown subset the kinds write: paragraphs, '- ' lists, `code`, **bold**, *italic*, [links](url)."""
     out = []
     for para in re.split(r"\n\s*\n", md.strip()):
         lines = para.splitlines()
@@ -446,13 +467,21 @@ def build_report(out_dir: str | Path, suite: str, kinds: Sequence[str] | None = 
             sections += kind.build(ctx)
         written += _write_kind(root, name, kind, ctx, sections)
         built.append((name, kind.title))
-    written += _write_index(root, ctx, built, skipped)
+    titles = {_slug(n): getattr(c, "title", n) for n, c in registered_kinds()}
+    titles.update({_slug(n): t for n, t in built})
+    present = [(p.stem, titles.get(p.stem, p.stem)) for p in sorted(root.glob("*.html")) if p.stem != "index"]
+    written += _write_index(root, ctx, present, skipped)  # this build's kinds and those built before
     return written
 
 
 def _write_kind(root: Path, name: str, kind: ReportKind, ctx: ReportContext, sections: list[Section]) -> list[Path]:
+    import shutil
+
     paths = []
     fig_rel, tab_rel = f"figures/{_slug(name)}", f"tables/{_slug(name)}"
+    for d in (root / fig_rel, root / tab_rel):  # this kind's files of an earlier build: replaced, not mixed
+        if d.is_dir():
+            shutil.rmtree(d)
     for sec in sections:
         for b in sec.blocks:
             if b.kind == "figure" and b.png:
@@ -479,7 +508,8 @@ def _write_kind(root: Path, name: str, kind: ReportKind, ctx: ReportContext, sec
 def _write_index(root: Path, ctx: ReportContext, built: list[tuple[str, str]], skipped: list[tuple[str, str]]
                  ) -> list[Path]:
     sec = Section("Reports")
-    sec.text("\n".join(f"- **{t}**: `{_slug(n)}.html` (markdown: `{_slug(n)}.md`)" for n, t in built) or "none built")
+    sec.text("\n".join(f"- **{t}**: [HTML]({_slug(n)}.html) · [markdown]({_slug(n)}.md)" for n, t in built)
+             or "none built")
     if skipped:
         sec.note("Skipped (nothing to show):\n\n" + "\n".join(f"- {n}: {why}" for n, why in skipped))
     page, md = render(f"ffbench reports: {ctx.suite}", f"suite version {ctx.suite_version}", [sec], kind="index",

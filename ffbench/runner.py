@@ -131,6 +131,7 @@ def run_suite(suite_ref: str, out: str | Path | None = None, device: str = "auto
 
     suite, design, paths = prepare(suite_ref, out)
     paths.out.mkdir(parents=True, exist_ok=True)
+    w.set_threads()
     store = Store(store_url or paths.store)
     lease = float(lease_s or LEASE_S)
     poll = float(poll_s or min(POLL_S, max(0.2, lease / 4)))

@@ -21,8 +21,8 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -36,11 +36,15 @@ ROPE = 0.005  # 0.5 percentage points of accuracy, on each side of 0
 POWER = 0.8
 WILCOXON_FLOOR = 6  # fewer pairs: the two-sided exact p cannot fall below 0.05 (smallest p at n=5 is 0.0625)
 MIN_PAIRS = 3  # fewer paired seeds: no verdict ('insufficient evidence')
+MIN_BOOTSTRAP_N = 3  # fewer values: no bootstrap interval
 METRIC = "test_acc"
+NA = "-"  # the level shown where an axis does not apply to a method (None in the store)
 VERDICTS = ("better", "equivalent", "worse", "insufficient evidence")
 
 BOOKKEEPING = ("run_id", "suite", "suite_version", "cell_id", "role", "seed", "trial", "status", "error",
-               "attempts", "mlflow_run_id", "curves", "worker", "heartbeat", "started", "finished")
+               "attempts", "mlflow_run_id", "curves", "worker", "heartbeat", "started", "finished", "optuna_trial",
+               "params", "manifest", "task", "group")
+NOT_FACTOR_PREFIXES = ("cfg.", "param.", "_")
 COMPUTE = ("device", "n_params", "n_train", "n_val", "n_test", "num_classes", "units", "train_time_s",
            "epoch_time_s", "images_per_s", "saved_bytes_per_step", "peak_mem_bytes")
 METRIC_PREFIXES = ("val_", "test_", "train_", "best_")
@@ -53,16 +57,22 @@ def is_metric(column: str) -> bool:
 
 
 def infer_factors(frame: pd.DataFrame) -> list[str]:
-    """Factor columns: neither bookkeeping, nor 'cfg.*', nor compute, nor a metric. method, dataset and
-    backbone first, then the ablation axes in table order."""
-    rest = [c for c in frame.columns if c not in BOOKKEEPING and c not in COMPUTE and not c.startswith("cfg.")
-            and not is_metric(c)]
+    """Factor columns: neither bookkeeping, nor 'cfg.*' / 'param.*', nor compute, nor a metric, and not
+    empty in every row. method, dataset and backbone first, then the ablation axes in table order."""
+    rest = [c for c in frame.columns if c not in BOOKKEEPING and c not in COMPUTE
+            and not c.startswith(NOT_FACTOR_PREFIXES) and not is_metric(c)
+            and (c in BASE_FACTORS or frame[c].notna().any())]
     return [c for c in BASE_FACTORS if c in rest] + [c for c in rest if c not in BASE_FACTORS]
 
 
 def axes_of(factors: Sequence[str]) -> list[str]:
     """The ablation axes: the factors other than method, dataset and backbone."""
     return [f for f in factors if f not in BASE_FACTORS]
+
+
+def levels_of(frame: pd.DataFrame, column: str) -> list:
+    """The levels of a factor column, sorted, without '-' (not applicable)."""
+    return sorted((v for v in frame[column].unique() if v != NA), key=_sort_key)
 
 
 def _hashable(v: Any) -> Any:
@@ -83,8 +93,8 @@ def prepare(frame: pd.DataFrame, factors: Sequence[str] | None = None, metric: s
     factors = list(factors) if factors is not None else infer_factors(df)
     for f in factors:
         if f not in df:
-            df[f] = "-"
-        df[f] = df[f].map(_hashable).astype(object).where(df[f].notna(), "-")
+            df[f] = NA
+        df[f] = df[f].map(_hashable).astype(object).where(df[f].notna(), NA)
     if metric is not None:
         df[metric] = pd.to_numeric(df[metric], errors="coerce") if metric in df else np.nan
         df[metric] = df[metric].astype(float)
@@ -148,14 +158,15 @@ def bootstrap_ci(data: Any, statistic: Callable | None = None, *, paired: bool =
     ``data``: a 1-D array, or a tuple of 1-D arrays (resampled together when ``paired``). ``statistic``
     is vectorised like scipy's: ``statistic(*samples, axis=-1)``. BCa by default; when BCa is undefined
     (non-finite bounds, e.g. degenerate resamples) the percentile interval of the same resamples, with
-    non-finite resamples left out; all values equal gives a point interval; n < 2 gives NaN.
+    non-finite resamples left out (and counted in ``method``); all values equal gives a point interval;
+    n < 3 gives NaN.
     """
     samples = tuple(np.asarray(d, float) for d in data) if isinstance(data, tuple) else (np.asarray(data, float),)
     stat = statistic or _mean
     seed = _seed_of(rng)
     n = min(len(s) for s in samples)
-    if n < 2:
-        return Interval(math.nan, math.nan, "none (n < 2)", confidence, 0, seed)
+    if n < MIN_BOOTSTRAP_N:  # two values have 3 distinct resamples: no interval worth the name
+        return Interval(math.nan, math.nan, f"none (n < {MIN_BOOTSTRAP_N})", confidence, 0, seed)
     point = float(stat(*samples, axis=-1))
     if all(np.ptp(s) == 0 for s in samples):
         return Interval(point, point, "point (all values equal)", confidence, 0, seed)
@@ -169,12 +180,15 @@ def bootstrap_ci(data: Any, statistic: Callable | None = None, *, paired: bool =
     used = method
     if not (np.isfinite(low) and np.isfinite(high)):
         dist = np.asarray(res.bootstrap_distribution, float)
-        dist = dist[~np.isnan(dist)]
+        bad = int((~np.isfinite(dist)).sum())
+        dist = dist[np.isfinite(dist)]
         if not len(dist):
             return Interval(math.nan, math.nan, "none (all resamples undefined)", confidence, n_resamples, seed)
         tail = (1 - confidence) / 2
         low, high = (float(v) for v in np.percentile(dist, [100 * tail, 100 * (1 - tail)]))
         used = "percentile (BCa undefined)" if method == "BCa" else method
+        if bad:  # e.g. a standardised effect of a resample whose values are all equal
+            used += f"; {bad} of {n_resamples} resamples undefined, left out"
     return Interval(low, high, used, confidence, n_resamples, seed)
 
 
@@ -249,7 +263,7 @@ def cell_table(frame: pd.DataFrame, metric: str = METRIC, by: Sequence[str] | No
     df, factors = prepare(frame, by, metric)
     by = list(by) if by is not None else factors
     rows = []
-    for key, g in df.groupby(by, sort=True, dropna=False):
+    for key, g in (df.groupby(by, sort=True, dropna=False) if by else [((), df)]):
         ok = ok_mask(g, metric)
         counts = status_counts(g, metric)
         d = describe(g.loc[ok, metric], confidence=confidence, n_resamples=n_resamples, rng=rng)
@@ -276,6 +290,8 @@ def hedges_g(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray | float
     na, nb = a.shape[axis], b.shape[axis]
     va, vb = a.var(axis=axis, ddof=1), b.var(axis=axis, ddof=1)
     sp = np.sqrt(((na - 1) * va + (nb - 1) * vb) / (na + nb - 2))
+    scale = np.maximum(np.abs(a).max(axis=axis), np.abs(b).max(axis=axis))
+    sp = np.where(sp <= 1e-12 * np.maximum(scale, 1e-300), np.nan, sp)  # no spread (up to rounding): undefined
     with np.errstate(divide="ignore", invalid="ignore"):
         d = (a.mean(axis=axis) - b.mean(axis=axis)) / sp
     return d * hedges_correction(na + nb - 2)
@@ -290,8 +306,10 @@ def prob_superiority(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray
 
 
 def _d_z(d: np.ndarray, axis: int = -1):
+    sd = d.std(axis=axis, ddof=1)
+    sd = np.where(sd <= 1e-12 * np.maximum(np.abs(d).max(axis=axis), 1e-300), np.nan, sd)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return d.mean(axis=axis) / d.std(axis=axis, ddof=1)
+        return d.mean(axis=axis) / sd
 
 
 def paired_comparison(a: Sequence[float], b: Sequence[float], *, rope: float = ROPE,
@@ -354,8 +372,9 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], *, rope: float = R
     ps = float(prob_superiority(a, b)) if n else nan
     ps_ci = bootstrap_ci((a, b), prob_superiority, paired=True, confidence=confidence,
                          n_resamples=n_resamples, rng=gen)
-    out.update(hedges_g=g, g_ci_low=g_ci.low, g_ci_high=g_ci.high, ps=ps, ps_ci_low=ps_ci.low,
-               ps_ci_high=ps_ci.high, d_z=float(_d_z(d)) if n > 1 else nan)
+    out.update(hedges_g=g, g_ci_low=g_ci.low, g_ci_high=g_ci.high, g_ci_method=g_ci.method, ps=ps,
+               ps_ci_low=ps_ci.low, ps_ci_high=ps_ci.high, ps_ci_method=ps_ci.method,
+               d_z=float(_d_z(d)) if n > 1 else nan)
     return out
 
 
@@ -432,13 +451,43 @@ def paired_values(frame: pd.DataFrame, metric: str, method_col: str, a: Any, b: 
     return both.reset_index()
 
 
+def _strata(df: pd.DataFrame, cols: list[str]) -> list[tuple[dict[str, Any], pd.DataFrame]]:
+    if not cols:
+        return [({}, df)]
+    return [(dict(zip(cols, _key(k))), g) for k, g in df.groupby(cols, sort=True, dropna=False)]
+
+
+def compatible(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Two strata can be paired when every factor agrees or is not applicable ('-') on one side (an
+    axis that does not apply to the control: the control is compared with every level of it)."""
+    return all(a[k] == b[k] or a[k] == NA or b[k] == NA for k in a)
+
+
+def broadcast_na(df: pd.DataFrame, cols: Sequence[str]) -> pd.DataFrame:
+    """Rows whose level is '-' (axis not applicable) in a column that other rows give levels repeated once
+    per level, so that a method an axis does not touch appears in every level's task."""
+    for c in cols:
+        if c not in df:
+            continue
+        levels = [v for v in df[c].unique() if v != NA]
+        na = df[c] == NA
+        if levels and na.any():
+            df = pd.concat([df[~na]] + [df[na].assign(**{c: lv}) for lv in levels], ignore_index=True)
+    return df
+
+
+def merge_strata(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (a[k] if a[k] != NA else b[k]) for k in a}
+
+
 def compare(frame: pd.DataFrame, metric: str = METRIC, *, control: str = "bp", factors: Sequence[str] | None = None,
             method_col: str = "method", confirmatory: Sequence[tuple[str, str]] | None = None,
             all_pairs: bool = False, rope: float | Mapping[str, float] | None = None,
             alpha: float = ALPHA, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
             rng: int = SEED, confirmatory_correction: str = "holm", exploratory_correction: str = "fdr_bh",
             higher_is_better: bool = True) -> pd.DataFrame:
-    """Paired comparisons within every stratum (the levels of all factors but ``method_col``).
+    """Paired comparisons within every stratum (the levels of all factors but ``method_col``); where an
+    axis does not apply to one side ('-'), that side is paired with every level of the other (``compatible``).
 
     Confirmatory family: ``confirmatory`` (pairs (method, reference)) or, by default, every method
     against ``control``; Holm across all of them in the table (applied separately to the difference
@@ -449,34 +498,37 @@ def compare(frame: pd.DataFrame, metric: str = METRIC, *, control: str = "bp", f
     """
     df, factors = prepare(frame, factors, metric)
     strata_cols = [f for f in factors if f != method_col]
+    methods = sorted(df[method_col].unique(), key=str)
+    pairs: list[tuple[Any, Any, str]] = []
+    declared = confirmatory if confirmatory is not None else [(m, control) for m in methods if m != control]
+    for m, ref in declared:
+        if m in methods and ref in methods and m != ref:
+            pairs.append((m, ref, "confirmatory"))
+    if all_pairs:
+        seen = {frozenset(p[:2]) for p in pairs}
+        for m, ref in itertools.combinations(methods, 2):
+            if frozenset((m, ref)) not in seen:
+                pairs.append((ref, m, "exploratory") if ref == control else (m, ref, "exploratory"))
+    strata = {m: _strata(df[df[method_col] == m], strata_cols) for m in methods}
     rows = []
-    groups = df.groupby(strata_cols, sort=True, dropna=False) if strata_cols else [((), df)]
-    for key, g in groups:
-        stratum = dict(zip(strata_cols, _key(key)))
-        methods = sorted(g[method_col].unique(), key=str)
-        pairs: list[tuple[str, str, str]] = []
-        declared = confirmatory if confirmatory is not None else [(m, control) for m in methods if m != control]
-        for m, ref in declared:
-            if m in methods and ref in methods:
-                pairs.append((m, ref, "confirmatory"))
-        if all_pairs:
-            seen = {frozenset(p[:2]) for p in pairs}
-            for m, ref in itertools.combinations(methods, 2):
-                if frozenset((m, ref)) not in seen:
-                    pairs.append((ref, m, "exploratory") if ref == control else (m, ref, "exploratory"))
-        r = resolve_rope(rope, stratum.get("dataset"))
-        for m, ref, family in pairs:
-            pv = paired_values(g, metric, method_col, m, ref)
-            ca = status_counts(g[g[method_col] == m], metric)
-            cb = status_counts(g[g[method_col] == ref], metric)
-            res = paired_comparison(pv["a"].to_numpy(), pv["b"].to_numpy(), rope=r, confidence=confidence,
-                                    n_resamples=n_resamples, rng=rng)
-            rows.append({**stratum, "method": m, "reference": ref, "family": family,
-                         "correction": confirmatory_correction if family == "confirmatory" else exploratory_correction,
-                         "runs_method": ca["runs"], "failures_method": ca["failures"],
-                         "runs_reference": cb["runs"], "failures_reference": cb["failures"],
-                         "unpaired": ca["n"] + cb["n"] - 2 * res["n_pairs"],
-                         "seeds": ",".join(str(s) for s in pv["seed"]), **res})
+    for m, ref, family in pairs:
+        for sa, ga in strata[m]:
+            for sb, gb in strata[ref]:
+                if not compatible(sa, sb):
+                    continue
+                stratum = merge_strata(sa, sb)
+                g = pd.concat([ga, gb])
+                pv = paired_values(g, metric, method_col, m, ref)
+                ca, cb = status_counts(ga, metric), status_counts(gb, metric)
+                res = paired_comparison(pv["a"].to_numpy(), pv["b"].to_numpy(),
+                                        rope=resolve_rope(rope, stratum.get("dataset")), confidence=confidence,
+                                        n_resamples=n_resamples, rng=rng)
+                rows.append({**stratum, "method": m, "reference": ref, "family": family,
+                             "correction": confirmatory_correction if family == "confirmatory" else exploratory_correction,
+                             "runs_method": ca["runs"], "failures_method": ca["failures"],
+                             "runs_reference": cb["runs"], "failures_reference": cb["failures"],
+                             "unpaired": ca["n"] + cb["n"] - 2 * res["n_pairs"],
+                             "seeds": ",".join(str(s) for s in pv["seed"]), **res})
     out = pd.DataFrame(rows)
     if not len(out):
         return out
@@ -568,6 +620,7 @@ _COMPARISON_COLUMNS = {
     "failures_reference", "unpaired", "seeds", "n_pairs", "mean_a", "mean_b", "delta", "sd_diff", "rope", "ci_low",
     "ci_high", "ci_method", "n_resamples", "seed", "t", "df", "p_t", "t_ci_low", "t_ci_high", "p_tost", "wilcoxon_W",
     "p_wilcoxon", "wilcoxon_note", "hedges_g", "g_ci_low", "g_ci_high", "ps", "ps_ci_low", "ps_ci_high", "d_z",
+    "g_ci_method", "ps_ci_method",
     "p_adj", "p_tost_adj", "family_size", "verdict", "reason", "alpha"}
 
 
@@ -586,20 +639,23 @@ def cell_summaries(frame: pd.DataFrame, control: str = "bp", rope: float | Mappi
     comp = compare(df, metric, control=control, factors=factors, rope=rope, alpha=alpha, confidence=confidence,
                    n_resamples=n_resamples, rng=rng)
     strata_cols = [f for f in factors if f != "method"]
-    lookup = {}
-    for r in comp.to_dict("records") if len(comp) else []:
-        lookup[(r["method"], *[r[c] for c in strata_cols])] = r
+    records = comp.to_dict("records") if len(comp) else []
     out: dict[str, dict[str, Any]] = {}
     for c in cells.to_dict("records"):
         s = {k: c[k] for k in ("n", "mean", "sd", "median", "ci_low", "ci_high", "failures", "missing", "runs")}
         s.update(metric=metric, control=control, rope=resolve_rope(rope, c.get("dataset")),
                  n_resamples=n_resamples, seed=rng)
-        r = lookup.get((c["method"], *[c[k] for k in strata_cols]))
+        hits = [r for r in records if r["method"] == c["method"] and r["reference"] == control
+                and all(c[k] == NA or r[k] == c[k] for k in strata_cols)]
         if c["method"] == control:
             s.update(verdict="control", delta=0.0)
-        elif r is not None:
+        elif len(hits) == 1:
+            r = hits[0]
             s.update(delta=r["delta"], delta_ci_low=r["ci_low"], delta_ci_high=r["ci_high"], n_pairs=r["n_pairs"],
                      p_adj=r["p_adj"], verdict=r["verdict"], reason=r["reason"])
+        elif hits:
+            s.update(delta=math.nan, verdict=f"{len(hits)} comparisons (see the report)",
+                     reason="; ".join(sorted({r["verdict"] for r in hits})))
         else:
             s.update(verdict="no control", delta=math.nan)
         out[c["cell_id"]] = s
@@ -825,7 +881,7 @@ def task_matrix(frame: pd.DataFrame, metric: str = METRIC, *, factors: Sequence[
     runs. Tasks missing a method are dropped (Friedman needs complete blocks)."""
     df, factors = prepare(frame, factors, metric)
     tasks = [f for f in factors if f != method_col]
-    df = df[ok_mask(df, metric)]
+    df = broadcast_na(df[ok_mask(df, metric)], tasks)
     if not tasks:
         df = df.assign(task="all")
         tasks = ["task"]
@@ -871,8 +927,9 @@ def friedman(matrix: pd.DataFrame, alpha: float = ALPHA, higher_is_better: bool 
                 out.update(F_iman_davenport=F, p_iman_davenport=float(stats.f.sf(F, k - 1, (k - 1) * (n - 1))))
         out["cd_nemenyi"] = nemenyi_cd(k, n, alpha)
     if n < 5:
-        notes.append(f"with only N={n} task(s) the rank tests have little power and the Nemenyi CD "
-                     f"({out['cd_nemenyi']:.2f} ranks) rarely separates methods; per-task results and the "
+        cd = f" and the Nemenyi CD ({out['cd_nemenyi']:.2f} ranks) rarely separates methods" \
+            if np.isfinite(out["cd_nemenyi"]) else ""
+        notes.append(f"with only N={n} task(s) the rank tests have little power{cd}; per-task results and the "
                      "paired comparisons are the primary evidence")
     out["note"] = "; ".join(notes)
     return out
@@ -886,7 +943,7 @@ def normalized_scores(frame: pd.DataFrame, metric: str = METRIC, *, control: str
     dataset -> number). Tasks without a usable control, or a control at or below chance, get NaN."""
     df, factors = prepare(frame, factors, metric)
     tasks = [f for f in factors if f != method_col]
-    df = df[ok_mask(df, metric)].copy()
+    df = broadcast_na(df[ok_mask(df, metric)], tasks).copy()
     if isinstance(chance, Mapping):
         ch = df["dataset"].map(chance).astype(float)
     elif chance is not None:
@@ -1025,11 +1082,33 @@ def summarize_by(table: pd.DataFrame, value: str, by: Sequence[str], *, confiden
     return pd.DataFrame(rows)
 
 
+EXACT_SPEARMAN_MAX_N = 7  # up to 7! = 5040 orderings: Spearman's p by exact permutation
+
+
 def _corr(x: np.ndarray, y: np.ndarray, method: str) -> tuple[float, float]:
+    """(statistic, two-sided p). Pearson: scipy's t-based p (exact under bivariate normality). Spearman:
+    the exact permutation p for n ≤ 7 (the t approximation is far off there: a perfect ρ at n=3 has exact
+    p = 1/3), scipy's approximation above. NaN for n < 3 or a constant input."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return math.nan, math.nan
-    res = stats.pearsonr(x, y) if method == "pearson" else stats.spearmanr(x, y)
-    return float(res.statistic), float(res.pvalue)
+    if method == "pearson":
+        res = stats.pearsonr(x, y)
+        return float(res.statistic), float(res.pvalue)
+    rho = float(stats.spearmanr(x, y).statistic)
+    if len(x) <= EXACT_SPEARMAN_MAX_N:
+        rx = stats.rankdata(x)
+        ry = stats.rankdata(y)
+        res = stats.permutation_test((rx,), lambda a, axis=-1: _pearson_along(a, ry, axis),
+                                     permutation_type="pairings", vectorized=True, n_resamples=10_000)
+        return rho, float(res.pvalue)
+    return rho, float(stats.spearmanr(x, y).pvalue)
+
+
+def _pearson_along(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    a = a - a.mean(axis=axis, keepdims=True)
+    b = b - b.mean(axis=axis, keepdims=True)
+    return (a * b).sum(axis=axis) / np.sqrt((a * a).sum(axis=axis) * (b * b).sum(axis=axis))
 
 
 def correlation_ci(r: float, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -1137,8 +1216,9 @@ def expected_max(values: Sequence[float], k_max: int | None = None) -> np.ndarra
 
 def budget_curves(tuning: pd.DataFrame, metric: str = "val_acc", *, factors: Sequence[str] | None = None) -> pd.DataFrame:
     """Per group of factors (a cell's method, dataset, ...): for k = 1..N trials in trial order, the best
-    ``metric`` so far (failed trials count as no improvement) and the expected best of k random trials.
-    Columns: factors..., k, best_so_far, expected_max, trials, failures."""
+    ``metric`` so far (failed and pruned trials count as no improvement) and the expected best of k random
+    trials drawn from the completed ones. Columns: factors..., k, best_so_far, expected_max, trials,
+    failures, pruned."""
     if tuning is None or not len(tuning):
         return pd.DataFrame()
     df, factors = prepare(tuning, factors, metric)
@@ -1153,5 +1233,6 @@ def budget_curves(tuning: pd.DataFrame, metric: str = "val_acc", *, factors: Seq
             rows.append({**dict(zip(factors, _key(key))), "k": k,
                          "best_so_far": best[k - 1] if np.isfinite(best[k - 1]) else math.nan,
                          "expected_max": float(em[k - 1]) if len(em) else math.nan,
-                         "trials": len(vals), "failures": int((g["status"] == "failed").sum())})
+                         "trials": len(vals), "failures": int((g["status"] == "failed").sum()),
+                         "pruned": int((g["status"] == "pruned").sum())})
     return pd.DataFrame(rows)

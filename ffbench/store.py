@@ -81,11 +81,15 @@ class Store:
         if self.url.startswith("sqlite"):
             with self.engine.begin() as c:
                 c.exec_driver_sql("PRAGMA journal_mode=WAL")
-        try:
-            _meta.create_all(self.engine)
-        except sa.exc.IntegrityError:  # PostgreSQL: another process created the table at the same moment
-            _meta.create_all(self.engine)
-        self._migrate()
+        for attempt in range(5):  # PostgreSQL: another process may be creating the table at the same moment
+            try:
+                _meta.create_all(self.engine)
+                self._migrate()
+                break
+            except sa.exc.DBAPIError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
         self.dialect = self.engine.dialect.name
 
     def _migrate(self) -> None:

@@ -276,7 +276,15 @@ def open_storage(url: str):
     from optuna.storages.journal import JournalFileBackend
 
     if "://" in url and not url.startswith("journal:"):
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        import time
+
+        for attempt in range(5):  # several workers creating Optuna's tables at once may collide: retry
+            try:
+                return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+            except Exception:
+                if attempt == 4:
+                    raise
+                time.sleep(0.3 * (attempt + 1))
     path = url[len("journal:"):] if url.startswith("journal:") else url
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(path))
@@ -320,10 +328,13 @@ def ensure_studies(storage, suite: "Suite", design: "Design") -> None:
         study = optuna.create_study(storage=storage, study_name=study_name(suite, cell), direction="maximize",
                                     load_if_exists=True, sampler=optuna.samplers.RandomSampler(0))
         if "ffbench.cell_id" not in study.user_attrs:
-            study.set_user_attr("ffbench.cell_id", cell.cell_id)
-            study.set_user_attr("ffbench.suite", f"{suite.name} v{suite.version}")
-            study.set_user_attr("ffbench.factors", canonical_json(cell.factors))
-            study.set_user_attr("ffbench.tuning", canonical_json(cell.tuning))
+            try:  # descriptive only; two launchers writing them at once may collide on an RDB
+                study.set_user_attr("ffbench.suite", f"{suite.name} v{suite.version}")
+                study.set_user_attr("ffbench.factors", canonical_json(cell.factors))
+                study.set_user_attr("ffbench.tuning", canonical_json(cell.tuning))
+                study.set_user_attr("ffbench.cell_id", cell.cell_id)
+            except Exception:
+                pass
 
 
 def load_study(storage, suite: "Suite", cell: "Cell", slot: int):

@@ -153,8 +153,14 @@ def work(env: Env, bar=None, wait: bool = True, max_runs: int | None = None) -> 
     slot_ids = {c.cell_id: [r.run_id for r in design.trials if r.cell.cell_id == c.cell_id] for c in tuned}
     ready: set[str] = set()
     executed = 0
+    warned = False
     while max_runs is None or executed < max_runs:
         states = {s["run_id"]: s for s in store.states(suite.name, suite.version) if s["run_id"] in order}
+        if not states and not warned and wait:
+            print(f"worker {env.worker}: the store {store.url} holds no runs of {suite.name} version {suite.version} "
+                  f"yet; waiting for the launcher to initialise it (or start this worker without --no-init)",
+                  file=sys.stderr)
+            warned = True
         changed = False
         for c in tuned:
             if c.cell_id in ready:

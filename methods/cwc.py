@@ -94,10 +94,23 @@ _NOTES = ("ILT windows: ilt_table picks the reference table (mnist, fashion-mnis
             "one Adam per layer with stop-gradient, ILT windows; Avg and Sf predictors",
     paper="Papachristodoulou et al., AAAI 2024, arXiv 2312.12668 (methods.md §3)",
     code="andreaspapac/CwComp @254960a src/Layer_cnn.py, src/Models.py",
-    defaults=dict(_DEFAULTS), options=dict(_OPTIONS), capabilities=frozenset({"conv", "cfse", "unit-scores"}),
+    defaults=dict(_DEFAULTS), options=dict(_OPTIONS), capabilities=frozenset({"conv", "cfse", "unit-scores", "backbones:cnn.cfse"}),
     tuning_space={"lr": ("log", 1e-3, 3e-2)}, notes="Backbone: cnn.cfse. " + _NOTES)
 class CwC(Method):
     cfse = True
+    backbone_name = "cnn.cfse"
+
+    @classmethod
+    def incompatible(cls, config) -> str | None:
+        """Why a suite cell cannot run (the design drops it with this reason), or None."""
+        from ffbench.axes import dataset_classes
+
+        name = "cwc" if cls.cfse else "cwc.nocfse"
+        if config.backbone != cls.backbone_name:
+            return f"{name} runs on the {cls.backbone_name} backbone only"
+        k = config.classes or dataset_classes(config.dataset)
+        bad = [c for c in config.backbone_options.get("channels", []) if k and c % k]
+        return f"{name}: channels {bad} are not divisible by the class count {k}" if bad else None
 
     def __init__(self, backbone, num_classes, options, ctx):
         super().__init__(backbone, num_classes, options, ctx)
@@ -183,7 +196,8 @@ class CwC(Method):
     summary="CwC-FF without CFSE, the FF-CNN ablation (needs backbone cnn: ordinary convolutions only)",
     paper="Papachristodoulou et al., AAAI 2024, arXiv 2312.12668 (methods.md §3.1, --CFSE False)",
     code="andreaspapac/CwComp @254960a src/Models.py",
-    defaults=dict(_DEFAULTS), options=dict(_OPTIONS), capabilities=frozenset({"conv", "unit-scores"}),
+    defaults=dict(_DEFAULTS), options=dict(_OPTIONS), capabilities=frozenset({"conv", "unit-scores", "backbones:cnn"}),
     tuning_space={"lr": ("log", 1e-3, 3e-2)}, notes="Backbone: cnn. " + _NOTES)
 class CwCNoCFSE(CwC):
     cfse = False
+    backbone_name = "cnn"

@@ -85,11 +85,12 @@ def resolve_scale(scale: str, goodness: str, norm: str) -> tuple[str, str]:
               "scale": "sum-rms", "goodness": "auto", "norm": "auto", "theta_scale": 1.0,
               "negatives": "uniform", "vote": "skip-first", "training": "simultaneous",
               "peer_weight": 0.03, "peer_momentum": 0.9, "head_lr": 1e-2, "head_weight_decay": 3e-3,
-              "label_value": 1.0, "init": "normal"},
+              "label_value": 1.0, "pixels": "unit-range", "init": "normal"},
     options={"scale": tuple(SCALES), "goodness": ("auto", "sum", "mean"), "norm": ("auto", "rms", "l2"),
              "theta_scale": float, "negatives": NEGATIVES, "vote": ("skip-first", "all", "last"),
              "training": ("simultaneous", "greedy"), "peer_weight": float, "peer_momentum": float,
-             "head_lr": float, "head_weight_decay": float, "label_value": float, "init": ("normal", "torch")},
+             "head_lr": float, "head_weight_decay": float, "label_value": float, "pixels": ("unit-range", "as-given"),
+             "init": ("normal", "torch")},
     capabilities=frozenset({"flat", "negatives", "label-in-input", "unit-scores"}),
     tuning_space={"lr": ("log", 1e-4, 1e-2), "weight_decay": ("log", 1e-5, 1e-3)},
     notes="scale: sum-rms (goodness sum h^2, RMS norm, theta=N, official) or mean-l2 (mean h^2, L2 norm, "
@@ -97,17 +98,35 @@ def resolve_scale(scale: str, goodness: str, norm: str) -> tuple[str, str]:
           "the convention's threshold. vote: layers summed by the goodness rule and fed to the softmax head "
           "(skip-first = official). training: simultaneous (each layer steps on its own loss every batch) or "
           "greedy (layer l trains in epochs [l*E/L, (l+1)*E/L)). Neutral label = label_value/K per slot "
-          "(0.1 for 10 classes). init normal: N(0, 1/fan_in) weights, zero biases (official). Backbone: mlp.")
+          "(0.1 for 10 classes). pixels unit-range: each image min-max scaled to [0, 1] (the recipes' "
+          "pixel range; for MNIST it exactly undoes the harness standardisation), as-given: the harness's input. "
+          "init normal: N(0, 1/fan_in) weights, zero biases (official). Backbone: mlp.")
 class FF(Method):
+    @classmethod
+    def incompatible(cls, config) -> str | None:
+        """Why a suite cell cannot run (the design drops it with this reason), or None."""
+        o = {**{k: v for k, v in cls.card.defaults.items() if k in cls.card.options}, **config.method_options}
+        n_layers = len(config.backbone_options.get("widths", [])) or 3
+        try:
+            resolve_scale(o["scale"], o["goodness"], o["norm"])
+        except ValueError as exc:
+            return str(exc)
+        if o["vote"] == "skip-first" and n_layers < 2:
+            return "ff.hinton: vote='skip-first' needs at least 2 layers"
+        if o["training"] == "greedy" and config.epochs < n_layers:
+            return f"ff.hinton greedy training needs epochs >= layers ({config.epochs} < {n_layers})"
+        return None
+
     def __init__(self, backbone, num_classes, options, ctx):
         super().__init__(backbone, num_classes, options, ctx)
         o, k = options, num_classes
         self.linears = []
         for unit in backbone.units:
             lin = [m for m in unit.modules() if isinstance(m, nn.Linear)]
-            if backbone.is_conv or len(lin) != 1 or any(isinstance(m, nn.modules.conv._ConvNd) for m in unit.modules()):
-                raise ValueError("ff.hinton trains fully connected layers on the flattened image; this backbone "
-                                 "has convolutional units. Allowed backbones: mlp")
+            if backbone.is_conv or len(lin) != 1:
+                kind = "convolutional units" if backbone.is_conv else "units that are not one linear layer each"
+                raise ValueError(f"ff.hinton trains fully connected layers on the flattened image; this backbone "
+                                 f"has {kind}. Allowed backbones: mlp")
             self.linears.append(lin[0])
         self.in_dim = self.linears[0].in_features
         if self.in_dim < k:
@@ -152,8 +171,13 @@ class FF(Method):
         return h.pow(2).sum(-1) if self.goodness == "sum" else h.pow(2).mean(-1)
 
     def _image(self, x):
-        """Flattened image with the label slots zeroed, its squared norm, and W1 @ it (B rows)."""
-        xr = x.flatten(1).clone()
+        """Flattened image with the label slots zeroed: its squared norm, and W1 @ it (B rows)."""
+        xr = x.flatten(1)
+        if self.options["pixels"] == "unit-range":  # per image to [0, 1]: undoes the harness standardisation
+            lo, hi = xr.aminmax(dim=1, keepdim=True)
+            xr = (xr - lo) / (hi - lo).clamp_min(EPS)
+        else:
+            xr = xr.clone()
         xr[:, :self.num_classes] = 0
         return xr.pow(2).sum(1), F.linear(xr, self.linears[0].weight)
 
@@ -181,9 +205,9 @@ class FF(Method):
         with torch.set_grad_enabled(0 in self.training_layers):
             ssq, base = self._image(x)
         with torch.no_grad():
-            feats = self._neutral(ssq, base)
-        logits = self.head(torch.cat([feats[i] for i in self.vote], 1))
-        y_neg = sample_negatives(y, k, o["negatives"], self.ctx.generator, logits.detach())
+            feats = torch.cat([f for i, f in enumerate(self._neutral(ssq, base)) if i in self.vote], 1)
+            logits = self.head(feats) if o["negatives"] == "hard" else None
+        y_neg = sample_negatives(y, k, o["negatives"], self.ctx.generator, logits)
         labels = F.one_hot(torch.stack([y, y_neg]), k).to(x.dtype) * self.label_value
         stats, total = {}, 0.0
         h = None
@@ -209,7 +233,7 @@ class FF(Method):
                               f"goodness_neg.unit{i + 1}": g[b:].mean()})
                 total = total + loss.detach()
             h = h.detach()
-        head_loss = F.cross_entropy(logits, y)
+        head_loss = F.cross_entropy(self.head(feats), y)  # after the layers: its graph is not held meanwhile
         step(self.head_opt, head_loss)
         stats["loss.head"] = head_loss.detach()
         stats["loss"] = total + stats["loss.head"]
@@ -218,6 +242,10 @@ class FF(Method):
     @torch.no_grad()
     def evaluate(self, x):
         k = self.num_classes
+        if len(x) * k > 2 ** 14:  # bound the B*K rows of one pass (K = 100 would otherwise take GBs)
+            parts = [self.evaluate(c) for c in x.split(max(1, 2 ** 14 // k))]
+            return ({r: torch.cat([p[0][r] for p in parts]) for r in parts[0][0]},
+                    [torch.cat([p[1][i] for p in parts]) for i in range(len(self.linears))])
         ssq, base = self._image(x)
         logits = self.head(torch.cat([self._neutral(ssq, base)[i] for i in self.vote], 1))
         eye = torch.eye(k, device=x.device, dtype=x.dtype)[:, None, :] * self.label_value

@@ -19,8 +19,10 @@ from ffbench.report import ReportContext, ReportKind, Section, fmt_ci, fmt_num, 
 MAX_INTERACTION_PLOTS = 6
 
 
-def varying_axes(ctx: ReportContext) -> list[str]:
-    return [a for a in ctx.axes if ctx.frame[a].nunique() > 1]
+def varying_axes(ctx: ReportContext, frame: pd.DataFrame | None = None) -> list[str]:
+    """Axes with at least two levels (not counting '-', where the axis does not apply)."""
+    frame = ctx.frame if frame is None else frame
+    return [a for a in ctx.axes if len(stats.levels_of(frame, a)) > 1]
 
 
 @report_kind("ablation", "Factorial ablation: main effects and two-way interactions of each axis (OLS with seed "
@@ -37,7 +39,7 @@ class Ablation(ReportKind):
     def build(self, ctx: ReportContext) -> list[Section]:
         o = ctx.options
         axes = varying_axes(ctx)
-        levels = {a: sorted(ctx.frame[a].unique(), key=stats._sort_key) for a in axes}
+        levels = {a: stats.levels_of(ctx.frame, a) for a in axes}
         intro = Section("Design")
         intro.text("\n".join(
             [f"- `{a}`: {', '.join(map(str, lv))} (reference level: {lv[0]})" for a, lv in levels.items()]
@@ -50,18 +52,31 @@ class Ablation(ReportKind):
                "higher interactions are left in the residual.",
                f"- Stratified bootstrap: seeds resampled within each stratum of the other axes' levels "
                f"({o.n_resamples} resamples, seed {o.seed}, percentile interval)."]))
+        seeds = ctx.frame[stats.ok_mask(ctx.frame, o.metric)].groupby(ctx.factors)["seed"].nunique()
+        if len(seeds) and seeds.min() < stats.WILCOXON_FLOOR:
+            intro.note(f"Some cells have only {int(seeds.min())} usable seed(s): bootstrap intervals from so few seeds "
+                       "are too narrow (they cannot reach beyond the observed values); read the OLS t intervals, "
+                       "and treat every effect here as exploratory.")
         sections = [intro]
         group_cols = [f for f in ("method", "dataset", "backbone") if f in ctx.frame] + \
                      [a for a in ctx.axes if a not in axes]
+        without = []
         for key, g in ctx.frame.groupby(group_cols, sort=True):
-            label = " / ".join(map(str, key if isinstance(key, tuple) else (key,)))
-            sections.append(self.group(ctx, label, g, axes))
+            label = " / ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)) if str(k) != stats.NA)
+            g_axes = varying_axes(ctx, g)
+            if g_axes:
+                sections.append(self.group(ctx, label, g, g_axes))
+            else:
+                without.append(label)
+        if without:
+            intro.note("Groups in which no axis varies (the axes do not apply to them, or take one level): "
+                       + "; ".join(without) + ".")
         return sections
 
     def group(self, ctx: ReportContext, label: str, g: pd.DataFrame, axes: list[str]) -> Section:
         o = ctx.options
         sec = Section(f"Ablation: {label}")
-        g_axes = [a for a in axes if g[a].nunique() > 1]
+        g_axes = axes
         cells = stats.cell_table(g, o.metric, g_axes, confidence=o.confidence, n_resamples=o.n_resamples, rng=o.seed)
         disp = pd.DataFrame({**{a: cells[a].astype(str) for a in g_axes}, "runs": cells["runs"], "n": cells["n"],
                              "failed": cells["failures"], "missing": cells["missing"],
@@ -69,8 +84,6 @@ class Ablation(ReportKind):
                                                zip(cells["mean"], cells["ci_low"], cells["ci_high"])],
                              "SD (%)": [fmt_pct(v) for v in cells["sd"]]})
         sec.table(f"{label}-cells", cells, disp, caption=f"Cells of `{label}`: mean with {o.confidence:.0%} bootstrap CI.")
-        if not g_axes:
-            return sec.note("Only one level of every axis here.")
         terms, info = stats.ablation_model(g, o.metric, g_axes, confidence=o.confidence)
         if len(terms) and "p" in terms:
             tests = terms["kind"] != "block"

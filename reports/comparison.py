@@ -12,8 +12,11 @@ import pandas as pd
 
 from ffbench import figures as F
 from ffbench import stats
-from ffbench.report import (ReportContext, ReportKind, Section, fmt_ci, fmt_num, fmt_p, fmt_pct,
-                            report_kind)
+from ffbench.report import (ReportContext, ReportKind, Section, fmt_ci, fmt_num, fmt_p, fmt_pct, report_kind)
+
+
+def _n(v) -> str:
+    return ">10000" if v is None or pd.isna(v) else str(int(v))
 
 
 def cells_display(cells: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -128,10 +131,13 @@ class Comparison(ReportKind):
                             "per-task comparisons above are the result.")
         fr = stats.friedman(mat, o.alpha)
         ranks = pd.DataFrame({"method": list(fr["ranks"]), "average rank": [round(v, 3) for v in fr["ranks"].values()]})
-        sec.text(f"Tasks (blocks): {fr['N']}; methods: {fr['k']}. Friedman χ² = {fmt_num(fr['chi2'])}, "
-                 f"p = {fmt_p(fr['p'])}; Iman–Davenport F = {fmt_num(fr['F_iman_davenport'])}, "
-                 f"p = {fmt_p(fr['p_iman_davenport'])}; Nemenyi critical difference at α = {o.alpha:g}: "
-                 f"{fmt_num(fr['cd_nemenyi'])} ranks (Demšar 2006).")
+        if np.isfinite(fr["chi2"]):
+            sec.text(f"Tasks (blocks): {fr['N']}; methods: {fr['k']}. Friedman χ² = {fmt_num(fr['chi2'])}, "
+                     f"p = {fmt_p(fr['p'])}; Iman–Davenport F = {fmt_num(fr['F_iman_davenport'])}, "
+                     f"p = {fmt_p(fr['p_iman_davenport'])}; Nemenyi critical difference at α = {o.alpha:g}: "
+                     f"{fmt_num(fr['cd_nemenyi'])} ranks (Demšar 2006; q/√2 from the studentized range).")
+        else:
+            sec.text(f"Tasks (blocks): {fr['N']}; methods: {fr['k']}. Average ranks only.")
         if fr["note"]:
             sec.note(fr["note"])
         sec.table("ranks", ranks, caption="Average rank over tasks (1 = best) of the per-task mean accuracy.")
@@ -171,8 +177,7 @@ class Comparison(ReportKind):
                    "Holm m": r0["comparisons"]}
             for r in g.to_dict("records"):
                 label = f"Δ={r['delta'] * 100:g}pp" + (" (ROPE)" if r["is_rope"] else "")
-                n1, n2 = r["seeds_needed"], r["seeds_needed_upper_sd"]
-                row[label] = f"{n1 if n1 else '>10000'} / {n2 if n2 else '>10000'}"
+                row[label] = " / ".join(_n(r[k]) for k in ("seeds_needed", "seeds_needed_upper_sd"))
             rows.append(row)
         sec.text(f"Paired seeds needed for {o.power:.0%} power to detect a true difference Δ with the two-sided "
                  f"paired t-test at α/m (m = the Holm family size, its worst case), from the observed SD of the "
@@ -190,7 +195,8 @@ class Comparison(ReportKind):
             return sec.note("No per-epoch curves recorded.")
         long = ctx.with_task(long)
         bands = stats.curve_bands(long, ["task", "method", "series"], ctx.options.confidence)
-        sec.figure("learning_curves", F.learning_curves(bands, hue="method", facet="task", style="series"),
+        sec.figure("learning_curves", F.learning_curves(bands, hue="method", facet="task", style="series",
+                                                        style_order=["val_acc", "test_acc"]),
                    caption="Validation (solid) and test (dashed) accuracy of each method's default inference rule per "
                            f"epoch: mean over seeds with a {ctx.options.confidence:.0%} t band.")
         return sec
@@ -211,7 +217,8 @@ class Comparison(ReportKind):
         sec.figure("budget", F.budget_plot(b, hue="method", facet="task"), caption="Tuning budget curves.")
         last = b.sort_values("k").groupby(["task", "method"]).tail(1)
         sec.table("budget", b, pd.DataFrame({"task": last["task"], "method": last["method"], "trials": last["trials"],
-                                             "failed": last["failures"], "best (%)": [fmt_pct(v) for v in last["best_so_far"]]}),
+                                             "failed": last["failures"],
+                                             "pruned": last["pruned"], "best (%)": [fmt_pct(v) for v in last["best_so_far"]]}),
                   caption="Tuning trials per method and the best validation accuracy reached.")
         return sec
 
@@ -234,7 +241,7 @@ class Comparison(ReportKind):
             tables[label] = t
             for r in t.to_dict("records"):
                 rows.setdefault((r["task"], r["method"]), {"task": r["task"], "method": r["method"], "n": r["n"]})[label] = (
-                    fmt_ci(r["mean"], r["ci_low"], r["ci_high"], 3 if "s / epoch" == label else 1, 1))
+                    fmt_ci(r["mean"], r["ci_low"], r["ci_high"], 3, 1, sig=True))
         if not tables:
             return sec.note("No compute measurements recorded.")
         sec.table("compute", pd.concat([t.assign(quantity=k) for k, t in tables.items()]), pd.DataFrame(rows.values()),

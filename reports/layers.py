@@ -18,6 +18,8 @@ from ffbench.report import ReportContext, ReportKind, Section, fmt_ci, fmt_num, 
 
 def _unit_runs(ctx: ReportContext) -> pd.DataFrame:
     split = ctx.options.split
+    if "curves" not in ctx.frame:
+        return ctx.frame.iloc[0:0]
     has = ctx.frame["curves"].map(lambda c: any(k.startswith(f"{split}_acc.unit") for row in (c or []) for k in row))
     return ctx.frame[has & (ctx.frame["status"] == "done")]
 

@@ -1,0 +1,172 @@
+"""cwc / cwc.nocfse: loss formulas, ILT windows, stop-gradient, step-and-free memory, frozen-layer BN,
+backbone and channel checks, and that it learns digits."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import methods.cwc as cwc
+from ffbench import backbones
+from ffbench.config import RunConfig
+from ffbench.method import Context
+from ffbench.registry import METHODS
+from ffbench.train import SavedTensorMeter, fit, method_options
+
+CH = [10, 20, 20, 40]
+
+
+def sp(u):
+    return math.log1p(math.exp(u))
+
+
+def make(name="cwc", backbone="cnn.cfse", channels=CH, k=10, epochs=4, **opts):
+    bb = backbones.build(backbone, (1, 8, 8), k, {"channels": list(channels)})
+    ctx = Context(device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), optimizer="adam",
+                  lr=0.01, epochs=epochs)
+    options = method_options(RunConfig(method=name, dataset="digits", backbone=backbone, method_options=opts))
+    return METHODS.get(name).obj(bb, k, options, ctx)
+
+
+def test_losses_hand_computed():
+    g, y = torch.tensor([[1.0, 2.0, 0.5]]), torch.tensor([1])
+    ce = -2 + math.log(math.e + math.e ** 2 + math.e ** 0.5)
+    pvn = 0.5 * (sp(2 - 2) + sp((1 + 0.5) / 2 - 2))
+    assert cwc.cwc_loss(g, y, "cwc").item() == pytest.approx(ce, rel=1e-6)
+    assert cwc.cwc_loss(g, y, "pvn").item() == pytest.approx(pvn, rel=1e-6)
+    assert cwc.cwc_loss(g, y, "cwg").item() == pytest.approx(0.28 * ce + 0.72 * pvn, rel=1e-6)
+
+
+def test_class_goodness_is_mean_square_per_channel_group():
+    h = torch.zeros(1, 4, 2, 2)
+    h[0, 2:] = 3.0  # the second of two groups
+    h[0, 0, 0, 0] = 2.0
+    from ffbench.method import grouped_goodness
+    assert grouped_goodness(h, 2).tolist() == [[0.5, 9.0]]
+
+
+def test_ilt_windows():
+    for table, modes in cwc.ILT_TABLES.items():
+        for mode, ref in modes.items():
+            total = ref[-1][1]
+            assert cwc.ilt_windows(mode, table, "exact", 4, total) == ref
+            assert cwc.ilt_windows(mode, table, "proportional", 4, total) == ref
+    assert cwc.ilt_windows("acc", "fashion-mnist", "exact", 4, 20)[-1] == (0, 20)  # reference's 20-epoch cut
+    assert cwc.ilt_windows("none", "mnist", "proportional", 3, 7) == [(0, 7)] * 3
+    for e in (1, 2, 3, 10, 50):
+        for mode in ("acc", "fast"):
+            for n in (1, 2, 4, 6):
+                w = cwc.ilt_windows(mode, "cifar10", "proportional", n, e)
+                assert len(w) == n and all(0 <= s < t <= e for s, t in w) and w[-1][1] == e
+    assert cwc.ilt_windows("acc", "fashion-mnist", "proportional", 4, 46) == [(0, 20), (0, 30), (0, 38), (0, 46)]
+
+
+def test_no_gradient_crosses_a_unit_boundary(monkeypatch):
+    m = make(ilt="none")
+    touched = []
+
+    def recording_step(opt, loss):
+        for p in m.parameters():
+            p.grad = None
+        loss.backward()
+        touched.append({n.split(".")[2] if n.startswith("backbone") else "head"
+                        for n, p in m.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0})
+        opt.step()
+
+    monkeypatch.setattr(cwc, "step", recording_step)
+    stats = m.train_step(torch.randn(16, 1, 8, 8), torch.arange(16) % 10)
+    assert touched == [{"0"}, {"1"}, {"2"}, {"3"}, {"head"}]
+    assert {"loss", "loss.unit1", "loss.unit4", "loss.head"} <= set(stats)
+    assert all(not v.requires_grad and v.dim() == 0 for v in stats.values())
+
+
+def test_step_and_free_memory_is_one_unit():
+    m = make(ilt="none")
+    meter = SavedTensorMeter(list(m.parameters()))
+    with meter.hooks():
+        m.train_step(torch.randn(32, 1, 8, 8), torch.arange(32) % 10)
+    bp_meter = SavedTensorMeter(list(m.parameters()))
+    with bp_meter.hooks():  # the same units end to end, as backprop would hold them
+        h = torch.randn(32, 1, 8, 8)
+        for u in m.backbone.units:
+            h = u(h)
+        h.sum().backward()
+    assert meter.peak < 0.6 * bp_meter.peak
+
+
+def test_ilt_freezes_units_and_their_batchnorm():
+    m = make(ilt="fast", epochs=6, ilt_table="mnist")
+    m.start_epoch(0)
+    assert m.active == [True, False, False, False] and not m.head_active
+    bn = [mod for mod in m.backbone.units[1].modules() if isinstance(mod, nn.BatchNorm2d)][0]
+    assert not bn.training
+    before = bn.running_mean.clone()
+    stats = m.train_step(torch.randn(16, 1, 8, 8), torch.arange(16) % 10)
+    assert set(stats) == {"loss", "loss.unit1"}
+    m.eval(), m.train()  # the harness's evaluation round trip keeps frozen units in eval mode
+    assert not bn.training and m.backbone.units[0].training
+    m.start_epoch(5)  # windows [0,3) [1,4) [2,5) [3,6); the head from epoch 3
+    assert m.active == [False, False, False, True] and m.head_active
+    m.train_step(torch.randn(16, 1, 8, 8), torch.arange(16) % 10)
+    assert torch.equal(bn.running_mean, before)  # frozen: running statistics untouched
+    m = make(ilt="fast", epochs=6, ilt_table="mnist", frozen_bn="train")  # the reference's behaviour
+    m.start_epoch(5)
+    bn = [mod for mod in m.backbone.units[1].modules() if isinstance(mod, nn.BatchNorm2d)][0]
+    before = bn.running_mean.clone()
+    m.train_step(torch.randn(16, 1, 8, 8), torch.arange(16) % 10)
+    assert bn.training and not torch.equal(bn.running_mean, before)
+
+
+def test_sf_head_double_softmax_switch():
+    x, y = torch.randn(16, 1, 8, 8), torch.zeros(16, dtype=torch.long)
+    losses = []
+    for double in (False, True):
+        m = make(ilt="none", sf_double_softmax=double)
+        with torch.no_grad():  # logits = [10, 0, ..., 0] whatever the input
+            m.head.weight.zero_()
+            m.head.bias.copy_(torch.tensor([10.0] + [0.0] * 9))
+        losses.append(m.train_step(x, y)["loss.head"].item())
+    p0 = math.exp(10) / (math.exp(10) + 9)
+    assert losses[0] == pytest.approx(-10 + math.log(math.exp(10) + 9), abs=1e-6)
+    assert losses[1] == pytest.approx(-p0 + math.log(math.exp(p0) + 9 * math.exp((1 - p0) / 9)), rel=1e-4)
+
+
+def test_evaluate_rules_and_unit_scores():
+    m = make()
+    rules, units = m.evaluate(torch.randn(5, 1, 8, 8))
+    assert list(rules) == ["avg", "sf"] and len(units) == 4 and torch.equal(rules["avg"], units[-1])
+    assert all(s.shape == (5, 10) for s in list(rules.values()) + units)
+
+
+def test_bad_backbones_and_channels_are_rejected():
+    with pytest.raises(ValueError, match="needs the cnn.cfse backbone"):
+        make("cwc", backbone="cnn")
+    with pytest.raises(ValueError, match="needs the cnn backbone"):
+        make("cwc.nocfse", backbone="cnn.cfse")
+    with pytest.raises(ValueError, match="not divisible by the class count 10"):
+        make("cwc.nocfse", backbone="cnn", channels=[15, 30, 30, 60])
+    with pytest.raises(ValueError, match="not divisible by the class count 3"):
+        make("cwc", backbone="cnn.cfse", channels=[12, 30, 31], k=3)
+    with pytest.raises(ValueError, match="allowed backbones"):
+        bb = backbones.build("mlp", (1, 8, 8), 10, {"widths": [20]})
+        ctx = Context(device=torch.device("cpu"), generator=torch.Generator(), epochs=2)
+        METHODS.get("cwc").obj(bb, 10, method_options(RunConfig("cwc", "digits", "mlp")), ctx)
+
+
+@pytest.mark.parametrize("name,backbone", [("cwc", "cnn.cfse"), ("cwc.nocfse", "cnn")])
+def test_learns_digits(name, backbone):
+    r = fit(RunConfig(method=name, dataset="digits", backbone=backbone, epochs=3, batch_size=128,
+                      optimizer="adam", lr=0.01, backbone_options={"channels": [10, 20, 40, 80]}), "cpu")
+    assert r.status == "done"
+    assert r.metrics["test_acc.avg"] > 0.8 and r.metrics["test_acc.sf"] > 0.75, r.metrics  # chance 0.10
+    assert {"train_loss.unit1", "train_loss.unit4", "train_loss.head"} <= set(r.curves[0])
+
+
+def test_design_hook_names_bad_cells():
+    cwc_cls, plain_cls = METHODS.get("cwc").obj, METHODS.get("cwc.nocfse").obj
+    assert cwc_cls.incompatible(RunConfig("cwc", "digits", "cnn.cfse", backbone_options={"channels": CH})) is None
+    assert "cnn.cfse backbone only" in cwc_cls.incompatible(RunConfig("cwc", "digits", "cnn"))
+    assert "not divisible" in plain_cls.incompatible(
+        RunConfig("cwc.nocfse", "digits", "cnn", backbone_options={"channels": [16, 32, 64, 64]}))
+    assert "not divisible" in cwc_cls.incompatible(
+        RunConfig("cwc", "digits", "cnn.cfse", classes=3, backbone_options={"channels": [12, 30, 31]}))

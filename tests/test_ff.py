@@ -1,0 +1,172 @@
+"""ff.hinton: loss formulas, layer-1 overlay algebra, negatives, stop-gradient, step-and-free memory,
+option checks, and that it learns digits."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import methods.ff as ff
+from ffbench import backbones
+from ffbench.config import RunConfig
+from ffbench.method import Context
+from ffbench.registry import METHODS
+from ffbench.train import SavedTensorMeter, fit, method_options
+
+
+def sp(u):
+    return math.log1p(math.exp(u))
+
+
+def make(widths=(16, 16, 16), in_shape=(1, 8, 8), k=10, epochs=2, backbone="mlp", **opts):
+    bb = backbones.build(backbone, in_shape, k, {"widths": list(widths)} if backbone == "mlp" else {})
+    ctx = Context(device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), optimizer="sgd",
+                  lr=1e-3, epochs=epochs)
+    options = method_options(RunConfig(method="ff.hinton", dataset="digits", backbone=backbone, method_options=opts))
+    return METHODS.get("ff.hinton").obj(bb, k, options, ctx)
+
+
+def test_ff_loss_hand_computed():
+    g_pos, g_neg = torch.tensor([3.0, 1.0]), torch.tensor([0.5, 2.5])
+    want = (sp(2 - 3) + sp(2 - 1) + sp(0.5 - 2) + sp(2.5 - 2)) / 4
+    assert ff.ff_loss(g_pos, g_neg, 2.0).item() == pytest.approx(want, rel=1e-6)
+    bce = F.binary_cross_entropy_with_logits(torch.cat([g_pos, g_neg]) - 2, torch.tensor([1.0, 1, 0, 0]))
+    assert ff.ff_loss(g_pos, g_neg, 2.0).item() == pytest.approx(bce.item(), rel=1e-6)
+
+
+def test_peer_loss_hand_computed():
+    assert ff.peer_loss(torch.tensor([1.0, 2.0, 3.0])).item() == pytest.approx(2 / 3)
+    m = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    ff.peer_loss(m).backward()  # gradient 2 (m_j - mean m) / N
+    assert torch.allclose(m.grad, torch.tensor([-2 / 3, 0.0, 2 / 3]))
+
+
+def test_layer_one_overlay_algebra_matches_the_plain_overlay():
+    for scale in ff.SCALES:
+        m = make(scale=scale)
+        x = torch.randn(5, 1, 8, 8)
+        ssq, base = m._image(x)
+        labels = F.one_hot(torch.tensor([[0, 3, 9, 1, 2], [4, 4, 0, 7, 5]]), 10).float()
+        fast = m._first(ssq, base, labels)
+        xr = x.flatten(1)
+        lo, hi = xr.aminmax(dim=1, keepdim=True)
+        xr = (xr - lo) / (hi - lo)
+        for v in range(2):
+            plain = torch.cat([labels[v], xr[:, 10:]], 1)
+            assert torch.allclose(fast[v], m.linears[0](m._normalise(plain)), atol=1e-5)
+
+
+def test_goodness_and_threshold_per_scale():
+    m = make(widths=(16, 8), scale="sum-rms")
+    assert m.thetas == [16, 8] and m._good(torch.ones(2, 8)).tolist() == [8.0, 8.0]
+    assert m._normalise(torch.full((1, 4), 3.0)).pow(2).mean().item() == pytest.approx(1.0)
+    m = make(widths=(16, 8), scale="mean-l2", theta_scale=0.5)
+    assert m.thetas == [1.0, 1.0] and m._good(torch.ones(2, 8)).tolist() == [1.0, 1.0]
+    assert m._normalise(torch.full((1, 4), 3.0)).norm().item() == pytest.approx(1.0)
+
+
+def test_negatives_never_true_label_by_default():
+    gen = torch.Generator().manual_seed(1)
+    y = torch.arange(10).repeat(500)
+    neg = ff.sample_negatives(y, 10, "uniform", gen)
+    assert (neg != y).all() and set(neg.tolist()) == set(range(10))
+    for c in range(10):  # uniform over the 9 wrong classes
+        assert len(set(neg[y == c].tolist())) == 9
+    logits = torch.randn(len(y), 10)
+    logits[torch.arange(len(y)), y] = 50.0  # even when the model is sure of the true class
+    assert (ff.sample_negatives(y, 10, "hard", gen, logits) != y).all()
+    perm = ff.sample_negatives(y, 10, "permutation", gen)
+    assert sorted(perm.tolist()) == sorted(y.tolist())
+    assert make().options["negatives"] == "uniform"
+
+
+def test_no_gradient_crosses_a_layer_boundary(monkeypatch):
+    m = make(widths=(16, 16, 16))
+    touched = []
+
+    def recording_step(opt, loss):
+        for p in m.parameters():
+            p.grad = None
+        loss.backward()
+        touched.append({n.split(".")[2] if n.startswith("backbone") else "head"
+                        for n, p in m.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0})
+        opt.step()
+
+    monkeypatch.setattr(ff, "step", recording_step)
+    x, y = torch.randn(8, 1, 8, 8), torch.arange(8)
+    stats = m.train_step(x, y)
+    assert touched == [{"0"}, {"1"}, {"2"}, {"head"}]  # one unit per loss, in order, then the read-out
+    assert {"loss", "loss.unit1", "loss.unit2", "loss.unit3", "loss.head"} <= set(stats)
+    assert all(not v.requires_grad and v.dim() == 0 for v in stats.values())
+
+
+def test_step_and_free_keeps_one_layer_of_activations():
+    def peak(n_layers):
+        m = make(widths=[64] * n_layers, vote="last")  # the read-out's input then has the same width
+        meter = SavedTensorMeter(list(m.parameters()))
+        with meter.hooks():
+            m.train_step(torch.randn(32, 1, 8, 8), torch.arange(32) % 10)
+        return meter.peak
+
+    assert peak(6) == peak(2)  # graphs are freed unit by unit: depth adds nothing
+
+
+def test_greedy_trains_one_layer_per_epoch_block():
+    m = make(widths=(16, 16, 16), epochs=6, training="greedy")
+    seen = []
+    for e in range(6):
+        m.start_epoch(e)
+        seen.append(m.training_layers)
+    assert seen == [[0], [0], [1], [1], [2], [2]]
+    stats = m.train_step(torch.randn(8, 1, 8, 8), torch.arange(8))
+    assert "loss.unit3" in stats and "loss.unit1" not in stats
+
+
+def test_evaluate_rules_and_unit_scores():
+    m = make(widths=(16, 16, 16))
+    rules, units = m.evaluate(torch.randn(7, 1, 8, 8))
+    assert list(rules) == ["goodness", "softmax"] and all(s.shape == (7, 10) for s in rules.values())
+    assert len(units) == 3 and torch.allclose(rules["goodness"], units[1] + units[2])  # skip-first voting
+    x = torch.randn(2000, 1, 8, 8)  # 2000 x 10 label rows: evaluated in chunks, same result
+    big, halves = m.evaluate(x), [m.evaluate(h) for h in x.split(1000)]
+    assert torch.allclose(big[0]["goodness"], torch.cat([h[0]["goodness"] for h in halves]), atol=1e-4)
+    assert torch.allclose(big[1][0], torch.cat([h[1][0] for h in halves]), atol=1e-4)
+    rules, units = make(vote="all").evaluate(torch.randn(3, 1, 8, 8))
+    assert torch.allclose(rules["goodness"], units[0] + units[1] + units[2])
+
+
+def test_bad_options_are_rejected():
+    with pytest.raises(ValueError, match="mixed scale conventions.*scale='mean-l2'"):
+        make(goodness="mean", norm="l2")
+    with pytest.raises(ValueError, match="mixed scale conventions"):
+        make(scale="sum-rms", norm="l2")
+    with pytest.raises(ValueError, match="mixed scale conventions"):
+        make(scale="mean-l2", goodness="sum")
+    make(scale="mean-l2", goodness="mean", norm="l2")  # restating the convention is fine
+    for conv in ("cnn", "cnn.cfse"):
+        with pytest.raises(ValueError, match="Allowed backbones: mlp"):
+            make(backbone=conv, in_shape=(1, 8, 8))
+    with pytest.raises(ValueError, match="at least 2 layers"):
+        make(widths=(16,))
+    with pytest.raises(ValueError, match="greedy"):
+        make(widths=(16, 16, 16), epochs=2, training="greedy")
+
+
+def test_learns_digits():
+    r = fit(RunConfig(method="ff.hinton", dataset="digits", backbone="mlp", epochs=8, batch_size=100,
+                      optimizer="sgd", lr=3e-3, weight_decay=3e-4, schedule="cooldown",
+                      backbone_options={"widths": [256, 256]}), "cpu")
+    assert r.status == "done"
+    # chance is 0.10; the goodness rule on 8x8 digits is weaker (the label takes 10 of the 64 inputs)
+    assert r.metrics["test_acc.goodness"] > 0.6 and r.metrics["test_acc.softmax"] > 0.8, r.metrics
+    assert {"train_loss.unit1", "train_loss.unit2", "train_loss.head"} <= set(r.curves[-1])
+
+
+def test_design_hook_names_bad_cells():
+    cls = METHODS.get("ff.hinton").obj
+    ok = RunConfig("ff.hinton", "digits", "mlp", backbone_options={"widths": [8, 8]})
+    assert cls.incompatible(ok) is None
+    assert "mixed scale" in cls.incompatible(RunConfig("ff.hinton", "digits", "mlp", method_options={"norm": "l2"}))
+    assert "greedy" in cls.incompatible(RunConfig("ff.hinton", "digits", "mlp", epochs=2,
+                                                  method_options={"training": "greedy"},
+                                                  backbone_options={"widths": [8, 8, 8]}))

@@ -1,0 +1,173 @@
+"""Workers: several processes share a suite, each run executes once; killed workers; resume; failures."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from ffbench import runner, tuning
+from ffbench import workers as w
+from ffbench.cli import main
+from ffbench.store import DONE, FAILED, RUNNING, Store
+
+SUITE = """
+[suite]
+name = "{name}"
+version = {version}
+
+[design]
+methods = {methods}
+datasets = ["synthetic"]
+backbones = ["mlp"]
+seeds = [0, 1]
+
+[train]
+epochs = {epochs}
+batch_size = 32
+
+[backbones.mlp]
+widths = [16]
+
+{extra}
+"""
+
+TUNING = """
+[tuning]
+trials = {trials}
+seeds = [100]
+sampler = "TPESampler"
+sampler_args = {{ seed = 0, n_startup_trials = 2 }}
+pruner = "NopPruner"
+"""
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    monkeypatch.setenv("FFBENCH_THREADS", "1")  # worker processes share the 2 cores instead of fighting
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def write(tmp_path: Path, name="w", version=1, methods='["bp", "bp.deepsup"]', epochs=2, extra="") -> Path:
+    p = tmp_path / f"{name}-{version}.toml"
+    p.write_text(SUITE.format(name=name, version=version, methods=methods, epochs=epochs, extra=extra))
+    return p
+
+
+def test_two_worker_processes_run_every_run_exactly_once(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    path = write(tmp_path, epochs=4, extra=TUNING.format(trials=3))
+    s = runner.run_suite(str(path), tmp_path / "out", device="cpu", progress=False, workers=2, lease_s=60)
+    suite, design, store = s["suite"], s["design"], s["store"]
+    assert s["exit_codes"] == [0, 0], (tmp_path / "out" / "logs" / "worker-0.log").read_text()[-3000:]
+    rows = store.rows(suite.name)
+    assert len(rows) == len(design.trials) + len(design.runs) == 2 * 3 + 2 * 2
+    assert all(r["status"] == DONE and r["attempts"] == 1 for r in rows)  # each run executed exactly once
+    assert Counter(r["cell_id"] for r in rows if r["role"] == "tuning") == {c.cell_id: 3 for c in design.cells}
+    print("runs per worker:", Counter(r["worker"] for r in rows))
+    # MLflow: one parent per cell, one child per run, tuning and evaluation tagged as such
+    client = MlflowClient(s["tracking_uri"])
+    exp = client.get_experiment_by_name(suite.name)
+    mruns = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in mruns if r.data.tags.get("ffbench.kind") == "cell"]
+    children = [r for r in mruns if r.data.tags.get("ffbench.kind") in ("tuning", "evaluation")]
+    assert len(parents) == len(design.cells)
+    assert Counter(r.data.tags["ffbench.run_id"] for r in children) == {r["run_id"]: 1 for r in rows}
+    parent_ids = {p.info.run_id for p in parents}
+    assert all(r.data.tags["mlflow.parentRunId"] in parent_ids for r in children)
+    assert Counter(r.data.tags["ffbench.role"] for r in children) == {"tuning": 6, "evaluation": 4}
+
+
+def _start_worker(path: Path, out: Path, lease: float) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "ffbench.cli", "worker", str(path), "--out", str(out), "--device", "cpu",
+           "--lease", str(lease), "--poll", "0.2", "--no-tracking", "--no-progress"]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+
+
+def _kill_when_running(proc: subprocess.Popen, store: Store, suite: str, role: str, timeout: float = 90) -> str:
+    """SIGKILL the worker while it holds a row of ``role`` (a tuning slot: once its Optuna trial is asked);
+    return that row's id."""
+    end = time.time() + timeout
+    while time.time() < end:
+        held = [s for s in store.states(suite) if s["status"] == RUNNING and s["role"] == role
+                and s["worker"] and s["worker"].endswith(f":{proc.pid}")]
+        if held and role == "tuning":  # wait until it has asked Optuna for its trial
+            held = [h for h in held if store.rows(run_id=h["run_id"])[0]["optuna_trial"] is not None]
+        if held:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return held[0]["run_id"]
+        assert proc.poll() is None, "the worker exited before it could be killed"
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError(f"no {role} run started within {timeout} s")
+
+
+def test_killed_workers_then_restart_lose_and_duplicate_nothing(tmp_path):
+    lease = 2.0
+    path = write(tmp_path, name="k", methods='["bp"]', epochs=40, extra=TUNING.format(trials=2))
+    out = tmp_path / "out"
+    store = Store(out / "results.db")
+    # a worker dies (SIGKILL) in the middle of a tuning trial, another in the middle of an evaluation run
+    killed_trial = _kill_when_running(_start_worker(path, out, lease), store, "k", "tuning")
+    killed_eval = _kill_when_running(_start_worker(path, out, lease), store, "k", "evaluation")
+    assert store.rows(run_id=killed_eval)[0]["status"] == RUNNING
+    # the suite is run again: only what is missing runs, the dead workers' runs are redone
+    s = runner.run_suite(str(path), out, device="cpu", progress=False, track=False, lease_s=lease)
+    suite, design = s["suite"], s["design"]
+    rows = store.rows("k")
+    assert sorted(r["run_id"] for r in rows) == sorted(r.run_id for r in design.trials + design.runs)
+    assert all(r["status"] == DONE for r in rows)
+    attempts = {r["run_id"]: r["attempts"] for r in rows}
+    assert attempts.pop(killed_trial) == 2 and attempts.pop(killed_eval) == 2
+    assert set(attempts.values()) == {1}
+    # Optuna: the killed trial was marked failed; the budget (store slots) is still exactly 2
+    import optuna
+
+    study = optuna.load_study(study_name=tuning.study_name(suite, design.cells[0]),
+                              storage=tuning.open_storage(s["optuna_storage"]))
+    states = Counter(t.state.name for t in study.trials)
+    assert states == {"COMPLETE": 2, "FAIL": 1}
+    assert s["executed"] >= 2
+
+
+def test_failures_are_recorded_counted_and_shown(tmp_path, capsys):
+    path = write(tmp_path, name="f", methods='["bp"]', extra='[axes]\ntrain_size = [100, 100000]')
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--no-tracking", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "2 failed runs (recorded as outcomes):" in out
+    assert "ValueError: train_subset=100000 exceeds the" in out
+    store = Store(tmp_path / "out" / "results.db")
+    failed = store.rows("f", status=FAILED)
+    assert len(failed) == 2 and all(r["factors"]["train_size"] == 100000 for r in failed)
+    assert "| synthetic | mlp | bp | 100000 | 0 | 2 | — |" in out
+    assert "ran 4 of 4 runs this time (4 finished: 2 done, 2 failed" in out
+
+
+def test_versions_never_mix(tmp_path):
+    out = tmp_path / "out"
+    v1 = runner.run_suite(str(write(tmp_path, name="v", version=1, methods='["bp"]', epochs=1)), out,
+                          device="cpu", progress=False, track=False)
+    v2 = runner.run_suite(str(write(tmp_path, name="v", version=2, methods='["bp"]', epochs=1)), out,
+                          device="cpu", progress=False, track=False)
+    assert v2["executed"] == 2  # nothing of version 1 is reused
+    table, frame = runner.results_table(v2["store"], v2["suite"], v2["design"])
+    assert set(frame["suite_version"]) == {2} and list(table["n"]) == [2]
+    assert len(v2["store"].frame("v", version=1)) == 2
+    assert not {c.cell_id for c in v1["design"].cells} & {c.cell_id for c in v2["design"].cells}
+
+
+def test_devices_round_robin(monkeypatch):
+    assert w.assign_devices("cpu", 3) == ["cpu"] * 3
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert w.assign_devices("auto", 3) == ["cuda:0", "cuda:1", "cuda:0"]
+    assert w.assign_devices("cuda:1", 2) == ["cuda:1", "cuda:1"]
