@@ -133,8 +133,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     prog = w.progress(store, suite, design)
-    if tracker is not None and prog["finished"] == prog["total"]:
-        runner.summarize_cells(suite, design, store, tracker)
+    if tracker is not None and prog["finished"] == prog["total"] and not args.no_init:
+        runner.summarize_cells(suite, design, store, tracker)  # (under a launcher, the launcher does it)
     print(f"worker {env.worker}: executed {executed} runs; suite {prog['finished']} of {prog['total']} finished")
     return 0
 

@@ -184,6 +184,13 @@ class Store:
             c.execute(runs.update().where(runs.c.run_id == run_id).where(runs.c.worker == worker)
                       .where(runs.c.status == RUNNING).values(status=PENDING, worker=None))
 
+    def release_worker(self, worker: str) -> int:
+        """Give back every run a worker holds (the launcher does it for a local worker process that died or
+        was killed, so nobody waits for its lease to run out); return how many."""
+        with self.engine.begin() as c:
+            return c.execute(runs.update().where(runs.c.worker == worker).where(runs.c.status == RUNNING)
+                             .values(status=PENDING, worker=None)).rowcount
+
     # ------------------------------------------------------------ reading
     def rows(self, suite: str | None = None, **where: Any) -> list[dict[str, Any]]:
         q = sa.select(runs)

@@ -10,8 +10,9 @@ The store decides everything, so workers may start and die at any moment:
   row whose heartbeat is older than the lease (its worker died), with one atomic conditional UPDATE, so a
   row is executed by one worker at a time, and a result is recorded only by the worker that holds the
   row (a worker that lost its lease abandons its run at the next epoch and its late result is dropped);
-* tuning slots come before evaluation runs; a tuned cell's evaluation runs are inserted once its slots are
-  finished (see ``tuning.py`` for the coordination of tuning and evaluation);
+* rows are taken cell by cell, a cell's tuning slots before its evaluation runs; a tuned cell's evaluation
+  runs are inserted once its slots are finished (see ``tuning.py`` for the coordination of tuning and
+  evaluation), and meanwhile idle workers take the next cell's slots;
 * a worker with nothing to claim waits while other workers hold rows (they may die; their rows come back
   when their lease runs out) or tuning is still open, and exits when every run of the suite is finished.
 Resume is the same loop: running a suite again executes only what is missing, and a run whose worker
@@ -33,11 +34,11 @@ from typing import Any
 
 from ffbench.config import RunConfig
 from ffbench.design import EVALUATION, TUNING, Cell, Design
-from ffbench.store import DONE, FAILED, FINISHED, PENDING, PRUNED, RUNNING, Store
+from ffbench.store import DONE, FAILED, FINISHED, PENDING, PRUNED, RUNNING, Store, worker_name
 from ffbench.suite import Suite
 
 LEASE_S = 600.0  # a run whose heartbeat is older than this is considered abandoned
-POLL_S = 5.0  # how often an idle worker looks again while others hold runs
+POLL_S = 1.0  # how often an idle worker looks again while others hold runs (one light query)
 
 
 class LeaseLost(RuntimeError):
@@ -126,8 +127,13 @@ def init_suite(suite: Suite, design: Design, store: Store, tracker=None, optuna_
 
 
 def expected_ids(design: Design) -> list[str]:
-    """Every row the suite ends with, in the order workers take them: tuning slots, then evaluation runs."""
-    return [r.run_id for r in design.trials] + [r.run_id for r in design.runs]
+    """Every row the suite ends with, in the order workers take them: cell by cell, a cell's tuning slots and
+    then its evaluation runs (so cells complete early; a worker that finds a cell's slots all taken moves on
+    to the next cell instead of waiting)."""
+    by_cell: dict[str, list[str]] = {c.cell_id: [] for c in design.cells}
+    for r in design.trials + design.runs:
+        by_cell[r.cell.cell_id].append(r.run_id)
+    return [rid for ids in by_cell.values() for rid in ids]
 
 
 def progress(store: Store, suite: Suite, design: Design) -> dict[str, int]:
@@ -394,11 +400,24 @@ def wait_for(procs: list[subprocess.Popen], store: Store, suite: Suite, design: 
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()
+        _release_dead(procs, store)
         raise
+    _release_dead(procs, store)
     if bar is not None:
         bar.n = progress(store, suite, design)["finished"]
         bar.refresh()
     return [p.returncode for p in procs]
+
+
+def _release_dead(procs: list[subprocess.Popen], store: Store) -> None:
+    """A local worker that crashed or was killed holds no run any more: give its runs back now."""
+    for p in procs:
+        if p.returncode:
+            n = store.release_worker(f"{worker_name().rsplit(':', 1)[0]}:{p.pid}")
+            if n:
+                print(f"worker process {p.pid} exited with {p.returncode}; gave back {n} run(s) it held",
+                      file=sys.stderr)
 
 
 def install_signal_handlers() -> None:

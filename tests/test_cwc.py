@@ -16,6 +16,15 @@ from ffbench.train import SavedTensorMeter, fit, method_options
 CH = [10, 20, 20, 40]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared CPU extra threads stall on each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def sp(u):
     return math.log1p(math.exp(u))
 
@@ -170,3 +179,17 @@ def test_design_hook_names_bad_cells():
         RunConfig("cwc.nocfse", "digits", "cnn", backbone_options={"channels": [16, 32, 64, 64]}))
     assert "not divisible" in cwc_cls.incompatible(
         RunConfig("cwc", "digits", "cnn.cfse", classes=3, backbone_options={"channels": [12, 30, 31]}))
+
+
+def test_every_option_value_trains_and_evaluates():
+    x, y = torch.randn(6, 1, 8, 8), torch.arange(6)
+    values = {"loss": cwc.LOSSES, "ilt": ("fast", "none"), "ilt_scaling": ("exact",), "frozen_bn": ("train",),
+              "sf_double_softmax": (True,)}
+    for key, levels in values.items():  # one option at a time, the others at their defaults
+        for level in levels:
+            m = make(channels=[10, 10, 20, 20], **{key: level})
+            for e in range(4):
+                m.start_epoch(e)
+                assert torch.isfinite(m.train_step(x, y)["loss"]), (key, level, e)
+            rules, units = m.evaluate(x)
+            assert rules["avg"].shape == (6, 10) and len(units) == 4

@@ -14,6 +14,15 @@ from ffbench.registry import METHODS
 from ffbench.train import SavedTensorMeter, fit, method_options
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared CPU extra threads stall on each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def sp(u):
     return math.log1p(math.exp(u))
 
@@ -170,3 +179,16 @@ def test_design_hook_names_bad_cells():
     assert "greedy" in cls.incompatible(RunConfig("ff.hinton", "digits", "mlp", epochs=2,
                                                   method_options={"training": "greedy"},
                                                   backbone_options={"widths": [8, 8, 8]}))
+
+
+def test_every_option_value_trains_and_evaluates():
+    x, y = torch.randn(6, 1, 8, 8), torch.arange(6)
+    values = {"negatives": ff.NEGATIVES, "scale": tuple(ff.SCALES), "vote": ("all", "last"),
+              "training": ("greedy",), "pixels": ("as-given",), "init": ("torch",)}
+    for key, levels in values.items():  # one option at a time, the others at their defaults
+        for level in levels:
+            m = make(widths=(8, 8), **{key: level})
+            m.start_epoch(1)
+            assert torch.isfinite(m.train_step(x, y)["loss"]), (key, level)
+            rules, units = m.evaluate(x)
+            assert rules["goodness"].shape == (6, 10) and len(units) == 2

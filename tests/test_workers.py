@@ -171,3 +171,15 @@ def test_devices_round_robin(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert w.assign_devices("auto", 3) == ["cuda:0", "cuda:1", "cuda:0"]
     assert w.assign_devices("cuda:1", 2) == ["cuda:1", "cuda:1"]
+
+
+def test_launcher_gives_back_the_runs_of_a_dead_local_worker(tmp_path):
+    path = write(tmp_path, name="r", methods='["bp"]', epochs=1)
+    s = runner.prepare(str(path), tmp_path / "out")
+    store = Store(tmp_path / "out" / "results.db")
+    w.init_suite(s[0], s[1], store)
+    run_id = s[1].runs[0].run_id
+    assert store.claim(run_id, "vm:4242", 600)
+    assert store.release_worker("vm:4242") == 1
+    row = store.rows(run_id=run_id)[0]
+    assert row["status"] == "pending" and row["worker"] is None
