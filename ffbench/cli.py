@@ -232,6 +232,38 @@ def _shared_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-tracking", action="store_true", help="do not mirror runs to MLflow")
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Build the reports, then attach them (and fresh cell aggregates) to the suite's MLflow experiment."""
+    from ffbench.report import main_report, report_files, report_dir, parse_rope
+
+    code = main_report(args)
+    if code or args.list_kinds:
+        return code
+    from ffbench import runner
+
+    try:
+        suite, design, paths = runner.prepare(args.suite, args.out)
+    except Exception as exc:  # the suite file is gone: the reports stand, MLflow is left as it was
+        print(f"(MLflow not updated: {exc})")
+        return 0
+    uri = args.tracking_uri or (f"sqlite:///{paths.mlflow_db.resolve()}" if paths.mlflow_db.exists() else None)
+    if uri is None:
+        return 0
+    from ffbench.store import Store
+
+    tracker = runner.open_tracker(suite, paths, uri)
+    store = Store(args.store or paths.store)
+    runner.summarize_cells(suite, design, store, tracker, control=args.control, rope=parse_rope(args.rope_pp))
+    root = report_dir(paths.out, suite.name)
+    files = report_files(paths.out, suite.name)
+    for folder in sorted({f.parent for f in files}):
+        rel = folder.relative_to(root)
+        tracker.log_artifacts([f for f in files if f.parent == folder],
+                              "report" + ("" if str(rel) == "." else f"/{rel}"))
+    print(f"attached {len(files)} report files to MLflow experiment {suite.name!r} ({uri})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ffbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -260,6 +292,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="do not initialise the store, studies and MLflow parents (the launcher did)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_worker)
+
+    from ffbench.report import add_report_arguments
+
+    p = sub.add_parser("report", help="statistical comparison reports (HTML + markdown) from a suite's results")
+    add_report_arguments(p)
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sqlite file in the output directory)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("list", help="list registered methods, datasets, backbones or axes")
     p.add_argument("kind", choices=["methods", "datasets", "backbones", "axes"])

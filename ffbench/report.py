@@ -523,7 +523,7 @@ def _write_index(root: Path, ctx: ReportContext, built: list[tuple[str, str]], s
 
 
 # ====================================================================== command line
-def _rope_arg(values: Sequence[str] | None) -> float | dict[str, float] | None:
+def parse_rope(values: Sequence[str] | None) -> float | dict[str, float] | None:
     """'--rope-pp 0.5' (all datasets) and/or '--rope-pp mnist=0.2' (one dataset), in percentage points."""
     if not values:
         return None
@@ -584,7 +584,7 @@ def main_report(args: argparse.Namespace) -> int:
         if unknown:
             print(f"unknown report kind(s) {', '.join(unknown)}; registered: {', '.join(REPORTS.names())}")
             return 2
-    paths = build_report(out, name, args.kind, control=control, rope=_rope_arg(args.rope_pp), metric=args.metric,
+    paths = build_report(out, name, args.kind, control=control, rope=parse_rope(args.rope_pp), metric=args.metric,
                          all_pairs=args.all_pairs, alpha=args.alpha, n_resamples=args.resamples, seed=args.seed,
                          split=args.split, suite_version=args.suite_version, store=args.store)
     for p in paths:

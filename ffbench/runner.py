@@ -164,12 +164,25 @@ def run_suite(suite_ref: str, out: str | Path | None = None, device: str = "auto
             "tracking_uri": tracker.uri if tracker is not None else None}
 
 
-def summarize_cells(suite: Suite, design: Design, store: Store, tracker) -> None:
-    """Aggregate each cell's evaluation seeds (and, for a tuned cell, its tuning) onto its MLflow parent."""
+def verdicts(store: Store, suite: Suite, control: str | None = None, rope=None) -> dict[str, dict[str, Any]]:
+    """Each cell's bootstrap CI and its verdict against the control (stats.cell_summaries)."""
+    from ffbench.stats import cell_summaries
+
+    frame = store.frame(suite.name, version=suite.version)
+    if not len(frame) or "test_acc" not in frame:
+        return {}
+    return cell_summaries(frame, control=control or suite.control, rope=rope)
+
+
+def summarize_cells(suite: Suite, design: Design, store: Store, tracker, control: str | None = None,
+                    rope=None) -> None:
+    """Aggregate each cell's evaluation seeds (n, mean, SD, CI, failures, verdict against the control,
+    and for a tuned cell its tuning) onto its MLflow parent run, so the UI ranks and compares cells."""
     import numpy as np
 
     from ffbench.tuning import choose_best
 
+    stats = verdicts(store, suite, control, rope)
     rows = store.rows(suite.name, suite_version=suite.version)
     by_cell: dict[str, list[dict]] = {}
     for r in rows:
@@ -182,6 +195,12 @@ def summarize_cells(suite: Suite, design: Design, store: Store, tracker) -> None
         summary: dict[str, Any] = {"n": len(accs), "failures": sum(r["status"] == FAILED for r in runs)}
         if len(accs):
             summary.update({"test_acc_mean": accs.mean(), "test_acc_sd": accs.std(ddof=1) if len(accs) > 1 else 0.0})
+        st = stats.get(cell.cell_id, {})
+        summary.update({f"test_acc_{k}": st[k] for k in ("median", "ci_low", "ci_high") if k in st})
+        summary.update({f"{k}_vs_control": st[k] for k in ("delta", "delta_ci_low", "delta_ci_high", "p_adj",
+                                                          "verdict") if k in st})
+        if st:
+            summary["control"] = st["control"]
         curve = []
         if trials:
             summary.update({f"tuning_{s}": sum(r["status"] == s for r in trials) for s in (DONE, PRUNED, FAILED)})

@@ -94,7 +94,8 @@ _NOTES = ("ILT windows: ilt_table picks the reference table (mnist, fashion-mnis
             "one Adam per layer with stop-gradient, ILT windows; Avg and Sf predictors",
     paper="Papachristodoulou et al., AAAI 2024, arXiv 2312.12668 (methods.md §3)",
     code="andreaspapac/CwComp @254960a src/Layer_cnn.py, src/Models.py",
-    defaults=dict(_DEFAULTS), options=dict(_OPTIONS), capabilities=frozenset({"conv", "cfse", "unit-scores", "backbones:cnn.cfse"}),
+    defaults=dict(_DEFAULTS), options=dict(_OPTIONS),
+    capabilities=frozenset({"conv", "cfse", "unit-scores", "backbones:cnn.cfse"}),
     tuning_space={"lr": ("log", 1e-3, 3e-2)}, notes="Backbone: cnn.cfse. " + _NOTES)
 class CwC(Method):
     cfse = True
@@ -152,7 +153,8 @@ class CwC(Method):
 
     def train_step(self, x, y):
         stats, total = {}, torch.zeros((), device=x.device)
-        last = len(self.active) - 1 if self.head_active else max((i for i, a in enumerate(self.active) if a), default=-1)
+        active = [i for i, a in enumerate(self.active) if a]
+        last = len(self.active) - 1 if self.head_active else max(active, default=-1)  # units this step needs
         h = x
         for i, unit in enumerate(self.backbone.units[:last + 1]):
             if self.active[i]:

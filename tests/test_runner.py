@@ -63,3 +63,20 @@ def test_cli_run_prints_table_and_locations(smoke, capsys):
     assert "| synthetic | mlp | bp | 2 | 0 |" in text and "±" in text
     assert str(out / "results.db") in text and "mlflow.db" in text
     assert (out / "table.md").exists() and (out / "results.csv").exists()
+
+
+def test_report_command_writes_reports_and_attaches_them_to_mlflow(smoke, capsys):
+    out, _ = smoke
+    assert main(["report", "smoke", "--out", str(out), "--resamples", "500"]) == 0
+    assert (out / "reports" / "smoke" / "comparison.html").exists()
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("smoke")
+    suite_run = client.search_runs([exp.experiment_id], "tags.`ffbench.kind` = 'suite'")[0]
+    assert "report/comparison.html" in [a.path for a in client.list_artifacts(suite_run.info.run_id, "report")]
+    cells = client.search_runs([exp.experiment_id], "tags.`ffbench.kind` = 'cell'")
+    verdicts = {c.data.tags["method"]: c.data.tags["verdict_vs_control"] for c in cells}
+    assert verdicts["bp"] == "control" and verdicts["bp.deepsup"] in {
+        "better", "worse", "equivalent", "insufficient evidence"}
+    # two seeds: no bootstrap interval (n < 3), so too little evidence for any verdict but "control"
+    assert verdicts["bp.deepsup"] == "insufficient evidence"
+    assert all(c.data.metrics["n"] == 2 and "test_acc_mean" in c.data.metrics for c in cells)
