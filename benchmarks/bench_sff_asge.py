@@ -109,13 +109,15 @@ def part_asge(args, device):
     from ffbench.config import RunConfig
     from ffbench.registry import METHODS
 
-    arms = [("asge", "vgg.asge", {}, {}, {})]
-    if "cwc" not in METHODS:
+    arms = [(f"asge lr={lr:g}", "vgg.asge", {}, {}, {"lr": lr}) for lr in args.asge_lr]
+    if args.no_cwc:
+        pass
+    elif "cwc" not in METHODS:
         try:
             import methods.cwc  # noqa: F401  (registers it when the entry point is not installed yet)
         except ImportError as exc:
             print(f"!! cwc is not available ({exc}); running ASGE alone", flush=True)
-    if "cwc" in METHODS:  # the CwComp recipe: CFSE CNN [20,80,240,480], Adam 0.01, ILT windows for FMNIST
+    if "cwc" in METHODS and not args.no_cwc:  # the CwComp recipe: CFSE CNN [20,80,240,480], Adam 0.01, ILT windows for FMNIST
         arms.append(("cwc", "cnn.cfse", {"ilt_table": "fashion-mnist"}, {"channels": [20, 80, 240, 480]},
                      {"lr": 0.01}))
     print(f"== ASGE vs CwC: fashion-mnist, train_subset={args.asge_subset or 'all'}, {args.asge_epochs} epochs, "
@@ -124,25 +126,25 @@ def part_asge(args, device):
     for seed in range(args.asge_seeds):
         data = load(seed, args.asge_subset, args.eval_size, device)
         for name, backbone, mopts, bopts, train in arms:
-            cfg = RunConfig(method=name, dataset="fashion-mnist", backbone=backbone, seed=seed,
+            cfg = RunConfig(method=name.split()[0], dataset="fashion-mnist", backbone=backbone, seed=seed,
                             epochs=args.asge_epochs, batch_size=args.batch_size, lr=train.get("lr", args.lr),
                             train_subset=args.asge_subset, val_size=args.eval_size or 0.1,
                             method_options=mopts, backbone_options=bopts)
             results[name].append(run(cfg, data, device, f"{name} {backbone}"))
     print(f"\nASGE vs CwC, fashion-mnist, train_subset={args.asge_subset or 'all'}, {args.asge_epochs} epochs, "
           f"{args.asge_seeds} seed(s); eval on {args.eval_size or 'full'} test samples; device {device}")
-    print(f"{'method':<6} {'backbone':<10} {'test acc % (default rule)':>26} {'best rule':>22} {'s/epoch':>14} "
+    print(f"{'method':<14} {'backbone':<10} {'test acc % (default rule)':>26} {'best rule':>22} {'s/epoch':>14} "
           f"{'saved MiB/step':>15}  published (full budget)")
     for name, rs in results.items():
         rules = [k for k in rs[0].metrics if k.startswith("test_acc.") and not k[9:].startswith("unit")]
         best = max(rules, key=lambda k: statistics.mean(r.metrics[k] for r in rs))
-        print(f"{name:<6} {dict((a[0], a[1]) for a in arms)[name]:<10} "
+        print(f"{name:<14} {dict((a[0], a[1]) for a in arms)[name]:<10} "
               f"{ms([r.metrics['test_acc'] for r in rs], 100):>26} "
               f"{best[9:] + ' ' + ms([r.metrics[best] for r in rs], 100):>22} "
               f"{ms([r.compute['epoch_time_s'] for r in rs]):>14} "
-              f"{ms([r.compute['saved_bytes_per_step'] for r in rs], 2**-20):>15}  {PUBLISHED[name]}")
+              f"{ms([r.compute['saved_bytes_per_step'] for r in rs], 2**-20):>15}  {PUBLISHED[name.split()[0]]}")
     if "cwc" not in results:
-        print("(cwc was not available: ASGE ran alone)")
+        print("(cwc did not run: ASGE ran alone)")
 
 
 def main() -> None:
@@ -159,6 +161,9 @@ def main() -> None:
     ap.add_argument("--asge-epochs", type=int, default=2, help="ASGE part: epochs (default 2)")
     ap.add_argument("--asge-subset", type=int, default=6000, help="ASGE part: training subset (0: all)")
     ap.add_argument("--asge-seeds", type=int, default=1, help="ASGE part: seeds (default 1)")
+    ap.add_argument("--asge-lr", type=float, nargs="+", default=[1e-3],
+                    help="ASGE part: Adam learning rate(s), one ASGE arm each (no published recipe; default 1e-3)")
+    ap.add_argument("--no-cwc", action="store_true", help="ASGE part: skip the CwC arm")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     args.asge_subset = args.asge_subset or None

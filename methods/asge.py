@@ -89,7 +89,7 @@ FITS = ("adaptive", "crop")
 PREDICTIONS = ("last", "sum", "linear")
 
 
-def patch_goodness(y: torch.Tensor, p: int, fit: str) -> torch.Tensor:
+def patch_goodness(y: torch.Tensor, p: int, fit: str, reduce: str = "mean") -> torch.Tensor:
     """(B, C, H, W) -> (B, C * p * p): the mean square of each patch of a p x p grid over every channel map.
 
     When p does not divide H or W: 'adaptive' uses adaptive average pooling of y^2 (torch's bins,
@@ -99,10 +99,9 @@ def patch_goodness(y: torch.Tensor, p: int, fit: str) -> torch.Tensor:
         y = y[:, :, None, None]
     sq = y * y
     if fit == "crop":
-        h, w = sq.shape[2] // p * p, sq.shape[3] // p * p
-        sq = sq[:, :, :h, :w]
-        return F.avg_pool2d(sq, (h // p, w // p)).flatten(1)
-    return F.adaptive_avg_pool2d(sq, p).flatten(1)
+        sq = sq[:, :, :sq.shape[2] // p * p, :sq.shape[3] // p * p]
+    g = F.adaptive_avg_pool2d(sq, p).flatten(1)  # exact patch means once cropped
+    return g * (sq.shape[2] * sq.shape[3] / (p * p)) if reduce == "sum" else g
 
 
 # ---------------------------------------------------------------- the method
@@ -127,14 +126,16 @@ _NOTES = (
             "projection to class scores, layer-wise cross-entropy, detached between blocks",
     paper="Gong, Staszewski, Xu 2025, arXiv 2509.12394 (v2: three prediction strategies; code "
           "KAI-Laboratory/ASGE not readable; methods.md §5)",
-    defaults={"grid": "sqrt", "alpha": 1.0, "patches": [], "fit": "adaptive", "predict": "last"},
-    options={"grid": tuple(GRID_RULES), "alpha": float, "patches": list, "fit": FITS, "predict": PREDICTIONS},
+    defaults={"grid": "sqrt", "alpha": 1.0, "patches": [], "fit": "adaptive", "goodness": "mean",
+              "proj_scale": 1.0, "predict": "last"},
+    options={"grid": tuple(GRID_RULES), "alpha": float, "patches": list, "fit": FITS, "goodness": ("mean", "sum"),
+             "proj_scale": float, "predict": PREDICTIONS},
     capabilities=frozenset({"any-backbone", "unit-heads", "step-and-free", "fixed-projection"}),
     tuning_space={"lr": ("log", 1e-4, 1e-2), "weight_decay": ("log", 1e-6, 1e-3)}, notes=_NOTES)
 class ASGE(Method):
     def __init__(self, backbone, num_classes, options, ctx):
         super().__init__(backbone, num_classes, options, ctx)
-        for key in ("grid", "fit", "predict"):
+        for key in ("grid", "fit", "goodness", "predict"):
             if options[key] not in self.card.options[key]:
                 raise ValueError(f"asge: option {key}={options[key]!r}; allowed: {', '.join(self.card.options[key])}")
         shapes = self._map_shapes()
@@ -148,7 +149,7 @@ class ASGE(Method):
         dims = [c * p * p for (c, *_), p in zip(shapes, self.patches)]
         for k, d in enumerate(dims):  # fixed random projections: buffers, never parameters
             proj = nn.Linear(d, num_classes)
-            self.register_buffer(f"proj_w{k}", proj.weight.detach().clone())
+            self.register_buffer(f"proj_w{k}", proj.weight.detach() * options["proj_scale"])
             self.register_buffer(f"proj_b{k}", proj.bias.detach().clone())
         self.readout = nn.Linear(sum(dims), num_classes)
         self.opts = [ctx.make_optimizer(u.parameters()) for u in backbone.units]
@@ -175,7 +176,7 @@ class ASGE(Method):
     def _block(self, k, x):
         """Block k on its detached input: (class scores a_k, goodness g_k, detached hand-off)."""
         y, out = self._pair(k, x)
-        g = patch_goodness(y, self.patches[k], self.options["fit"])
+        g = patch_goodness(y, self.patches[k], self.options["fit"], self.options["goodness"])
         a = F.linear(g, getattr(self, f"proj_w{k}"), getattr(self, f"proj_b{k}"))
         return a, g, out.detach()
 

@@ -26,33 +26,35 @@ ILT_TABLES = {
     "fashion-mnist": {"acc": [(0, 10), (0, 15), (0, 19), (0, 23)], "fast": [(0, 7), (1, 10), (2, 13), (3, 16)]},
     "cifar10": {"acc": [(0, 11), (0, 16), (0, 21), (0, 25)], "fast": [(0, 11), (2, 18), (4, 26), (6, 32)]},
 }
+# the Sf head trains from this epoch on (the start of the table's next, unused entry): 0 for Acc
+ILT_HEAD_START = {"mnist": {"acc": 0, "fast": 5}, "fashion-mnist": {"acc": 0, "fast": 5},
+                  "cifar10": {"acc": 0, "fast": 10}}
 LOSSES = ("cwc", "pvn", "cwg")
 
 
-def ilt_windows(ilt: str, table: str, scaling: str, n_units: int, epochs: int) -> list[tuple[int, int]]:
-    """Training windows [start, end) per unit.
+def ilt_windows(ilt: str, table: str, scaling: str, n_units: int, epochs: int) -> tuple[list[tuple[int, int]], int]:
+    """Training windows [start, end) per unit, and the epoch the Sf head starts training.
 
-    ``none``: every unit trains every epoch. Otherwise the reference table for ``table`` (4 layers, full
-    schedule of T epochs) is used; for another unit count, unit l takes the windows linearly interpolated
-    at position 3l/(L-1) of the table. ``exact`` keeps the table's epochs (cut at the budget, as the reference
-    does with its 20-epoch default); ``proportional`` scales every start and end by epochs/T and rounds,
-    each window at least one epoch long (equal to the table when epochs == T).
+    ``none``: every unit and the head train every epoch. Otherwise the reference table for ``table`` (4 layers,
+    full schedule of T epochs) is used; for another unit count, unit l takes the windows linearly
+    interpolated at position 3l/(L-1) of the table. ``exact`` keeps the table's epochs (cut at the budget, as
+    the reference does with its 20-epoch default); ``proportional`` scales every start and end by epochs/T
+    and rounds half up, each window at least one epoch long (equal to the table when epochs == T). The head
+    start is scaled the same way and always falls inside the budget.
     """
     if ilt == "none":
-        return [(0, epochs)] * n_units
+        return [(0, epochs)] * n_units, 0
     ref = ILT_TABLES[table][ilt]
-    total = ref[-1][1]
+    factor = epochs / ref[-1][1] if scaling == "proportional" else 1.0
     out = []
     for u in range(n_units):
         p = 3 * u / (n_units - 1) if n_units > 1 else 3.0
         i = min(int(p), 2)
-        s, e = (ref[i][j] + (p - i) * (ref[i + 1][j] - ref[i][j]) for j in (0, 1))
-        if scaling == "proportional":
-            s, e = s * epochs / total, e * epochs / total
+        s, e = (factor * (ref[i][j] + (p - i) * (ref[i + 1][j] - ref[i][j])) for j in (0, 1))
         s = min(math.floor(s + 0.5), epochs - 1)
         e = min(max(math.floor(e + 0.5), s + 1), epochs)
         out.append((s, e))
-    return out
+    return out, min(math.floor(factor * ILT_HEAD_START[table][ilt] + 0.5), epochs - 1)
 
 
 def pvn_loss(g: torch.Tensor, y: torch.Tensor, theta: float = 2.0) -> torch.Tensor:
@@ -83,7 +85,8 @@ _OPTIONS = {"loss": LOSSES, "ilt": ("acc", "fast", "none"), "ilt_table": tuple(I
 _NOTES = ("ILT windows: ilt_table picks the reference table (mnist, fashion-mnist, cifar10; 4 layers), "
           "ilt_scaling=proportional scales it to the epoch budget (exact when epochs equals the table's length), "
           "exact keeps the table's epochs; other unit counts interpolate the table. The Sf head (linear on the "
-          "flattened last unit, SGD head_lr, no momentum) trains from the last unit's window start. Reference "
+          "flattened last unit, SGD head_lr, no momentum) trains from the table's head start (Acc 0; Fast 5, or 10 for "
+          "cifar10), scaled likewise. Reference "
           "defects as switches, correct by default: sf_double_softmax=false, frozen_bn=eval. Predictors: avg "
           "(last unit's class goodness, default) and sf.")
 
@@ -129,8 +132,8 @@ class CwC(Method):
                 raise ValueError(f"{name}: unit {u + 1} has {shape[0]} channels, not divisible by the class count "
                                  f"{k}; choose channels that are multiples of {k}")
         n = len(backbone.units)
-        self.windows = ilt_windows(options["ilt"], options["ilt_table"], options["ilt_scaling"], n, ctx.epochs)
-        self.head_start = self.windows[-1][0]
+        self.windows, self.head_start = ilt_windows(options["ilt"], options["ilt_table"], options["ilt_scaling"],
+                                                    n, ctx.epochs)
         self.opts = [ctx.make_optimizer(u.parameters()) for u in backbone.units]
         self.head = nn.Linear(math.prod(backbone.out_shapes[-1]), k)
         self.head_opt = ctx.make_optimizer(self.head.parameters(), optimizer="sgd", lr=options["head_lr"],

@@ -58,16 +58,18 @@ def test_ilt_windows():
     for table, modes in cwc.ILT_TABLES.items():
         for mode, ref in modes.items():
             total = ref[-1][1]
-            assert cwc.ilt_windows(mode, table, "exact", 4, total) == ref
-            assert cwc.ilt_windows(mode, table, "proportional", 4, total) == ref
-    assert cwc.ilt_windows("acc", "fashion-mnist", "exact", 4, 20)[-1] == (0, 20)  # reference's 20-epoch cut
-    assert cwc.ilt_windows("none", "mnist", "proportional", 3, 7) == [(0, 7)] * 3
+            head = cwc.ILT_HEAD_START[table][mode]
+            assert cwc.ilt_windows(mode, table, "exact", 4, total) == (ref, head)
+            assert cwc.ilt_windows(mode, table, "proportional", 4, total) == (ref, head)
+    assert cwc.ilt_windows("acc", "fashion-mnist", "exact", 4, 20)[0][-1] == (0, 20)  # reference's 20-epoch cut
+    assert cwc.ilt_windows("none", "mnist", "proportional", 3, 7) == ([(0, 7)] * 3, 0)
     for e in (1, 2, 3, 10, 50):
         for mode in ("acc", "fast"):
             for n in (1, 2, 4, 6):
-                w = cwc.ilt_windows(mode, "cifar10", "proportional", n, e)
-                assert len(w) == n and all(0 <= s < t <= e for s, t in w) and w[-1][1] == e
-    assert cwc.ilt_windows("acc", "fashion-mnist", "proportional", 4, 46) == [(0, 20), (0, 30), (0, 38), (0, 46)]
+                w, head = cwc.ilt_windows(mode, "cifar10", "proportional", n, e)
+                assert len(w) == n and all(0 <= s < t <= e for s, t in w) and w[-1][1] == e and 0 <= head < e
+    assert cwc.ilt_windows("acc", "fashion-mnist", "proportional", 4, 46) == ([(0, 20), (0, 30), (0, 38), (0, 46)], 0)
+    assert cwc.ilt_windows("fast", "fashion-mnist", "proportional", 4, 8) == ([(0, 4), (1, 5), (1, 7), (2, 8)], 3)
 
 
 def test_no_gradient_crosses_a_unit_boundary(monkeypatch):
@@ -114,7 +116,9 @@ def test_ilt_freezes_units_and_their_batchnorm():
     assert set(stats) == {"loss", "loss.unit1"}
     m.eval(), m.train()  # the harness's evaluation round trip keeps frozen units in eval mode
     assert not bn.training and m.backbone.units[0].training
-    m.start_epoch(5)  # windows [0,3) [1,4) [2,5) [3,6); the head from epoch 3
+    m.start_epoch(4)  # windows [0,3) [1,4) [2,5) [3,6); the head from epoch 5
+    assert m.active == [False, False, True, True] and not m.head_active
+    m.start_epoch(5)
     assert m.active == [False, False, False, True] and m.head_active
     m.train_step(torch.randn(16, 1, 8, 8), torch.arange(16) % 10)
     assert torch.equal(bn.running_mean, before)  # frozen: running statistics untouched
