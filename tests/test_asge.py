@@ -61,6 +61,7 @@ def test_grid_rules_and_patch_goodness():
     crop = asge_mod.patch_goodness(y7, 4, "crop")  # 4x4 patches of 1x1 pixels of the top-left 4x4
     assert torch.allclose(crop, y7[:, :, :4, :4].pow(2).flatten(1))
     assert asge_mod.patch_goodness(y7, 4, "adaptive").shape == (2, 3 * 16)
+    assert torch.allclose(asge_mod.patch_goodness(y, 2, "adaptive", "sum"), exact * 9)
 
 
 def test_projection_is_frozen_and_in_no_optimizer():

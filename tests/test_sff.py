@@ -9,6 +9,7 @@ import methods.sff as sff_mod
 from ffbench import backbones
 from ffbench.config import RunConfig
 from ffbench.data import prepare
+from ffbench.method import Context
 from ffbench.seeds import Streams
 from ffbench.train import SavedTensorMeter, build, fit
 
@@ -112,15 +113,20 @@ def test_wrappers_keep_torchvision_modules(name):
     assert all(id(mods[n]) in unit_mods for n in own)
     types_before = [(n, type(m)) for n, m in bb.source.named_modules()]
     # wrapping with SFF and training adds heads beside the model and changes parameter values only
-    ctx_method, data = make("sff", backbone=name)
-    ctx_method.train_step(data.train.x[:16], data.train.y[:16])
-    assert [(n, type(m)) for n, m in ctx_method.backbone.source.named_modules()] == types_before
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in ctx_method.backbone.modules())
-    if name == "resnet18":  # the units compose to the torchvision forward up to the pooling
-        src, x = bb.source.eval(), torch.randn(2, 1, 8, 8)
-        bb.eval()
+    options = {k: v for k, v in sff_mod.SFF.card.defaults.items()}
+    method = sff_mod.SFF(bb, 10, options, Context(device=CPU, generator=torch.Generator()))
+    method.train_step(torch.randn(8, 1, 8, 8), torch.arange(8))
+    assert method.backbone is bb and {id(m) for m in bb.units.modules()} == unit_mods
+    assert [(n, type(m)) for n, m in bb.source.named_modules()] == types_before
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in bb.modules())
+    # the units compose to torchvision's own forward up to the pooling
+    src, x = bb.source.eval(), torch.randn(2, 1, 8, 8)
+    bb.eval()
+    if name == "resnet18":
         want = src.layer4(src.layer3(src.layer2(src.layer1(src.relu(src.bn1(src.conv1(x)))))))
-        assert torch.allclose(bb(x), want)
+    else:
+        want = src.features(x)
+    assert torch.allclose(bb(x), want)
 
 
 def test_saved_bytes_step_and_free_resnet18():
@@ -129,7 +135,7 @@ def test_saved_bytes_step_and_free_resnet18():
     measured = {}
     for name in ("sff", "bp"):
         method, data = make(name, backbone="resnet18")
-        x, y = data.train.x[:32], data.train.y[:32]
+        x, y = data.train.x[:16], data.train.y[:16]
         meter = SavedTensorMeter(list(method.parameters()))
         with meter.hooks():
             method.train_step(x, y)
