@@ -167,14 +167,20 @@ def resnet18(in_shape, num_classes, granularity="block", bn="inside") -> Backbon
     summary="torchvision MobileNetV3-Small, small-image stem (stride 1); units: inverted-residual blocks "
             "(block) or resolution stages (stage)",
     paper="Howard et al. 2019", code="torchvision.models.mobilenet_v3_small",
-    defaults={"granularity": "block"}, options={"granularity": ("block", "stage"), "bn": ("inside",)},
-    capabilities=frozenset({"conv", "torchvision"})))
-def mobilenetv3(in_shape, num_classes, granularity="block", bn="inside") -> Backbone:
+    defaults={"granularity": "block", "bn_momentum": 0.1},
+    options={"granularity": ("block", "stage"), "bn": ("inside",), "bn_momentum": float},
+    capabilities=frozenset({"conv", "torchvision"}),
+    notes="bn_momentum defaults to PyTorch's 0.1: torchvision's MobileNetV3 uses 0.01, whose running statistics "
+          "need hundreds of steps to settle, so short budgets evaluate at chance; 0.01 restores torchvision's."))
+def mobilenetv3(in_shape, num_classes, granularity="block", bn="inside", bn_momentum=0.1) -> Backbone:
     import torchvision
 
     _check("granularity", granularity, ("block", "stage"))
     _check("bn", bn, ("inside",))
     m = torchvision.models.mobilenet_v3_small(num_classes=num_classes)
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.momentum = bn_momentum
     stem_conv = m.features[0][0]
     m.features[0][0] = nn.Conv2d(in_shape[0], stem_conv.out_channels, 3, stride=1, padding=1, bias=False)
     f = list(m.features)
