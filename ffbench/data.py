@@ -100,7 +100,7 @@ def prepare(name: str, streams: Streams, device: torch.device, *, val_size: floa
     std = torch.tensor(raw.std, device=device).view(1, -1, 1, 1)
 
     def to_split(x: np.ndarray, y: np.ndarray) -> Split:
-        xt = torch.as_tensor(x, device=device).float() / raw.scale  # never in place: x may be the cached array
+        xt = torch.tensor(x, dtype=torch.float32, device=device) / raw.scale  # a copy: x is the cached array
         return Split(((xt - mean) / std).contiguous(), torch.as_tensor(y, dtype=torch.long, device=device))
 
     return Data(name, to_split(trx[train_idx], try_[train_idx]), to_split(trx[val_idx], try_[val_idx]),
