@@ -16,15 +16,6 @@ from ffbench.train import SavedTensorMeter, fit, method_options
 CH = [10, 20, 20, 40]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU extra threads stall on each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def sp(u):
     return math.log1p(math.exp(u))
 

@@ -14,15 +14,6 @@ from ffbench.registry import METHODS
 from ffbench.train import SavedTensorMeter, fit, method_options
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU extra threads stall on each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def sp(u):
     return math.log1p(math.exp(u))
 
