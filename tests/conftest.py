@@ -9,3 +9,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def record_steps(monkeypatch):
+    """Replace ``module.step`` so each optimizer step records which units of ``model`` got gradient:
+    a list with one set of unit indices (or "head") per step."""
+
+    def install(module, model):
+        touched = []
+
+        def recording_step(opt, loss):
+            for p in model.parameters():
+                p.grad = None
+            loss.backward()
+            touched.append({n.split(".")[2] if n.startswith("backbone") else "head"
+                            for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0})
+            opt.step()
+
+        monkeypatch.setattr(module, "step", recording_step)
+        return touched
+
+    return install

@@ -63,19 +63,9 @@ def test_ilt_windows():
     assert cwc.ilt_windows("fast", "fashion-mnist", "proportional", 4, 8) == ([(0, 4), (1, 5), (1, 7), (2, 8)], 3)
 
 
-def test_no_gradient_crosses_a_unit_boundary(monkeypatch):
+def test_no_gradient_crosses_a_unit_boundary(record_steps):
     m = make(ilt="none")
-    touched = []
-
-    def recording_step(opt, loss):
-        for p in m.parameters():
-            p.grad = None
-        loss.backward()
-        touched.append({n.split(".")[2] if n.startswith("backbone") else "head"
-                        for n, p in m.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0})
-        opt.step()
-
-    monkeypatch.setattr(cwc, "step", recording_step)
+    touched = record_steps(cwc, m)
     stats = m.train_step(torch.randn(16, 1, 8, 8), torch.arange(16) % 10)
     assert touched == [{"0"}, {"1"}, {"2"}, {"3"}, {"head"}]
     assert {"loss", "loss.unit1", "loss.unit4", "loss.head"} <= set(stats)

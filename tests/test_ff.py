@@ -80,19 +80,9 @@ def test_negatives_never_true_label_by_default():
     assert make().options["negatives"] == "uniform"
 
 
-def test_no_gradient_crosses_a_layer_boundary(monkeypatch):
+def test_no_gradient_crosses_a_layer_boundary(record_steps):
     m = make(widths=(16, 16, 16))
-    touched = []
-
-    def recording_step(opt, loss):
-        for p in m.parameters():
-            p.grad = None
-        loss.backward()
-        touched.append({n.split(".")[2] if n.startswith("backbone") else "head"
-                        for n, p in m.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0})
-        opt.step()
-
-    monkeypatch.setattr(ff, "step", recording_step)
+    touched = record_steps(ff, m)
     x, y = torch.randn(8, 1, 8, 8), torch.arange(8)
     stats = m.train_step(x, y)
     assert touched == [{"0"}, {"1"}, {"2"}, {"head"}]  # one unit per loss, in order, then the read-out
