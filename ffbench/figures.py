@@ -223,6 +223,15 @@ def effects_plot(effects: pd.DataFrame, *, scale: float = 100.0, xlabel: str = "
 
 
 # ---------------------------------------------------------------- curves
+
+def _label_curve_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
+    """Axis labels, integer x ticks (epochs, trials), title and legend of a curve panel."""
+    ax.set_xlabel(xlabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+
 def learning_curves(bands: pd.DataFrame, *, hue: str = "method", facet: str | None = "task", scale: float = 100.0,
                     ylabel: str = "accuracy (%)", style: str | None = None,
                     style_order: Sequence | None = None) -> Figure:
@@ -248,11 +257,7 @@ def learning_curves(bands: pd.DataFrame, *, hue: str = "method", facet: str | No
                     ax.plot(p["epoch"], p["mean"] * scale, ls, color=pal[h], marker="o", ms=3, label=label)
                     ax.fill_between(p["epoch"], p["ci_low"].to_numpy(float) * scale,
                                     p["ci_high"].to_numpy(float) * scale, color=pal[h], alpha=0.15, lw=0)
-            ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_ylabel(ylabel)
-            ax.set_title(name, fontsize=9)
-            ax.legend(fontsize=7)
+            _label_curve_axes(ax, "epoch", ylabel, name)
     return fig
 
 
@@ -271,11 +276,7 @@ def budget_plot(budget: pd.DataFrame, *, hue: str = "method", facet: str | None 
                 ax.plot(s["k"], s["expected_max"] * scale, "-o", ms=3, color=pal[h], label=f"{h} expected max")
                 ax.step(s["k"], s["best_so_far"] * scale, where="post", ls="--", color=pal[h], alpha=0.6,
                         label=f"{h} best so far")
-            ax.set_xlabel("trials k")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_ylabel(ylabel)
-            ax.set_title(name, fontsize=9)
-            ax.legend(fontsize=7)
+            _label_curve_axes(ax, "trials k", ylabel, name)
     return fig
 
 
@@ -324,11 +325,7 @@ def layer_curves(bands: pd.DataFrame, *, facet: str = "group", scale: float = 10
                         label="model" if u == 0 else f"unit {u}")
                 ax.fill_between(s["epoch"], s["ci_low"].to_numpy(float) * scale, s["ci_high"].to_numpy(float) * scale,
                                 color=pal[u], alpha=0.12, lw=0)
-            ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_ylabel(ylabel)
-            ax.set_title(name, fontsize=9)
-            ax.legend(fontsize=7)
+            _label_curve_axes(ax, "epoch", ylabel, name)
     return fig
 
 
