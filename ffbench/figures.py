@@ -223,7 +223,6 @@ def effects_plot(effects: pd.DataFrame, *, scale: float = 100.0, xlabel: str = "
 
 
 # ---------------------------------------------------------------- curves
-
 def _label_curve_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
     """Axis labels, integer x ticks (epochs, trials), title and legend of a curve panel."""
     ax.set_xlabel(xlabel)
@@ -231,6 +230,7 @@ def _label_curve_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
+
 
 def learning_curves(bands: pd.DataFrame, *, hue: str = "method", facet: str | None = "task", scale: float = 100.0,
                     ylabel: str = "accuracy (%)", style: str | None = None,
