@@ -24,7 +24,8 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ffbench.config import TRAIN_FIELDS, type_ok
+from ffbench.config import TRAIN_FIELDS
+from ffbench.options import Option, odd
 from ffbench.registry import AXES, BACKBONES, DATASETS, METHODS, Card
 
 TARGETS = ("train", "method", "backbone")
@@ -40,10 +41,7 @@ class Axis:
     summary: str
     target: str  # train | method | backbone
     keys: tuple[str, ...]  # the field (train) or candidate option names (method / backbone)
-    kind: type | tuple[type, ...] = str  # the level type
-    levels: tuple | None = None  # the allowed levels; None: any value of `kind` that passes `check`
-    check: Callable[[Any], bool] | None = None
-    check_doc: str = ""
+    level: Option = Option(str)  # the level's type and allowed values or range
     methods: tuple[str, ...] = ("*",)  # fnmatch patterns of the methods it applies to
     backbones: tuple[str, ...] = ("*",)
     to_value: Callable[[Any], Any] | None = None  # level -> configuration value (e.g. "full" -> None)
@@ -75,27 +73,20 @@ class Axis:
         owner = method if self.target == "method" else backbone
         return f"{owner}'s card has no option {' / '.join(self.keys)} (axis {self.name} does not apply)"
 
-    def allowed_by(self, method: str, backbone: str) -> Any:
-        """The card's allowed values (a tuple) or type for this axis's option on (method, backbone)."""
+    def allowed_by(self, method: str, backbone: str) -> Option | None:
+        """The Option (training field or card option) this axis sets on (method, backbone)."""
         key = self.option_of(method, backbone)
         if key is None:
             return None
         if self.target == "train":
-            return TRAIN_FIELDS[key].allowed or TRAIN_FIELDS[key].kind
+            return TRAIN_FIELDS[key]
         card = METHODS.get(method).card if self.target == "method" else BACKBONES.get(backbone).card
         return card.options[key]
 
     # ------------------------------------------------------------ levels
     def level_problem(self, level: Any) -> str | None:
         """Why ``level`` is not a valid level of this axis at all (independent of methods), or None."""
-        if not type_ok(level, self.kind):
-            kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
-            return f"expected {' or '.join(k.__name__ for k in kinds)}, got {type(level).__name__} {level!r}"
-        if self.levels is not None and level not in self.levels:
-            return f"{level!r} is not allowed; allowed: {', '.join(map(repr, self.levels))}"
-        if self.check is not None and not self.check(level):
-            return f"{level!r} is out of range; expected {self.check_doc}"
-        return None
+        return self.level.problem(level)
 
     def value(self, level: Any) -> Any:
         return self.to_value(level) if self.to_value else level
@@ -116,10 +107,11 @@ class Axis:
         value = self.value(level)
         owner = method if self.target == "method" else backbone
         if self.target != "train":
-            if isinstance(allowed, tuple) and value not in allowed:
-                return f"{owner} does not offer {key}={value!r} (allowed: {', '.join(map(str, allowed))})"
-            if not isinstance(allowed, tuple) and not type_ok(value, allowed):
-                return f"{owner} option {key} takes {getattr(allowed, '__name__', allowed)}, not {value!r}"
+            if allowed.choices is not None and value not in allowed.choices:
+                return f"{owner} does not offer {key}={value!r} (allowed: {', '.join(map(str, allowed.choices))})"
+            why = allowed.problem(value)
+            if why:
+                return f"{owner} option {key}: {why}"
         if self.rule is not None:
             return self.rule(level, method, dataset, backbone, config)
         return None
@@ -138,13 +130,8 @@ class Axis:
             notes = (f"sets the {where} {' / '.join(self.keys)}{first}; applies to "
                      f"{'; '.join(applies) + ', ' if applies else ''}every {self.target} whose card has it, "
                      f"levels checked against the card. {self.notes}")
-        if self.levels is not None:
-            levels: Any = tuple(self.levels)
-        else:
-            kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
-            levels = self.check_doc or " or ".join(k.__name__ for k in kinds)
         return Card(name=self.name, summary=self.summary, family=f"axis:{self.target}",
-                    options={"levels": levels}, notes=notes.strip())
+                    options={"levels": self.level}, notes=notes.strip())
 
 
 def register(axis: Axis) -> Axis:
@@ -159,11 +146,10 @@ def get(name: str) -> Axis:
 def generic(name: str, target: str, key: str) -> Axis:
     """An axis declared in a suite file: ``method_option``, ``backbone_option`` or ``train_field``."""
     if target == "train":
-        spec = TRAIN_FIELDS[key]
-        return Axis(name=name, summary=f"training field {key}", target="train", keys=(key,), kind=spec.kind,
-                    levels=spec.allowed, check=spec.check, check_doc=spec.check_doc, generic=True)
-    kind: tuple[type, ...] = (str, int, float, bool, list)
-    return Axis(name=name, summary=f"{target} option {key}", target=target, keys=(key,), kind=kind, generic=True)
+        return Axis(name=name, summary=f"training field {key}", target="train", keys=(key,),
+                    level=TRAIN_FIELDS[key], generic=True)
+    return Axis(name=name, summary=f"{target} option {key}", target=target, keys=(key,),
+                level=Option((str, int, float, bool, list)), generic=True)
 
 
 # ---------------------------------------------------------------- the built-in axes
@@ -192,12 +178,8 @@ def _class_rule(level, method, dataset, backbone, config) -> str | None:
     return None
 
 
-def _odd(v) -> bool:
-    return v >= 1 and v % 2 == 1
-
-
 register(Axis(
-    name="granularity", target="backbone", keys=("granularity",), kind=str, levels=("layer", "block", "stage"),
+    name="granularity", target="backbone", keys=("granularity",), level=Option(str, choices=("layer", "block", "stage")),
     summary="Block granularity: what a unit is (a layer, a block, or a stage of one resolution)",
     rule=_stage_is_block,
     notes="Backbones offer different levels (mlp: layer; cnn: layer, block, stage; resnet18 / mobilenetv3: "
@@ -205,18 +187,19 @@ register(Axis(
           "stage is dropped there."))
 
 register(Axis(
-    name="head_kernel", target="method", keys=("kernel",), kind=int, check=_odd, check_doc="an odd integer >= 1",
+    name="head_kernel", target="method", keys=("kernel",),
+    level=Option(int, ge=1, check=odd, check_doc="an odd integer >= 1"),
     summary="Kernel size of the auxiliary (goodness / classifier) head convolution",
     notes="sff: the aux conv; bp / bp.deepsup: the goodness head (with head='goodness')."))
 
 register(Axis(
-    name="bn", target="backbone", keys=("bn",), kind=str, levels=("inside", "outside", "none"),
+    name="bn", target="backbone", keys=("bn",), level=Option(str, choices=("inside", "outside", "none")),
     summary="BatchNorm placement: inside the unit, outside it (normalising the unit's detached input), or none",
     notes="The torchvision backbones offer only 'inside'; other levels are dropped for them."))
 
 register(Axis(
-    name="classes", target="train", keys=("classes",), kind=int, check=lambda v: v >= 2,
-    check_doc="an integer >= 2 (at most the dataset's class count)", rule=_class_rule,
+    name="classes", target="train", keys=("classes",),
+    level=Option(int, ge=2, check_doc="an integer >= 2 (at most the dataset's class count)"), rule=_class_rule,
     summary="Class count: keep K classes, the subset drawn per seed from the run's `classes` stream",
     notes="The kept classes change with the seed (common random numbers across methods); with K equal to "
           "the dataset's count every class is kept."))
@@ -227,33 +210,33 @@ def _full_to_none(level):
 
 
 register(Axis(
-    name="train_size", target="train", keys=("train_subset",), kind=(int, str),
-    check=lambda v: v == "full" if isinstance(v, str) else v > 0,
-    check_doc="a positive integer, or \"full\" for the whole training split", to_value=_full_to_none,
+    name="train_size", target="train", keys=("train_subset",),
+    level=Option((int, str), check=lambda v: v == "full" if isinstance(v, str) else v > 0,
+                 check_doc="a positive integer, or \"full\" for the whole training split"), to_value=_full_to_none,
     summary="Training-set size: a class-balanced subset of the training split (after the validation split)",
-    notes="The subset is drawn from the run's `subset` stream; a size larger than the training split fails "
-          "the run with a clear message."))
+    notes="The subset is drawn from the run's `subset` stream; a size larger than the training split is an "
+          "error naming the level before anything trains."))
 
 register(Axis(
-    name="goodness", target="method", keys=("goodness",), kind=str,
+    name="goodness", target="method", keys=("goodness",),
     summary="Goodness function of FF-style methods (e.g. sum or mean of squares)",
     notes="Levels are validated against each method card's allowed values."))
 
 register(Axis(
-    name="negatives", target="method", keys=("negatives", "negative"), kind=str,
+    name="negatives", target="method", keys=("negatives", "negative"),
     summary="Negative-data strategy of methods that use negatives (uniform wrong label, permutation, hard)"))
 
 register(Axis(
-    name="inference", target="method", keys=("rule", "predict", "vote", "inference"), kind=str,
+    name="inference", target="method", keys=("rule", "predict", "vote", "inference"),
     summary="Inference rule (sff: rule; asge: predict; ff.hinton: vote)",
     notes="Every rule is logged anyway; this axis changes which one is the reported default."))
 
 register(Axis(
-    name="ln", target="method", keys=("ln", "norm"), kind=str,
+    name="ln", target="method", keys=("ln", "norm"),
     summary="Normalisation between units (sff: ln sample / channel; ff.hinton: norm rms / l2)"))
 
 register(Axis(
-    name="ln_placement", target="method", keys=("head_input", "ln_placement"), kind=str,
+    name="ln_placement", target="method", keys=("head_input", "ln_placement"),
     summary="LN placement relative to the head: the head reads the raw unit output or the normalised one"))
 
 

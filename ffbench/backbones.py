@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from ffbench.options import Option, check_options
 from ffbench.registry import BACKBONES, Card
 
 GRANULARITIES = ("layer", "block", "stage")
@@ -56,18 +57,21 @@ def _group(modules: list[nn.Module], bounds: list[int]) -> list[nn.Module]:
     return [nn.Sequential(*modules[a:b]) for a, b in zip(edges[:-1], edges[1:])]
 
 
-def _check(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"backbone option {name}={value!r}; allowed: {', '.join(map(str, allowed))}")
+def _granularity(choices: tuple[str, ...], default: str | None = None) -> Option:
+    kw = {} if default is None else {"default": default}
+    return Option(str, help="what a unit is", choices=choices, **kw)
+
+
+_BN_INSIDE = Option(str, help="BatchNorm placement (torchvision models: inside only)", choices=("inside",))
+_WIDTHS = Option(int, help="a width", ge=1)
 
 
 # ---------------------------------------------------------------- MLP
 @BACKBONES.register(Card(
     name="mlp", family="mlp", summary="Fully connected ReLU layers on the flattened image; a unit is a layer",
-    defaults={"widths": [1000, 1000, 1000], "granularity": "layer"},
-    options={"widths": list, "granularity": ("layer",)}, capabilities=frozenset({"flat"})))
+    options={"widths": Option(list, [1000, 1000, 1000], "layer widths", item=_WIDTHS),
+             "granularity": _granularity(("layer",), "layer")}, capabilities=frozenset({"flat"})))
 def mlp(in_shape, num_classes, widths=(1000, 1000, 1000), granularity="layer") -> Backbone:
-    _check("granularity", granularity, ("layer",))
     dims = [int(torch.tensor(in_shape).prod())] + [int(w) for w in widths]
     units = [nn.Sequential(*([nn.Flatten()] if i == 0 else []), nn.Linear(a, b), nn.ReLU())
              for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))]
@@ -75,9 +79,8 @@ def mlp(in_shape, num_classes, widths=(1000, 1000, 1000), granularity="layer") -
 
 
 # ---------------------------------------------------------------- CwC-style simple CNN
-def _simple_cnn(in_shape, channels, groups, pool, bn, kernel, granularity) -> Backbone:
-    _check("granularity", granularity, GRANULARITIES)
-    _check("bn", bn, BN_PLACEMENTS)
+def _simple_cnn(in_shape, channels, groups, pool, bn, kernel, granularity,
+                class_groups: list[int] | None = None) -> Backbone:
     layers, c_in = [], in_shape[0]
     for i, (c, g) in enumerate(zip(channels, groups)):
         if c_in % g or c % g:
@@ -98,18 +101,28 @@ def _simple_cnn(in_shape, channels, groups, pool, bn, kernel, granularity) -> Ba
         bounds = [0] + [i + 1 for i in sorted(pool) if i + 1 < len(layers)]
     units = _group(layers, bounds)
     names = [f"{granularity}{k + 1}" for k in range(len(units))]
-    return Backbone(units, names, in_shape, granularity)
+    backbone = Backbone(units, names, in_shape, granularity)
+    if class_groups:  # per layer, and per unit (a unit's goodness reads its last layer)
+        backbone.layer_class_groups = list(class_groups)
+        backbone.class_groups = [class_groups[b - 1] for b in [*bounds[1:], len(layers)]]
+    return backbone
 
 
-_CNN_OPTIONS = {"channels": list, "pool": list, "bn": BN_PLACEMENTS, "kernel": int, "granularity": GRANULARITIES}
-_CNN_DEFAULTS = {"channels": [20, 80, 240, 480], "pool": [1, 3], "bn": "inside", "kernel": 3, "granularity": "layer"}
+_CNN_OPTIONS = {
+    "channels": Option(list, [20, 80, 240, 480], "output channels per layer", item=_WIDTHS),
+    "pool": Option(list, [1, 3], "layers (0-based) followed by 2x2 max-pooling", item=Option(int, ge=0)),
+    "bn": Option(str, "inside", "BatchNorm inside the unit, on its (detached) input, or none",
+                 choices=BN_PLACEMENTS),
+    "kernel": Option(int, 3, "conv kernel size", ge=1),
+    "granularity": _granularity(GRANULARITIES, "layer"),
+}
 
 
 @BACKBONES.register(Card(
     name="cnn", family="cnn",
     summary="CwC-style simple CNN: conv3x3 -> ReLU -> [max-pool on odd layers] -> BatchNorm, per layer",
     paper="Papachristodoulou et al., AAAI 2024", code="andreaspapac/CwComp src/Layer_cnn.py",
-    defaults=dict(_CNN_DEFAULTS), options=dict(_CNN_OPTIONS), capabilities=frozenset({"conv"})))
+    options=_CNN_OPTIONS, capabilities=frozenset({"conv"})))
 def cnn(in_shape, num_classes, channels=(20, 80, 240, 480), pool=(1, 3), bn="inside", kernel=3,
         granularity="layer") -> Backbone:
     return _simple_cnn(in_shape, list(channels), [1] * len(channels), set(pool), bn, kernel, granularity)
@@ -117,17 +130,27 @@ def cnn(in_shape, num_classes, channels=(20, 80, 240, 480), pool=(1, 3), bn="ins
 
 @BACKBONES.register(Card(
     name="cnn.cfse", family="cnn",
-    summary="The simple CNN with CFSE: odd layers are grouped convolutions with groups = class count",
+    summary="The simple CNN with CFSE: odd layers are grouped convolutions with groups = class count (or "
+            "the layer's class groups: CwC's CIFAR-100 class-group model)",
     paper="Papachristodoulou et al., AAAI 2024", code="andreaspapac/CwComp src/Models.py",
-    defaults=dict(_CNN_DEFAULTS), options=dict(_CNN_OPTIONS), capabilities=frozenset({"conv", "cfse"})))
+    options={**_CNN_OPTIONS,
+             "class_groups": Option((list, type(None)), None, "class groups per layer (each divides the class "
+                                    "count; unset: the class count on every layer); odd layers are grouped by it",
+                                    item=_WIDTHS, source="CwComp CW_Comp_ClassGroup: [20, 20, 20, 20, 100, 100]")},
+    capabilities=frozenset({"conv", "cfse"})))
 def cnn_cfse(in_shape, num_classes, channels=(20, 80, 240, 480), pool=(1, 3), bn="inside", kernel=3,
-             granularity="layer") -> Backbone:
-    groups = [num_classes if i % 2 else 1 for i in range(len(channels))]
+             granularity="layer", class_groups=None) -> Backbone:
+    per_layer = list(class_groups) if class_groups else [num_classes] * len(channels)
+    if len(per_layer) != len(channels) or any(num_classes % g for g in per_layer):
+        raise ValueError(f"cnn.cfse: class_groups {per_layer} needs one entry per layer ({len(channels)}), each "
+                         f"dividing the class count {num_classes}")
+    groups = [per_layer[i] if i % 2 else 1 for i in range(len(channels))]
     for i, (c, g) in enumerate(zip(channels, groups)):
         if c % g:
-            raise ValueError(f"cnn.cfse: layer {i + 1} has {c} channels, not divisible by the class count "
-                             f"{num_classes}; choose channels that are multiples of {num_classes}")
-    return _simple_cnn(in_shape, list(channels), groups, set(pool), bn, kernel, granularity)
+            raise ValueError(f"cnn.cfse: layer {i + 1} has {c} channels, not divisible by its {g} class groups; "
+                             f"choose channels that are multiples of {g}")
+    return _simple_cnn(in_shape, list(channels), groups, set(pool), bn, kernel, granularity,
+                       per_layer if class_groups else None)
 
 
 # ---------------------------------------------------------------- torchvision models
@@ -140,13 +163,11 @@ def _small_stem_conv(old: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     summary="torchvision ResNet18, small-image stem (3x3 stride 1, no max-pool); units: 8 residual blocks "
             "(block) or 4 stages (stage); the stem belongs to the first unit",
     paper="He et al. 2016", code="torchvision.models.resnet18",
-    defaults={"granularity": "block"}, options={"granularity": ("block", "stage"), "bn": ("inside",)},
+    options={"granularity": _granularity(("block", "stage"), "block"), "bn": _BN_INSIDE},
     capabilities=frozenset({"conv", "torchvision"})))
 def resnet18(in_shape, num_classes, granularity="block", bn="inside") -> Backbone:
     import torchvision
 
-    _check("granularity", granularity, ("block", "stage"))
-    _check("bn", bn, ("inside",))
     m = torchvision.models.resnet18(num_classes=num_classes)
     m.conv1 = _small_stem_conv(m.conv1, in_shape[0])
     m.maxpool = nn.Identity()
@@ -167,16 +188,14 @@ def resnet18(in_shape, num_classes, granularity="block", bn="inside") -> Backbon
     summary="torchvision MobileNetV3-Small, small-image stem (stride 1); units: inverted-residual blocks "
             "(block) or resolution stages (stage)",
     paper="Howard et al. 2019", code="torchvision.models.mobilenet_v3_small",
-    defaults={"granularity": "block", "bn_momentum": 0.1},
-    options={"granularity": ("block", "stage"), "bn": ("inside",), "bn_momentum": float},
+    options={"granularity": _granularity(("block", "stage"), "block"), "bn": _BN_INSIDE,
+             "bn_momentum": Option(float, 0.1, "BatchNorm momentum", gt=0, le=1)},
     capabilities=frozenset({"conv", "torchvision"}),
     notes="bn_momentum defaults to PyTorch's 0.1: torchvision's MobileNetV3 uses 0.01, whose running statistics "
           "need hundreds of steps to settle, so short budgets evaluate at chance; 0.01 restores torchvision's."))
 def mobilenetv3(in_shape, num_classes, granularity="block", bn="inside", bn_momentum=0.1) -> Backbone:
     import torchvision
 
-    _check("granularity", granularity, ("block", "stage"))
-    _check("bn", bn, ("inside",))
     m = torchvision.models.mobilenet_v3_small(num_classes=num_classes)
     for mod in m.modules():
         if isinstance(mod, nn.BatchNorm2d):
@@ -200,5 +219,7 @@ def mobilenetv3(in_shape, num_classes, granularity="block", bn="inside", bn_mome
 
 
 def build(name: str, in_shape: tuple[int, ...], num_classes: int, options: dict | None = None) -> Backbone:
+    """The backbone ``name`` with ``options`` checked against its card (the one place they are checked)."""
     entry = BACKBONES.get(name)
-    return entry.obj(tuple(in_shape), num_classes, **(options or {}))
+    options = check_options(entry.card.options, dict(options or {}), f"backbone {name}")
+    return entry.obj(tuple(in_shape), num_classes, **options)

@@ -7,51 +7,35 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
+
+from ffbench.options import Option
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "cooldown")
-
-
-@dataclass(frozen=True)
-class Field:
-    kind: type | tuple[type, ...]
-    default: Any
-    doc: str
-    allowed: tuple | None = None
-    check: Callable[[Any], bool] | None = None
-    check_doc: str = ""
-
-
-def _pos(v) -> bool:
-    return v > 0
-
-
-def _nonneg(v) -> bool:
-    return v >= 0
+SCHEDULES = ("constant", "cosine", "cooldown", "cooldown-loewex")
 
 
 # Training fields a suite may set in [train], per method ([methods."name"]) or per axis level.
-TRAIN_FIELDS: dict[str, Field] = {
-    "epochs": Field(int, 10, "training epochs", check=_pos, check_doc="a positive integer"),
-    "batch_size": Field(int, 64, "training mini-batch size", check=_pos, check_doc="a positive integer"),
-    "eval_batch_size": Field(int, 1000, "evaluation batch size", check=_pos, check_doc="a positive integer"),
-    "optimizer": Field(str, "adam", "optimizer for every trainable part", allowed=OPTIMIZERS),
-    "lr": Field(float, 1e-3, "learning rate", check=_pos, check_doc="a positive number"),
-    "weight_decay": Field(float, 0.0, "weight decay", check=_nonneg, check_doc="a non-negative number"),
-    "momentum": Field(float, 0.9, "SGD momentum (ignored by Adam)", check=lambda v: 0 <= v < 1,
-                      check_doc="a number in [0, 1)"),
-    "schedule": Field(str, "constant", "learning-rate schedule over epochs: constant, cosine to 0, or "
-                      "cooldown (constant, then linear decay over the second half)", allowed=SCHEDULES),
-    "val_size": Field((int, float), 0.1, "validation split carved from the training set: a fraction (<1) "
-                      "or a count", check=_pos, check_doc="a fraction in (0, 1) or a positive count"),
-    "train_subset": Field((int, type(None)), None, "class-balanced training subset size (after the split)",
-                          check=lambda v: v is None or v > 0, check_doc="a positive integer"),
-    "classes": Field((int, type(None)), None, "keep this many classes (drawn per seed)",
-                     check=lambda v: v is None or v >= 2, check_doc="an integer >= 2"),
-    "crop_padding": Field(int, 0, "random-crop augmentation padding in pixels (0: off)", check=_nonneg,
-                          check_doc="a non-negative integer"),
-    "flip": Field(bool, False, "random horizontal flips"),
+TRAIN_FIELDS: dict[str, Option] = {
+    "epochs": Option(int, 10, "training epochs", ge=1, le=100_000),
+    "batch_size": Option(int, 64, "training mini-batch size", ge=1),
+    "eval_batch_size": Option(int, 1000, "evaluation batch size", ge=1),
+    "optimizer": Option(str, "adam", "optimizer for every trainable part", choices=OPTIMIZERS),
+    "lr": Option(float, 1e-3, "learning rate", gt=0),
+    "weight_decay": Option(float, 0.0, "weight decay", ge=0),
+    "momentum": Option(float, 0.9, "SGD momentum (ignored by Adam)", ge=0, lt=1),
+    "schedule": Option(str, "constant", "learning-rate schedule over epochs: constant, cosine to 0, or "
+                       "cooldown (constant, then linear decay over the second half; cooldown-loewex: loeweX's formula, "
+                       "lr * 2 (1 + E - e) / E for 0-based epochs e > E // 2)", choices=SCHEDULES),
+    "val_size": Option((int, float), 0.1, "validation split carved from the training set: a fraction (<1) "
+                       "or a count", gt=0, check=lambda v: isinstance(v, int) or v < 1,
+                       check_doc="a fraction in (0, 1) or a positive count"),
+    "train_subset": Option((int, type(None)), None, "class-balanced training subset size (after the split)",
+                           ge=1, check_doc="a positive integer"),
+    "classes": Option((int, type(None)), None, "keep this many classes (drawn per seed)", ge=2,
+                      check_doc="an integer >= 2"),
+    "crop_padding": Option(int, 0, "random-crop augmentation padding in pixels (0: off)", ge=0),
+    "flip": Option(bool, False, "random horizontal flips"),
 }
 
 
@@ -91,18 +75,46 @@ class RunConfig:
         return d
 
 
+# What a dataset card's ``defaults`` may state about its size, so a suite is checked without loading data.
+DATASET_SIZES = ("num_classes", "n_train", "n_test")
+
+
+class SplitError(ValueError):
+    """A split a dataset cannot give; ``field`` is the training field at fault."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def split_sizes(val_size: float | int, train_subset: int | None, classes: int | None, *, n_train: int,
+                num_classes: int, dataset: str = "the dataset") -> tuple[int, int]:
+    """(validation count, training count) of a run's split of ``n_train`` training images in ``num_classes``
+    classes; ``SplitError`` naming the field and what is allowed when the split is impossible.
+
+    The one rule for the planner (with a dataset card's sizes) and ``data.prepare`` (with the loaded data):
+    classes at most the dataset's; val_size a fraction of the training images giving at least one, or a
+    count below their number; train_subset at most what the validation split leaves. With ``classes``,
+    ``n_train`` counts the kept classes' images (the planner assumes balanced classes; the loaded data is exact).
+    """
+    if classes is not None and not 2 <= classes <= num_classes:
+        raise SplitError("classes", f"classes = {classes}: {dataset} has {num_classes} classes; allowed: "
+                                    f"2..{num_classes}")
+    n_val = int(round(val_size * n_train)) if isinstance(val_size, float) else int(val_size)
+    if not 0 < n_val < n_train:
+        raise SplitError("val_size", f"val_size = {val_size!r} gives {n_val} validation images of the {n_train} "
+                                     f"training images of {dataset}; allowed: a fraction in (0, 1) giving at least "
+                                     f"one image, or a count in 1..{n_train - 1}")
+    left = n_train - n_val
+    if train_subset is not None and train_subset > left:
+        raise SplitError("train_subset", f"train_subset = {train_subset} exceeds the {left} training images of "
+                                         f"{dataset} left after the validation split ({n_val}); allowed: 1..{left}")
+    return n_val, left
+
+
 def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def content_hash(*parts: Any, length: int = 12) -> str:
     return hashlib.sha256(canonical_json(parts).encode()).hexdigest()[:length]
-
-
-def type_ok(value: Any, kind: type | tuple[type, ...]) -> bool:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool) and bool not in kinds:
-        return False  # TOML true is not a number
-    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-        return True
-    return isinstance(value, kinds)

@@ -7,15 +7,14 @@ epoch is one ``randperm`` from the ``order`` stream plus batched tensor augmenta
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ffbench.datasets import RawData
-from ffbench.registry import DATASETS
+from ffbench.config import SplitError, split_sizes
+from ffbench.datasets import DataError, RawData, load
 from ffbench.seeds import Streams
 
 
@@ -42,9 +41,8 @@ class Data:
         return tuple(self.train.x.shape[1:])
 
 
-@functools.lru_cache(maxsize=4)
 def load_raw(name: str, root: str | None = None) -> RawData:
-    return DATASETS.get(name).obj(root=root)
+    return load(name, root)  # read, checked and cached once per process, shared with datasets.verify
 
 
 def _balanced_take(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -56,25 +54,31 @@ def _balanced_take(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarra
     for c, m in zip(classes, per):
         pool = np.flatnonzero(y == c)
         if m > len(pool):
-            raise ValueError(f"train_subset={n} needs {m} samples of class {c} but only {len(pool)} remain")
+            raise DataError(f"train_subset = {n} needs {m} images of class {c} (class-balanced) but only {len(pool)} "
+                            f"remain; choose a smaller train_subset")
         idx.append(rng.permutation(pool)[:m])
     return np.sort(np.concatenate(idx))
 
 
 def prepare(name: str, streams: Streams, device: torch.device, *, val_size: float | int = 0.1,
-            train_subset: int | None = None, classes: int | None = None, root: str | None = None) -> Data:
+            train_subset: int | None = None, classes: int | None = None, root: str | None = None,
+            normalize: str | list | None = None, val_split: str | None = None) -> Data:
     """Load ``name`` and return normalised train / val / test tensors on ``device``.
 
     val_size: a fraction of the training set (< 1) or a sample count, stratified by class.
     train_subset: keep a class-balanced subset of this many training samples (after the split).
     classes: keep only this many classes, drawn from the ``classes`` stream, relabelled 0..classes-1.
+    normalize: None (the dataset's statistics), "none" (pixels in [0, 1]) or [means, stds] per channel.
+    val_split: None or "stratified" (drawn per seed), or "last" (the last val_size training samples in file
+    order, as reference code splits MNIST 50k / 10k).
     """
+    if val_split not in (None, "stratified", "last"):
+        raise DataError(f"dataset option val_split={val_split!r}; allowed: stratified, last")
     raw = load_raw(name, root)
     trx, try_, tex, tey = raw.train_x, raw.train_y, raw.test_x, raw.test_y
     kept = list(range(raw.num_classes))
     if classes is not None:
-        if not 2 <= classes <= raw.num_classes:
-            raise ValueError(f"classes={classes}: {name} has {raw.num_classes} classes; allowed 2..{raw.num_classes}")
+        _split(val_size, None, classes, len(try_), raw.num_classes, name)  # the class count, before drawing
         kept = sorted(streams.numpy("classes").choice(raw.num_classes, classes, replace=False).tolist())
         remap = np.full(raw.num_classes, -1)
         remap[kept] = np.arange(classes)
@@ -84,20 +88,21 @@ def prepare(name: str, streams: Streams, device: torch.device, *, val_size: floa
 
     # stratified validation split from the `split` stream
     rng = streams.numpy("split")
-    n_val = int(round(val_size * len(try_))) if val_size < 1 else int(val_size)
-    if not 0 < n_val < len(try_):
-        raise ValueError(f"val_size={val_size} gives {n_val} validation samples out of {len(try_)}")
-    val_idx = _balanced_take(try_, n_val, rng)
+    n_val, _ = _split(val_size, train_subset, classes, len(try_), raw.num_classes, name)
+    val_idx = np.arange(len(try_) - n_val, len(try_)) if val_split == "last" else _balanced_take(try_, n_val, rng)
     train_mask = np.ones(len(try_), bool)
     train_mask[val_idx] = False
     train_idx = np.flatnonzero(train_mask)
     if train_subset is not None:
-        if train_subset > len(train_idx):
-            raise ValueError(f"train_subset={train_subset} exceeds the {len(train_idx)} training samples left")
         train_idx = train_idx[_balanced_take(try_[train_idx], train_subset, streams.numpy("subset"))]
 
-    mean = torch.tensor(raw.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(raw.std, device=device).view(1, -1, 1, 1)
+    mean_std = (raw.mean, raw.std) if normalize is None else ((0.0,), (1.0,)) if normalize == "none" else normalize
+    if not (isinstance(mean_std, (list, tuple)) and len(mean_std) == 2
+            and all(len(v) in (1, trx.shape[1]) for v in mean_std)):
+        raise DataError(f"dataset option normalize={normalize!r}; allowed: none, or [means, stds] with 1 or "
+                         f"{trx.shape[1]} values each")
+    mean = torch.tensor(mean_std[0], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(mean_std[1], dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
     def to_split(x: np.ndarray, y: np.ndarray) -> Split:
         xt = torch.tensor(x, dtype=torch.float32, device=device) / raw.scale  # a copy: x is the cached array
@@ -105,6 +110,14 @@ def prepare(name: str, streams: Streams, device: torch.device, *, val_size: floa
 
     return Data(name, to_split(trx[train_idx], try_[train_idx]), to_split(trx[val_idx], try_[val_idx]),
                 to_split(tex, tey), len(kept), kept)
+
+
+def _split(val_size, train_subset, classes, n_train: int, num_classes: int, name: str) -> tuple[int, int]:
+    """``config.split_sizes`` on the loaded data (the planner checked the card's sizes, if it has them)."""
+    try:
+        return split_sizes(val_size, train_subset, classes, n_train=n_train, num_classes=num_classes, dataset=name)
+    except SplitError as exc:
+        raise DataError(str(exc)) from None
 
 
 def augment_batch(x: torch.Tensor, gen: torch.Generator, crop_padding: int = 0, flip: bool = False) -> torch.Tensor:

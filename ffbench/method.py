@@ -1,14 +1,21 @@
-"""The method contract, and the parts local methods share (heads, goodness, step-and-free).
+"""The method contract, and the parts local methods share (heads, goodness, the unit loop).
 
 The harness owns data, seeds, evaluation, timing and logging. A method owns only:
   * ``__init__``: how it builds its trainable parts around a backbone, with optimizers from ``ctx``;
   * ``train_step(x, y)``: one mini-batch, returning scalar tensors to log (``loss`` at least);
-  * ``predict(x)``: its inference rules, ``{rule name: class scores}``, the default rule first;
-  * ``unit_scores(x)``: per-unit class scores for diagnostics (empty if it has none).
+  * ``evaluate(x)``: ``({rule: class scores}, [class scores per unit])``, the one inference hook; the
+    harness puts the card's default rule first;
+  * optionally ``start_epoch(epoch)`` (layer schedules) and the class method ``skip(config)`` (why a
+    configuration cannot run, decided before anything trains).
 It never sees the validation or test labels, the clock or the tracker.
+
+``LocalMethod`` owns the unit loop of every method trained unit by unit (one optimizer per unit,
+forward -> head -> loss -> backward -> step -> hand-off, one unit's graph alive at a time); a local method
+supplies its head per unit, its unit loss, its hand-off and its inference rules.
 """
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable
@@ -63,10 +70,10 @@ class Context:
 
 
 class Method(nn.Module, ABC):
-    """Base class of every method plugin. Subclasses are registered with ``METHODS.register``.
+    """Base class of every method plugin, registered with ``@method_card``.
 
-    ``card`` is set by the registry decorator below; ``options`` holds the card's defaults updated with
-    the suite's values, already validated against ``card.options``.
+    ``card`` is set by the decorator; ``options`` holds the card's defaults updated with the suite's
+    values, validated against ``card.options`` before the method is built (a method never re-checks them).
     """
 
     card: ClassVar[Card]
@@ -78,6 +85,20 @@ class Method(nn.Module, ABC):
         self.options = options
         self.ctx = ctx
 
+    @classmethod
+    def skip(cls, config: Any) -> str | None:
+        """Why a resolved configuration (a ``RunConfig``) cannot run, or None; the design drops the cell
+        with this reason before anything trains."""
+        return None
+
+    @property
+    def default_rule(self) -> str:
+        """The rule reported as the run's accuracy: the card's ``rule_option`` value, else its first rule."""
+        card = self.card
+        return (self.options.get(card.rule_option) if card.rule_option else None) or card.rules[0]  # unset: first
+
+    max_eval_batch: int | None = None  # a cap on the harness's evaluation batch (e.g. one row per label)
+
     def start_epoch(self, epoch: int) -> None:
         """Called before each training epoch (0-based): layer schedules such as CwC's ILT windows."""
 
@@ -86,16 +107,145 @@ class Method(nn.Module, ABC):
         """Train on one batch. Return detached scalar tensors; ``loss`` is checked for NaN/inf."""
 
     @abstractmethod
-    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Class scores (B, K) per inference rule; the first rule is the method's default."""
+    def evaluate(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """Class scores (B, K) per inference rule, and per unit (empty if it has none)."""
 
-    def unit_scores(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Class scores (B, K) of each unit, for per-unit accuracy. Default: none."""
-        return []
+
+class LocalMethod(Method):
+    """A method trained unit by unit, step-and-free: no gradient crosses a unit boundary.
+
+    Per batch, for each unit k the harness-owned loop runs ``forward_unit`` (unit -> head: class scores
+    and the hand-off), ``unit_loss``, backward and the unit's optimizer step (its graph is freed before
+    unit k+1 runs), then ``train_readouts`` trains any read-out on the detached per-unit features.
+    A subclass supplies ``make_head``, ``unit_loss``, ``rules`` and where it differs ``pass_on`` (the
+    hand-off's transformation, which an architecture-matched BP baseline runs inside its graph; ``hand_off``
+    applies it to the detached output without a graph), ``unit_outputs``, ``unit_params``, ``windows`` (a
+    layer schedule) and ``train_readouts``.
+    """
+
+    def __init__(self, backbone: Backbone, num_classes: int, options: dict[str, Any], ctx: Context):
+        super().__init__(backbone, num_classes, options, ctx)
+        self.heads = nn.ModuleList(self.make_head(k, shape) for k, shape in enumerate(self.head_shapes()))
+        self.opts = [ctx.make_optimizer(self.unit_params(k)) for k in range(len(backbone.units))]
+        self.windows = [(0, ctx.epochs)] * len(backbone.units)  # the epochs [start, end) each unit trains in
+        self.active = [True] * len(backbone.units)  # which units train this epoch (frozen ones run without grad)
+
+    # ------------------------------------------------------------ what a local method supplies
+    def head_shapes(self) -> list[tuple[int, ...]]:
+        """The shape each head reads (default: the units' output shapes)."""
+        return list(self.backbone.out_shapes)
+
+    def make_head(self, k: int, shape: tuple[int, ...]) -> nn.Module:
+        """Unit k's head: the unit's features -> class scores (B, K)."""
+        raise NotImplementedError
+
+    def unit_params(self, k: int) -> list[nn.Parameter]:
+        """What unit k's optimizer trains (default: the unit and its head)."""
+        return [*self.backbone.units[k].parameters(), *self.heads[k].parameters()]
+
+    def unit_outputs(self, k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(what the head reads, what is handed on) for unit k on its input; both the unit output by default."""
+        h = self.backbone.units[k](x)
+        return h, h
+
+    def pass_on(self, k: int, h: torch.Tensor) -> torch.Tensor:
+        """What unit k hands on (e.g. a LayerNorm), inside the graph: the forward pass between units that an
+        architecture-matched BP baseline back-propagates through (default: unchanged)."""
+        return h
+
+    def hand_off(self, k: int, h: torch.Tensor) -> torch.Tensor:
+        """Unit k's output -> unit k+1's input, cut from the graph: ``pass_on`` on the detached output,
+        computed without recording a graph no loss reaches."""
+        with torch.no_grad():
+            return self.pass_on(k, h.detach())
+
+    @abstractmethod
+    def unit_loss(self, k: int, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Unit k's loss on its class scores."""
+
+    def train_readouts(self, features: list[torch.Tensor], y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Train read-outs on the detached per-unit features (head inputs); return their losses."""
+        return {}
+
+    @abstractmethod
+    def rules(self, scores: list[torch.Tensor], features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Inference rules from the per-unit class scores (and head inputs)."""
+
+    # ------------------------------------------------------------ the loop the base owns
+    def forward_unit(self, k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Unit k on its (detached) input: (class scores, head input, hand-off to unit k+1)."""
+        feat, out = self.unit_outputs(k, x)
+        return self.heads[k](feat), feat, self.hand_off(k, out)
+
+    def start_epoch(self, epoch: int) -> None:
+        """A layer schedule: unit k trains in the epochs of ``windows[k]``."""
+        self.active = [s <= epoch < e for s, e in self.windows]
+
+    def units_to_run(self) -> int:
+        """How many units a training step runs: up to the last one that trains."""
+        return 1 + max((k for k, on in enumerate(self.active) if on), default=-1)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        stats: dict[str, torch.Tensor] = {}
+        features = []
+        for k in range(self.units_to_run()):
+            if not self.active[k]:
+                with torch.no_grad():
+                    _, feat, x = self.forward_unit(k, x)
+                features.append(feat)
+                continue
+            scores, feat, x = self.forward_unit(k, x)
+            loss = self.unit_loss(k, scores, y)
+            step(self.opts[k], loss)  # unit k's graph is freed before unit k+1 runs
+            features.append(feat.detach())
+            stats[f"loss.unit{k + 1}"] = loss.detach()
+        stats.update(self.train_readouts(features, y))
+        parts = list(stats.values())
+        total = parts[0] if parts else torch.zeros((), device=y.device)
+        for part in parts[1:]:
+            total = total + part
+        return {"loss": total, **stats}
 
     def evaluate(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
-        """Both of the above; override when one forward pass can give both."""
-        return self.predict(x), self.unit_scores(x)
+        scores, features = [], []
+        for k in range(len(self.opts)):
+            s, feat, x = self.forward_unit(k, x)
+            scores.append(s)
+            features.append(feat)
+        return self.rules(scores, features), scores
+
+
+# What a method card's capabilities mean. Placement (where it runs; one is required): the design drops
+# a (method, backbone) pair the placement rules out, with the reason. Description: shown on the card.
+PLACEMENT = {
+    "any-backbone": "runs on every backbone",
+    "conv": "needs a backbone with convolutional units (cnn, cnn.cfse, resnet18, mobilenetv3, vgg.asge)",
+    "flat": "needs a fully connected backbone (mlp)",
+    "cfse": "needs class-grouped convolutions (cnn.cfse)",
+    "torchvision": "needs a torchvision model (resnet18, mobilenetv3)",
+    "backbones:A|B": "runs on the named backbones only",
+}
+DESCRIPTION = {
+    "unit-heads": "a head on every unit (per-unit accuracy)",
+    "unit-scores": "per-unit class scores without heads (per-unit accuracy)",
+    "step-and-free": "each unit steps and frees its graph before the next runs",
+    "negatives": "trains on negative data",
+    "label-in-input": "writes the label into the input",
+    "fixed-projection": "uses a fixed random projection (never trained)",
+}
+
+
+def check_capabilities(name: str, caps: frozenset[str]) -> None:
+    """A card's capabilities are known words, and say where the method runs (see PLACEMENT)."""
+    known = set(PLACEMENT) - {"backbones:A|B"} | set(DESCRIPTION)
+    unknown = sorted(c for c in caps if c not in known and not c.startswith(("backbones:", "needs-")))
+    if unknown:
+        raise TypeError(f"method {name}: unknown capabilities {unknown}; allowed: {', '.join(sorted(known))}, "
+                        f"backbones:A|B, needs-conv, needs-flat")
+    if not any(c in PLACEMENT or c.startswith(("backbones:", "needs-")) for c in caps):
+        raise TypeError(f"method {name}: its capabilities must say where it runs: 'any-backbone', a backbone "
+                        f"capability ({', '.join(k for k in PLACEMENT if k not in ('any-backbone', 'backbones:A|B'))})"
+                        f" or 'backbones:A|B'")
 
 
 def method_card(**fields: Any) -> Callable[[type[Method]], type[Method]]:
@@ -104,6 +254,7 @@ def method_card(**fields: Any) -> Callable[[type[Method]], type[Method]]:
 
     def wrap(cls: type[Method]) -> type[Method]:
         card = Card(**fields)
+        check_capabilities(card.name, card.capabilities)
         cls.card = card
         METHODS.add(card, cls)
         return cls
@@ -112,7 +263,12 @@ def method_card(**fields: Any) -> Callable[[type[Method]], type[Method]]:
 
 
 def variant(base: type[Method], **fields: Any) -> type[Method]:
-    """Register ``base`` again under another name with other defaults (a ``family.variant`` builder)."""
+    """Register ``base`` again under another name (a ``family.variant`` builder): the card's fields are
+    inherited, ``fields`` replace them, and ``defaults`` overrides the base's defaults key by key."""
+    card = base.card
+    inherited = {f.name: getattr(card, f.name) for f in dataclasses.fields(Card)}
+    recipe = {k: v for k, v in card.defaults.items() if k not in card.options}
+    fields = {**inherited, **fields, "defaults": {**recipe, **fields.get("defaults", {})}}
     cls = type(base.__name__ + "_" + fields["name"].replace(".", "_"), (base,), {"__module__": base.__module__})
     return method_card(**fields)(cls)
 
@@ -131,12 +287,34 @@ def grouped_goodness(h: torch.Tensor, num_classes: int) -> torch.Tensor:
     return h.reshape(b, num_classes, -1).pow(2).mean(2)
 
 
+class GroupedGoodnessHead(nn.Module):
+    """CwC's class scores: the mean square of each of the channel groups of a unit's output (no parameters).
+
+    ``groups`` (default K) may be a divisor of K: class-group layers (CwC's CIFAR-100 model, 20 groups of 5
+    consecutive classes) score group y // (K / groups); each group's goodness is repeated over its classes so
+    the scores stay (B, K), and ``group_view`` recovers (group scores, group targets) for the loss."""
+
+    def __init__(self, num_classes: int, groups: int | None = None):
+        super().__init__()
+        self.num_classes, self.groups = num_classes, groups or num_classes
+        if self.num_classes % self.groups:
+            raise ValueError(f"{self.groups} class groups do not divide {num_classes} classes")
+        self.ratio = self.num_classes // self.groups
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        g = grouped_goodness(h, self.groups)
+        return g.repeat_interleave(self.ratio, 1) if self.ratio > 1 else g
+
+    def group_view(self, scores: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (scores[:, ::self.ratio], y // self.ratio) if self.ratio > 1 else (scores, y)
+
+
 class LinearHead(nn.Module):
     """Class logits from a unit's output: global average pooling (conv) or flatten, then a linear layer."""
 
-    def __init__(self, shape: tuple[int, ...], num_classes: int, pool: str = "avg"):
+    def __init__(self, shape: tuple[int, ...], num_classes: int, pool: str | None = "avg"):
         super().__init__()
-        self.pool = pool if len(shape) == 3 else "flatten"
+        self.pool = (pool or "avg") if len(shape) == 3 else "flatten"
         width = shape[0] if self.pool == "avg" else int(torch.tensor(shape).prod())
         self.fc = nn.Linear(width, num_classes)
 
@@ -160,11 +338,12 @@ class GoodnessHead(nn.Module):
 
 
 HEADS = ("linear", "goodness")
+POOLS = ("avg", "flatten")
 
 
-def make_head(kind: str, shape: tuple[int, ...], num_classes: int, kernel: int = 1) -> nn.Module:
+def make_head(kind: str, shape: tuple[int, ...], num_classes: int, kernel: int = 1, pool: str | None = None) -> nn.Module:
     if kind == "linear":
-        return LinearHead(shape, num_classes)
+        return LinearHead(shape, num_classes, pool)
     if kind == "goodness":
         return GoodnessHead(shape, num_classes, kernel)
     raise ValueError(f"unknown head {kind!r}; allowed: {', '.join(HEADS)}")

@@ -3,22 +3,50 @@
 Plugins register with a decorator and are discovered through ``importlib.metadata`` entry points
 (groups ``ffbench.methods``, ``ffbench.datasets``, ``ffbench.backbones``, ``ffbench.axes``).
 ffbench's own plugins are declared the same way in ``pyproject.toml``, so a lookup never depends on
-what happened to be imported first.
+what happened to be imported first. A plugin whose import fails is reported once on stderr (entry point and
+error) and left out; everything else still works, and looking up a name that is missing while some plugin
+failed names that failure.
 """
 from __future__ import annotations
 
 import fnmatch
 import importlib.metadata
 import inspect
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 KINDS = ("methods", "datasets", "backbones", "axes")
+RECIPE_DEFAULT = "ffbench"  # the recipe a method runs unless a suite names another
+
+
+@dataclass(frozen=True)
+class ByDataset:
+    """A recipe value that depends on the run's dataset: ``values[dataset]``; a dataset it does not name
+    has no value (the setting is left to the other layers, and the planner says so)."""
+
+    values: dict[str, Any]
+
+    def get(self, dataset: str) -> Any:
+        return self.values.get(dataset, _MISSING)
+
+    def __repr__(self) -> str:
+        return "by dataset: " + "; ".join(f"{k} {v!r}" for k, v in self.values.items())
+
+
+_MISSING = object()
 
 
 @dataclass(frozen=True)
 class Card:
-    """What a registered entry is, where it comes from, and what it needs."""
+    """What a registered entry is, where it comes from, and what it needs.
+
+    ``options``: name -> ``Option`` (see ``ffbench.options``), the only way to declare a setting.
+    ``defaults``: settings that are not options (a method's training recipe: optimizer, lr, ...) and
+    overrides of option defaults (how a ``variant`` differs); after construction it holds every default.
+    ``rules``: a method's inference rules, the default first; ``rule_option`` names the option that picks
+    the default rule instead (e.g. ``rule`` on sff).
+    """
 
     name: str
     summary: str
@@ -26,11 +54,68 @@ class Card:
     paper: str = ""
     code: str = ""
     defaults: dict[str, Any] = field(default_factory=dict)
-    # option name -> tuple of allowed values, or a type (int, float, str, bool, list)
     options: dict[str, Any] = field(default_factory=dict)
     capabilities: frozenset[str] = frozenset()
     tuning_space: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
+    rules: tuple[str, ...] = ()
+    rule_option: str = ""
+    # a method's recipes: name -> {setting: (value or ByDataset, source)}; a setting is a training field, an
+    # option, ``dataset.<option>`` or ``backbone.<option>``. "ffbench" is the card's defaults when not given.
+    recipes: dict[str, dict[str, tuple[Any, str]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from ffbench.options import Option
+
+        options = {}
+        for k, opt in self.options.items():
+            if not isinstance(opt, Option):
+                raise TypeError(f"{self.name}: option {k!r} must be declared as an ffbench.options.Option "
+                                f"(type, default, choices or range), got {type(opt).__name__} {opt!r}")
+            if k in self.defaults:
+                opt = opt.with_default(self.defaults[k])  # validated by Option itself
+            options[k] = opt
+        if self.recipes:  # chosen per method in a suite; no default, so an unset recipe is not in a configuration
+            names = tuple(dict.fromkeys((RECIPE_DEFAULT, *self.recipes)))
+            options["recipe"] = Option(str, help="training recipe (settings and their sources below)", choices=names)
+        defaults = {**{k: o.default for k, o in options.items() if o.has_default}, **self.defaults}
+        object.__setattr__(self, "options", options)
+        object.__setattr__(self, "defaults", defaults)
+        if self.recipes and RECIPE_DEFAULT not in self.recipes:
+            object.__setattr__(self, "recipes", {RECIPE_DEFAULT: self._default_recipe(), **self.recipes})
+        if self.rule_option and self.rule_option not in options:
+            raise TypeError(f"{self.name}: rule_option {self.rule_option!r} is not one of its options")
+
+    def _default_recipe(self) -> dict[str, tuple[Any, str]]:
+        """The ffbench recipe: the card's training defaults, and for every setting another recipe names, its
+        ffbench value (an option's default; the harness's data handling and the suite's backbone options
+        appear as None) so the recipes read side by side."""
+        out = {k: (v, "ffbench default") for k, v in self.defaults.items() if k not in self.options}
+        for settings in self.recipes.values():
+            for k in settings:
+                if k in out:
+                    continue
+                if k in self.options and k != "recipe":
+                    out[k] = (self.defaults.get(k), f"ffbench option default{'; ' + self.options[k].source if self.options[k].source else ''}")
+                elif k.startswith("dataset."):
+                    out[k] = (None, {"dataset.normalize": "harness: the dataset's own statistics",
+                                     "dataset.val_split": "harness: a seeded stratified split"}.get(k, "harness"))
+                elif k.startswith("backbone."):
+                    out[k] = (None, "the suite's backbone options")
+        return out
+
+    def recipe(self, name: str, dataset: str) -> tuple[dict[str, Any], list[str]]:
+        """Recipe ``name``'s settings for ``dataset`` and the settings it has no value for on that dataset."""
+        if name not in self.recipes:
+            raise KeyError(f"{self.name}: unknown recipe {name!r}; allowed: {', '.join(self.recipes) or RECIPE_DEFAULT}")
+        values, missing = {}, []
+        for k, (v, _) in self.recipes[name].items():
+            v = v.get(dataset) if isinstance(v, ByDataset) else v
+            if v is _MISSING:
+                missing.append(k)
+            else:
+                values[k] = v
+        return values, missing
 
     def describe(self) -> str:
         lines = [f"{self.name}  [{self.family or '-'}]  {self.summary}"]
@@ -39,14 +124,18 @@ class Card:
                 lines.append(f"    {label}: {value}")
         if self.capabilities:
             lines.append(f"    capabilities: {', '.join(sorted(self.capabilities))}")
-        if self.defaults:
-            lines.append("    defaults: " + ", ".join(f"{k}={v!r}" for k, v in self.defaults.items()))
+        recipe = {k: v for k, v in self.defaults.items() if k not in self.options}
+        if recipe:
+            lines.append("    defaults: " + ", ".join(f"{k}={v!r}" for k, v in recipe.items()))
         if self.options:
-            opts = []
-            for k, allowed in self.options.items():
-                opts.append(f"{k} in {list(allowed)}" if isinstance(allowed, tuple) else
-                            f"{k}: {getattr(allowed, '__name__', allowed)}")
-            lines.append("    options: " + "; ".join(opts))
+            lines.append("    options:")
+            lines += [f"      {opt.card_line(k)}" for k, opt in self.options.items()]
+        if self.rules:
+            lines.append(f"    inference rules: {', '.join(self.rules)}"
+                         + (f" (default set by option {self.rule_option})" if self.rule_option else " (default first)"))
+        for name, settings in self.recipes.items():
+            lines.append(f"    recipe {name}{' (default)' if name == RECIPE_DEFAULT else ''}:")
+            lines += [f"      {k} = {v!r}  ({src})" for k, (v, src) in settings.items()]
         if self.tuning_space:
             lines.append("    tuning space: " + ", ".join(f"{k}={v}" for k, v in self.tuning_space.items()))
         if self.notes:
@@ -88,6 +177,7 @@ class Registry:
         self.group = f"ffbench.{kind}"
         self._entries: dict[str, Entry] = {}
         self._discovered = False
+        self.failures: list[str] = []  # entry points that could not be loaded: "'name' = 'value': error"
 
     def register(self, card: Card | None = None, **card_fields: Any) -> Callable:
         """Decorator: ``@METHODS.register(Card(...))`` or ``@METHODS.register(name=..., summary=...)``."""
@@ -117,17 +207,28 @@ class Registry:
         for ep in importlib.metadata.entry_points(group=self.group):
             try:
                 ep.load()
-            except Exception as exc:  # a broken third-party plugin must not hide the others
-                raise ImportError(f"cannot load {self.group} entry point {ep.name!r} = {ep.value!r}: {exc}") from exc
+            except DuplicateNameError:
+                raise  # two plugins claim one name: which one runs would depend on load order
+            except Exception as exc:  # a broken plugin must not take the others (and every command) down
+                failure = f"{ep.name!r} = {ep.value!r}: {type(exc).__name__}: {exc}"
+                self.failures.append(failure)
+                print(f"warning: cannot load {self.group} entry point {failure}; its {self.kind} are unavailable",
+                      file=sys.stderr)
+
+    def unknown(self, name: str) -> str:
+        """Why ``name`` cannot be found: the registered names, and the plugins that failed to load."""
+        text = f"unknown {self.kind[:-1]} {name!r}; registered: {', '.join(sorted(self._entries)) or 'none'}"
+        if self.failures:
+            text += (f" (it may come from a plugin that failed to load: {self.group} entry point "
+                     f"{'; '.join(self.failures)})")
+        return text
 
     def get(self, name: str) -> Entry:
         self.discover()
         try:
             return self._entries[name]
         except KeyError:
-            raise UnknownNameError(
-                f"unknown {self.kind[:-1]} {name!r}; registered: {', '.join(sorted(self._entries)) or 'none'}"
-            ) from None
+            raise UnknownNameError(self.unknown(name)) from None
 
     def names(self, pattern: str = "*") -> list[str]:
         self.discover()

@@ -1,32 +1,39 @@
-"""Run a suite: enumerate its runs, let workers claim the missing ones from the store, record, mirror.
+"""Launch a suite: one set-up shared by ``ffbench run`` and ``ffbench worker``, then workers.
 
-The launcher (``run_suite``) validates the suite, enumerates cells and runs, and initialises the store,
-the Optuna studies and MLflow (database, experiment and every cell's parent run) once, before any worker
-starts; then it runs one worker in its own process or spawns N worker processes (``workers.py``). The
-store decides what is left to do, so running a suite again after a crash or a kill executes only what is
-missing; a run whose worker died is taken over once its heartbeat is older than the lease. A run that
-diverges or raises inside a method is recorded as a failed outcome, not a crash.
+The set-up (``open_session``) validates the suite, enumerates cells and runs, opens the results store,
+chooses the Optuna storage, opens the MLflow tracker, and initialises the store, the Optuna studies and
+MLflow (experiment and every cell's parent run) once, before any worker starts. Then ``run_suite`` runs
+one worker in this process or a pool of N worker processes (``pool.py``), and ``run_worker`` does the
+same for a worker started on its own machine. The store decides what is left to do, so running a suite
+again after a crash or a kill executes only what is missing; a run whose worker died is taken over once
+its heartbeat is older than the lease (at once when it died on this host). A run that diverges or raises
+inside a method is recorded as a failed outcome, not a crash; unreadable data, a full disk or a failing
+store stop the suite and leave the run pending (``execute.InfrastructureError``). SIGINT and SIGTERM stop
+it cleanly (``pool.Interrupted``: runs given back, local workers stopped, MLflow parents closed).
+
+MLflow is a copy of the store: the set-up catches up what earlier processes could not mirror, the end of
+a suite does it again and then refreshes the cells' aggregates, and an unreachable MLflow never stops a
+suite. At planning the runner says which cells are new because their code changed
+(``design.code_fingerprint``), and ``rerun`` executes matching cells again on purpose, keeping the old
+rows as superseded. The runner computes no statistics (``results.py`` reads them from ``stats``).
 """
 from __future__ import annotations
 
-import hashlib
-import math
-import platform
-import subprocess
+import fnmatch
 import sys
-import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from ffbench import __version__
-from ffbench.design import Design, Run, expand
-from ffbench.store import DONE, FAILED, FINISHED, PRUNED, Store, worker_name
-from ffbench.suite import Suite, SuiteError, load
-from ffbench.workers import LEASE_S, POLL_S, Env, heartbeat_interval
-
-HEARTBEAT_S = heartbeat_interval(LEASE_S)
-REPO = Path(__file__).resolve().parent.parent
+from ffbench import pool
+from ffbench.config import canonical_json
+from ffbench.design import EVALUATION, Design, code_changes, expand
+from ffbench.execute import Env
+from ffbench.lease import LEASE_S, POLL_S
+from ffbench.store import Store, worker_name
+from ffbench.suite import Suite, SuiteError, check_cells, load
+from ffbench.workers import expected_ids, progress, progress_bar, work
 
 
 @dataclass
@@ -50,46 +57,14 @@ def default_out(suite: Suite) -> Path:
     return Path("ffbench-out") / suite.name
 
 
-def manifest(device: str) -> dict[str, Any]:
-    import numpy
-    import torch
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-
-    diff = git("diff", "HEAD")
-    m = {"ffbench": __version__, "python": platform.python_version(), "torch": torch.__version__,
-         "numpy": numpy.__version__, "platform": platform.platform(), "host": platform.node(),
-         "device": device, "threads": torch.get_num_threads(),
-         "git_commit": git("rev-parse", "HEAD") or "unknown",
-         "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-         "git_diff_sha256": hashlib.sha256(diff.encode()).hexdigest()[:16] if diff else ""}
-    if device.startswith("cuda"):
-        m["gpu"] = torch.cuda.get_device_name(0)
-        m["cuda"] = torch.version.cuda
-        m["cudnn"] = torch.backends.cudnn.version()
-    return m
-
-
-def execute(run: Run, store: Store, worker: str, device: str, tracker=None, lease_s: float = LEASE_S) -> str | None:
-    """Claim and run one evaluation run; return its status, or None if another worker holds it."""
-    from ffbench.workers import run_evaluation
-
-    if not store.claim(run.run_id, worker, lease_s):
-        return None
-    row = store.rows(run_id=run.run_id)[0]
-    env = Env(suite=None, design=Design([], []), store=store, worker=worker, device=device, tracker=tracker,
-              lease_s=lease_s)
-    return run_evaluation(env, row)
-
-
 def prepare(suite_ref: str, out: str | Path | None = None) -> tuple[Suite, Design, Paths]:
     suite = load(suite_ref)
+    for line in suite.warnings:  # usable as it is, but probably not what was meant
+        print(f"warning: {line}", file=sys.stderr)
     design = expand(suite)
+    for line in design.warnings:  # a suite value that meets a method's recipe: never silently
+        print(f"warning: {line}", file=sys.stderr)
+    check_cells(suite, design.cells)  # against the datasets' sizes, before any run is claimed
     paths = Paths(Path(out) if out else default_out(suite))
     return suite, design, paths
 
@@ -107,7 +82,7 @@ def optuna_url(design: Design, paths: Paths, store_url: str | None, given: str |
     (several machines); else a journal file under the output directory (one machine)."""
     if not any(c.tuning for c in design.cells):
         return given
-    from ffbench.tuning import default_storage
+    from ffbench.studies import default_storage
 
     url = given or (store_url if store_url and "://" in store_url and not store_url.startswith("sqlite")
                     else default_storage(paths.out))
@@ -117,167 +92,380 @@ def optuna_url(design: Design, paths: Paths, store_url: str | None, given: str |
     return url
 
 
+def init_suite(suite: Suite, design: Design, store: Store, tracker=None, optuna_url: str | None = None) -> int:
+    """Make the store, the Optuna studies and the MLflow parents ready. Idempotent; returns new rows."""
+    new = store.add_runs(r.store_row(suite) for r in design.initial_runs())
+    if any(c.tuning for c in design.cells):
+        from ffbench.studies import ensure_studies, open_storage
+
+        ensure_studies(open_storage(optuna_url), suite, design)
+    if tracker is not None:  # a cell's parent is made when its first run starts (its start time is the cell's)
+        tracker.load_parents()  # one search for the parents that exist already, not one per cell
+    return new
+
+
+def verify_data(design: Design) -> None:
+    """Open every dataset the design uses, so a broken one stops the suite before any run is claimed."""
+    from ffbench import datasets
+
+    for name, root in sorted({(c.config.dataset, c.config.dataset_options.get("root")) for c in design.cells},
+                             key=str):
+        datasets.verify(name, root)
+
+
+def code_notes(store: Store, suite: Suite, design: Design) -> list[str]:
+    """Lines for the planner: how many cells of which method are new because their code changed since the
+    results stored for the same factor levels (or because those carry no code fingerprint)."""
+    stored = store.cells(suite.name, suite.version)
+    if not stored:
+        return []
+    latest: dict[str, dict[str, Any]] = {}
+    for info in stored.values():
+        key = canonical_json(info["factors"])
+        if key not in latest or info["finished"] > latest[key]["finished"]:
+            latest[key] = info
+    counts: Counter = Counter()
+    for cell in design.cells:
+        old = latest.get(canonical_json(cell.factors))
+        if cell.cell_id in stored or old is None:
+            continue
+        if old["code"] is None:
+            why = "their stored results carry no code fingerprint (recorded by an earlier ffbench)"
+        else:
+            changes = code_changes(old["code"], cell.code)
+            if not changes:
+                continue  # a new cell for another reason (its configuration changed)
+            why = f"{', '.join(changes)} since the stored results"
+        counts[(cell.factors["method"], why)] += 1
+    return [f"{n} cell{'s' * (n != 1)} of {m} {'are' if n != 1 else 'is'} new: {why}" for (m, why), n in counts.items()]
+
+
+def matching_cells(design: Design, patterns: list[str]) -> list:
+    """Cells whose label (method/dataset/backbone/axis=level) or method name matches a wildcard pattern."""
+    def hit(cell, p: str) -> bool:
+        return fnmatch.fnmatchcase(cell.label, p) or fnmatch.fnmatchcase(cell.factors["method"], p)
+
+    return [c for c in design.cells if any(hit(c, p) for p in patterns)]
+
+
+def rerun_cells(store: Store, suite: Suite, design: Design, patterns: list[str]) -> tuple[int, int]:
+    """Execute the matching cells' finished evaluation runs again: the old rows are kept as superseded (the
+    results and reports use the newest). Returns (cells, runs)."""
+    cells = matching_cells(design, patterns)
+    if not cells:
+        raise SuiteError(f"--rerun {' '.join(patterns)}: no cell matches; the cells are "
+                         f"{', '.join(c.label for c in design.cells)} (patterns match a cell's label or its method)")
+    ids = [r["run_id"] for r in store.states(suite.name, suite.version)
+           if r["cell_id"] in {c.cell_id for c in cells} and r["role"] == EVALUATION]
+    return len(cells), store.supersede(ids)
+
+
+# ---------------------------------------------------------------- the one set-up of `run` and `worker`
+@dataclass
+class Session:
+    """A suite made ready to work on: where its results, studies and MLflow runs go, and the lease."""
+
+    suite: Suite
+    design: Design
+    paths: Paths
+    store: Store
+    tracker: Any
+    optuna_url: str | None
+    lease_s: float
+    poll_s: float
+
+    def env(self, device: str) -> Env:
+        """This process's worker."""
+        return Env(self.suite, self.design, self.store, worker_name(), device, self.tracker, self.optuna_url,
+                   self.lease_s, self.poll_s)
+
+    def spawn(self, n: int, device: str) -> list:
+        """``n`` local worker processes on this session's store, studies and tracking (none: untracked)."""
+        uri = self.tracker.uri if self.tracker is not None else None
+        return pool.spawn(n, self.suite.path.resolve(), self.paths.out.resolve(), self.store.url, self.optuna_url,
+                          uri, device, self.lease_s, self.poll_s)
+
+
+def open_session(suite_ref: str, out: str | Path | None = None, *, store_url: str | None = None,
+                 optuna_storage: str | None = None, tracking_uri: str | None = None, track: bool = True,
+                 parallel: bool = False, lease_s: float | None = None, poll_s: float | None = None,
+                 init: bool = True, rerun: list[str] | None = None) -> Session:
+    """Load and expand the suite, check its datasets, open the store (``store_url``, default
+    ``<out>/results.db``; a broken or foreign file is refused), choose the Optuna storage (``parallel``:
+    several workers share it, so SQLite is refused), open the tracker (unless not ``track``), and unless
+    not ``init``: say which cells are new because their code changed, supersede the ``rerun`` cells' runs,
+    add the runs, studies and MLflow parents, and copy into MLflow what earlier processes could not."""
+    from ffbench import tracking
+
+    suite, design, paths = prepare(suite_ref, out)
+    verify_data(design)
+    paths.out.mkdir(parents=True, exist_ok=True)
+    pool.set_threads()
+    store = Store(store_url or paths.store)
+    lease = float(lease_s or LEASE_S)
+    poll = float(poll_s or min(POLL_S, max(0.2, lease / 4)))
+    ourl = optuna_url(design, paths, store_url, optuna_storage, 2 if parallel else 1)
+    if init:
+        for line in code_notes(store, suite, design):
+            print(line)
+        if rerun:
+            n_cells, n_runs = rerun_cells(store, suite, design, rerun)
+            print(f"rerun: {n_runs} finished run(s) of {n_cells} cell(s) will be executed again (the old results "
+                  f"are kept as superseded)")
+    tracker = open_tracker(suite, paths, tracking_uri) if track else None
+    if init:
+        init_suite(suite, design, store, tracker, ourl)
+        if tracker is not None:
+            tracking.sync(store, suite.name, tracker)
+    return Session(suite, design, paths, store, tracker, ourl, lease, poll)
+
+
+def aggregates(s: Session, control: str | None = None, rope=None) -> Callable[[], None]:
+    """The step that refreshes every cell's aggregate on its MLflow parent; a failure there is a warning
+    (the results table and CSV do not depend on it)."""
+    from ffbench.results import summarize_cells
+
+    def refresh() -> None:
+        try:
+            summarize_cells(s.suite, s.design, s.store, s.tracker, control=control, rope=rope)
+        except Exception as exc:
+            print(f"warning: the cells' aggregates were not written to MLflow ({type(exc).__name__}: {exc}); "
+                  f"`ffbench sync {s.suite.name}` or `ffbench report` writes them later", file=sys.stderr)
+
+    return refresh
+
+
+def catch_up(s: Session, with_aggregates: bool = True) -> tuple[int, int]:
+    """Copy into MLflow whatever of the suite is not there yet, then (optionally) the cells' aggregates."""
+    from ffbench import tracking
+
+    if s.tracker is None:
+        return 0, 0
+    try:
+        return tracking.sync(s.store, s.suite.name, s.tracker, aggregates=aggregates(s) if with_aggregates else None)
+    except Exception as exc:  # the store answered a moment ago; MLflow must never end a finished suite
+        print(f"warning: catching MLflow up failed ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 0, 0
+
+
+def _interrupted(s: Session, exc: BaseException, close_parents: bool) -> None:
+    """Note how many runs are left on the exception (the command prints it), and leave no MLflow parent
+    RUNNING."""
+    prog = _progress(s)
+    exc.pending = prog["total"] - prog["finished"]  # type: ignore[attr-defined]
+    if close_parents and s.tracker is not None:
+        states = s.store.states(s.suite.name, s.suite.version)
+        by_cell: dict[str, list[str]] = {}
+        for st in states:
+            if st["role"] == EVALUATION:
+                by_cell.setdefault(st["cell_id"], []).append(st["status"])
+        complete = {c.cell_id for c in s.design.cells
+                    if len(by_cell.get(c.cell_id, [])) == len(s.suite.seeds)
+                    and all(x in ("done", "failed", "pruned") for x in by_cell[c.cell_id])}
+        started = [(c.cell_id, c.factors, c.config.to_dict(), s.suite.version) for c in s.design.cells
+                   if any(st["cell_id"] == c.cell_id and st.get("attempts") for st in states)]
+        s.tracker.close_parents(complete, started)
+
+
+def _bar(s: Session, desc: str, initial: int = 0):
+    return progress_bar(len(expected_ids(s.design)), initial, desc)
+
+
+# ---------------------------------------------------------------- ffbench run
 def run_suite(suite_ref: str, out: str | Path | None = None, device: str = "auto",
               tracking_uri: str | None = None, progress: bool = True, track: bool = True, workers: int = 1,
               store_url: str | None = None, optuna_storage: str | None = None, lease_s: float | None = None,
-              poll_s: float | None = None) -> dict[str, Any]:
+              poll_s: float | None = None, rerun: list[str] | None = None) -> dict[str, Any]:
     """Execute every run of the suite that is not finished yet; return a summary.
 
     workers: 1 runs in this process; N > 1 spawns N ``ffbench worker`` processes (one device each).
     store_url / optuna_storage / tracking_uri: shared locations for several machines (default: files
     under the output directory). lease_s: how stale a heartbeat must be before a run is taken over.
+    rerun: wildcard patterns of cells (label or method) to execute again. SIGINT / SIGTERM raise
+    ``pool.Interrupted`` (with ``pending``, the runs left) once every run in hand was given back.
     """
-    from ffbench import workers as w
+    with pool.interrupts():
+        s = open_session(suite_ref, out, store_url=store_url, optuna_storage=optuna_storage,
+                         tracking_uri=tracking_uri, track=track, parallel=workers > 1, lease_s=lease_s,
+                         poll_s=poll_s, rerun=rerun)
+        before = _progress(s)["finished"]
+        bar = _bar(s, s.suite.name, before) if progress else None
+        exit_codes: list[int] = []
+        try:
+            if workers <= 1:
+                work(s.env(device), bar)
+            else:
+                exit_codes = pool.wait_for(s.spawn(workers, device), s.store, s.suite, s.design, bar)
+        except KeyboardInterrupt as exc:
+            _interrupted(s, exc, close_parents=True)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        after = _progress(s)
+        catch_up(s)
+    return {"suite": s.suite, "design": s.design, "paths": s.paths, "executed": after["finished"] - before,
+            "store": s.store, "progress": after, "exit_codes": exit_codes, "optuna_storage": s.optuna_url,
+            "tracking_uri": s.tracker.uri if s.tracker is not None else None, "tracker": s.tracker}
 
-    suite, design, paths = prepare(suite_ref, out)
-    paths.out.mkdir(parents=True, exist_ok=True)
-    w.set_threads()
-    store = Store(store_url or paths.store)
-    lease = float(lease_s or LEASE_S)
-    poll = float(poll_s or min(POLL_S, max(0.2, lease / 4)))
-    ourl = optuna_url(design, paths, store_url, optuna_storage, workers)
-    tracker = open_tracker(suite, paths, tracking_uri) if track else None
-    w.init_suite(suite, design, store, tracker, ourl)
-    before = w.progress(store, suite, design)["finished"]
-    bar = None
-    if progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=len(w.expected_ids(design)), initial=before, desc=suite.name, unit="run", file=sys.stderr)
-    exit_codes: list[int] = []
-    try:
-        if workers <= 1:
-            env = Env(suite, design, store, worker_name(), device, tracker, ourl, lease, poll)
-            w.work(env, bar)
-        else:
-            uri = (tracking_uri or tracker.uri) if tracker is not None else None
-            procs = w.spawn(workers, suite.path.resolve(), paths.out.resolve(), store.url, ourl, uri, device, lease, poll)
-            exit_codes = w.wait_for(procs, store, suite, design, bar)
-    finally:
-        if bar is not None:
-            bar.close()
-    after = w.progress(store, suite, design)
+def _progress(s: Session) -> dict[str, int]:
+    return progress(s.store, s.suite, s.design)
+
+
+# ---------------------------------------------------------------- ffbench worker
+def run_worker(suite_ref: str, out: str | Path | None = None, *, device: str = "auto", workers: int = 1,
+               store_url: str | None = None, optuna_storage: str | None = None, tracking_uri: str | None = None,
+               track: bool = True, lease_s: float | None = None, poll_s: float | None = None, init: bool = True,
+               progress: bool = True) -> dict[str, Any]:
+    """A worker against a shared store (one per machine or device), or ``workers`` local ones. Ctrl-C or
+    SIGTERM gives the run in hand back and raises ``pool.Interrupted``. Returns {worker, executed,
+    progress, exit_codes, suite, store, tracker}."""
+    with pool.interrupts():
+        s = open_session(suite_ref, out, store_url=store_url, optuna_storage=optuna_storage,
+                         tracking_uri=tracking_uri, track=track, parallel=True, lease_s=lease_s, poll_s=poll_s,
+                         init=init)
+        common = {"suite": s.suite, "store": s.store, "tracker": s.tracker}
+        if workers > 1:
+            try:
+                codes = pool.wait_for(s.spawn(workers, device), s.store, s.suite, s.design)
+            except KeyboardInterrupt as exc:
+                _interrupted(s, exc, close_parents=True)
+                raise
+            catch_up(s)
+            return {"worker": None, "executed": None, "progress": _progress(s), "exit_codes": codes, **common}
+        env = s.env(device)
+        bar = _bar(s, f"{s.suite.name} worker") if progress else None
+        try:
+            executed = work(env, bar)
+        except KeyboardInterrupt as exc:
+            _interrupted(s, exc, close_parents=False)  # other workers may still be at work on the cells
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        prog = _progress(s)
+        if init and prog["finished"] == prog["total"]:  # (under a launcher, the launcher does it)
+            catch_up(s)
+    return {"worker": env.worker, "executed": executed, "progress": prog, "exit_codes": [], **common}
+
+
+# ---------------------------------------------------------------- how a command ends
+def stopped(exc: BaseException) -> int | None:
+    """For an exception that ends ``run`` / ``worker`` / ``sync`` without a traceback: print its one line
+    and return the exit status (130 / 143 interrupted, 2 a refused store or unusable data, 3 the
+    infrastructure failed during a run); None for anything else (a bug: let it raise)."""
+    from ffbench.datasets import DataError
+    from ffbench.execute import InfrastructureError
+    from ffbench.store import StoreError
+
+    if isinstance(exc, KeyboardInterrupt):
+        pending = getattr(exc, "pending", None)
+        left = f"{pending} runs pending" if pending is not None else "before any run started"
+        print(f"interrupted: {left}, rerun the same command to resume", file=sys.stderr)
+        return pool.exit_status(exc)
+    if isinstance(exc, (StoreError, DataError)):
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if isinstance(exc, InfrastructureError):
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    return None
+
+
+def backlog(tracker, store: Store, suite: Suite) -> None:
+    """Print how many runs await mirroring into MLflow, when any do."""
     if tracker is not None:
-        summarize_cells(suite, design, store, tracker)
-    return {"suite": suite, "design": design, "paths": paths, "executed": after["finished"] - before,
-            "store": store, "progress": after, "exit_codes": exit_codes, "optuna_storage": ourl,
-            "tracking_uri": tracker.uri if tracker is not None else None}
+        line = tracker.backlog_message(store, suite.name)
+        if line:
+            print(line)
 
 
-def verdicts(store: Store, suite: Suite, control: str | None = None, rope=None) -> dict[str, dict[str, Any]]:
-    """Each cell's bootstrap CI and its verdict against the control (stats.cell_summaries)."""
-    from ffbench.stats import cell_summaries
-
-    frame = store.frame(suite.name, version=suite.version)
-    if not len(frame) or "test_acc" not in frame:
-        return {}
-    return cell_summaries(frame, control=control or suite.control, rope=rope)
+# ---------------------------------------------------------------- the time a dry run announces
+PROBE_STEPS = 3  # timed training steps of a probe (after one untimed warm-up step)
 
 
-def summarize_cells(suite: Suite, design: Design, store: Store, tracker, control: str | None = None,
-                    rope=None) -> None:
-    """Aggregate each cell's evaluation seeds (n, mean, SD, CI, failures, verdict against the control,
-    and for a tuned cell its tuning) onto its MLflow parent run, so the UI ranks and compares cells."""
-    import numpy as np
+def probe(config, device: str = "auto") -> float:
+    """Seconds per training step of ``config``: the first steps of its first epoch, timed after one warm-up
+    step (nothing is recorded)."""
+    import time
 
-    from ffbench.tuning import choose_best
+    from ffbench.data import DeviceLoader, prepare as prepare_data
+    from ffbench.seeds import Streams
+    from ffbench.train import build, resolve_device, sync
 
-    stats = verdicts(store, suite, control, rope)
-    rows = store.rows(suite.name, suite_version=suite.version)
-    by_cell: dict[str, list[dict]] = {}
+    dev = resolve_device(device)
+    streams = Streams(config.seed)
+    data = prepare_data(config.dataset, streams, dev, val_size=config.val_size, train_subset=config.train_subset,
+                        classes=config.classes, root=config.dataset_options.get("root"),
+                        normalize=config.dataset_options.get("normalize"),
+                        val_split=config.dataset_options.get("val_split"))
+    method = build(config, data, streams, dev)
+    method.train()
+    loader = DeviceLoader(data.train, config.batch_size, order_gen=streams.torch("order", dev),
+                          augment_gen=streams.torch("augment", dev), crop_padding=config.crop_padding,
+                          flip=config.flip)
+    method.start_epoch(0)
+    times = []
+    for i, (x, y) in enumerate(loader):
+        sync(dev)
+        t0 = time.perf_counter()
+        method.train_step(x, y)
+        sync(dev)
+        times.append(time.perf_counter() - t0)
+        if i == PROBE_STEPS:
+            break
+    timed = times[1:] or times
+    return sum(timed) / len(timed) * len(loader)  # one epoch
+
+
+def estimate(suite: Suite, design: Design, paths: Paths, store_url: str | None = None, device: str = "auto"
+             ) -> dict[str, Any]:
+    """The training time the suite's unfinished runs should take: per cell, the mean ``train_time_s`` of its
+    finished runs in the store (same cell ID: same configuration and code), else one short timed probe
+    per distinct (method, backbone, dataset), scaled to each cell's epochs (and tuning seeds). Returns
+    {seconds, rows (left to run), from_store (rows estimated from the store), from_probe, probes}."""
+    from ffbench.design import TUNING
+    from ffbench.store import FINISHED
+
+    rows: list[dict[str, Any]] = []
+    location = store_url or (paths.store if paths.store.exists() else None)
+    if location is not None:
+        try:
+            rows = Store(location).rows(suite.name, suite_version=suite.version)
+        except Exception:  # a store that cannot be read estimates nothing; the probe does
+            rows = []
+    finished = {r["run_id"] for r in rows if r["status"] in FINISHED}
+    past: dict[tuple[str, str], list[float]] = {}
     for r in rows:
-        by_cell.setdefault(r["cell_id"], []).append(r)
-    for cell in design.cells:
-        runs = [r for r in by_cell.get(cell.cell_id, []) if r["role"] == "evaluation"]
-        trials = sorted((r for r in by_cell.get(cell.cell_id, []) if r["role"] == "tuning"), key=lambda r: r["trial"])
-        accs = np.array([r["metrics"]["test_acc"] for r in runs
-                         if r["status"] == DONE and r["metrics"] and "test_acc" in r["metrics"]])
-        summary: dict[str, Any] = {"n": len(accs), "failures": sum(r["status"] == FAILED for r in runs)}
-        if len(accs):
-            summary.update({"test_acc_mean": accs.mean(), "test_acc_sd": accs.std(ddof=1) if len(accs) > 1 else 0.0})
-        st = stats.get(cell.cell_id, {})
-        summary.update({f"test_acc_{k}": st[k] for k in ("median", "ci_low", "ci_high") if k in st})
-        summary.update({f"{k}_vs_control": st[k] for k in ("delta", "delta_ci_low", "delta_ci_high", "p_adj",
-                                                          "verdict") if k in st})
-        if st:
-            summary["control"] = st["control"]
-        curve = []
-        if trials:
-            summary.update({f"tuning_{s}": sum(r["status"] == s for r in trials) for s in (DONE, PRUNED, FAILED)})
-            best = choose_best(trials) if all(r["status"] in FINISHED for r in trials) else None
-            if best is not None:
-                summary["tuning_best_trial"] = best["trial"]
-                summary["tuning_best_val_acc"] = best["metrics"]["val_acc"]
-                summary.update({f"tuned.{k}": v for k, v in (best["params"] or {}).items()})
-            top = -math.inf
-            for k, r in enumerate(trials, start=1):
-                v = (r["metrics"] or {}).get("val_acc")
-                if r["status"] == DONE and isinstance(v, (int, float)) and math.isfinite(v):
-                    top = max(top, v)
-                if top > -math.inf:
-                    curve.append((k, top))
-        done = all(r["status"] in FINISHED for r in runs) and len(runs) == len(suite.seeds)
-        tracker.log_cell_summary(cell.cell_id, cell.factors, cell.config.to_dict(), suite.version, summary, done,
-                                 budget_curve=curve)
+        t = (r.get("compute") or {}).get("train_time_s")
+        if r["status"] == "done" and isinstance(t, (int, float)) and t == t:
+            past.setdefault((r["cell_id"], r["role"]), []).append(float(t))
+    todo = [r for r in design.trials + design.runs if r.run_id not in finished]
+    from ffbench.datasets import DataError
 
-
-def results_table(store: Store, suite: Suite, design: Design):
-    """Mean ± SD of test accuracy per cell (dataset, backbone, method and axis levels), over the finished
-    evaluation runs of this suite version; tuning trials never enter it."""
-    import pandas as pd
-
-    frame = store.frame(suite.name, version=suite.version)
-    cells = {c.cell_id for c in design.cells}
-    if len(frame):
-        frame = frame[frame["cell_id"].isin(cells)]
-    axes = [a for a in design.axes if a in frame.columns] if len(frame) else []
-    keys = ["dataset", "backbone", "method", *axes]
-    rows = []
-    if len(frame):
-        frame = frame.copy()
-        for a in axes:  # None (axis does not apply) must stay a group of its own
-            frame[a] = frame[a].map(lambda v: "—" if v is None or (isinstance(v, float) and v != v) else v)
-        for k, g in frame.groupby(keys, sort=False):
-            ok = g[g["status"] == DONE]
-            acc = ok["test_acc"].astype(float) * 100 if "test_acc" in ok else pd.Series(dtype=float)
-            rows.append({**dict(zip(keys, k)), "n": len(ok), "failed": int((g["status"] == FAILED).sum()),
-                         "test_acc_mean": acc.mean(), "test_acc_sd": acc.std(ddof=1) if len(acc) > 1 else float("nan"),
-                         "epoch_time_s": ok["epoch_time_s"].mean() if "epoch_time_s" in ok else float("nan"),
-                         "saved_MB_per_step": ok["saved_bytes_per_step"].mean() / 2**20
-                         if "saved_bytes_per_step" in ok else float("nan")})
-    table = pd.DataFrame(rows)
-    if len(table):  # the suite's own order, not the store's
-        order = {"dataset": suite.datasets, "backbone": suite.backbones, "method": suite.methods,
-                 **{a.name: ["—"] + list(a.levels) for a in suite.axes}}
-
-        def rank(col):
-            pos = {str(v): i for i, v in enumerate(order[col.name])}
-            return col.map(lambda v: pos.get(str(v), len(pos)))
-
-        table = table.sort_values(keys, key=rank)
-    return table.reset_index(drop=True), frame
-
-
-def format_table(table) -> str:
-    axes = [c for c in table.columns if c not in ("dataset", "backbone", "method", "n", "failed", "test_acc_mean",
-                                                  "test_acc_sd", "epoch_time_s", "saved_MB_per_step")]
-    head = ["dataset", "backbone", "method", *axes, "n", "failed", "test acc % (mean ± SD)", "s/epoch", "saved MB/step"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in table.to_dict("records"):
-        acc = f"{r['test_acc_mean']:.2f} ± {r['test_acc_sd']:.2f}" if r["n"] else "—"
-        cells = [r["dataset"], r["backbone"], r["method"], *(r[a] for a in axes), r["n"], r["failed"], acc,
-                 f"{r['epoch_time_s']:.3f}", f"{r['saved_MB_per_step']:.2f}"]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines)
-
-
-def failures(store: Store, suite: Suite, design: Design) -> list[dict[str, Any]]:
-    """Every failed or pruned row of this suite version (evaluation and tuning), with its message."""
-    ids = {c.cell_id: c for c in design.cells}
-    out = []
-    for r in store.rows(suite.name, suite_version=suite.version, status=[FAILED, PRUNED]):
-        if r["cell_id"] in ids:
-            first = (r["error"] or "").strip().splitlines()
-            out.append({"run_id": r["run_id"], "role": r["role"], "status": r["status"], "cell": ids[r["cell_id"]].label,
-                        "seed": r["seed"], "trial": r["trial"], "message": first[0] if first else ""})
-    return out
+    trial_ids = {r.run_id for r in design.trials}
+    per_epoch: dict[tuple, float | None] = {}
+    unavailable: dict[str, str] = {}  # dataset -> why it cannot be probed here
+    seconds, from_store, from_probe = 0.0, 0, 0
+    for run in todo:
+        cell, role = run.cell, (TUNING if run.run_id in trial_ids else "evaluation")
+        known = past.get((cell.cell_id, role))
+        if known:
+            seconds += sum(known) / len(known)
+            from_store += 1
+            continue
+        key = (cell.factors["method"], cell.factors["backbone"], cell.factors["dataset"])
+        if key not in per_epoch:  # seconds per epoch, from the first cell of this triple
+            try:
+                per_epoch[key] = probe(cell.config, device)
+            except DataError as exc:  # a dry run plans without the data; the run itself stops on it
+                per_epoch[key] = None
+                unavailable[cell.config.dataset] = str(exc)
+        if per_epoch[key] is None:
+            continue
+        n_seeds = len(cell.tuning["seeds"]) if role == TUNING and cell.tuning else 1
+        seconds += per_epoch[key] * cell.config.epochs * n_seeds
+        from_probe += 1
+    return {"seconds": seconds, "rows": len(todo), "from_store": from_store, "from_probe": from_probe,
+            "probes": sum(v is not None for v in per_epoch.values()), "unavailable": unavailable}

@@ -10,11 +10,14 @@ Conventions (the defaults; every function takes them as arguments):
 * Accuracies are fractions in [0, 1]; differences are ``method - reference`` (positive: the method is
   higher). Rows of different methods with the same other factor levels and the same seed are paired
   (common random numbers).
-* Only rows with status 'done' and a finite metric enter an estimate. Failed, pending and running rows are
-  counted (``failures``, ``missing``) and shown, never dropped silently.
-* Intervals are 95%: BCa bootstrap with ``N_RESAMPLES`` resamples (percentile when BCa is undefined,
-  e.g. degenerate resamples; a point interval when all values are equal), t intervals where stated.
-* Comparison verdicts (``verdict``): see that function for the decision rule.
+* Only rows with status 'done' and a finite metric enter an estimate (the survivors). A run that failed,
+  diverged, or finished without a finite metric is a *failure*, an outcome in its own right (failure
+  rates, exact tests, a worst-case sensitivity analysis); pending and running rows are *missing*. Both
+  are counted and shown, never dropped silently.
+* Intervals are 95%. Means of seeds and paired differences: the t interval by default (it keeps its
+  coverage at 3-10 seeds, where bootstrap intervals are too narrow); BCa bootstrap (``N_RESAMPLES``
+  resamples, percentile when BCa is undefined) on request. Every interval says which method made it.
+* Comparison verdicts (``verdict``, ``compare``): one interval, one family; see those functions.
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
+from ffbench.correctness import decode_correct
+
 CONFIDENCE = 0.95
 ALPHA = 0.05
 N_RESAMPLES = 10_000
@@ -40,6 +45,11 @@ MIN_BOOTSTRAP_N = 3  # fewer values: no bootstrap interval
 METRIC = "test_acc"
 NA = "-"  # the level shown where an axis does not apply to a method (None in the store)
 VERDICTS = ("better", "equivalent", "worse", "insufficient evidence")
+FAILED = ("failed", "diverged")  # terminal statuses without a result; 'done' with a non-finite metric counts too
+UNFINISHED = ("pending", "running")
+INTERVALS = ("t", "BCa", "percentile", "auto")  # 'auto': t below BCA_MIN_N values, BCa from there on
+BCA_MIN_N = 30
+RHO = 0.0  # correlation of per-seed differences for the Bayesian correlated t-test (seeds on a fixed split)
 
 BOOKKEEPING = ("run_id", "suite", "suite_version", "cell_id", "role", "seed", "trial", "status", "error",
                "attempts", "mlflow_run_id", "curves", "worker", "heartbeat", "started", "finished", "optuna_trial",
@@ -109,9 +119,15 @@ def ok_mask(frame: pd.DataFrame, metric: str) -> pd.Series:
     return (frame["status"] == "done") & np.isfinite(values.astype(float))
 
 
+def failed_mask(frame: pd.DataFrame, metric: str) -> pd.Series:
+    """Runs that ended without a usable result: failed or diverged, or 'done' with a non-finite metric."""
+    return frame["status"].isin(FAILED) | ((frame["status"] == "done") & ~ok_mask(frame, metric))
+
+
 def status_counts(frame: pd.DataFrame, metric: str) -> dict[str, int]:
+    """runs; n (usable); failures (``failed_mask``); missing (pending, running, or any other status)."""
     ok = ok_mask(frame, metric)
-    failed = frame["status"] == "failed"
+    failed = failed_mask(frame, metric)
     return {"runs": int(len(frame)), "n": int(ok.sum()), "failures": int(failed.sum()),
             "missing": int((~ok & ~failed).sum())}
 
@@ -232,8 +248,46 @@ def t_interval(x: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
     if len(x) < 2:
         return Interval(math.nan, math.nan, "none (n < 2)", confidence)
     m, se = x.mean(), x.std(ddof=1) / math.sqrt(len(x))
+    if se == 0:
+        return Interval(float(m), float(m), "point (all values equal)", confidence)
     h = stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * se
     return Interval(float(m - h), float(m + h), "t", confidence)
+
+
+def mean_interval(x: Sequence[float], method: str = "t", *, confidence: float = CONFIDENCE,
+                  n_resamples: int = N_RESAMPLES, rng: int | np.random.Generator | None = SEED) -> Interval:
+    """The interval of the mean of the finite values of ``x`` by ``method`` (``INTERVALS``): 't' (the
+    default: at 3, 5 and 10 normal seeds it covers 95%, where BCa covers about 71%, 83% and 91%), 'BCa' or
+    'percentile' bootstrap, or 'auto' (t below ``BCA_MIN_N`` values, BCa from there on)."""
+    if method not in INTERVALS:
+        raise ValueError(f"interval method {method!r}: allowed values are {', '.join(INTERVALS)}")
+    x = np.asarray(x, float)
+    x = x[np.isfinite(x)]
+    if method == "auto":
+        method = "t" if len(x) < BCA_MIN_N else "BCa"
+    if method == "t":
+        return t_interval(x, confidence)
+    return bootstrap_ci(x, confidence=confidence, n_resamples=n_resamples, rng=rng, method=method)
+
+
+def clopper_pearson(k: float, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval of a binomial proportion k / n; (NaN, NaN) when n = 0."""
+    if n <= 0:
+        return math.nan, math.nan
+    a = 1 - confidence
+    lo = 0.0 if k <= 0 else float(stats.beta.ppf(a / 2, k, n - k + 1))
+    hi = 1.0 if k >= n else float(stats.beta.ppf(1 - a / 2, k + 1, n - k))
+    return lo, hi
+
+
+def mcnemar_exact(fail_a: Sequence[bool], fail_b: Sequence[bool]) -> dict[str, Any]:
+    """McNemar's exact test on paired binary outcomes (a seed's run of A and of B): only the discordant
+    seeds count, b = A failed and B not, c = B failed and A not; two-sided p = P(|X - m/2| ≥ |b - m/2|)
+    for X ~ Binomial(m = b + c, 1/2) (``scipy.stats.binomtest``); p = 1 when m = 0."""
+    fa, fb = np.asarray(fail_a, bool), np.asarray(fail_b, bool)
+    b, c = int((fa & ~fb).sum()), int((fb & ~fa).sum())
+    p = float(stats.binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0
+    return {"pairs": len(fa), "only_a_failed": b, "only_b_failed": c, "p": p, "test": "McNemar exact"}
 
 
 # ====================================================================== one sample, one cell
@@ -243,12 +297,13 @@ def iqm(x: np.ndarray, axis: int | None = None) -> np.ndarray | float:
 
 
 def describe(values: Sequence[float], *, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
-             rng: int | np.random.Generator | None = SEED) -> dict[str, Any]:
-    """n, mean, SD, median, min, max and the bootstrap CI of the mean of the finite values."""
+             rng: int | np.random.Generator | None = SEED, interval: str = "t") -> dict[str, Any]:
+    """n, mean, SD, median, min, max and the CI of the mean of the finite values (``mean_interval`` by
+    ``interval``; its method in ``ci_method``)."""
     x = np.asarray(values, float)
     x = x[np.isfinite(x)]
     n = len(x)
-    ci = bootstrap_ci(x, confidence=confidence, n_resamples=n_resamples, rng=rng)
+    ci = mean_interval(x, interval, confidence=confidence, n_resamples=n_resamples, rng=rng)
     return {"n": n, "mean": float(x.mean()) if n else math.nan, "sd": float(x.std(ddof=1)) if n > 1 else math.nan,
             "median": float(np.median(x)) if n else math.nan, "min": float(x.min()) if n else math.nan,
             "max": float(x.max()) if n else math.nan, **ci.as_dict()}
@@ -256,10 +311,12 @@ def describe(values: Sequence[float], *, confidence: float = CONFIDENCE, n_resam
 
 def cell_table(frame: pd.DataFrame, metric: str = METRIC, by: Sequence[str] | None = None, *,
                confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
-               rng: int | np.random.Generator | None = SEED) -> pd.DataFrame:
+               rng: int | np.random.Generator | None = SEED, means: Sequence[str] = ()) -> pd.DataFrame:
     """Per group of ``by`` (default: the inferred factors): runs, n (done, finite), failures, missing
     (pending/running), mean, SD, median, min, max and the 95% bootstrap CI of the mean (each group's
-    interval from a fresh Generator seeded with ``rng``)."""
+    interval from a fresh Generator seeded with ``rng``); and for each column of ``means`` (compute
+    figures such as ``epoch_time_s``) its mean over the same runs, as ``mean.<column>``. The one cell
+    summary: the end-of-run table, the MLflow parent runs and the reports all read it."""
     df, factors = prepare(frame, by, metric)
     by = list(by) if by is not None else factors
     rows = []
@@ -267,7 +324,9 @@ def cell_table(frame: pd.DataFrame, metric: str = METRIC, by: Sequence[str] | No
         ok = ok_mask(g, metric)
         counts = status_counts(g, metric)
         d = describe(g.loc[ok, metric], confidence=confidence, n_resamples=n_resamples, rng=rng)
-        rows.append({**dict(zip(by, _key(key))), **counts, **{k: v for k, v in d.items() if k != "n"}})
+        extra = {f"mean.{c}": float(pd.to_numeric(g.loc[ok, c], errors="coerce").astype(float).mean())
+                 if c in g else math.nan for c in means}
+        rows.append({**dict(zip(by, _key(key))), **counts, **{k: v for k, v in d.items() if k != "n"}, **extra})
     out = pd.DataFrame(rows)
     if len(out):
         out.attrs.update(metric=metric, confidence=confidence, n_resamples=n_resamples, seed=_seed_of(rng))
@@ -312,48 +371,101 @@ def _d_z(d: np.ndarray, axis: int = -1):
         return d.mean(axis=axis) / sd
 
 
+def paired_tests(d: np.ndarray, rope: float = ROPE) -> dict[str, np.ndarray]:
+    """The paired t-tests on differences ``d`` (shape (..., n), vectorised over the leading axes): n,
+    delta, sd, t and two-sided p_t (H0: mean 0), p_tost (max of the one-sided tests against −rope and
+    +rope) and p_equiv = min(1, 2 p_tost) (the p-value of 'the two-sided t interval lies inside ±rope').
+    NaN where n < 2 or the SD is 0 (identical differences: the tests are undefined)."""
+    d = np.asarray(d, float)
+    n = d.shape[-1]
+    delta = d.mean(-1) if n else np.full(d.shape[:-1], np.nan)
+    sd = d.std(-1, ddof=1) if n > 1 else np.full(d.shape[:-1], np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        se = np.where(sd > 0, sd / math.sqrt(max(n, 1)), np.nan)
+        t = delta / se
+        df = max(n - 1, 1)
+        p_t = 2 * stats.t.sf(np.abs(t), df)
+        p_tost = np.maximum(stats.t.sf((delta + rope) / se, df), stats.t.cdf((delta - rope) / se, df))
+    return {"n": n, "delta": delta, "sd": sd, "t": t, "p_t": p_t, "p_tost": p_tost,
+            "p_equiv": np.minimum(1.0, 2 * p_tost)}
+
+
+def paired_superiority(d: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """Paired probability of superiority P(d > 0) + ½ P(d = 0) over the seeds' differences (the share of
+    seeds on which the method wins), with the Clopper-Pearson interval of that share (a tie counts as
+    half a win). Unlike the unpaired ``prob_superiority`` it uses the pairing: winning every seed by
+    1 pp gives 1, not the unpaired 0.75 that overlapping seed spreads give."""
+    d = np.asarray(d, float)
+    d = d[np.isfinite(d)]
+    if not len(d):
+        return math.nan, math.nan, math.nan
+    k = float((d > 0).sum() + 0.5 * (d == 0).sum())
+    return (k / len(d), *clopper_pearson(k, len(d), confidence))
+
+
+def bayes_correlated_t(d: Sequence[float], rope: float = ROPE, rho: float = RHO) -> dict[str, Any]:
+    """Bayesian correlated t-test (Corani & Benavoli 2015) on per-seed differences d: under the
+    (improper) prior of that paper, the posterior of the mean difference is Student t with n − 1
+    degrees of freedom, location mean(d) and scale sqrt((1/n + ρ/(1 − ρ)) · var(d)). Returns
+    P(worse) = P(μ < −rope), P(equivalent) = P(|μ| ≤ rope), P(better) = P(μ > rope) and ρ.
+
+    ρ is the correlation between the differences: n_test/n_train for overlapping cross-validation
+    training sets; 0 for seeds on a fixed split (the ffbench design: each seed is an independent
+    training run evaluated on the same test set, whose sampling variance is in ``variance_sources``).
+    Undefined (NaN) for n < 2 or zero variance (degenerate: all differences equal)."""
+    d = np.asarray(d, float)
+    d = d[np.isfinite(d)]
+    n = len(d)
+    out = {"p_worse": math.nan, "p_rope": math.nan, "p_better": math.nan, "rho": rho}
+    if not 0 <= rho < 1:
+        raise ValueError(f"rho={rho}: the correlation must lie in [0, 1)")
+    if n < 2 or d.std(ddof=1) == 0:
+        return out
+    scale = math.sqrt((1 / n + rho / (1 - rho)) * d.var(ddof=1))
+    worse = float(stats.t.cdf(-rope, n - 1, d.mean(), scale))
+    better = float(stats.t.sf(rope, n - 1, d.mean(), scale))
+    out.update(p_worse=worse, p_better=better, p_rope=max(0.0, 1 - worse - better))
+    return out
+
+
 def paired_comparison(a: Sequence[float], b: Sequence[float], *, rope: float = ROPE,
                       confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
-                      rng: int | np.random.Generator | None = SEED) -> dict[str, Any]:
+                      rng: int | np.random.Generator | None = SEED, interval: str = "t", rho: float = RHO,
+                      effects: bool = True) -> dict[str, Any]:
     """Everything about ``a`` vs ``b`` measured on the same seeds (``a[i]``, ``b[i]`` share seed i).
 
-    Returns n, means, delta = mean(a − b), sd_diff, the bootstrap CI of delta (paired resampling of
-    seeds), the paired t-test (t, df, p_t) and its t interval, the TOST equivalence p (two one-sided
-    paired t-tests against ±rope), the Wilcoxon signed-rank test (with ``wilcoxon_note`` when n is below
-    its floor of 6 pairs), Hedges' g and the probability of superiority with bootstrap CIs, and d_z.
+    Pairs where either value is not finite are dropped (counted in ``dropped``). Returns n_pairs, means,
+    delta = mean(a − b), sd_diff, the interval of delta (``mean_interval`` by ``interval``, t by default),
+    the paired t-test (t, df, p_t) and its t interval, the TOST equivalence p (two one-sided paired
+    t-tests against ±rope) and p_equiv = min(1, 2 p_tost), the p-value of 'the two-sided t interval lies
+    inside the ROPE' (the equivalence claim read off the same interval as the difference claim), the
+    Wilcoxon signed-rank test (``wilcoxon_note`` below its floor of 6 pairs), the Bayesian correlated
+    t-test (``bayes_correlated_t``), the paired probability of superiority P(d > 0) with its exact
+    interval, and (``effects``) Hedges' g and the unpaired probability of superiority with bootstrap CIs,
+    and d_z. When every difference is the same (SD 0) the tests are undefined: ``degenerate`` is True and
+    the p-values are NaN (no significance claim from identical differences).
     p-values here are uncorrected; ``compare`` corrects them across a family.
     """
     a, b = np.asarray(a, float), np.asarray(b, float)
+    keep = np.isfinite(a) & np.isfinite(b)
+    dropped = int((~keep).sum())
+    a, b = a[keep], b[keep]
     d = a - b
     n = len(d)
     nan = math.nan
-    out: dict[str, Any] = {"n_pairs": n, "mean_a": float(a.mean()) if n else nan,
+    sd = float(d.std(ddof=1)) if n > 1 else nan
+    degenerate = bool(n > 1 and sd == 0)
+    out: dict[str, Any] = {"n_pairs": n, "dropped": dropped, "mean_a": float(a.mean()) if n else nan,
                            "mean_b": float(b.mean()) if n else nan, "delta": float(d.mean()) if n else nan,
-                           "sd_diff": float(d.std(ddof=1)) if n > 1 else nan, "rope": rope}
-    gen = make_rng(rng)  # one stream for the three intervals of this comparison
+                           "sd_diff": sd, "rope": rope, "degenerate": degenerate}
+    gen = make_rng(rng)  # one stream for the intervals of this comparison
     seed = _seed_of(rng)
-    ci = bootstrap_ci(d, confidence=confidence, n_resamples=n_resamples, rng=gen)
+    ci = mean_interval(d, interval, confidence=confidence, n_resamples=n_resamples, rng=gen)
     out.update(ci_low=ci.low, ci_high=ci.high, ci_method=ci.method, n_resamples=ci.n_resamples, seed=seed)
-    # paired t-test, its t interval and TOST
-    t_stat = p_t = p_tost = nan
-    tci = Interval(nan, nan, "none (n < 2)")
-    if n >= 2:
-        sd = d.std(ddof=1)
-        if sd > 0:
-            res = stats.ttest_rel(a, b)
-            t_stat, p_t = float(res.statistic), float(res.pvalue)
-            tci = t_interval(d, confidence)
-            p_lo = stats.ttest_1samp(d, -rope, alternative="greater").pvalue
-            p_hi = stats.ttest_1samp(d, rope, alternative="less").pvalue
-            p_tost = float(max(p_lo, p_hi))
-        else:  # every seed gives the same difference: the limits of the tests
-            m = float(d.mean())
-            t_stat = math.copysign(math.inf, m) if m else nan
-            p_t = 0.0 if m else 1.0
-            p_tost = 0.0 if abs(m) < rope else 1.0
-            tci = Interval(m, m, "point (all differences equal)", confidence)
-    out.update(t=t_stat, df=n - 1, p_t=p_t, t_ci_low=tci.low, t_ci_high=tci.high, p_tost=p_tost)
-    # Wilcoxon signed-rank
+    tci = t_interval(d, confidence)
+    tt = paired_tests(d, rope)
+    out.update(t=float(tt["t"]), df=n - 1, p_t=float(tt["p_t"]), t_ci_low=tci.low, t_ci_high=tci.high,
+               p_tost=float(tt["p_tost"]), p_equiv=float(tt["p_equiv"]))
     w = p_w = nan
     note = ""
     if n < WILCOXON_FLOOR:
@@ -366,69 +478,153 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], *, rope: float = R
     elif n >= 1:
         note = (note + "; " if note else "") + "all differences are 0"
     out.update(wilcoxon_W=w, p_wilcoxon=p_w, wilcoxon_note=note)
-    # effect sizes with paired bootstrap CIs
-    g = float(hedges_g(a, b)) if n > 1 else nan
-    g_ci = bootstrap_ci((a, b), hedges_g, paired=True, confidence=confidence, n_resamples=n_resamples, rng=gen)
-    ps = float(prob_superiority(a, b)) if n else nan
-    ps_ci = bootstrap_ci((a, b), prob_superiority, paired=True, confidence=confidence,
-                         n_resamples=n_resamples, rng=gen)
-    out.update(hedges_g=g, g_ci_low=g_ci.low, g_ci_high=g_ci.high, g_ci_method=g_ci.method, ps=ps,
-               ps_ci_low=ps_ci.low, ps_ci_high=ps_ci.high, ps_ci_method=ps_ci.method,
-               d_z=float(_d_z(d)) if n > 1 else nan)
+    bay = bayes_correlated_t(d, rope, rho)
+    out.update(bayes_p_worse=bay["p_worse"], bayes_p_rope=bay["p_rope"], bayes_p_better=bay["p_better"],
+               bayes_rho=rho)
+    ps_p, ps_p_lo, ps_p_hi = paired_superiority(d, confidence)
+    out.update(ps_paired=ps_p, ps_paired_ci_low=ps_p_lo, ps_paired_ci_high=ps_p_hi, d_z=float(_d_z(d)) if n > 1 else nan)
+    if effects:
+        g = float(hedges_g(a, b)) if n > 1 else nan
+        g_ci = bootstrap_ci((a, b), hedges_g, paired=True, confidence=confidence, n_resamples=n_resamples, rng=gen)
+        ps = float(prob_superiority(a, b)) if n else nan
+        ps_ci = bootstrap_ci((a, b), prob_superiority, paired=True, confidence=confidence,
+                             n_resamples=n_resamples, rng=gen)
+        out.update(hedges_g=g, g_ci_low=g_ci.low, g_ci_high=g_ci.high, g_ci_method=g_ci.method, ps=ps,
+                   ps_ci_low=ps_ci.low, ps_ci_high=ps_ci.high, ps_ci_method=ps_ci.method)
     return out
 
 
 # ====================================================================== multiple comparisons, verdicts
 def adjust_pvalues(p: Sequence[float], method: str = "holm") -> np.ndarray:
-    """Family-wise ('holm', 'bonferroni') or FDR ('fdr_bh') adjusted p-values via statsmodels'
-    ``multipletests``. NaN p-values are not part of the family and stay NaN."""
-    from statsmodels.stats.multitest import multipletests
-
+    """Family-wise ('holm', 'bonferroni') or FDR ('fdr_bh') adjusted p-values (the same values as
+    statsmodels' ``multipletests``, computed here in numpy because that function is slow enough to
+    dominate simulations; other methods go to statsmodels). NaN p-values are not part of the family and
+    stay NaN."""
     p = np.asarray(p, float)
     out = np.full_like(p, np.nan)
     ok = np.isfinite(p)
-    if ok.any():
-        out[ok] = multipletests(p[ok], method=method)[1]
+    if not ok.any():
+        return out
+    x = p[ok]
+    m = len(x)
+    order = np.argsort(x, kind="stable")
+    ranked = x[order]
+    if method == "holm":
+        adj = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * ranked))
+    elif method == "bonferroni":
+        adj = np.minimum(1.0, m * ranked)
+    elif method == "fdr_bh":
+        adj = np.minimum(1.0, np.minimum.accumulate((m * ranked / np.arange(1, m + 1))[::-1])[::-1])
+    else:
+        from statsmodels.stats.multitest import multipletests
+
+        out[ok] = multipletests(x, method=method)[1]
+        return out
+    res = np.empty(m)
+    res[order] = adj
+    out[ok] = res
     return out
 
 
-def verdict(n_pairs: int, ci_low: float, ci_high: float, p_adj: float, p_tost_adj: float, rope: float,
-            alpha: float = ALPHA, higher_is_better: bool = True) -> tuple[str, str]:
-    """The verdict on 'method − reference' and the reason, from the bootstrap CI [L, U] of the paired
-    difference, the ROPE [−r, r], and the family-corrected p-values of the paired t-test (p_adj) and of
-    the TOST equivalence test (p_tost_adj):
+def decision_level(p: Sequence[float], method: str = "holm", alpha: float = ALPHA) -> float:
+    """The per-hypothesis level a* at which the step procedure ``method`` over the finite p-values ends:
+    it rejects exactly the hypotheses with p < a* (ties aside). Holm with K rejections of M: α/(M − K)
+    (α when all are rejected); Benjamini–Hochberg: Kα/M (α/M when K = 0); otherwise Bonferroni's α/M.
+    Intervals at confidence 1 − a* are therefore exactly dual to the corrected decisions."""
+    p = np.asarray(p, float)
+    p = p[np.isfinite(p)]
+    m = len(p)
+    if not m:
+        return alpha
+    k = int((adjust_pvalues(p, method) < alpha).sum())
+    if method == "holm":
+        return alpha / (m - k) if k < m else alpha
+    if method == "fdr_bh":
+        return max(k, 1) * alpha / m
+    return alpha / m
 
-    1. n_pairs < MIN_PAIRS (3), or the interval or p undefined: **insufficient evidence**.
-    2. **equivalent** if −r ≤ L and U ≤ r and p_tost_adj < α (the whole CI inside the ROPE, and
-       equivalence shown by the corrected TOST). Checked first: a difference that is significant but
-       lies wholly inside the ROPE is equivalent (the reason says so).
-    3. **better** if p_adj < α and L > 0 (with higher_is_better; for lower-is-better metrics, U < 0).
-    4. **worse** if p_adj < α and U < 0 (mirror image).
-    5. otherwise **insufficient evidence** (the CI straddles 0 or the ROPE edge, or the corrected p ≥ α).
 
-    A claim thus needs both the t-based corrected test (valid at small n) and the bootstrap CI (no
-    normality assumption) to agree.
+def verdict(n_pairs: int, dec_low: float, dec_high: float, p_adj: float, p_equiv_adj: float, rope: float,
+            alpha: float = ALPHA, higher_is_better: bool = True, degenerate: bool = False,
+            delta: float = math.nan) -> tuple[str, str]:
+    """The verdict on 'method − reference' and the reason. One interval decides both claims: the
+    *decision interval* [L, U] is the t interval of the mean paired difference at the level where the
+    family's correction ends (``decision_level``), and the two claims of the comparison, 'differs'
+    (paired t p, corrected: p_adj) and 'lies inside ±ROPE' (p_equiv, corrected: p_equiv_adj), are its
+    duals: p_adj < α ⇔ the interval excludes 0, p_equiv_adj < α ⇔ it lies inside the ROPE.
+
+    1. n_pairs < MIN_PAIRS (3), degenerate (all differences equal) or undefined tests: **insufficient
+       evidence**, never a significance claim; such comparisons are not in the correction family.
+    2. **equivalent** if p_equiv_adj < α (the interval lies inside the ROPE; if it also excludes 0 the
+       difference is real but smaller than the ROPE, and the reason says so).
+    3. **better** / **worse** if p_adj < α, by the sign of the difference (and ``higher_is_better``).
+    4. otherwise **insufficient evidence** (the interval straddles 0 or the ROPE edge).
     """
     if n_pairs < MIN_PAIRS:
         return VERDICTS[3], f"only {n_pairs} paired seed(s); at least {MIN_PAIRS} needed"
-    if not (np.isfinite(ci_low) and np.isfinite(ci_high)):
-        return VERDICTS[3], "the interval of the difference is undefined"
-    inside = -rope <= ci_low and ci_high <= rope
-    sig = np.isfinite(p_adj) and p_adj < alpha
-    if inside and np.isfinite(p_tost_adj) and p_tost_adj < alpha:
-        extra = "; the difference is significant but smaller than the ROPE" if sig and (ci_low > 0 or ci_high < 0) else ""
-        return VERDICTS[1], f"CI within ±ROPE and corrected TOST p < {alpha:g}{extra}"
-    up, down = ci_low > 0, ci_high < 0
-    if sig and (up or down):
-        good = up if higher_is_better else down
+    if degenerate:
+        return VERDICTS[3], (f"degenerate: all {n_pairs} differences equal ({delta * 100:+.3g} pp); no variance, so "
+                             "no significance claim")
+    if not (np.isfinite(p_adj) and np.isfinite(p_equiv_adj)):
+        return VERDICTS[3], "the tests of the difference are undefined"
+    if p_equiv_adj < alpha:
+        extra = "; it also excludes 0: a real difference smaller than the ROPE" if p_adj < alpha else ""
+        return VERDICTS[1], f"the decision interval lies inside ±ROPE (corrected p < {alpha:g}){extra}"
+    if p_adj < alpha:
+        up = dec_low > 0 if np.isfinite(dec_low) else delta > 0
+        good = up if higher_is_better else not up
+        beyond = np.isfinite(dec_low) and (dec_low > rope or dec_high < -rope)
         return (VERDICTS[0] if good else VERDICTS[2]), (
-            f"corrected p < {alpha:g} and CI excludes 0" + ("" if (ci_low > rope or ci_high < -rope)
-                                                            else "; CI reaches into the ROPE"))
-    if inside:
-        return VERDICTS[3], f"CI within ±ROPE but corrected TOST p ≥ {alpha:g}"
-    if up or down:
-        return VERDICTS[3], f"CI excludes 0 but corrected p ≥ {alpha:g}"
-    return VERDICTS[3], "CI includes 0 and extends beyond the ROPE"
+            f"the decision interval excludes 0 (corrected p < {alpha:g})" + ("" if beyond else "; it reaches into the ROPE"))
+    if np.isfinite(dec_low) and -rope <= dec_low and dec_high <= rope:
+        return VERDICTS[3], "the decision interval lies inside ±ROPE only at the uncorrected level"
+    return VERDICTS[3], "the decision interval includes 0 and extends beyond the ROPE"
+
+
+def decide(n_pairs: np.ndarray, delta: np.ndarray, sd: np.ndarray, p_t: np.ndarray, p_equiv: np.ndarray,
+           rope: np.ndarray, degenerate: np.ndarray, *, alpha: float = ALPHA, correction: str = "holm",
+           higher_is_better: bool = True) -> dict[str, Any]:
+    """The decisions of one family of comparisons, over arrays (one entry per comparison). One
+    correction over all the family's claims: the difference claim (p_t) and the equivalence claim
+    (p_equiv) of every comparison that can reach a verdict (≥ MIN_PAIRS pairs, non-zero variance) form
+    one family of 2m hypotheses, corrected together by ``correction`` (Holm: family-wise error ≤ α over
+    difference and equivalence claims together). Comparisons that cannot reach a verdict are reported
+    and left out of the family. The decision interval of each comparison is its t interval at
+    1 − a* (``decision_level``), dual to the corrected claims. Returns arrays in_family, p_adj,
+    p_equiv_adj, dec_low, dec_high, lists verdict and reason, and family_size (m), family_hypotheses
+    (2m), decision_confidence (1 − a*)."""
+    n = np.asarray(n_pairs, float)
+    delta, sd = np.asarray(delta, float), np.asarray(sd, float)
+    p_t, p_equiv = np.asarray(p_t, float), np.asarray(p_equiv, float)
+    rope = np.broadcast_to(np.asarray(rope, float), n.shape)
+    degenerate = np.broadcast_to(np.asarray(degenerate, bool), n.shape)
+    elig = (n >= MIN_PAIRS) & np.isfinite(p_t) & np.isfinite(p_equiv) & ~degenerate
+    m = int(elig.sum())
+    p = np.concatenate([p_t[elig], p_equiv[elig]])
+    adj = adjust_pvalues(p, correction)
+    p_adj = np.full(n.shape, np.nan)
+    p_eq_adj = np.full(n.shape, np.nan)
+    p_adj[elig], p_eq_adj[elig] = adj[:m], adj[m:]
+    a_star = decision_level(p, correction, alpha)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        h = stats.t.ppf(1 - a_star / 2, np.maximum(n - 1, 1)) * sd / np.sqrt(n)
+    h = np.where(n >= 2, h, np.nan)
+    lo, hi = delta - h, delta + h
+    vs = [verdict(int(n[i]), lo[i], hi[i], p_adj[i], p_eq_adj[i], float(rope[i]), alpha, higher_is_better,
+                  bool(degenerate[i]), float(delta[i])) for i in range(len(n))]
+    return {"in_family": elig, "p_adj": p_adj, "p_equiv_adj": p_eq_adj, "family_size": m, "family_hypotheses": 2 * m,
+            "decision_confidence": 1 - a_star, "dec_low": lo, "dec_high": hi, "verdict": [v for v, _ in vs],
+            "reason": [why for _, why in vs]}
+
+
+def family_decisions(table: pd.DataFrame, *, alpha: float = ALPHA, correction: str = "holm",
+                     higher_is_better: bool = True) -> pd.DataFrame:
+    """``decide`` over a table with columns n_pairs, delta, sd_diff, p_t, p_equiv, rope, degenerate."""
+    t = table
+    res = decide(t["n_pairs"].to_numpy(), t["delta"].to_numpy(), t["sd_diff"].to_numpy(), t["p_t"].to_numpy(),
+                 t["p_equiv"].to_numpy(), t["rope"].to_numpy(), t["degenerate"].to_numpy(bool), alpha=alpha,
+                 correction=correction, higher_is_better=higher_is_better)
+    return pd.DataFrame(res, index=t.index)
 
 
 def resolve_rope(rope: float | Mapping[str, float] | None, dataset: Any = None) -> float:
@@ -449,6 +645,57 @@ def paired_values(frame: pd.DataFrame, metric: str, method_col: str, a: Any, b: 
     vb = ok[ok[method_col] == b].groupby("seed")[metric].mean()
     both = pd.concat([va.rename("a"), vb.rename("b")], axis=1, join="inner").sort_index()
     return both.reset_index()
+
+
+def seed_outcomes(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per seed of one cell: value (mean of the usable runs) and outcome 'ok' (a usable run), 'failed'
+    (no usable run, a failed one) or 'missing' (neither: pending or running)."""
+    if not len(frame):
+        return pd.DataFrame(columns=["value", "outcome"])
+    ok, failed = ok_mask(frame, metric), failed_mask(frame, metric)
+    g = pd.DataFrame({"seed": frame["seed"], "value": frame[metric].where(ok), "ok": ok, "failed": failed})
+    per = g.groupby("seed").agg(value=("value", "mean"), ok=("ok", "any"), failed=("failed", "any"))
+    per["outcome"] = np.where(per["ok"], "ok", np.where(per["failed"], "failed", "missing"))
+    return per[["value", "outcome"]]
+
+
+def chance_level(frame: pd.DataFrame, chance: float | Mapping[str, float] | None = None) -> float:
+    """Chance accuracy of a stratum: ``chance`` (a number, or dataset -> number), else 1 / num_classes
+    from the table, else 0 (the worst case when the class count is unknown)."""
+    if isinstance(chance, Mapping):
+        ds = frame["dataset"].iloc[0] if "dataset" in frame and len(frame) else None
+        if ds in chance:
+            return float(chance[ds])
+    elif chance is not None:
+        return float(chance)
+    k = pd.to_numeric(frame.get("num_classes", pd.Series(dtype=float)), errors="coerce").dropna()
+    return float(1 / k.iloc[0]) if len(k) and k.iloc[0] > 0 else 0.0
+
+
+def _both_outcomes(outcomes_a: pd.DataFrame, outcomes_b: pd.DataFrame) -> pd.DataFrame:
+    """Seeds with an outcome (ok or failed) on both sides: value_a, outcome_a, value_b, outcome_b."""
+    both = outcomes_a.add_suffix("_a").join(outcomes_b.add_suffix("_b"), how="inner")
+    return both[(both["outcome_a"] != "missing") & (both["outcome_b"] != "missing")]
+
+
+def reliability(outcomes_a: pd.DataFrame, outcomes_b: pd.DataFrame, confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """Failure rates of two cells (failures / seeds with an outcome) with Clopper-Pearson intervals, and
+    McNemar's exact test of the difference on the seeds where both have an outcome (paired by seed:
+    common random numbers make a seed's two runs a pair). p is NaN when no seed is discordant (no
+    evidence either way; the comparison stays out of the reliability family)."""
+    out: dict[str, Any] = {}
+    for side, o in (("method", outcomes_a), ("reference", outcomes_b)):
+        done = o[o["outcome"] != "missing"]
+        k, n = int((done["outcome"] == "failed").sum()), len(done)
+        lo, hi = clopper_pearson(k, n, confidence)
+        out.update({f"fail_{side}": k, f"outcomes_{side}": n, f"fail_rate_{side}": k / n if n else math.nan,
+                    f"fail_rate_{side}_low": lo, f"fail_rate_{side}_high": hi})
+    both = _both_outcomes(outcomes_a, outcomes_b)
+    mc = mcnemar_exact(both["outcome_a"] == "failed", both["outcome_b"] == "failed")
+    discordant = mc["only_a_failed"] + mc["only_b_failed"]
+    out.update(fail_only_method=mc["only_a_failed"], fail_only_reference=mc["only_b_failed"],
+               p_fail=mc["p"] if discordant else math.nan, fail_test=mc["test"])
+    return out
 
 
 def _strata(df: pd.DataFrame, cols: list[str]) -> list[tuple[dict[str, Any], pd.DataFrame]]:
@@ -485,16 +732,27 @@ def compare(frame: pd.DataFrame, metric: str = METRIC, *, control: str = "bp", f
             all_pairs: bool = False, rope: float | Mapping[str, float] | None = None,
             alpha: float = ALPHA, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
             rng: int = SEED, confirmatory_correction: str = "holm", exploratory_correction: str = "fdr_bh",
-            higher_is_better: bool = True) -> pd.DataFrame:
+            higher_is_better: bool = True, interval: str = "t", rho: float = RHO,
+            chance: float | Mapping[str, float] | None = None) -> pd.DataFrame:
     """Paired comparisons within every stratum (the levels of all factors but ``method_col``); where an
     axis does not apply to one side ('-'), that side is paired with every level of the other (``compatible``).
 
     Confirmatory family: ``confirmatory`` (pairs (method, reference)) or, by default, every method
-    against ``control``; Holm across all of them in the table (applied separately to the difference
-    tests and to the TOST equivalence tests). Exploratory family (``all_pairs``): every other pair of
-    methods, Benjamini–Hochberg. One row per comparison: the stratum, method, reference, family,
-    correction, failures on each side, unpaired seeds, the ``paired_comparison`` columns, p_adj,
-    p_tost_adj, verdict and its reason. Each comparison's bootstrap uses a fresh Generator seeded ``rng``.
+    against ``control``, with one ``confirmatory_correction`` (Holm) over the difference and equivalence
+    claims of all its comparisons together (``family_decisions``). Exploratory family (``all_pairs``):
+    every other pair of methods, Benjamini–Hochberg. One row per comparison: the stratum, method,
+    reference, family, correction, runs and failures on each side, unpaired seeds, the
+    ``paired_comparison`` columns, the family's decisions (p_adj, p_equiv_adj, the decision interval,
+    verdict, reason), and the failure analysis:
+
+    * ``reliability``: failure rates with exact intervals, McNemar's exact test on seed pairs (p_fail;
+      p_fail_adj corrected within the family by the same method), and ``reliability_flag`` 'less
+      reliable' (or 'more reliable') when the corrected test is significant;
+    * a worst-case sensitivity analysis: every failed run scored as chance accuracy (``chance_level``,
+      1/classes), the whole family decided again: sens_delta, sens_verdict, and ``survives_failures``
+      (the verdict is unchanged; always True when neither side failed).
+
+    Each comparison's bootstrap (if any) uses a fresh Generator seeded ``rng``.
     """
     df, factors = prepare(frame, factors, metric)
     strata_cols = [f for f in factors if f != method_col]
@@ -510,7 +768,7 @@ def compare(frame: pd.DataFrame, metric: str = METRIC, *, control: str = "bp", f
             if frozenset((m, ref)) not in seen:
                 pairs.append((ref, m, "exploratory") if ref == control else (m, ref, "exploratory"))
     strata = {m: _strata(df[df[method_col] == m], strata_cols) for m in methods}
-    rows = []
+    rows, sens_rows = [], []
     for m, ref, family in pairs:
         for sa, ga in strata[m]:
             for sb, gb in strata[ref]:
@@ -520,108 +778,188 @@ def compare(frame: pd.DataFrame, metric: str = METRIC, *, control: str = "bp", f
                 g = pd.concat([ga, gb])
                 pv = paired_values(g, metric, method_col, m, ref)
                 ca, cb = status_counts(ga, metric), status_counts(gb, metric)
-                res = paired_comparison(pv["a"].to_numpy(), pv["b"].to_numpy(),
-                                        rope=resolve_rope(rope, stratum.get("dataset")), confidence=confidence,
-                                        n_resamples=n_resamples, rng=rng)
+                r = resolve_rope(rope, stratum.get("dataset"))
+                res = paired_comparison(pv["a"].to_numpy(), pv["b"].to_numpy(), rope=r, confidence=confidence,
+                                        n_resamples=n_resamples, rng=rng, interval=interval, rho=rho)
+                oa, ob = seed_outcomes(ga, metric), seed_outcomes(gb, metric)
+                rel = reliability(oa, ob, confidence)
+                ch = chance_level(g, chance)
+                both = _both_outcomes(oa, ob)
+                sa_v = np.where(both["outcome_a"] == "failed", ch, both["value_a"])
+                sb_v = np.where(both["outcome_b"] == "failed", ch, both["value_b"])
+                sens = paired_comparison(sa_v, sb_v, rope=r, interval="t", effects=False)
+                sens_rows.append({"family": family, **{k: sens[k] for k in
+                                                       ("n_pairs", "delta", "sd_diff", "p_t", "p_equiv", "rope",
+                                                        "degenerate")}})
                 rows.append({**stratum, "method": m, "reference": ref, "family": family,
                              "correction": confirmatory_correction if family == "confirmatory" else exploratory_correction,
                              "runs_method": ca["runs"], "failures_method": ca["failures"],
                              "runs_reference": cb["runs"], "failures_reference": cb["failures"],
                              "unpaired": ca["n"] + cb["n"] - 2 * res["n_pairs"],
-                             "seeds": ",".join(str(s) for s in pv["seed"]), **res})
+                             "seeds": ",".join(str(s) for s in pv["seed"]), **res, **rel, "chance": ch})
     out = pd.DataFrame(rows)
     if not len(out):
         return out
-    out["p_adj"] = np.nan
-    out["p_tost_adj"] = np.nan
+    sens = pd.DataFrame(sens_rows, index=out.index)
+    parts = []
     for family, method in (("confirmatory", confirmatory_correction), ("exploratory", exploratory_correction)):
         sel = out["family"] == family
-        if sel.any():
-            out.loc[sel, "p_adj"] = adjust_pvalues(out.loc[sel, "p_t"], method)
-            out.loc[sel, "p_tost_adj"] = adjust_pvalues(out.loc[sel, "p_tost"], method)
-        out.loc[sel, "family_size"] = int(np.isfinite(out.loc[sel, "p_t"]).sum())
-    verdicts = [verdict(r.n_pairs, r.ci_low, r.ci_high, r.p_adj, r.p_tost_adj, r.rope, alpha, higher_is_better)
-                for r in out.itertuples()]
-    out["verdict"] = [v for v, _ in verdicts]
-    out["reason"] = [why for _, why in verdicts]
+        if not sel.any():
+            continue
+        dec = family_decisions(out[sel], alpha=alpha, correction=method, higher_is_better=higher_is_better)
+        sd = family_decisions(sens[sel], alpha=alpha, correction=method, higher_is_better=higher_is_better)
+        dec["sens_delta"] = sens.loc[sel, "delta"]
+        dec["sens_n_pairs"] = sens.loc[sel, "n_pairs"]
+        dec["sens_verdict"] = sd["verdict"]
+        dec["sens_reason"] = sd["reason"]
+        dec["p_fail_adj"] = adjust_pvalues(out.loc[sel, "p_fail"], method)
+        parts.append(dec)
+    out = out.join(pd.concat(parts))
+    out["p_tost_adj"] = out["p_equiv_adj"]  # the corrected equivalence claim (interval inside the ROPE)
+    failures = (out["fail_method"] + out["fail_reference"]) > 0
+    out["survives_failures"] = ~failures | (out["sens_verdict"] == out["verdict"])
+    sig = out["p_fail_adj"] < alpha
+    out["reliability_flag"] = np.where(sig & (out["fail_rate_method"] > out["fail_rate_reference"]), "less reliable",
+                                       np.where(sig, "more reliable", ""))
     out["alpha"] = alpha
     out.attrs.update(metric=metric, alpha=alpha, confidence=confidence, n_resamples=n_resamples, seed=rng,
-                     control=control)
+                     control=control, interval=interval, rho=rho)
     return out
 
 
 # ====================================================================== seed-count advisor
-def power_paired(d: float, n: int, alpha: float = ALPHA) -> float:
-    """Power of the two-sided paired (one-sample) t-test for standardised effect d = Δ / SD(differences)
-    with n pairs, from the noncentral t (statsmodels' TTestPower)."""
-    from statsmodels.stats.power import TTestPower
+def _u_density(df: int) -> Callable[[float], float]:
+    """Density of u = s/σ for a sample SD s on ``df`` degrees of freedom (u·√df ~ chi(df))."""
+    return lambda u: float(stats.chi.pdf(u * math.sqrt(df), df) * math.sqrt(df))
 
+
+def _integrate_u(f: Callable[[float], float], df: int) -> float:
+    """∫ f(u) p(u) du over the distribution of s/σ (numerical quadrature; the reference for the
+    closed forms, and their fallback where scipy's noncentral t is not finite)."""
+    from scipy import integrate
+
+    dens = _u_density(df)
+    hi = math.sqrt(stats.chi2.ppf(1 - 1e-14, df) / df)
+    mode = math.sqrt(max(df - 1, 0) / df)
+    val, _ = integrate.quad(lambda u: f(u) * dens(u), 0, hi, points=[mode], limit=200, epsabs=1e-12)
+    return float(min(1.0, max(0.0, val)))
+
+
+def power_paired_integral(d: float, n: int, alpha: float = ALPHA) -> float:
+    """Power of the two-sided paired t-test by numerical integration over the sample SD:
+    ∫ [Φ̄(c·u − d√n) + Φ(−c·u − d√n)] p(u) du, c = t_{1−α/2, n−1}."""
     if n < 2:
         return math.nan
-    return float(TTestPower().power(effect_size=abs(d), nobs=n, alpha=alpha, alternative="two-sided"))
+    c, nc = stats.t.ppf(1 - alpha / 2, n - 1), abs(d) * math.sqrt(n)
+    return _integrate_u(lambda u: stats.norm.sf(c * u - nc) + stats.norm.cdf(-c * u - nc), n - 1)
 
 
-def seeds_needed(delta: float, sd_diff: float, *, alpha: float = ALPHA, power: float = POWER,
-                 comparisons: int = 1, max_n: int = 10_000) -> int | None:
-    """The smallest number of paired seeds for which the paired t-test detects a true difference
-    ``delta`` with the given ``power`` when the per-seed differences have SD ``sd_diff``, at level
-    alpha / comparisons (Bonferroni, the worst case of Holm over that many comparisons). None when
-    max_n is not enough or the input is undefined."""
-    if not (np.isfinite(delta) and np.isfinite(sd_diff)) or delta == 0:
-        return None
-    if sd_diff == 0:
-        return 2
-    d = abs(delta) / sd_diff
-    a = alpha / max(1, comparisons)
-    lo, hi = 2, 2
-    while power_paired(d, hi, a) < power:  # exponential then binary search (power grows with n)
-        lo, hi = hi, hi * 2
+def power_paired(d: float, n: int, alpha: float = ALPHA) -> float:
+    """Power of the two-sided paired (one-sample) t-test for standardised effect d = Δ / SD(differences)
+    with n pairs, from the noncentral t: P(T > c) + P(T < −c), each tail as an upper tail (``nct.sf``;
+    scipy's ``nct.cdf`` returns NaN far in the lower tail), clipped to [0, 1]; the numerical integral
+    where a tail is still not finite."""
+    if n < 2 or not np.isfinite(d):
+        return math.nan
+    df, nc = n - 1, abs(d) * math.sqrt(n)
+    c = stats.t.ppf(1 - alpha / 2, df)
+    with np.errstate(all="ignore"):
+        up, down = float(stats.nct.sf(c, df, nc)), float(stats.nct.sf(c, df, -nc))
+    if not (np.isfinite(up) and np.isfinite(down)):
+        return power_paired_integral(d, n, alpha)
+    return float(min(1.0, max(0.0, up + down)))
+
+
+def power_equivalence(rope_sd: float, n: int, alpha: float = ALPHA, effect_sd: float = 0.0) -> float:
+    """Power of the equivalence claim used by the verdicts (the two-sided 1 − α t interval of the mean
+    paired difference inside ±ROPE, i.e. TOST at α/2 per side) when the true difference is
+    ``effect_sd`` SDs and the ROPE half-width is ``rope_sd`` SDs (both in units of the SD of the
+    differences): ∫ [Φ((r − δ)√n − c·u) − Φ((−r − δ)√n + c·u)]₊ p(u) du, c = t_{1−α/2, n−1}."""
+    if n < 2 or not (np.isfinite(rope_sd) and rope_sd > 0):
+        return math.nan
+    c, rn = stats.t.ppf(1 - alpha / 2, n - 1), math.sqrt(n)
+    hi_z, lo_z = (rope_sd - effect_sd) * rn, (-rope_sd - effect_sd) * rn
+    return _integrate_u(lambda u: max(0.0, stats.norm.cdf(hi_z - c * u) - stats.norm.cdf(lo_z + c * u)), n - 1)
+
+
+def _smallest_n(power_at: Callable[[int], float], power: float, max_n: int) -> int | None:
+    """The smallest n ≥ MIN_PAIRS with power_at(n) ≥ power (power grows with n): doubling, then bisection."""
+    lo = hi = MIN_PAIRS
+    while not power_at(hi) >= power:
+        lo, hi = hi + 1, hi * 2
         if hi > max_n:
             return None
     while lo < hi:
         mid = (lo + hi) // 2
-        if power_paired(d, mid, a) >= power:
+        if power_at(mid) >= power:
             hi = mid
         else:
             lo = mid + 1
     return hi
 
 
+def seeds_needed(delta: float, sd_diff: float, *, alpha: float = ALPHA, power: float = POWER,
+                 comparisons: int = 1, max_n: int = 10_000) -> int | None:
+    """The smallest number of paired seeds (never below MIN_PAIRS, what a verdict needs) for which the
+    paired t-test detects a true difference ``delta`` with the given ``power`` when the per-seed
+    differences have SD ``sd_diff``, at level alpha / comparisons (Bonferroni, the worst case of Holm
+    over that many hypotheses). SD 0 gives MIN_PAIRS. None when max_n is not enough or the input is
+    undefined."""
+    if not (np.isfinite(delta) and np.isfinite(sd_diff)) or delta == 0:
+        return None
+    if sd_diff == 0:
+        return MIN_PAIRS
+    d, a = abs(delta) / sd_diff, alpha / max(1, comparisons)
+    return _smallest_n(lambda n: power_paired(d, n, a), power, max_n)
+
+
+def seeds_needed_equivalence(rope: float, sd_diff: float, *, alpha: float = ALPHA, power: float = POWER,
+                             comparisons: int = 1, true_delta: float = 0.0, max_n: int = 10_000) -> int | None:
+    """The smallest number of paired seeds (≥ MIN_PAIRS) for which the equivalence claim
+    (``power_equivalence``) holds with the given ``power`` when the true difference is ``true_delta``
+    (0 by default) and the differences have SD ``sd_diff``, at level alpha / comparisons. None when
+    |true_delta| ≥ rope, max_n is not enough, or the input is undefined."""
+    if not (np.isfinite(rope) and np.isfinite(sd_diff)) or rope <= 0 or abs(true_delta) >= rope:
+        return None
+    if sd_diff == 0:
+        return MIN_PAIRS
+    a = alpha / max(1, comparisons)
+    return _smallest_n(lambda n: power_equivalence(rope / sd_diff, n, a, true_delta / sd_diff), power, max_n)
+
+
 def seed_advice(comparisons: pd.DataFrame, deltas: Sequence[float] = (0.002, 0.005, 0.01), *,
                 alpha: float = ALPHA, power: float = POWER, confidence: float = CONFIDENCE) -> pd.DataFrame:
     """For every comparison with ≥2 pairs: the observed SD of the paired differences, its upper
-    confidence bound (chi-square, one-sided at ``confidence``), and the paired seeds needed to detect
-    each Δ in ``deltas`` (and the comparison's ROPE) at ``power``, both at the observed SD and at the
-    upper bound (a small pilot underestimates the SD about as often as not), with the family size of
-    the comparison's correction as the Bonferroni divisor for confirmatory (Holm) families."""
+    confidence bound (chi-square, one-sided at ``confidence``), and the paired seeds needed at ``power``
+    (both at the observed SD and at the upper bound: a small pilot underestimates the SD about as often
+    as not) for: a difference claim for each Δ in ``deltas`` and the comparison's ROPE (kind
+    'difference'), and the equivalence claim within the ROPE when the true difference is 0 (kind
+    'equivalence'). The level is α / (the number of hypotheses in the comparison's confirmatory family,
+    2 per comparison: Holm's worst case); exploratory comparisons use α."""
     rows = []
-    keep = [c for c in comparisons.columns if c not in ("seeds",)]
-    strata = [c for c in keep if c not in _COMPARISON_COLUMNS]
+    cols = list(comparisons.columns)
+    strata = cols[:cols.index("method")] if "method" in cols else []
     for r in comparisons.to_dict("records"):
         n, sd = r["n_pairs"], r["sd_diff"]
         if n < 2 or not np.isfinite(sd):
             continue
         sd_hi = sd * math.sqrt((n - 1) / stats.chi2.ppf(1 - confidence, n - 1))
-        m = int(r.get("family_size", 1) or 1) if r.get("family") == "confirmatory" else 1
+        fam = r.get("family_hypotheses", 2 * (r.get("family_size", 1) or 1))
+        m = int(fam or 1) if r.get("family") == "confirmatory" else 1
         base = {**{k: r[k] for k in strata}, "method": r["method"], "reference": r["reference"], "n_pairs": n,
                 "sd_diff": sd, "sd_diff_upper": sd_hi, "comparisons": m}
         targets = list(deltas) + ([r["rope"]] if r["rope"] not in deltas else [])
         for delta in targets:
-            rows.append({**base, "delta": delta, "is_rope": delta == r["rope"],
+            rows.append({**base, "kind": "difference", "delta": delta, "is_rope": delta == r["rope"],
                          "seeds_needed": seeds_needed(delta, sd, alpha=alpha, power=power, comparisons=m),
                          "seeds_needed_upper_sd": seeds_needed(delta, sd_hi, alpha=alpha, power=power, comparisons=m)})
+        rows.append({**base, "kind": "equivalence", "delta": r["rope"], "is_rope": True,
+                     "seeds_needed": seeds_needed_equivalence(r["rope"], sd, alpha=alpha, power=power, comparisons=m),
+                     "seeds_needed_upper_sd": seeds_needed_equivalence(r["rope"], sd_hi, alpha=alpha, power=power,
+                                                                       comparisons=m)})
     out = pd.DataFrame(rows)
     out.attrs.update(alpha=alpha, power=power)
     return out
-
-
-_COMPARISON_COLUMNS = {
-    "method", "reference", "family", "correction", "runs_method", "failures_method", "runs_reference",
-    "failures_reference", "unpaired", "seeds", "n_pairs", "mean_a", "mean_b", "delta", "sd_diff", "rope", "ci_low",
-    "ci_high", "ci_method", "n_resamples", "seed", "t", "df", "p_t", "t_ci_low", "t_ci_high", "p_tost", "wilcoxon_W",
-    "p_wilcoxon", "wilcoxon_note", "hedges_g", "g_ci_low", "g_ci_high", "ps", "ps_ci_low", "ps_ci_high", "d_z",
-    "g_ci_method", "ps_ci_method",
-    "p_adj", "p_tost_adj", "family_size", "verdict", "reason", "alpha"}
 
 
 # ====================================================================== per cell, for the tracker
@@ -630,7 +968,8 @@ def cell_summaries(frame: pd.DataFrame, control: str = "bp", rope: float | Mappi
                    confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES, rng: int = SEED
                    ) -> dict[str, dict[str, Any]]:
     """cell_id -> {n, mean, sd, median, ci_low, ci_high, failures, missing, delta, delta_ci_low,
-    delta_ci_high, p_adj, verdict, reason, control, rope} for logging on each cell's parent run.
+    delta_ci_high, p_adj, verdict, reason, control, rope, and the Bayesian p_worse / p_rope / p_better}
+    for logging on each cell's parent run.
     Verdicts are those of ``compare`` (each method vs ``control``, Holm over the whole table); the
     control's own cells get verdict 'control'."""
     df, factors = prepare(frame, factors, metric)
@@ -652,7 +991,10 @@ def cell_summaries(frame: pd.DataFrame, control: str = "bp", rope: float | Mappi
         elif len(hits) == 1:
             r = hits[0]
             s.update(delta=r["delta"], delta_ci_low=r["ci_low"], delta_ci_high=r["ci_high"], n_pairs=r["n_pairs"],
-                     p_adj=r["p_adj"], verdict=r["verdict"], reason=r["reason"])
+                     p_adj=r["p_adj"], verdict=r["verdict"], reason=r["reason"],
+                     reliability=r["reliability_flag"], survives_failures=bool(r["survives_failures"]),
+                     verdict_failures_as_chance=r["sens_verdict"], p_worse=r["bayes_p_worse"],
+                     p_rope=r["bayes_p_rope"], p_better=r["bayes_p_better"])
         elif hits:
             s.update(delta=math.nan, verdict=f"{len(hits)} comparisons (see the report)",
                      reason="; ".join(sorted({r["verdict"] for r in hits})))
@@ -773,7 +1115,7 @@ def ablation_model(frame: pd.DataFrame, metric: str, axes: Sequence[str], *, blo
 
 def ablation_effects(frame: pd.DataFrame, metric: str, axes: Sequence[str], *, block: str = "seed",
                      confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES, rng: int = SEED,
-                     model: tuple[pd.DataFrame, dict] | None = None) -> pd.DataFrame:
+                     model: tuple[pd.DataFrame, dict] | None = None, interval: str = "ols") -> pd.DataFrame:
     """Main effects (each non-reference level vs the first level of an axis, averaged over the other
     axes' level combinations) and two-way interactions (difference of differences for each pair of
     non-reference levels) in one group, each estimated two ways:
@@ -782,8 +1124,14 @@ def ablation_effects(frame: pd.DataFrame, metric: str, axes: Sequence[str], *, b
     * stratified bootstrap: per stratum (the other axes' levels) the per-seed paired differences, each
       stratum weighted equally, seeds resampled within strata (percentile interval).
 
-    Columns: term, kind, axis, level, reference, estimate_ols, ci_low_ols, ci_high_ols, p_ols, estimate,
-    ci_low, ci_high, strata, pairs."""
+    The primary columns estimate, ci_low, ci_high, ci_method are the OLS ones by default (``interval``
+    'ols': on a 2×2 design with 4 seeds the OLS t interval covers 95%, the stratified bootstrap about
+    87%), the bootstrap ones with ``interval`` 'bootstrap' or where the model has no residual degrees of
+    freedom. Columns: term, kind, axis, level, reference, estimate, ci_low, ci_high, ci_method,
+    estimate_ols, ci_low_ols, ci_high_ols, p_ols, p_ols_bh, estimate_boot, ci_low_boot, ci_high_boot,
+    ci_method_boot, strata, pairs."""
+    if interval not in ("ols", "bootstrap"):
+        raise ValueError(f"ablation interval {interval!r}: allowed values are ols, bootstrap")
     df = frame[ok_mask(frame, metric)]
     axes = [a for a in axes if df[a].nunique() > 1]
     terms, info = model if model is not None else ablation_model(frame, metric, axes, block=block,
@@ -851,8 +1199,16 @@ def ablation_effects(frame: pd.DataFrame, metric: str, axes: Sequence[str], *, b
                          "reference": f"{ra} × {rb}", **o, "estimate": est, "ci_low": ci.low, "ci_high": ci.high,
                          "ci_method": ci.method, "strata": len(strata), "pairs": int(sum(len(s) for s in strata))})
     out = pd.DataFrame(rows)
-    if len(out) and "p_ols" in out:
+    if not len(out):
+        return out
+    if "p_ols" in out:
         out["p_ols_bh"] = adjust_pvalues(out["p_ols"], "fdr_bh")
+    out = out.rename(columns={c: f"{c}_boot" for c in ("estimate", "ci_low", "ci_high", "ci_method")})
+    ols_ok = (np.isfinite(out["ci_low_ols"].astype(float)) if "ci_low_ols" in out
+              else pd.Series(False, index=out.index)) & (interval == "ols")
+    for c in ("estimate", "ci_low", "ci_high"):
+        out[c] = np.where(ols_ok, out.get(f"{c}_ols", np.nan), out[f"{c}_boot"])
+    out["ci_method"] = np.where(ols_ok, "OLS t (seed as block)", out["ci_method_boot"])
     return out
 
 
@@ -875,20 +1231,57 @@ def marginal_means(frame: pd.DataFrame, metric: str, by: Sequence[str], axes: Se
 
 
 # ====================================================================== across datasets / tasks
+def treatments(df: pd.DataFrame, method_col: str = "method", axes: Sequence[str] = ()) -> pd.Series:
+    """A label per row: the method, with the levels of the axes that apply to it ('sff[kernel=3]'). Axis
+    levels are treatments, not blocks: a control without the axis is one treatment, never copied."""
+    axes = [a for a in axes if a in df]
+    if not axes:
+        return df[method_col].astype(str)
+
+    def label(row) -> str:
+        lv = [f"{a}={int(v) if isinstance(v, float) and v.is_integer() else v}" for a, v in zip(axes, row[1:])
+              if v != NA]
+        return f"{row[0]}[{', '.join(lv)}]" if lv else str(row[0])
+
+    return pd.Series([label(r) for r in df[[method_col] + axes].itertuples(index=False)], index=df.index, dtype=object)
+
+
+def dataset_matrices(frame: pd.DataFrame, metric: str = METRIC, *, factors: Sequence[str] | None = None,
+                     method_col: str = "method", block: str = "dataset", strata: Sequence[str] | None = None
+                     ) -> list[tuple[dict[str, Any], pd.DataFrame]]:
+    """For the rank tests across datasets: per stratum (the levels of ``strata``; by default every factor
+    other than the method, the block and the axes, i.e. the backbone: separate analyses), a matrix of
+    blocks (the datasets, the independent units) × treatments (``treatments``: method and axis levels),
+    each entry the mean of the usable runs. Blocks missing a treatment are dropped (complete blocks)."""
+    df, factors = prepare(frame, factors, metric)
+    axes = axes_of(factors)
+    if strata is None:
+        strata = [f for f in factors if f not in (method_col, block) and f not in axes]
+    df = df[ok_mask(df, metric)].copy()
+    if block not in df:
+        df[block] = "all"
+    df["_treatment"] = treatments(df, method_col, axes)
+    out = []
+    for key, g in (df.groupby(list(strata), sort=True, dropna=False) if strata else [((), df)]):
+        m = g.groupby([block, "_treatment"])[metric].mean().unstack("_treatment").dropna(axis=0, how="any")
+        m.columns.name = None
+        out.append((dict(zip(strata, _key(key))), m))
+    return out
+
+
 def task_matrix(frame: pd.DataFrame, metric: str = METRIC, *, factors: Sequence[str] | None = None,
                 method_col: str = "method") -> pd.DataFrame:
-    """Tasks (every level combination of the factors but the method) × methods: the mean of the usable
-    runs. Tasks missing a method are dropped (Friedman needs complete blocks)."""
-    df, factors = prepare(frame, factors, metric)
-    tasks = [f for f in factors if f != method_col]
-    df = broadcast_na(df[ok_mask(df, metric)], tasks)
-    if not tasks:
-        df = df.assign(task="all")
-        tasks = ["task"]
-    m = df.groupby(tasks + [method_col])[metric].mean().unstack(method_col)
-    if len(tasks) > 1:
-        m.index = [" / ".join(map(str, k)) for k in m.index]
-    return m.dropna(axis=0, how="any")
+    """Datasets (the blocks) × treatments (method and axis levels, and the backbone when there are
+    several, as 'treatment @ backbone'): the mean of the usable runs. No row is copied: a control
+    without an axis is one column. Datasets missing a treatment are dropped (complete blocks)."""
+    parts = dataset_matrices(frame, metric, factors=factors, method_col=method_col)
+    if len(parts) == 1:
+        return parts[0][1]
+    cols = []
+    for stratum, m in parts:
+        tag = " / ".join(str(v) for v in stratum.values())
+        cols.append(m.rename(columns=lambda c: f"{c} @ {tag}"))
+    return pd.concat(cols, axis=1).dropna(axis=0, how="any") if cols else pd.DataFrame()
 
 
 def average_ranks(matrix: pd.DataFrame, higher_is_better: bool = True) -> pd.Series:
@@ -929,9 +1322,97 @@ def friedman(matrix: pd.DataFrame, alpha: float = ALPHA, higher_is_better: bool 
     if n < 5:
         cd = f" and the Nemenyi CD ({out['cd_nemenyi']:.2f} ranks) rarely separates methods" \
             if np.isfinite(out["cd_nemenyi"]) else ""
-        notes.append(f"with only N={n} task(s) the rank tests have little power{cd}; per-task results and the "
+        notes.append(f"with only N={n} block(s) the rank tests have little power{cd}; per-task results and the "
                      "paired comparisons are the primary evidence")
     out["note"] = "; ".join(notes)
+    return out
+
+
+def wilcoxon_across(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
+    """Wilcoxon signed-rank test of x − y across datasets (Demšar 2006's test for two methods over N
+    datasets; exact p for small N, zero differences dropped), with a note below its floor of 6."""
+    d = np.asarray(x, float) - np.asarray(y, float)
+    d = d[np.isfinite(d)]
+    out = {"N": len(d), "W": math.nan, "p": math.nan, "note": ""}
+    if len(d) < WILCOXON_FLOOR:
+        out["note"] = f"N={len(d)} < {WILCOXON_FLOOR}: two-sided p cannot fall below 0.05"
+    if np.any(d != 0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = stats.wilcoxon(d)
+        out.update(W=float(res.statistic), p=float(res.pvalue))
+    return out
+
+
+def control_rank_tests(matrix: pd.DataFrame, control: str, alpha: float = ALPHA,
+                       higher_is_better: bool = True) -> pd.DataFrame:
+    """Each treatment against ``control`` on the Friedman average ranks (Demšar 2006, §3.2.2):
+    z = (R_i − R_control) / √(k(k+1)/(6N)), two-sided normal p, Holm over the k − 1 comparisons.
+    Positive z: the treatment ranks worse (higher average rank) than the control."""
+    k, n = matrix.shape[1], matrix.shape[0]
+    if control not in matrix or k < 2 or n < 1:
+        return pd.DataFrame()
+    ranks = average_ranks(matrix, higher_is_better)
+    se = math.sqrt(k * (k + 1) / (6 * n))
+    rows = [{"treatment": t, "control": control, "N": n, "k": k, "rank": ranks[t], "rank_control": ranks[control],
+             "z": (ranks[t] - ranks[control]) / se} for t in matrix.columns if t != control]
+    out = pd.DataFrame(rows)
+    out["p"] = 2 * stats.norm.sf(np.abs(out["z"]))
+    out["p_holm"] = adjust_pvalues(out["p"], "holm")
+    return out
+
+
+def bayes_signed_rank(d: Sequence[float], rope: float = ROPE, *, prior: float = 0.5, n_samples: int = 50_000,
+                      rng: int | np.random.Generator | None = SEED) -> dict[str, Any]:
+    """Bayesian signed-rank test (Benavoli et al. 2017) on per-dataset differences d (method − control):
+    a Dirichlet process posterior over the distribution of differences, with a prior pseudo-observation
+    at 0 of weight ``prior``. For each posterior draw of weights w over (0, d_1..d_N), θ_worse =
+    Σ_ij w_i w_j [d_i + d_j < −2 rope] and θ_better likewise for > 2 rope (ties count half), θ_rope the
+    rest; the probabilities are the shares of draws in which each θ is the largest."""
+    d = np.asarray(d, float)
+    d = d[np.isfinite(d)]
+    out = {"N": len(d), "p_worse": math.nan, "p_rope": math.nan, "p_better": math.nan, "prior": prior,
+           "n_samples": n_samples, "seed": _seed_of(rng)}
+    if not len(d):
+        return out
+    z = np.concatenate([[0.0], d])
+    s = z[:, None] + z[None, :]
+    below = (s < -2 * rope) + 0.5 * (s == -2 * rope)
+    above = (s > 2 * rope) + 0.5 * (s == 2 * rope)
+    alpha_w = np.ones(len(z))
+    alpha_w[0] = prior
+    w = make_rng(rng).dirichlet(alpha_w, n_samples)
+    worse = np.einsum("si,ij,sj->s", w, below, w)
+    better = np.einsum("si,ij,sj->s", w, above, w)
+    theta = np.column_stack([worse, 1 - worse - better, better])
+    share = np.bincount(theta.argmax(1), minlength=3) / n_samples
+    out.update(p_worse=float(share[0]), p_rope=float(share[1]), p_better=float(share[2]))
+    return out
+
+
+def across_datasets(matrix: pd.DataFrame, control: str, *, rope: float = ROPE, alpha: float = ALPHA,
+                    higher_is_better: bool = True, rng: int = SEED) -> pd.DataFrame:
+    """Each treatment against ``control`` across the datasets of one stratum (``dataset_matrices``): the
+    mean difference, the Wilcoxon signed-rank test (Holm over the treatments), the rank z-test against
+    the control (``control_rank_tests``, Holm), and the Bayesian signed-rank probabilities."""
+    if control not in matrix or matrix.shape[1] < 2:
+        return pd.DataFrame()
+    rt = control_rank_tests(matrix, control, alpha, higher_is_better).set_index("treatment")
+    rows = []
+    for t in matrix.columns:
+        if t == control:
+            continue
+        d = (matrix[t] - matrix[control]).to_numpy(float)
+        w = wilcoxon_across(matrix[t], matrix[control])
+        b = bayes_signed_rank(d if higher_is_better else -d, rope, rng=rng)
+        rows.append({"treatment": t, "control": control, "N": w["N"], "mean_diff": float(np.mean(d)),
+                     "wins": int((d > 0).sum() if higher_is_better else (d < 0).sum()),
+                     "wilcoxon_W": w["W"], "p_wilcoxon": w["p"], "wilcoxon_note": w["note"],
+                     "rank_z": rt.loc[t, "z"], "p_rank": rt.loc[t, "p"], "p_rank_holm": rt.loc[t, "p_holm"],
+                     "bayes_p_worse": b["p_worse"], "bayes_p_rope": b["p_rope"], "bayes_p_better": b["p_better"],
+                     "rope": rope})
+    out = pd.DataFrame(rows)
+    out["p_wilcoxon_holm"] = adjust_pvalues(out["p_wilcoxon"], "holm")
     return out
 
 
@@ -939,11 +1420,17 @@ def normalized_scores(frame: pd.DataFrame, metric: str = METRIC, *, control: str
                       factors: Sequence[str] | None = None, method_col: str = "method",
                       chance: float | Mapping[str, float] | None = None) -> pd.DataFrame:
     """Per usable run: score = (acc − chance) / (mean control acc on the task − chance); 1 = the
-    control's mean, 0 = chance. chance = 1/num_classes (from the table) unless given (a number or
+    control's mean, 0 = chance. A task is a level combination of the base factors other than the
+    method (dataset, backbone); the axis levels are part of the ``treatment`` (``treatments``), so the
+    control's runs appear once. chance = 1/num_classes (from the table) unless given (a number or
     dataset -> number). Tasks without a usable control, or a control at or below chance, get NaN."""
     df, factors = prepare(frame, factors, metric)
-    tasks = [f for f in factors if f != method_col]
-    df = broadcast_na(df[ok_mask(df, metric)], tasks).copy()
+    axes = axes_of(factors)
+    tasks = [f for f in factors if f != method_col and f not in axes]
+    df = df[ok_mask(df, metric)].copy()
+    if not len(df):
+        return df.assign(treatment=pd.Series(dtype=object), task=pd.Series(dtype=object),
+                         chance=pd.Series(dtype=float), score=pd.Series(dtype=float))
     if isinstance(chance, Mapping):
         ch = df["dataset"].map(chance).astype(float)
     elif chance is not None:
@@ -953,6 +1440,7 @@ def normalized_scores(frame: pd.DataFrame, metric: str = METRIC, *, control: str
     else:
         ch = pd.Series(0.0, index=df.index)
     df["chance"] = ch
+    df["treatment"] = treatments(df, method_col, axes)
     df["task"] = df[tasks].astype(str).agg(" / ".join, axis=1) if tasks else "all"
     ctrl = df[df[method_col] == control].groupby("task")[metric].mean()
     base = df["task"].map(ctrl)
@@ -961,34 +1449,232 @@ def normalized_scores(frame: pd.DataFrame, metric: str = METRIC, *, control: str
     return df
 
 
+def optimality_gap(x: np.ndarray, axis: int = -1, target: float = 1.0) -> np.ndarray | float:
+    """rliable's optimality gap: the mean shortfall below ``target`` (1 = the control's mean), mean(max(0, target − x))."""
+    return np.mean(np.maximum(0.0, target - np.asarray(x, float)), axis=axis)
+
+
+def probability_of_improvement(strata_a: Sequence[np.ndarray], strata_b: Sequence[np.ndarray], *,
+                               confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
+                               rng: int | np.random.Generator | None = SEED) -> tuple[float, Interval]:
+    """rliable's probability of improvement: P(A > B) + ½ P(A = B) within each task (``prob_superiority``
+    over the task's runs), averaged over tasks, with a stratified-bootstrap percentile interval (the runs
+    of A and of B resampled within each task, tasks fixed)."""
+    pairs = [(np.asarray(a, float), np.asarray(b, float)) for a, b in zip(strata_a, strata_b) if len(a) and len(b)]
+    seed = _seed_of(rng)
+    if not pairs:
+        return math.nan, Interval(math.nan, math.nan, "none (no task with both)", confidence, 0, seed)
+    point = float(np.mean([prob_superiority(a, b) for a, b in pairs]))
+    gen = make_rng(rng)
+    dist = np.zeros(n_resamples)
+    for a, b in pairs:
+        ra = a[gen.integers(0, len(a), (n_resamples, len(a)))]
+        rb = b[gen.integers(0, len(b), (n_resamples, len(b)))]
+        dist += prob_superiority(ra, rb)
+    dist /= len(pairs)
+    tail = (1 - confidence) / 2
+    lo, hi = np.percentile(dist, [100 * tail, 100 * (1 - tail)])
+    return point, Interval(float(lo), float(hi), "stratified percentile", confidence, n_resamples, seed)
+
+
+def performance_profile(strata: Sequence[np.ndarray], taus: Sequence[float], *, confidence: float = CONFIDENCE,
+                        n_resamples: int = 2000, rng: int | np.random.Generator | None = SEED) -> pd.DataFrame:
+    """rliable's score distribution: for each τ the fraction of runs with score > τ, every task weighted
+    equally (the mean over tasks of each task's fraction), with a stratified-bootstrap percentile band."""
+    strata = [np.asarray(s, float) for s in strata if len(s)]
+    taus = np.asarray(taus, float)
+    if not strata:
+        return pd.DataFrame(columns=["tau", "fraction", "ci_low", "ci_high"])
+    gen = make_rng(rng)
+    point = np.mean([(s[:, None] > taus).mean(0) for s in strata], axis=0)
+    dist = np.zeros((n_resamples, len(taus)))
+    for s in strata:
+        r = s[gen.integers(0, len(s), (n_resamples, len(s)))]
+        dist += (r[:, :, None] > taus).mean(1)
+    dist /= len(strata)
+    tail = (1 - confidence) / 2
+    lo, hi = np.percentile(dist, [100 * tail, 100 * (1 - tail)], axis=0)
+    return pd.DataFrame({"tau": taus, "fraction": point, "ci_low": lo, "ci_high": hi})
+
+
 def aggregate(frame: pd.DataFrame, metric: str = METRIC, *, control: str = "bp",
               factors: Sequence[str] | None = None, method_col: str = "method",
               chance: float | Mapping[str, float] | None = None, confidence: float = CONFIDENCE,
               n_resamples: int = N_RESAMPLES, rng: int = SEED) -> pd.DataFrame:
-    """rliable-style aggregate per method over all (tasks × seeds): the IQM and mean of the normalised
-    score (``normalized_scores``) with stratified-bootstrap CIs (runs resampled within tasks; tasks
-    fixed, so the claim is about these tasks), and the probability of improvement over the control
-    averaged over tasks (P(A > control) + ½ P(=) per task)."""
-    df = normalized_scores(frame, metric, control=control, factors=factors, method_col=method_col, chance=chance)
-    df = df[np.isfinite(df["score"])]
+    """rliable-style aggregate per treatment (method and axis levels) over all (tasks × seeds) of the
+    normalised score (``normalized_scores``), over the *surviving* runs, with the failures counted next
+    to it: the IQM, mean and optimality gap with stratified-bootstrap CIs (runs resampled within tasks;
+    tasks fixed, so the claim is about these tasks), and the probability of improvement over the control
+    (``probability_of_improvement``) with its stratified-bootstrap CI. The profile curves are in
+    ``aggregate_profiles``."""
+    df, factors = prepare(frame, factors, metric)
+    sc = normalized_scores(df, metric, control=control, factors=factors, method_col=method_col, chance=chance)
+    sc = sc[np.isfinite(sc["score"])]
+    all_t = treatments(df, method_col, axes_of(factors))
+    fails = df.assign(_t=all_t, _f=failed_mask(df, metric)).groupby("_t")["_f"].agg(["sum", "size"])
     gen = make_rng(rng)
+    ctrl = {t: g["score"].to_numpy() for t, g in sc[sc[method_col] == control].groupby("task")}
     rows = []
-    for m, g in df.groupby(method_col, sort=True):
-        strata = [t["score"].to_numpy() for _, t in g.groupby("task")]
+    for m, g in sc.groupby("treatment", sort=True):
+        by_task = {t: s["score"].to_numpy() for t, s in g.groupby("task")}
+        strata = list(by_task.values())
         i, ci = stratified_bootstrap(strata, pooled(iqm), confidence=confidence, n_resamples=n_resamples, rng=gen)
         mu, mci = stratified_bootstrap(strata, pooled(np.mean), confidence=confidence, n_resamples=n_resamples,
                                        rng=gen)
-        pois = []
-        for task, t in g.groupby("task"):
-            c = df[(df["task"] == task) & (df[method_col] == control)]["score"].to_numpy()
-            if len(c) and m != control:
-                pois.append(float(prob_superiority(t["score"].to_numpy(), c)))
-        rows.append({"method": m, "tasks": len(strata), "runs": len(g), "iqm": i, "iqm_ci_low": ci.low,
-                     "iqm_ci_high": ci.high, "mean": mu, "mean_ci_low": mci.low, "mean_ci_high": mci.high,
-                     "prob_improvement": float(np.mean(pois)) if pois else math.nan, "ci_method": ci.method})
+        og, oci = stratified_bootstrap(strata, pooled(optimality_gap), confidence=confidence,
+                                       n_resamples=n_resamples, rng=gen)
+        is_ctrl = (g[method_col] == control).all()
+        tasks = [t for t in by_task if t in ctrl]
+        poi, pci = (probability_of_improvement([by_task[t] for t in tasks], [ctrl[t] for t in tasks],
+                                               confidence=confidence, n_resamples=n_resamples, rng=gen)
+                    if not is_ctrl else (math.nan, Interval(math.nan, math.nan, "none (the control)")))
+        f = fails.loc[m] if m in fails.index else pd.Series({"sum": 0, "size": len(g)})
+        rows.append({"method": m, "tasks": len(strata), "runs": len(g), "failures": int(f["sum"]),
+                     "runs_total": int(f["size"]), "iqm": i, "iqm_ci_low": ci.low, "iqm_ci_high": ci.high,
+                     "mean": mu, "mean_ci_low": mci.low, "mean_ci_high": mci.high,
+                     "optimality_gap": og, "optimality_gap_ci_low": oci.low, "optimality_gap_ci_high": oci.high,
+                     "prob_improvement": poi, "prob_improvement_ci_low": pci.low,
+                     "prob_improvement_ci_high": pci.high, "ci_method": ci.method})
     out = pd.DataFrame(rows)
-    out.attrs.update(confidence=confidence, n_resamples=n_resamples, seed=rng)
+    out.attrs.update(confidence=confidence, n_resamples=n_resamples, seed=rng, over="surviving runs")
     return out
+
+
+def aggregate_profiles(frame: pd.DataFrame, metric: str = METRIC, *, control: str = "bp",
+                       factors: Sequence[str] | None = None, method_col: str = "method",
+                       chance: float | Mapping[str, float] | None = None, taus: Sequence[float] | None = None,
+                       confidence: float = CONFIDENCE, n_resamples: int = 2000, rng: int = SEED) -> pd.DataFrame:
+    """Performance profiles (``performance_profile``) of the normalised score per treatment: columns
+    method, tau, fraction, ci_low, ci_high. τ from 0 to a little past the largest score by default."""
+    sc = normalized_scores(frame, metric, control=control, factors=factors, method_col=method_col, chance=chance)
+    sc = sc[np.isfinite(sc["score"])]
+    if not len(sc):
+        return pd.DataFrame(columns=["method", "tau", "fraction", "ci_low", "ci_high"])
+    if taus is None:
+        taus = np.linspace(min(0.0, sc["score"].min()), max(1.2, sc["score"].max()) + 1e-9, 61)
+    gen = make_rng(rng)
+    parts = [performance_profile([s["score"].to_numpy() for _, s in g.groupby("task")], taus,
+                                 confidence=confidence, n_resamples=n_resamples, rng=gen).assign(method=m)
+             for m, g in sc.groupby("treatment", sort=True)]
+    return pd.concat(parts, ignore_index=True)[["method", "tau", "fraction", "ci_low", "ci_high"]]
+
+
+# ====================================================================== sources of variance
+def variance_sources(correct: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Where the uncertainty of a cell's mean accuracy comes from, given each seed's per-example test
+    correctness (one boolean array per seed, the same test examples in the same order).
+
+    * seeds: the between-seed variance of accuracy, var_s; the mean over k seeds carries var_s / k.
+      On a fixed test set this is training randomness alone: every seed meets the same examples.
+    * test set: the sampling variance of the test examples, which every seed shares (so it never shows
+      in the seed spread, and a t interval over seeds leaves it out): var(μ_j) / N, μ_j the probability
+      that a training run gets example j right. Estimated from the per-example bootstrap variance of the
+      seed-averaged accuracy, var_j(c̄_j) / N (c̄_j the share of seeds right on example j; computed
+      exactly, without resampling), less the seed noise it also holds, mean_j c̄_j(1 − c̄_j) / ((k − 1) N)
+      (unbiased for binomial seed noise; clipped at 0; with one seed, not subtracted). The binomial
+      p̄(1 − p̄)/N is given for comparison (the value when every example is a coin flip of the same p̄).
+
+    Returns n_seeds, n_test, mean, sd_seed, se_seed, se_test, se_test_binomial, se_total, share_test,
+    se_2x_seeds, se_2x_test (the SE with twice the seeds / twice the test set) and ``narrow_by``:
+    'more seeds' or 'a larger test set', whichever halves the larger part of the variance.
+    """
+    arrs = [np.asarray(c, float) for c in correct]
+    nan = math.nan
+    out: dict[str, Any] = {"n_seeds": len(arrs), "n_test": len(arrs[0]) if arrs else 0, "mean": nan, "sd_seed": nan,
+                           "se_seed": nan, "se_test": nan, "se_test_binomial": nan, "se_total": nan,
+                           "share_test": nan, "se_2x_seeds": nan, "se_2x_test": nan, "narrow_by": ""}
+    if not arrs or len({len(a) for a in arrs}) != 1 or not len(arrs[0]):
+        return out
+    c = np.vstack(arrs)  # seeds × examples
+    k, n = c.shape
+    acc = c.mean(1)
+    p = float(acc.mean())
+    var_seed = float(acc.var(ddof=1)) / k if k > 1 else nan
+    cbar = c.mean(0)
+    var_test = float(cbar.var()) / n
+    if k > 1:
+        var_test = max(0.0, var_test - float((cbar * (1 - cbar)).mean()) / ((k - 1) * n))
+    out.update(mean=p, sd_seed=float(acc.std(ddof=1)) if k > 1 else nan, se_seed=math.sqrt(var_seed) if k > 1 else nan,
+               se_test=math.sqrt(var_test), se_test_binomial=math.sqrt(p * (1 - p) / n))
+    if k > 1:
+        total = var_seed + var_test
+        out.update(se_total=math.sqrt(total), share_test=var_test / total if total > 0 else nan,
+                   se_2x_seeds=math.sqrt(var_seed / 2 + var_test), se_2x_test=math.sqrt(var_seed + var_test / 2),
+                   narrow_by="more seeds" if var_seed >= var_test else "a larger test set")
+    return out
+
+
+def variance_table(frame: pd.DataFrame, metric: str = METRIC, by: Sequence[str] | None = None,
+                   bits: str = "test_correct_bits") -> pd.DataFrame:
+    """``variance_sources`` per group of ``by`` (default: the factors) over the usable runs that stored
+    their per-example test correctness (``bits`` and ``n_test``); groups without any are left out, and
+    runs whose test-set size differs from the group's most common one are left out and counted."""
+    if bits not in frame or "n_test" not in frame:
+        return pd.DataFrame()
+    df, factors = prepare(frame, by, metric)
+    by = list(by) if by is not None else factors
+    df = df[ok_mask(df, metric) & df[bits].map(lambda v: isinstance(v, str) and len(v) > 0)]
+    rows = []
+    for key, g in (df.groupby(by, sort=True, dropna=False) if by else [((), df)]):
+        n_test = pd.to_numeric(g["n_test"], errors="coerce")
+        n0 = n_test.mode().iloc[0] if n_test.notna().any() else None
+        use = g[n_test == n0] if n0 is not None else g.iloc[:0]
+        if not len(use):
+            continue
+        arrs = [decode_correct(b, n0) for b in use[bits]]
+        rows.append({**dict(zip(by, _key(key))), "runs": len(use), "left_out": len(g) - len(use),
+                     **variance_sources(arrs)})
+    return pd.DataFrame(rows)
+
+
+def search_variance(acc: np.ndarray) -> dict[str, Any]:
+    """The hyperparameter-search part of a cell's uncertainty, from ``acc`` (repeats x seeds): row r holds
+    the evaluation seeds' accuracy of the configuration chosen by repeat r of the search (the same seeds in
+    every row). Additive model acc[r, s] = mu + a_r + b_s + e: the repeat means' variance holds var(a) +
+    var(e)/k, and the residual mean square estimates var(e), so var_search = var_r(mean_r) - MSE/k
+    (clipped at 0; with one seed, not subtracted). With few repeats this is a rough estimate: say so.
+
+    Returns n_repeats, n_seeds, repeat_means, sd_search (the SD of the cell's mean over repeats of the
+    search, seed noise removed) and sd_repeat_means (raw)."""
+    a = np.asarray(acc, float)
+    nan = math.nan
+    out: dict[str, Any] = {"n_repeats": a.shape[0] if a.ndim == 2 else 0, "n_seeds": a.shape[1] if a.ndim == 2 else 0,
+                           "repeat_means": [], "sd_search": nan, "sd_repeat_means": nan}
+    if a.ndim != 2 or a.shape[0] < 2 or a.shape[1] < 1 or not np.isfinite(a).all():
+        return out
+    r, k = a.shape
+    means = a.mean(1)
+    var_means = float(means.var(ddof=1))
+    var_search = var_means
+    if k > 1:
+        resid = a - means[:, None] - a.mean(0)[None, :] + a.mean()
+        mse = float((resid ** 2).sum()) / ((r - 1) * (k - 1))
+        var_search = max(0.0, var_means - mse / k)
+    out.update(repeat_means=means.tolist(), sd_search=math.sqrt(var_search), sd_repeat_means=math.sqrt(var_means))
+    return out
+
+
+def search_variance_table(evaluation: pd.DataFrame, repeats: pd.DataFrame, metric: str = METRIC,
+                          by: Sequence[str] | None = None) -> pd.DataFrame:
+    """``search_variance`` per cell: the evaluation runs are repeat 0, the rows of role 'repeat' (``trial`` =
+    repeat index) the later repeats; only seeds finished in every repeat enter (the others are counted)."""
+    if repeats is None or not len(repeats) or not len(evaluation):
+        return pd.DataFrame()
+    ev, factors = prepare(evaluation, by, metric)
+    rp, _ = prepare(repeats, by, metric)
+    by = list(by) if by is not None else factors
+    ev = ev[ok_mask(ev, metric)].assign(_repeat=0)
+    rp = rp[ok_mask(rp, metric)].assign(_repeat=pd.to_numeric(rp["trial"], errors="coerce"))
+    both = pd.concat([ev, rp], ignore_index=True)
+    rows = []
+    for key, g in (both.groupby(by, sort=True, dropna=False) if by else [((), both)]):
+        table = g.pivot_table(index="_repeat", columns="seed", values=metric, aggfunc="first")
+        full = table.dropna(axis=1)
+        if len(table) < 2 or full.shape[1] < 1:
+            continue
+        rows.append({**dict(zip(by, _key(key))), "seeds_left_out": table.shape[1] - full.shape[1],
+                     **search_variance(full.to_numpy())})
+    return pd.DataFrame(rows)
 
 
 # ====================================================================== learning curves and per-layer diagnostics
@@ -1217,8 +1903,9 @@ def expected_max(values: Sequence[float], k_max: int | None = None) -> np.ndarra
 def budget_curves(tuning: pd.DataFrame, metric: str = "val_acc", *, factors: Sequence[str] | None = None) -> pd.DataFrame:
     """Per group of factors (a cell's method, dataset, ...): for k = 1..N trials in trial order, the best
     ``metric`` so far (failed and pruned trials count as no improvement) and the expected best of k random
-    trials drawn from the completed ones. Columns: factors..., k, best_so_far, expected_max, trials,
-    failures, pruned."""
+    trials drawn from the completed ones. Columns: factors..., k, trial, status, ``metric`` (the trial's own
+    value), best_so_far, expected_max, trials, failures, pruned. The one budget curve: the end-of-run
+    ``budget_curves.csv``, the MLflow parent runs and the reports all read it."""
     if tuning is None or not len(tuning):
         return pd.DataFrame()
     df, factors = prepare(tuning, factors, metric)
@@ -1229,8 +1916,10 @@ def budget_curves(tuning: pd.DataFrame, metric: str = "val_acc", *, factors: Seq
         vals = g[metric].where(ok).to_numpy(float)
         best = np.fmax.accumulate(np.where(np.isfinite(vals), vals, -np.inf))
         em = expected_max(vals[np.isfinite(vals)], len(vals))
+        trial, status, own = g["trial"].to_numpy(), g["status"].to_numpy(), g[metric].to_numpy(float)
         for k in range(1, len(vals) + 1):
-            rows.append({**dict(zip(factors, _key(key))), "k": k,
+            rows.append({**dict(zip(factors, _key(key))), "k": k, "trial": trial[k - 1], "status": status[k - 1],
+                         metric: own[k - 1],
                          "best_so_far": best[k - 1] if np.isfinite(best[k - 1]) else math.nan,
                          "expected_max": float(em[k - 1]) if len(em) else math.nan,
                          "trials": len(vals), "failures": int((g["status"] == "failed").sum()),

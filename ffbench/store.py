@@ -7,13 +7,22 @@ Rows are evaluation runs and tuning trial slots (role 'tuning', ``trial`` = slot
 ``optuna_trial`` = the Optuna trial number, ``params`` = the sampled parameters; an evaluation row of a
 tuned cell carries the chosen parameters in ``params``). Statuses: pending, running, done, failed,
 pruned (tuning trials stopped by the pruner). Lease times use the database's clock on PostgreSQL, so
-machines with skewed clocks still agree on what is stale.
+machines with skewed clocks still agree on what is stale. A claim records the claiming process's host
+and PID, so a process on the same host can give back at once the runs of a process that no longer
+exists (across machines the lease stays the rule). A run executed again on purpose (``--rerun``) keeps
+its old row, renamed ``<run_id>~g<generation>`` and marked superseded; reads skip superseded rows.
+
+A SQLite store is created whole (built under a temporary name, then linked into place), so a file at the
+store path that is empty, truncated or not ffbench's is refused with a ``StoreError`` naming it, instead
+of being written into.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -51,13 +60,45 @@ runs = sa.Table(
     sa.Column("mlflow_run_id", sa.String(64)),
     sa.Column("params", sa.Text),  # JSON: tuned / sampled parameters
     sa.Column("optuna_trial", sa.Integer),  # the Optuna trial number of a tuning slot's current attempt
+    sa.Column("mirrored_to", sa.Text),  # the MLflow tracking URI this finished run was fully mirrored to
+    sa.Column("host", sa.String(200)),  # the claiming process's host and PID (dead local claims come back at once)
+    sa.Column("pid", sa.Integer),
+    sa.Column("code", sa.Text),  # JSON: the code fingerprints of the cell (plugin modules and versions)
+    sa.Column("generation", sa.Integer),  # how many times the run was executed again on purpose (--rerun)
+    sa.Column("superseded", sa.Float),  # when a rerun replaced this row (kept, never read as current)
 )
-_ADDED_COLUMNS = {"params": "TEXT", "optuna_trial": "INTEGER"}  # added to stores created before them
-_JSON = ("factors", "config", "metrics", "curves", "compute", "manifest", "params")
+# added to stores created before them
+_ADDED_COLUMNS = {"params": "TEXT", "optuna_trial": "INTEGER", "mirrored_to": "TEXT", "host": "VARCHAR(200)",
+                  "pid": "INTEGER", "code": "TEXT", "generation": "INTEGER", "superseded": "FLOAT"}
+_JSON = ("factors", "config", "metrics", "curves", "compute", "manifest", "params", "code")
+_CORE = {"run_id", "suite", "suite_version", "cell_id", "role", "status", "worker", "heartbeat", "config"}
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class StoreError(RuntimeError):
+    """The results store cannot be used (a broken or foreign file, a database that refuses writes); the
+    message names it and what to do. Never a method's failure: the run stays pending."""
 
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def split_worker(worker: str) -> tuple[str | None, int | None]:
+    """(host, pid) of a worker name ``host:pid``; (None, None) for any other name."""
+    host, _, pid = worker.rpartition(":")
+    return (host, int(pid)) if host and pid.isdigit() else (None, None)
+
+
+def process_exists(pid: int) -> bool:
+    """Whether a process with this PID exists on this host (one we may not signal counts as existing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
 
 
 def _url(location: str | Path) -> str:
@@ -69,15 +110,114 @@ def _url(location: str | Path) -> str:
     return f"sqlite:///{path}"
 
 
+def _sqlite_path(url: str) -> Path | None:
+    if not url.startswith("sqlite:///"):
+        return None
+    db = url[len("sqlite:///"):].split("?", 1)[0]
+    return None if db in ("", ":memory:") else Path(db)
+
+
+def _refuse(path: Path, what: str) -> StoreError:
+    return StoreError(f"results store {path}: {what}. It is not a usable ffbench results store, and nothing was "
+                      f"written to it: move it away (mv {path} {path}.broken) to start a new store there, or "
+                      f"choose another output directory (--out DIR)")
+
+
+def check_sqlite_file(path: Path) -> None:
+    """Refuse a file at the store path that is empty, truncated, damaged or not an ffbench store."""
+    size = path.stat().st_size
+    if size == 0:
+        raise _refuse(path, "the file is empty (0 bytes)")
+    with open(path, "rb") as fh:
+        header = fh.read(100)
+    if not header.startswith(SQLITE_MAGIC):
+        raise _refuse(path, "the file is not an SQLite database")
+    if len(header) < 100:
+        raise _refuse(path, f"the file is truncated ({size} bytes, shorter than an SQLite header)")
+    page = int.from_bytes(header[16:18], "big")
+    page = 65536 if page == 1 else page
+    pages = int.from_bytes(header[28:32], "big")
+    valid = header[24:28] == header[92:96]  # the header's page count is meaningful (SQLite file format §1.3.9)
+    if valid and pages and size < page * pages:
+        raise _refuse(path, f"the file is truncated ({size} bytes; its header says {page * pages})")
+    try:
+        con = sqlite3.connect(str(path), timeout=60)  # reads only
+        try:
+            ok = con.execute("PRAGMA quick_check").fetchone()[0]
+            cols = {r[1] for r in con.execute("PRAGMA table_info(runs)")}
+            tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        raise _refuse(path, f"SQLite cannot read it ({exc})") from None
+    if ok != "ok":
+        raise _refuse(path, f"the database is damaged (quick_check: {ok})")
+    if not cols and tables:
+        raise _refuse(path, f"an SQLite database of something else (tables {', '.join(sorted(tables)[:5])}; "
+                            f"no table 'runs')")
+    if cols and not _CORE <= cols:
+        raise _refuse(path, f"its table 'runs' is not ffbench's (missing {', '.join(sorted(_CORE - cols))})")
+
+
+def create_sqlite_file(path: Path) -> None:
+    """Build a new store under a temporary name and link it into place, so that no other process ever sees
+    a half-made file at the store path (a 0-byte file there means a broken store, not a young one)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    engine = sa.create_engine(f"sqlite:///{tmp}", future=True)
+    try:
+        with engine.begin() as c:
+            c.exec_driver_sql("PRAGMA journal_mode=WAL")
+        _meta.create_all(engine)
+    finally:
+        engine.dispose()
+    try:
+        os.link(tmp, path)  # atomic, and fails if another process made the store first
+    except FileExistsError:
+        pass
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+            leftover.unlink(missing_ok=True)
+
+
+def is_store_error(exc: BaseException) -> bool:
+    """A database error of the store (locked for good, read-only, disk full, gone), as opposed to a
+    method's own failure."""
+    return isinstance(exc, (StoreError, sa.exc.SQLAlchemyError, sqlite3.Error))
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "disk is full" in str(exc).lower()
+
+
 class Store:
     def __init__(self, location: str | Path):
         self.url = _url(location)
+        path = _sqlite_path(self.url)
+        if path is not None:
+            if path.exists():
+                check_sqlite_file(path)
+            else:
+                try:
+                    create_sqlite_file(path)
+                except (OSError, sa.exc.SQLAlchemyError) as exc:
+                    raise StoreError(f"results store {path}: cannot create it ({exc}); choose another output "
+                                     f"directory (--out DIR)") from None
         kwargs: dict[str, Any] = {"future": True}
         if self.url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 60}
         else:
             kwargs["pool_pre_ping"] = True
         self.engine = sa.create_engine(self.url, **kwargs)
+        try:
+            self._open()
+        except sa.exc.SQLAlchemyError as exc:
+            where = path or self.url
+            raise StoreError(f"results store {where}: cannot open it for writing ({_first_line(exc)}); check "
+                             f"its permissions and free disk space, or choose another output directory "
+                             f"(--out DIR)") from None
+        self.dialect = self.engine.dialect.name
+
+    def _open(self) -> None:
         if self.url.startswith("sqlite"):
             with self.engine.begin() as c:
                 c.exec_driver_sql("PRAGMA journal_mode=WAL")
@@ -90,7 +230,6 @@ class Store:
                 if attempt == 4:
                     raise
                 time.sleep(0.2 * (attempt + 1))
-        self.dialect = self.engine.dialect.name
 
     def _migrate(self) -> None:
         have = {c["name"] for c in sa.inspect(self.engine).get_columns("runs")}
@@ -120,6 +259,7 @@ class Store:
                 runs.c.suite == rows[0]["suite"]))}
             new = [dict(r, status=r.get("status", PENDING), attempts=0, factors=canonical_json(r["factors"]),
                         config=canonical_json(r["config"]), error=r.get("error"),
+                        code=canonical_json(r["code"]) if r.get("code") is not None else None,
                         params=canonical_json(r["params"]) if r.get("params") is not None else None)
                    for r in rows if r["run_id"] not in have]
             if new:
@@ -137,13 +277,15 @@ class Store:
         return insert(runs).on_conflict_do_nothing(index_elements=["run_id"])
 
     def claim(self, run_id: str, worker: str, lease_s: float) -> bool:
-        """Atomically take a pending run, or a running one whose heartbeat is stale."""
+        """Atomically take a pending run, or a running one whose heartbeat is stale. The claim records the
+        host and PID of a worker named ``host:pid`` (``worker_name()``)."""
         now = self.now()
+        host, pid = split_worker(worker)
         stmt = (runs.update()
                 .where(runs.c.run_id == run_id)
                 .where(sa.or_(runs.c.status == PENDING,
                               sa.and_(runs.c.status == RUNNING, runs.c.heartbeat < now - lease_s)))
-                .values(status=RUNNING, worker=worker, heartbeat=now, started=now,
+                .values(status=RUNNING, worker=worker, heartbeat=now, started=now, host=host, pid=pid,
                         attempts=runs.c.attempts + 1))
         with self.engine.begin() as c:
             return c.execute(stmt).rowcount == 1
@@ -178,6 +320,13 @@ class Store:
         with self.engine.begin() as c:
             c.execute(runs.update().where(runs.c.run_id == run_id).values(mlflow_run_id=mlflow_run_id))
 
+    def mark_mirrored(self, run_id: str, mlflow_run_id: str, target: str = "mlflow") -> None:
+        """Record that a finished run is completely in MLflow (``target``: the tracking URI), so a later
+        sync skips it; a run mirrored to another URI counts as not mirrored there."""
+        with self.engine.begin() as c:
+            c.execute(runs.update().where(runs.c.run_id == run_id)
+                      .values(mlflow_run_id=mlflow_run_id, mirrored_to=target))
+
     def release(self, run_id: str, worker: str) -> None:
         """Give a claimed run back (interrupted before it finished)."""
         with self.engine.begin() as c:
@@ -191,9 +340,55 @@ class Store:
             return c.execute(runs.update().where(runs.c.worker == worker).where(runs.c.status == RUNNING)
                              .values(status=PENDING, worker=None)).rowcount
 
+    def release_dead(self, suite: str | None = None, host: str | None = None) -> list[str]:
+        """Give back at once the running rows claimed on this host (``host``, default this one) by a process
+        that no longer exists; return their IDs. A PID reused since is taken as alive: the lease decides."""
+        host = host or socket.gethostname()
+        q = (sa.select(runs.c.run_id, runs.c.worker, runs.c.pid).where(runs.c.status == RUNNING)
+             .where(runs.c.host == host).where(runs.c.superseded.is_(None)))
+        if suite is not None:
+            q = q.where(runs.c.suite == suite)
+        with self.engine.connect() as c:
+            held = list(c.execute(q))
+        released = []
+        for run_id, worker, pid in held:
+            if pid is None or pid == os.getpid() or process_exists(pid):
+                continue
+            with self.engine.begin() as c:
+                if c.execute(runs.update().where(runs.c.run_id == run_id).where(runs.c.worker == worker)
+                             .where(runs.c.status == RUNNING).values(status=PENDING, worker=None)).rowcount:
+                    released.append(run_id)
+        return released
+
+    def supersede(self, run_ids: Iterable[str]) -> int:
+        """Keep the finished rows ``run_ids`` as history (renamed ``<run_id>~g<generation>``, marked
+        superseded) and put a pending row of the next generation in their place; return how many."""
+        n = 0
+        now = time.time()
+        for run_id in run_ids:
+            with self.engine.begin() as c:
+                old = c.execute(sa.select(runs).where(runs.c.run_id == run_id)
+                                .where(runs.c.status.in_(FINISHED))).first()
+                if old is None:
+                    continue
+                old = dict(old._mapping)
+                gen = old.get("generation") or 0
+                c.execute(runs.update().where(runs.c.run_id == run_id)
+                          .values(run_id=f"{run_id}~g{gen}", superseded=now))
+                fresh = {k: old[k] for k in ("run_id", "suite", "suite_version", "cell_id", "role", "seed", "trial",
+                                             "factors", "config", "code")}
+                if old["role"] == "evaluation" and old.get("params") is not None:
+                    fresh["params"] = old["params"]  # a tuned cell's chosen parameters stay chosen
+                c.execute(runs.insert().values(**fresh, status=PENDING, attempts=0, generation=gen + 1))
+                n += 1
+        return n
+
     # ------------------------------------------------------------ reading
-    def rows(self, suite: str | None = None, **where: Any) -> list[dict[str, Any]]:
+    def rows(self, suite: str | None = None, superseded: bool = False, **where: Any) -> list[dict[str, Any]]:
+        """Rows matching ``where`` (column = value, or in a list); superseded rows only if ``superseded``."""
         q = sa.select(runs)
+        if not superseded:
+            q = q.where(runs.c.superseded.is_(None))
         if suite is not None:
             q = q.where(runs.c.suite == suite)
         for k, v in where.items():
@@ -205,22 +400,50 @@ class Store:
                 r[k] = json.loads(r[k]) if r[k] else None
         return out
 
+    def suites(self) -> list[str]:
+        """The names of the suites this store holds runs of, sorted."""
+        with self.engine.connect() as c:
+            return sorted(r for (r,) in c.execute(sa.select(runs.c.suite).distinct()))
+
+    def unmirrored(self, suite: str, target: str | None = None) -> list[dict[str, Any]]:
+        """Finished rows of ``suite`` not yet mirrored (to ``target``, a tracking URI, when given)."""
+        q = (sa.select(runs.c.run_id).where(runs.c.suite == suite).where(runs.c.status.in_(FINISHED))
+             .where(runs.c.superseded.is_(None)))
+        missing = runs.c.mirrored_to.is_(None)
+        q = q.where(missing if target is None else sa.or_(missing, runs.c.mirrored_to != target))
+        with self.engine.connect() as c:
+            ids = [r for (r,) in c.execute(q)]
+        return self.rows(suite, run_id=ids) if ids else []
+
     def states(self, suite: str, suite_version: int | None = None) -> list[dict[str, Any]]:
         """The light columns of a suite's rows (what a worker needs to decide what to claim)."""
         cols = [runs.c.run_id, runs.c.cell_id, runs.c.role, runs.c.trial, runs.c.seed, runs.c.status,
-                runs.c.heartbeat, runs.c.worker, runs.c.attempts]
-        q = sa.select(*cols).where(runs.c.suite == suite)
+                runs.c.heartbeat, runs.c.worker, runs.c.attempts, runs.c.host, runs.c.pid]
+        q = sa.select(*cols).where(runs.c.suite == suite).where(runs.c.superseded.is_(None))
         if suite_version is not None:
             q = q.where(runs.c.suite_version == suite_version)
         with self.engine.connect() as c:
             return [dict(r._mapping) for r in c.execute(q)]
 
     def status_counts(self, suite: str, run_ids: Iterable[str] | None = None) -> dict[str, int]:
-        q = sa.select(runs.c.status, sa.func.count()).where(runs.c.suite == suite)
+        q = sa.select(runs.c.status, sa.func.count()).where(runs.c.suite == suite).where(runs.c.superseded.is_(None))
         if run_ids is not None:
             q = q.where(runs.c.run_id.in_(list(run_ids)))
         with self.engine.connect() as c:
             return dict(c.execute(q.group_by(runs.c.status)).all())
+
+    def cells(self, suite: str, suite_version: int | None = None) -> dict[str, dict[str, Any]]:
+        """cell_id -> {factors, code, finished} of the cells this store holds rows of (the latest finish)."""
+        q = sa.select(runs.c.cell_id, runs.c.factors, runs.c.code, runs.c.finished).where(runs.c.suite == suite)
+        if suite_version is not None:
+            q = q.where(runs.c.suite_version == suite_version)
+        out: dict[str, dict[str, Any]] = {}
+        with self.engine.connect() as c:
+            for cell_id, factors, code, finished in c.execute(q):
+                cur = out.setdefault(cell_id, {"factors": json.loads(factors), "code": None, "finished": 0.0})
+                cur["code"] = cur["code"] or (json.loads(code) if code else None)
+                cur["finished"] = max(cur["finished"], finished or 0.0)
+        return out
 
     def frame(self, suite: str | None = None, role: str | None = "evaluation", version: int | None = None):
         """The tidy table: one row per run, factors, metrics and compute flattened into columns
@@ -243,3 +466,8 @@ class Store:
             rec["curves"] = r["curves"] or []
             records.append(rec)
         return pd.DataFrame.from_records(records)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

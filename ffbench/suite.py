@@ -35,13 +35,19 @@ and backbones (a level no card allows is an error; a level some cards do not all
 """
 from __future__ import annotations
 
+import difflib
+import inspect
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ffbench.config import TRAIN_FIELDS, Field, canonical_json, type_ok
+from ffbench.config import DATASET_SIZES, TRAIN_FIELDS, SplitError, canonical_json, split_sizes
+from ffbench.options import Option, type_ok
 from ffbench.registry import BACKBONES, DATASETS, METHODS, Card
+from ffbench.tuning import REPEAT_SEED_STRIDE, TuningSpec
 
 
 class SuiteError(ValueError):
@@ -64,6 +70,10 @@ _SUITE_KEYS = {"name": str, "version": int, "description": str, "control": str}
 _DESIGN_KEYS = ("methods", "datasets", "backbones", "seeds")
 _DESIGN_OPTIONAL = ("plan", "only", "exclude")
 PLANS = ("full", "one-at-a-time")
+# A suite's name is its default output folder (ffbench-out/<name>) and its MLflow experiment: a plain name, so
+# it cannot point outside ffbench-out/.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+NAME_RULE = "letters, digits, '.', '-' and '_' (1 to 100 characters, not '.' or '..')"
 _FACTOR_NAMES = ("method", "dataset", "backbone")
 
 
@@ -87,16 +97,23 @@ class Suite:
     plan: str = "full"
     only: list[dict[str, Any]] = field(default_factory=list)
     exclude: list[dict[str, Any]] = field(default_factory=list)
-    tuning: Any = None  # tuning.TuningSpec, or None (no tuning: the configured values are evaluated as they are)
+    tuning: TuningSpec | None = None  # None (no tuning: the configured values are evaluated as they are)
+    warnings: list[str] = field(default_factory=list)  # said at planning; the suite is usable as it is
 
     @property
     def axis_names(self) -> list[str]:
         return [a.name for a in self.axes]
 
 
+def did_you_mean(word: Any, choices) -> str:
+    """' (did you mean 'x'?)' for the closest of ``choices`` to a mistyped ``word``, else ''."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def find_suite(name_or_path: str) -> Path:
     p = Path(name_or_path)
-    if p.suffix == ".toml" or p.exists():
+    if p.suffix == ".toml" or p.is_file():
         if not p.exists():
             raise SuiteError(f"{p}: no such suite file")
         return p
@@ -105,8 +122,8 @@ def find_suite(name_or_path: str) -> Path:
         if candidate.exists():
             return candidate
     known = sorted({q.stem for d in SUITE_DIRS if d.is_dir() for q in d.glob("*.toml")})
-    raise SuiteError(f"unknown suite {name_or_path!r}; named suites: {', '.join(known) or 'none'} "
-                     f"(or give a path to a .toml file)")
+    raise SuiteError(f"unknown suite {name_or_path!r}{did_you_mean(name_or_path, known)}; named suites: "
+                     f"{', '.join(known) or 'none'} (or give a path to a .toml file)")
 
 
 class _Checker:
@@ -121,39 +138,24 @@ class _Checker:
             self.fail(where, f"expected a table, got {type(table).__name__}")
         for k in table:
             if k not in allowed:
-                self.fail(f"{where}.{k}", f"unknown key; allowed: {', '.join(allowed)}")
+                self.fail(f"{where}.{k}", f"unknown key{did_you_mean(k, allowed)}; allowed: {', '.join(allowed)}")
 
     def names(self, where: str, value: Any, registry) -> list[str]:
         if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
             self.fail(where, "expected a non-empty list of names")
         for v in value:
             if v not in registry:
-                self.fail(where, f"unknown {registry.kind[:-1]} {v!r}; allowed: {', '.join(registry.names())}")
+                why = f"; plugins that failed to load: {'; '.join(registry.failures)}" if registry.failures else ""
+                self.fail(where, f"unknown {registry.kind[:-1]} {v!r}{did_you_mean(v, registry.names())}; allowed: "
+                                 f"{', '.join(registry.names())}{why}")
         if len(set(value)) != len(value):
             self.fail(where, "contains duplicates")
         return list(value)
 
-    def train_field(self, where: str, key: str, value: Any) -> None:
-        check_field(self, where, key, value, TRAIN_FIELDS[key])
-
-    def option(self, where: str, key: str, value: Any, card: Card) -> None:
-        allowed = card.options[key]
-        if isinstance(allowed, tuple):
-            if value not in allowed:
-                self.fail(where, f"{value!r} is not allowed; allowed: {', '.join(map(repr, allowed))}")
-        elif not type_ok(value, allowed):
-            self.fail(where, f"expected {allowed.__name__}, got {type(value).__name__} {value!r}")
-
-
-def check_field(checker: _Checker, where: str, key: str, value: Any, spec: Field) -> None:
-    if not type_ok(value, spec.kind):
-        kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
-        names = " or ".join(k.__name__ for k in kinds if k is not type(None))
-        checker.fail(where, f"expected {names}, got {type(value).__name__} {value!r}")
-    if spec.allowed is not None and value not in spec.allowed:
-        checker.fail(where, f"{value!r} is not allowed; allowed: {', '.join(spec.allowed)}")
-    if spec.check is not None and not spec.check(value):
-        checker.fail(where, f"{value!r} is out of range; expected {spec.check_doc}")
+    def value(self, where: str, value: Any, spec: Option) -> None:
+        why = spec.problem(value)
+        if why:
+            self.fail(where, why)
 
 
 def validate_settings(ck: _Checker, where: str, table: dict, card: Card | None, extra: tuple = ()) -> None:
@@ -163,21 +165,34 @@ def validate_settings(ck: _Checker, where: str, table: dict, card: Card | None, 
     options = card.options if card else {}
     for k, v in table.items():
         if k in TRAIN_FIELDS:
-            ck.train_field(f"{where}.{k}", k, v)
+            ck.value(f"{where}.{k}", v, TRAIN_FIELDS[k])
         elif k in options:
-            ck.option(f"{where}.{k}", k, v, card)
+            ck.value(f"{where}.{k}", v, options[k])
         elif k not in extra:
             allowed = list(TRAIN_FIELDS) + list(options) + list(extra)
-            ck.fail(f"{where}.{k}", f"unknown key; allowed: {', '.join(allowed)}")
+            ck.fail(f"{where}.{k}", f"unknown key{did_you_mean(k, allowed)}; allowed: {', '.join(allowed)}")
 
 
 EXTRA_SECTIONS: dict[str, str] = {}  # sections added by later capabilities (axes, tuning), validated there
 
 
+def read_text(path: Path) -> str:
+    """The suite file's text; a SuiteError saying why it cannot be read (a folder, no permission, not UTF-8)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise SuiteError(f"{path}: is a folder, not a suite file; give the path of a .toml file") from None
+    except UnicodeDecodeError as exc:
+        raise SuiteError(f"{path}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}); a suite "
+                         f"file is TOML, saved as UTF-8") from None
+    except OSError as exc:
+        raise SuiteError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
 def load(name_or_path: str) -> Suite:
     path = find_suite(name_or_path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(read_text(path))
     except tomllib.TOMLDecodeError as exc:
         raise SuiteError(f"{path}: not valid TOML: {exc}") from None
     ck = _Checker(path)
@@ -192,6 +207,9 @@ def load(name_or_path: str) -> Suite:
             ck.fail(f"[suite].{k}", "missing (required)")
     if head["version"] < 1:
         ck.fail("[suite].version", "expected a positive integer")
+    if not _PLAIN_NAME.fullmatch(head["name"]) or head["name"] in (".", ".."):
+        ck.fail("[suite].name", f"{head['name']!r} is not a plain name; allowed: {NAME_RULE} (the name is the "
+                                f"default output folder ffbench-out/<name>)")
 
     design = raw.get("design", {})
     ck.keys("[design]", design, _DESIGN_KEYS + _DESIGN_OPTIONAL)
@@ -211,19 +229,32 @@ def load(name_or_path: str) -> Suite:
     train = raw.get("train", {})
     validate_settings(ck, "[train]", train, None)
 
-    def per_name(section: str, allowed_names: list[str], check) -> dict[str, dict]:
+    warnings: list[str] = []
+
+    def per_name(section: str, allowed_names: list[str], registry, check) -> dict[str, dict]:
+        """A section per name; one for a registered name the design leaves out is unused (a warning: a
+        suite can switch a method off without deleting its settings), an unregistered name is an error."""
         table = raw.get(section, {})
         if not isinstance(table, dict):
             ck.fail(f"[{section}]", "expected a table")
+        used = {}
         for name, settings in table.items():
             if name not in allowed_names:
-                ck.fail(f"[{section}.{name!r}]", f"not in [design].{section}; allowed: {', '.join(allowed_names)}")
+                if name in registry:
+                    warnings.append(f"{path}: [{section}.{name!r}] is not used: {name!r} is not in [design].{section} "
+                                    f"({', '.join(allowed_names)})")
+                    continue
+                ck.fail(f"[{section}.{name!r}]", f"not in [design].{section}{did_you_mean(name, allowed_names)}; "
+                                                 f"allowed: {', '.join(allowed_names)}")
             check(f'[{section}."{name}"]', name, settings)
-        return table
+            used[name] = settings
+        return used
 
-    method_settings = per_name("methods", methods, lambda w, n, s: validate_settings(ck, w, s, METHODS.get(n).card))
-    backbone_options = per_name("backbones", backbones, lambda w, n, s: _check_backbone(ck, w, s, BACKBONES.get(n).card))
-    dataset_settings = per_name("datasets", datasets, lambda w, n, s: validate_settings(ck, w, s, None, ("root",)))
+    method_settings = per_name("methods", methods, METHODS,
+                               lambda w, n, s: validate_settings(ck, w, s, METHODS.get(n).card))
+    backbone_options = per_name("backbones", backbones, BACKBONES,
+                                lambda w, n, s: _check_backbone(ck, w, s, BACKBONES.get(n).card))
+    dataset_settings = per_name("datasets", datasets, DATASETS, lambda w, n, s: _check_dataset(ck, w, n, s))
 
     axes = _parse_axes(ck, raw.get("axes", {}), methods, backbones)
     plan = design.get("plan", "full")
@@ -235,16 +266,16 @@ def load(name_or_path: str) -> Suite:
 
     tuning = None
     if "tuning" in raw:
-        from ffbench.tuning import parse_tuning
+        tuning = _parse_tuning(ck, raw["tuning"], methods, backbones, list(seeds))
 
-        tuning = parse_tuning(ck, raw["tuning"], methods, backbones, list(seeds))
-
-    control = head.get("control", "bp")
+    control = head.get("control", "bp")  # the default may be absent from the suite: the report says so
+    if "control" in head and control not in methods:
+        ck.fail("[suite].control", f"{control!r} is not one of [design].methods; allowed: {', '.join(methods)}")
     return Suite(path=path, name=head["name"], version=head["version"], description=head.get("description", ""),
                  control=control, methods=methods, datasets=datasets, backbones=backbones, seeds=list(seeds),
                  train=train, method_settings=method_settings, backbone_options=backbone_options,
                  dataset_settings=dataset_settings, raw=raw, axes=axes, plan=plan, only=only, exclude=exclude,
-                 tuning=tuning)
+                 tuning=tuning, warnings=warnings)
 
 
 _GENERIC_KEYS = {"method_option": "method", "backbone_option": "backbone", "train_field": "train"}
@@ -290,7 +321,7 @@ def _parse_axes(ck: _Checker, table: Any, methods: list[str], backbones: list[st
             axis = ax.generic(name, target, key)
         else:
             if name not in AXES:
-                ck.fail(where, f"unknown axis; registered: {', '.join(AXES.names())} (or declare a generic one "
+                ck.fail(where, f"unknown axis{did_you_mean(name, AXES.names())}; registered: {', '.join(AXES.names())} (or declare a generic one "
                                f"as a table with method_option, backbone_option or train_field, and levels)")
             axis = ax.get(name)
         if "levels" not in spec:
@@ -301,12 +332,8 @@ def _parse_axes(ck: _Checker, table: Any, methods: list[str], backbones: list[st
         seen = set()
         for i, level in enumerate(levels):
             problem = axis.level_problem(level)
-            if problem is None and axis.target == "train" and axis.value(level) is not None:
-                spec_field = TRAIN_FIELDS[axis.keys[0]]
-                try:
-                    check_field(ck, where, axis.keys[0], axis.value(level), spec_field)
-                except SuiteError as exc:
-                    problem = str(exc).split(": ", 2)[-1]
+            if problem is None and axis.target == "train":
+                problem = TRAIN_FIELDS[axis.keys[0]].problem(axis.value(level))
             if problem:
                 ck.fail(where, problem)
             key = canonical_json(level)
@@ -321,15 +348,12 @@ def _parse_axes(ck: _Checker, table: Any, methods: list[str], backbones: list[st
             for level in levels:
                 value = axis.value(level)
                 allowed = [axis.allowed_by(m, b) for m, b in pairs]
-                if not any(value in a if isinstance(a, tuple) else type_ok(value, a) for a in allowed):
-                    union = []
-                    for a in allowed:
-                        for v in (a if isinstance(a, tuple) else (getattr(a, "__name__", str(a)),)):
-                            if v not in union:
-                                union.append(v)
+                if all(a.problem(value) for a in allowed):
+                    union = list(dict.fromkeys(repr(c) for a in allowed for c in (a.choices or ())))
+                    union += list(dict.fromkeys(a.describe() for a in allowed if a.choices is None))
                     owners = sorted({m if axis.target == "method" else b for m, b in pairs})
                     ck.fail(where, f"{level!r} is not allowed by any of {', '.join(owners)}; allowed: "
-                                   f"{', '.join(map(repr, union))}")
+                                   f"{', '.join(union)}")
         out.append(ax.AxisUse(axis, list(levels)))
     return out
 
@@ -347,7 +371,213 @@ def _parse_matches(ck: _Checker, where: str, value: Any, lists: dict[str, list])
     return value
 
 
+def _check_dataset(ck: _Checker, where: str, name: str, table: Any) -> None:
+    """[datasets.X]: training fields, and a root that is a folder which exists."""
+    validate_settings(ck, where, table, None, ("root",))
+    if "root" in table:
+        from ffbench.datasets import DataError, check_root
+
+        try:
+            check_root(name, table["root"])
+        except DataError as exc:
+            ck.fail(f"{where}.root", f"{exc}; allowed: the path of a folder that exists (a string; relative paths "
+                                     f"are from the current folder)")
+
+
+def check_cells(suite: Suite, cells: list) -> None:
+    """The resolved configuration of every cell against its dataset's size, before any run is claimed.
+
+    ``cells``: the design's cells (anything with ``config``, ``factors`` and ``label``). The sizes come from
+    the dataset card's ``defaults`` (num_classes, n_train); a dataset card without them is loaded (once per
+    process, as ``datasets.verify`` does). The rule is ``config.split_sizes``, which ``data.prepare`` applies
+    again to the loaded data. Raises SuiteError naming the file, the field where the value was set, and
+    what is allowed.
+    """
+    sizes: dict[tuple, dict[str, int]] = {}
+    for cell in cells:
+        c = cell.config
+        root = c.dataset_options.get("root")
+        key = (c.dataset, root)
+        if key not in sizes:
+            sizes[key] = _dataset_sizes(c.dataset, root)
+        n_train, k = sizes[key]["n_train"], sizes[key]["num_classes"]
+        if c.classes is not None and c.classes <= k:
+            n_train = n_train * c.classes // k  # the kept classes' share (balanced classes assumed)
+        try:
+            split_sizes(c.val_size, c.train_subset, c.classes, n_train=n_train, num_classes=k,
+                        dataset=c.dataset)
+        except SplitError as exc:
+            raise SuiteError(f"{suite.path}: {_where_set(suite, cell, exc.field)}: {exc} (cell {cell.label})"
+                             ) from None
+
+
+def _dataset_sizes(name: str, root: Any) -> dict[str, int]:
+    card = DATASETS.get(name).card
+    if all(k in card.defaults for k in DATASET_SIZES):
+        return {k: int(card.defaults[k]) for k in DATASET_SIZES}
+    from ffbench.datasets import load as load_dataset
+
+    raw = load_dataset(name, root)
+    return {"num_classes": raw.num_classes, "n_train": len(raw.train_y), "n_test": len(raw.test_y)}
+
+
+def _where_set(suite: Suite, cell: Any, key: str) -> str:
+    """The section that set training field ``key`` for ``cell``: the latest layer that gives it."""
+    method, dataset = cell.factors["method"], cell.factors["dataset"]
+    for use in suite.axes:
+        level = cell.factors.get(use.name)
+        if use.axis.target == "train" and key in use.axis.keys and level is not None:
+            return f"[axes].{use.name} (level {level!r})"
+    for where, table in ((f'[methods."{method}"]', suite.method_settings.get(method, {})),
+                         (f'[datasets."{dataset}"]', suite.dataset_settings.get(dataset, {})),
+                         ("[train]", suite.train)):
+        if key in table:
+            return f"{where}.{key}"
+    return f"{key} (from method {method}'s card or recipe; set it in [methods.\"{method}\"])"
+
+
 def _check_backbone(ck: _Checker, where: str, table: dict, card: Card) -> None:
     ck.keys(where, table, card.options)
     for k, v in table.items():
-        ck.option(f"{where}.{k}", k, v, card)
+        ck.value(f"{where}.{k}", v, card.options[k])
+
+
+# ---------------------------------------------------------------- [tuning]
+SAMPLERS = ("TPESampler", "RandomSampler", "QMCSampler", "GPSampler", "CmaEsSampler", "GridSampler")
+PRUNERS = ("MedianPruner", "PercentilePruner", "SuccessiveHalvingPruner", "HyperbandPruner", "ThresholdPruner",
+           "NopPruner")
+SPACE_KINDS = ("log", "float", "int", "choice")
+_TUNING_KEYS = ("trials", "seeds", "sampler", "sampler_args", "pruner", "pruner_args", "space", "repeats")
+
+
+def _parse_tuning(ck: _Checker, table: Any, methods: list[str], backbones: list[str], eval_seeds: list[int]
+                  ) -> TuningSpec:
+    """[tuning]: the equal budget, the tuning seeds, the pinned sampler and pruner, and each method's space."""
+    ck.keys("[tuning]", table, _TUNING_KEYS)
+    for k in ("trials", "seeds", "sampler", "pruner"):
+        if k not in table:
+            ck.fail(f"[tuning].{k}", "missing (required: the budget, the seeds and the sampler and pruner are "
+                                     "pinned in the suite file)")
+    trials = table["trials"]
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+        ck.fail("[tuning].trials", "expected a positive integer (trials per method per cell)")
+    seeds = table["seeds"]
+    if (not isinstance(seeds, list) or not seeds or
+            not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        ck.fail("[tuning].seeds", "expected a non-empty list of non-negative integers")
+    if len(set(seeds)) != len(seeds):
+        ck.fail("[tuning].seeds", "contains duplicates")
+    repeats = table.get("repeats", 1)
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or not 1 <= repeats <= 100:
+        ck.fail("[tuning].repeats", "expected an integer in [1, 100] (independent repeats of each cell's search)")
+    all_seeds = [s + r * REPEAT_SEED_STRIDE for r in range(repeats) for s in seeds]
+    shared = sorted(set(all_seeds) & set(eval_seeds))
+    if shared:
+        ck.fail("[tuning].seeds", f"{', '.join(map(str, shared))} also in [design].seeds (repeat r tunes on the "
+                                  f"seeds + r x {REPEAT_SEED_STRIDE}); tuning seeds and evaluation seeds must be "
+                                  f"disjoint (evaluation seeds: {eval_seeds})")
+
+    import optuna
+
+    sampler, pruner = table["sampler"], table["pruner"]
+    if sampler not in SAMPLERS:
+        ck.fail("[tuning].sampler", f"{sampler!r} is not allowed; allowed: {', '.join(SAMPLERS)}")
+    if pruner not in PRUNERS:
+        ck.fail("[tuning].pruner", f"{pruner!r} is not allowed; allowed: {', '.join(PRUNERS)}")
+    sampler_args = _check_tuning_args(ck, "[tuning].sampler_args", table.get("sampler_args", {}),
+                               getattr(optuna.samplers, sampler), exclude=("search_space",))
+    if "seed" in inspect.signature(getattr(optuna.samplers, sampler)).parameters and "seed" not in sampler_args:
+        ck.fail("[tuning].sampler_args.seed", "missing (required: the sampler must be seeded)")
+    pruner_args = _check_tuning_args(ck, "[tuning].pruner_args", table.get("pruner_args", {}),
+                              getattr(optuna.pruners, pruner))
+
+    space_table = table.get("space", {})
+    if not isinstance(space_table, dict):
+        ck.fail("[tuning].space", "expected a table of per-method tables")
+    for name in space_table:
+        if name not in methods:
+            ck.fail(f'[tuning.space."{name}"]', f"not in [design].methods; allowed: {', '.join(methods)}")
+    spaces = {}
+    for m in methods:
+        if m in space_table:
+            where, spec = f'[tuning.space."{m}"]', space_table[m]
+        else:
+            where, spec = f"the tuning_space of {m}'s card (no [tuning.space.\"{m}\"])", METHODS.get(m).card.tuning_space
+        if not isinstance(spec, dict):
+            ck.fail(where, "expected a table of parameters")
+        if not spec:
+            ck.fail(where, f"empty search space for {m}; give [tuning.space.\"{m}\"] (every method is tuned with "
+                           f"the same number of trials)")
+        spaces[m] = {k: _check_tuning_param(ck, f"{where}.{k}", k, v, m, backbones) for k, v in spec.items()}
+    if sampler == "GridSampler":
+        for m, space in spaces.items():
+            if any(v[0] != "choice" for v in space.values()):
+                ck.fail("[tuning].sampler", f"GridSampler needs every parameter as [\"choice\", ...]; {m} has "
+                                            f"{', '.join(k for k, v in space.items() if v[0] != 'choice')}")
+            size = math.prod(len(v) - 1 for v in space.values())
+            if size != trials:
+                ck.fail("[tuning].trials", f"GridSampler: {m}'s grid has {size} points; trials must equal it "
+                                           f"(got {trials})")
+    return TuningSpec(trials, tuple(seeds), sampler, dict(sampler_args), pruner, dict(pruner_args), spaces, repeats)
+
+
+def _check_tuning_args(ck: _Checker, where: str, args: Any, cls: type, exclude: tuple = ()) -> dict:
+    if not isinstance(args, dict):
+        ck.fail(where, "expected a table of keyword arguments")
+    params = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs", *exclude)]
+    for k, v in args.items():
+        if k not in params:
+            ck.fail(f"{where}.{k}", f"not an argument of {cls.__name__}; allowed: {', '.join(params)}")
+        if isinstance(v, dict):
+            ck.fail(f"{where}.{k}", "expected a plain value (numbers, strings, booleans, lists)")
+    return args
+
+
+def _check_tuning_param(ck: _Checker, where: str, name: str, spec: Any, method: str, backbones: list[str]) -> tuple:
+    shapes = '["log", low, high], ["float", low, high], ["int", low, high] or ["choice", value, ...]'
+    if isinstance(spec, tuple):
+        spec = list(spec)
+    if not isinstance(spec, list) or len(spec) < 2 or spec[0] not in SPACE_KINDS:
+        ck.fail(where, f"expected {shapes}")
+    kind, values = spec[0], spec[1:]
+    # what the parameter sets, and which values it takes
+    card = METHODS.get(method).card
+    if name in TRAIN_FIELDS:
+        specs = [TRAIN_FIELDS[name]]
+    elif name.startswith("backbone."):
+        opt = name.split(".", 1)[1]
+        lacking = [b for b in backbones if opt not in BACKBONES.get(b).card.options]
+        if lacking:
+            ck.fail(where, f"backbone option {opt!r} is not offered by {', '.join(lacking)}")
+        specs = [BACKBONES.get(b).card.options[opt] for b in backbones]
+    elif name in card.options:
+        specs = [card.options[name]]
+    else:
+        ck.fail(where, f"unknown parameter; allowed: training fields ({', '.join(TRAIN_FIELDS)}), {method}'s "
+                       f"options ({', '.join(card.options) or 'none'}), or backbone.<option>")
+
+    def ok(v):
+        return not any(spec.problem(v) for spec in specs)
+
+    shown = specs[0].describe()
+    if kind == "choice":
+        if len(values) < 2:
+            ck.fail(where, "a choice needs at least two values")
+        for v in values:
+            if not ok(v):
+                ck.fail(where, f"{v!r} is not allowed for {name}; allowed: {shown}")
+        return ("choice", *values)
+    if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        ck.fail(where, f"expected [{kind!r}, low, high] with numbers")
+    lo, hi = values
+    if not lo < hi:
+        ck.fail(where, f"low ({lo}) must be below high ({hi})")
+    if kind == "log" and lo <= 0:
+        ck.fail(where, f"a log range needs low > 0 (got {lo})")
+    if kind == "int" and not all(isinstance(v, int) for v in values):
+        ck.fail(where, "an int range needs integer bounds")
+    probe = int(lo) if kind == "int" else float(lo)
+    for v in (probe, type(probe)(hi)):
+        if not ok(v):
+            ck.fail(where, f"{kind} values are not allowed for {name}; allowed: {shown}")
+    return (kind, lo, hi)

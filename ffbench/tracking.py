@@ -1,24 +1,146 @@
 """The MLflow mirror of the results store: experiment = suite, parent run = cell, child run = seed.
 
-The store stays the source of truth; this module only copies finished runs into MLflow, with every
-factor and setting as a tag (so the UI can group and filter), per-epoch metrics as steps (logged in
-batches), and each cell's aggregate over its seeds on the parent run. The tracking URI is always
-explicit and absolute, and the database and experiment are created once, before any worker starts.
+The store stays the source of truth and MLflow is a projection of it that can be replayed at any time:
+a finished row is saved first and mirrored afterwards, and the store records which rows are completely
+in MLflow (``Store.mark_mirrored``), so ``sync`` copies whatever a kill or an outage left out. Every
+write is idempotent: a child is found by its tag ``ffbench.run_id`` and completed, never duplicated;
+a parent is found by its cell ID and created once, when the cell's first run starts (under a file lock
+beside a local store; against a server by create-then-recheck, keeping the oldest), and ends with the
+cell's last run, so its duration is the cell's own.
+
+A run is streamed while it trains (``LiveRun``): its child is created RUNNING when the run starts and
+each epoch's metrics go out in one ``log_batch`` on a background thread, so training never waits for
+MLflow; the mirror of the finished row then completes the same child. Every point has a deterministic
+step (the epoch) and timestamp (the run's start plus its cumulative training seconds, both in the
+store), so the mirror and any replay write exactly the points already streamed, which MLflow keeps once.
+A child left by an abandoned attempt of the same run (another start time) is replaced, not extended.
+
+MLflow never stops a suite: calls time out after seconds, and the first failure puts the tracker in a
+degraded mode for the rest of the process (one warning naming the tracking URI; later calls return at
+once), with the backlog left in the store for ``ffbench sync``.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
 import os
+import queue
+import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
+from urllib.parse import urlparse
 
 from ffbench.config import canonical_json
 
 MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
+# MLflow's own defaults (120 s timeout, 7 retries with backoff) block about 4 minutes per call when the
+# server is down; the user's settings win
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+COMPLETE = "ffbench.mirrored"  # set last on a child: a child without it was cut short and is completed
+STARTED = "ffbench.started"  # the attempt a child belongs to (the run's start time in the store)
+# MLflow 3 opens an experiment on its GenAI pages unless it is a model-training one: the experiment tag,
+# and the UI's own switch (the `workflowType` query parameter, else the browser's last choice)
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+UI_WORKFLOW = "workflowType=machine_learning"
+QUIET_LOGGERS = ("mlflow", "alembic")
+# MLflow refusing one request (a bad value, a clash): that write fails, the tracker stays up
+_REFUSALS = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST",
+             "INVALID_STATE"}
+_DOWN: dict[str, str] = {}  # tracking URI -> why it is off for the rest of this process
+
+
+def configure_environment() -> None:
+    """Short HTTP timeouts and retries unless the user set them, and MLflow's usage telemetry off unless
+    FFBENCH_MLFLOW_TELEMETRY=1. Telemetry is decided when mlflow is imported, so call this first (the
+    Tracker does; so should any command that starts an MLflow server)."""
+    for k, v in HTTP_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    if os.environ.get("FFBENCH_MLFLOW_TELEMETRY") != "1":
+        os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+        os.environ["DO_NOT_TRACK"] = "true"
+        if "mlflow.telemetry.client" in sys.modules:  # imported earlier: drop the client it started
+            from mlflow.telemetry.client import set_telemetry_client
+
+            set_telemetry_client()
+
+
+def quiet_logging(verbose: bool = False) -> None:
+    """MLflow's INFO lines (database migrations, run links) off unless ``verbose``: MLflow reads
+    MLFLOW_LOGGING_LEVEL when imported, and the loggers are set here for an MLflow imported already."""
+    level = "INFO" if verbose else "WARNING"
+    if verbose:
+        os.environ["MLFLOW_LOGGING_LEVEL"] = level
+    else:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", level)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(os.environ["MLFLOW_LOGGING_LEVEL"] if name == "mlflow" else level)
+
+
+def experiment_url(base: str, experiment_id: str) -> str:
+    """The address of an experiment's run table in the MLflow UI."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{UI_WORKFLOW}"
+
+
+def epoch_points(curves: Iterable[dict[str, Any]], started: float | None) -> Iterator[tuple[int, int, dict]]:
+    """(step, timestamp in ms, metrics) per epoch row, in order: the step is the epoch, the timestamp the
+    run's start plus its training seconds so far. The one rule for streaming and for the mirror, so a
+    replay writes the very points streamed (MLflow keeps identical points once)."""
+    start_ms = int(round((started or 0.0) * 1000))
+    seconds = 0.0
+    for row in curves:
+        seconds += float(row.get("epoch_time_s") or 0.0)
+        metrics = {k: float(v) for k, v in row.items() if k not in ("epoch", "seed") and _finite(v)}
+        yield int(row["epoch"]), start_ms + int(round(seconds * 1000)), metrics
 
 
 def default_tracking_uri(out_dir: Path) -> str:
     return f"sqlite:///{(Path(out_dir) / 'mlflow.db').resolve()}"
+
+
+def lock_path(uri: str) -> Path | None:
+    """The lock file that serialises MLflow set-up across processes for a local store (beside a SQLite
+    database, inside a file store's folder); None for servers and remote databases."""
+    if uri.startswith("sqlite:"):
+        db = uri.split("://", 1)[1].split("?", 1)[0][1:] if "://" in uri else ""
+        if db in ("", ":memory:"):
+            return None
+        path = Path(db)
+        return path.with_name(path.name + ".lock")
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path if parsed.scheme else uri) / ".ffbench.lock"
+    return None
+
+
+_LOCKS: dict[str, list] = {}  # path -> [thread lock, open file while held, depth]
+_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Exclusive across processes (flock); re-entrant within one, so nested find-or-create cannot
+    deadlock on its own lock."""
+    with _LOCKS_GUARD:
+        entry = _LOCKS.setdefault(str(path), [threading.RLock(), None, 0])
+    with entry[0]:
+        if entry[2] == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(path, "a+")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            entry[1] = fh
+        entry[2] += 1
+        try:
+            yield
+        finally:
+            entry[2] -= 1
+            if entry[2] == 0:
+                fcntl.flock(entry[1], fcntl.LOCK_UN)
+                entry[1].close()
+                entry[1] = None
 
 
 def _flat(prefix: str, d: dict[str, Any]) -> dict[str, str]:
@@ -29,62 +151,165 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
 
 
-class Tracker:
-    def __init__(self, tracking_uri: str, artifact_root: Path):
-        os.environ.pop("MLFLOW_RUN_ID", None)  # a stray run id would override our parent runs
-        from mlflow.tracking import MlflowClient
+def _oldest(found: list) -> Any:
+    return min(found, key=lambda r: (r.info.start_time or 0, r.info.run_id))
 
+
+class Tracker:
+    """Writes to one MLflow tracking URI; never raises into the suite (see the module docstring)."""
+
+    def __init__(self, tracking_uri: str, artifact_root: Path):
+        configure_environment()
+        os.environ.pop("MLFLOW_RUN_ID", None)  # a stray run id would override our parent runs
         self.uri = tracking_uri
         self.artifact_root = Path(artifact_root).resolve()
-        self.client = MlflowClient(tracking_uri=tracking_uri)
-        self._parents: dict[str, str] = {}
+        self.lock = lock_path(tracking_uri)
+        self.client: Any = None
         self.experiment_id: str | None = None
+        self.suite_name: str | None = None  # the experiment's name
+        self.skipped = 0  # finished runs this process could not mirror (left for `ffbench sync`)
+        self._parents: dict[str, str] = {}
+        self._queue: queue.Queue | None = None  # streamed writes, done in order by one background thread
+        self._guard("open the tracking store", self._connect)
 
-    def init_experiment(self, suite_name: str, suite_version: int, description: str = "") -> str:
-        exp = self.client.get_experiment_by_name(suite_name)
-        if exp is None:
-            location = (self.artifact_root / suite_name).as_uri()
-            try:
-                eid = self.client.create_experiment(suite_name, artifact_location=location,
-                                                    tags={"ffbench.suite": suite_name,
-                                                          "mlflow.note.content": description})
-            except Exception:  # another process created it first
-                eid = self.client.get_experiment_by_name(suite_name).experiment_id
-        else:
-            eid = exp.experiment_id
-        self.experiment_id = eid
+    # ------------------------------------------------------------ failure policy
+    @property
+    def degraded(self) -> str | None:
+        """Why MLflow is off for the rest of this process, or None while it works."""
+        return _DOWN.get(self.uri)
+
+    def _guard(self, what: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        if self.degraded or (self.client is None and fn != self._connect):
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+            if getattr(exc, "error_code", None) in _REFUSALS:
+                print(f"warning: MLflow at {self.uri} refused to {what} ({reason}); the results store keeps it",
+                      file=sys.stderr)
+                return None
+            _DOWN[self.uri] = reason
+            print(f"warning: MLflow at {self.uri} is unavailable ({what}: {reason}); mirroring is off for the "
+                  f"rest of this process, the results store keeps every run and `ffbench sync` copies them later",
+                  file=sys.stderr)
+            return None
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with file_lock(self.lock) if self.lock is not None else contextlib.nullcontext():
+            yield
+
+    def _connect(self) -> None:
+        from mlflow.tracking import MlflowClient
+
+        if self.uri.startswith("sqlite:") and self.lock is not None:
+            self.lock.parent.mkdir(parents=True, exist_ok=True)
+        with self._locked():  # the first client on a fresh database runs MLflow's schema migration
+            self.client = MlflowClient(tracking_uri=self.uri)
+
+    # ------------------------------------------------------------ find or create, once
+    def _search(self, filter_string: str, max_results: int = 100) -> list:
+        return list(self.client.search_runs([self.experiment_id], filter_string, max_results=max_results))
+
+    def _find_or_create(self, filter_string: str, create: Callable[[], str]) -> tuple[str, Any]:
+        """(run ID, the run found or None if created). Under the lock for local stores; against a server,
+        create and search again: every process keeps the oldest and deletes a duplicate it made."""
+        with self._locked():
+            found = self._search(filter_string)
+            if found:
+                return (keep := _oldest(found)).info.run_id, keep
+            rid = create()
+            if self.lock is None:
+                keep = _oldest(self._search(filter_string) or [self.client.get_run(rid)])
+                if keep.info.run_id != rid:
+                    self.client.delete_run(rid)
+                    return keep.info.run_id, keep
+            return rid, None
+
+    # ------------------------------------------------------------ experiment and parents
+    def init_experiment(self, suite_name: str, suite_version: int = 0, description: str = "") -> str | None:
+        return self._guard(f"open experiment {suite_name!r}", self._init_experiment, suite_name, description)
+
+    def _init_experiment(self, suite_name: str, description: str) -> str:
+        from mlflow.exceptions import MlflowException
+
+        with self._locked():
+            exp = self.client.get_experiment_by_name(suite_name)
+            if exp is None:
+                try:
+                    eid = self.client.create_experiment(
+                        suite_name, artifact_location=(self.artifact_root / suite_name).as_uri(),
+                        tags={"ffbench.suite": suite_name, "mlflow.note.content": description, **EXPERIMENT_KIND})
+                except MlflowException as exc:  # another machine created it first
+                    if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                        raise
+                    eid = self.client.get_experiment_by_name(suite_name).experiment_id
+            else:
+                eid = exp.experiment_id
+                if exp.lifecycle_stage == "deleted":  # deleted in the UI: bring it back rather than fail
+                    self.client.restore_experiment(eid)
+                for k, v in EXPERIMENT_KIND.items():  # experiments made by an earlier ffbench
+                    if exp.tags.get(k) != v:
+                        self.client.set_experiment_tag(eid, k, v)
+        if self.suite_name != suite_name:
+            self._parents.clear()
+        self.experiment_id, self.suite_name = eid, suite_name
         return eid
 
-    def parent_run(self, cell_id: str, factors: dict[str, Any], config: dict[str, Any], suite_version: int) -> str:
-        """The cell's parent run, created if missing (the launcher creates them all before workers start)."""
+    def parent_run(self, cell_id: str, factors: dict[str, Any], config: dict[str, Any],
+                   suite_version: int, started: float | None = None) -> str | None:
+        """The cell's parent run, created once whichever process asks first; ``started`` (seconds since the
+        epoch): the start of the cell's first run, its start time."""
+        return self._guard(f"create the parent run of cell {cell_id}", self._parent_run, cell_id, factors, config,
+                           suite_version, started)
+
+    def _parent_run(self, cell_id: str, factors: dict[str, Any], config: dict[str, Any], suite_version: int,
+                    started: float | None = None) -> str:
         if cell_id in self._parents:
             return self._parents[cell_id]
-        found = self.client.search_runs([self.experiment_id], f"tags.`ffbench.cell_id` = '{cell_id}' "
-                                        f"and tags.`ffbench.kind` = 'cell'", max_results=1)
-        if found:
-            rid = found[0].info.run_id
-        else:
-            name = "/".join(str(v) if k in ("method", "dataset", "backbone") else f"{k}={v}"
-                            for k, v in factors.items() if v is not None)
-            tags = {"ffbench.cell_id": cell_id, "ffbench.kind": "cell", "ffbench.suite_version": str(suite_version),
-                    **_flat("", factors), **_flat("cfg.", _config_tags(config))}
-            rid = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
-            self.client.set_terminated(rid, "RUNNING")
+        name = "/".join(str(v) if k in ("method", "dataset", "backbone") else f"{k}={v}"
+                        for k, v in factors.items() if v is not None)
+        tags = {"ffbench.cell_id": cell_id, "ffbench.kind": "cell", "ffbench.suite_version": str(suite_version),
+                **_flat("", factors), **_flat("cfg.", _config_tags(config))}
+        rid, _ = self._find_or_create(f"tags.`ffbench.cell_id` = '{cell_id}' and tags.`ffbench.kind` = 'cell'",
+                                      lambda: self.client.create_run(self.experiment_id, run_name=name, tags=tags,
+                                                                     start_time=_ms(started)).info.run_id)
         self._parents[cell_id] = rid
         return rid
 
-    def log_run(self, row: dict[str, Any]) -> str:
-        """Mirror one finished run (a store row) as a child of its cell's parent run."""
-        from mlflow.entities import Metric, Param, RunTag
+    def load_parents(self) -> int:
+        """Learn every existing parent of the experiment in one paged search (a sync then creates only the
+        missing ones); return how many are known."""
+        return self._guard("list parent runs", self._load_parents) or 0
 
-        parent = self.parent_run(row["cell_id"], row["factors"], row["config"], row["suite_version"])
+    def _load_parents(self) -> int:
+        found: dict[str, list] = {}
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], "tags.`ffbench.kind` = 'cell'", max_results=1000,
+                                           page_token=token)
+            for r in page:
+                found.setdefault(r.data.tags.get("ffbench.cell_id", ""), []).append(r)
+            token = page.token
+            if not token:
+                break
+        for cell_id, runs in found.items():
+            self._parents.setdefault(cell_id, _oldest(runs).info.run_id)
+        return len(self._parents)
+
+    # ------------------------------------------------------------ children
+    def _child_tags(self, row: dict[str, Any], parent: str) -> dict[str, str]:
         role = row["role"]
-        name = f"seed {row['seed']}" if role == "evaluation" else f"trial {row['trial']} seed {row['seed']}"
         tags = {"mlflow.parentRunId": parent, "ffbench.run_id": row["run_id"], "ffbench.cell_id": row["cell_id"],
                 "ffbench.kind": role, "ffbench.role": role, "ffbench.status": row["status"],
                 "seed": str(row["seed"]), **_flat("", row["factors"]), **_flat("cfg.", _config_tags(row["config"]))}
+        if row.get("started") is not None:
+            tags[STARTED] = repr(float(row["started"]))
         if row.get("trial") is not None:
             tags["ffbench.trial"] = str(row["trial"])
+        if row.get("generation"):  # executed again on purpose (--rerun): a child of its own, not the old one
+            tags["ffbench.generation"] = str(row["generation"])
         if row.get("optuna_trial") is not None:
             tags["ffbench.optuna_trial"] = str(row["optuna_trial"])
         for k, v in (row.get("params") or {}).items():
@@ -93,45 +318,132 @@ class Tracker:
             tags["ffbench.error"] = row["error"][:4000]
         manifest = row.get("manifest") or {}
         tags.update({f"manifest.{k}": str(v)[:4000] for k, v in manifest.items() if not isinstance(v, dict)})
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags,
-                                     start_time=int((row.get("started") or time.time()) * 1000))
-        rid = run.info.run_id
-        now = int(time.time() * 1000)
-        metrics = []
-        for epoch_row in row.get("curves") or []:
-            step = int(epoch_row["epoch"])
-            metrics += [Metric(k, float(v), now, step) for k, v in epoch_row.items() if k != "epoch" and _finite(v)]
-        finals = {**(row.get("metrics") or {}), **{k: v for k, v in (row.get("compute") or {}).items()}}
-        metrics += [Metric(f"final.{k}", float(v), now, 0) for k, v in finals.items() if _finite(v)]
+        return tags
+
+    def _child(self, row: dict[str, Any]) -> tuple[str, Any, dict[str, str]]:
+        """(MLflow run ID, the child found or None if created, its tags) of a store row: found by its
+        ffbench run ID (and generation), created RUNNING at the run's start time when missing. A child of
+        an abandoned attempt of the run (another start time, never completed) is deleted and made anew."""
+        parent = self._parent_run(row["cell_id"], row["factors"], row["config"], row["suite_version"],
+                                  row.get("started") or row.get("finished"))
+        tags = self._child_tags(row, parent)
+        name = f"seed {row['seed']}" if row["role"] == "evaluation" else f"trial {row['trial']} seed {row['seed']}"
+        key = f"tags.`ffbench.run_id` = '{row['run_id']}'"
+        if row.get("generation"):
+            key += f" and tags.`ffbench.generation` = '{row['generation']}'"
+
+        def create() -> str:
+            return self.client.create_run(self.experiment_id, run_name=name, tags=tags,
+                                          start_time=_ms(row.get("started") or row.get("finished"))).info.run_id
+
+        rid, found = self._find_or_create(key, create)
+        if (found is not None and STARTED in tags and found.data.tags.get(COMPLETE) != "1"
+                and found.data.tags.get(STARTED, tags[STARTED]) != tags[STARTED]):
+            self.client.delete_run(rid)
+            rid, found = self._find_or_create(key, create)
+        return rid, found, tags
+
+    def log_run(self, row: dict[str, Any]) -> str | None:
+        """Mirror one finished run (a store row) as a child of its cell's parent run; idempotent. Returns the
+        MLflow run ID, or None when MLflow is down or refused (the row stays unmirrored)."""
+        self.flush()  # the run's streamed epochs first: the mirror completes that child
+        return self._guard(f"mirror run {row.get('run_id')}", self._log_run, row)
+
+    def _log_run(self, row: dict[str, Any]) -> str:
+        from mlflow.entities import Metric, Param, RunTag
+
+        rid, found, tags = self._child(row)
+        # already complete: the store had not recorded it (a kill in between), or an older ffbench mirrored it
+        if found is not None and (found.data.tags.get(COMPLETE) == "1" or rid == row.get("mlflow_run_id")):
+            return rid
+        # the same steps and timestamps as the streamed epochs (epoch_points): nothing is written twice
+        metrics = [Metric(k, v, ts, step) for step, ts, m in epoch_points(row.get("curves") or [], row.get("started"))
+                   for k, v in m.items()]
+        ts = _ms(row.get("finished") or row.get("started")) or 0
+        finals = {**(row.get("metrics") or {}), **(row.get("compute") or {})}
+        metrics += [Metric(f"final.{k}", float(v), ts, 0) for k, v in finals.items() if _finite(v)]
         params = [Param(k[:250], str(v)[:6000]) for k, v in _config_tags(row["config"]).items()]
-        self._batch(rid, metrics, params, [])
+        self._batch(rid, metrics, params, [RunTag(k, v) for k, v in tags.items()])
         state = {"done": "FINISHED", "pruned": "KILLED"}.get(row["status"], "FAILED")
-        self.client.set_terminated(rid, state,
-                                   end_time=int((row.get("finished") or time.time()) * 1000))
+        self.client.set_terminated(rid, state, end_time=ts or None)
+        self.client.set_tag(rid, COMPLETE, "1")
         return rid
 
+    # ------------------------------------------------------------ streaming while a run trains
+    def live(self, row: dict[str, Any]) -> "LiveRun":
+        """Stream a claimed row (``started`` set) while it trains: see ``LiveRun``."""
+        return LiveRun(self, row)
+
+    def _submit(self, what: str, fn: Callable, *args: Any) -> None:
+        """Queue an MLflow write for the background thread (the failure policy of ``_guard`` applies)."""
+        if self.degraded or self.client is None:
+            return
+        if self._queue is None:
+            self._queue = queue.Queue()
+            threading.Thread(target=self._drain, args=(self._queue,), name="ffbench-mlflow", daemon=True).start()
+        self._queue.put((what, fn, args))
+
+    def _drain(self, q: queue.Queue) -> None:
+        while True:
+            what, fn, args = q.get()
+            try:
+                self._guard(what, fn, *args)
+            finally:
+                q.task_done()
+
+    def flush(self) -> None:
+        """Wait until every streamed write is done."""
+        if self._queue is not None:
+            self._queue.join()
+
+    # ------------------------------------------------------------ aggregates and artifacts
     def log_cell_summary(self, cell_id: str, factors: dict[str, Any], config: dict[str, Any],
                          suite_version: int, summary: dict[str, Any], done: bool,
-                         budget_curve: list[tuple[int, float]] | None = None) -> None:
+                         budget_curve: list[tuple[int, float]] | None = None,
+                         span: tuple[float | None, float | None] = (None, None)) -> None:
         """Aggregate figures across a cell's evaluation seeds onto its parent run (rank/compare in the UI);
         for a tuned cell also the tuning outcome and its budget curve (best validation accuracy after k
-        trials, as the metric ``tuning.best_val_acc`` at step k)."""
+        trials, as the metric ``tuning.best_val_acc`` at step k). ``span``: the start of the cell's first
+        run and the end of its last (seconds since the epoch), the parent's start and end."""
+        self._guard(f"update the aggregate of cell {cell_id}", self._log_cell_summary, cell_id, factors, config,
+                    suite_version, summary, done, budget_curve, span)
+
+    def _log_cell_summary(self, cell_id, factors, config, suite_version, summary, done, budget_curve,
+                          span=(None, None)) -> None:
         from mlflow.entities import Metric, RunTag
 
-        rid = self.parent_run(cell_id, factors, config, suite_version)
+        rid = self._parent_run(cell_id, factors, config, suite_version, span[0])
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, 0) for k, v in summary.items() if _finite(v)]
         metrics += [Metric("tuning.best_val_acc", float(v), now, int(k)) for k, v in (budget_curve or [])]
         tags = [RunTag(k, str(v)) for k, v in summary.items() if not _finite(v) and v is not None]
         self._batch(rid, metrics, [], tags)
         if done:
-            self.client.set_terminated(rid, "FINISHED")
+            self.client.set_terminated(rid, "FINISHED", end_time=_ms(span[1]))
+
+    def close_parents(self, complete: set[str], started: Iterable[tuple] = ()) -> None:
+        """After an interruption: no parent is left RUNNING (FINISHED when its cell is ``complete``, else
+        KILLED until a later run's aggregate step finishes it), and every cell in ``started`` ((cell ID,
+        factors, config, suite version) of the cells whose runs were claimed) has one, even if the
+        interruption came before its first run reached MLflow."""
+        self.flush()
+        self._guard("close the parent runs", self._close_parents, complete, list(started))
+
+    def _close_parents(self, complete: set[str], started: list[tuple] = ()) -> None:
+        self._load_parents()  # parents that worker processes created as their cells started
+        for cell in started:
+            self._parent_run(*cell)
+        for cell_id, rid in self._parents.items():
+            if self.client.get_run(rid).info.status == "RUNNING":
+                self.client.set_terminated(rid, "FINISHED" if cell_id in complete else "KILLED")
 
     def log_artifacts(self, paths: Iterable[Path], artifact_path: str | None = None) -> None:
         """Attach files (reports, tables) to the experiment through a dedicated 'suite' run."""
-        found = self.client.search_runs([self.experiment_id], "tags.`ffbench.kind` = 'suite'", max_results=1)
-        rid = found[0].info.run_id if found else self.client.create_run(
-            self.experiment_id, run_name="suite report", tags={"ffbench.kind": "suite"}).info.run_id
+        self._guard("attach report files", self._log_artifacts, list(paths), artifact_path)
+
+    def _log_artifacts(self, paths: list[Path], artifact_path: str | None) -> None:
+        rid, _ = self._find_or_create("tags.`ffbench.kind` = 'suite'", lambda: self.client.create_run(
+            self.experiment_id, run_name="suite report", tags={"ffbench.kind": "suite"}).info.run_id)
         for p in paths:
             self.client.log_artifact(rid, str(p), artifact_path)
         self.client.set_terminated(rid, "FINISHED")
@@ -140,6 +452,87 @@ class Tracker:
         for i in range(0, max(len(metrics), 1), MAX_BATCH):
             self.client.log_batch(rid, metrics=metrics[i:i + MAX_BATCH], params=params if i == 0 else [],
                                   tags=tags if i == 0 else [])
+
+    # ------------------------------------------------------------ what is left
+    def backlog_message(self, store, suite_name: str) -> str | None:
+        """One line for the end of a command when runs await mirroring (None when MLflow is complete)."""
+        waiting = len(store.unmirrored(suite_name, self.uri))
+        if not waiting:
+            return None
+        why = f" (MLflow unavailable: {self.degraded})" if self.degraded else ""
+        return (f"{waiting} finished run(s) of {suite_name!r} await mirroring to {self.uri}{why}; "
+                f"`ffbench sync {suite_name}` copies them")
+
+
+class LiveRun:
+    """A run's child in MLflow while it trains: created RUNNING at the run's start, and each epoch's
+    metrics sent in one ``log_batch`` when the epoch ends. The writes happen on the tracker's background
+    thread, in order, so the training thread only queues them; the mirror of the finished row completes
+    the child (``Tracker.log_run`` waits for the queue first)."""
+
+    def __init__(self, tracker: Tracker, row: dict[str, Any]):
+        self.tracker, self.row = tracker, row
+        self.rows: list[dict[str, Any]] = []  # the epochs so far, as the store will hold them
+        # the child (and its cell's parent) exist before training starts: one call per run, not per epoch
+        tracker.flush()
+        found = tracker._guard(f"start the MLflow run of {row['run_id']}", tracker._child, row)
+        self.run_id: str | None = found[0] if found else None
+
+    def stop(self) -> None:
+        """The run was interrupted and given back: its child is KILLED until the run is executed again."""
+        self.tracker.flush()
+        if self.run_id is not None:
+            self.tracker._guard(f"close the MLflow run of {self.row['run_id']}", self.tracker.client.set_terminated,
+                                self.run_id, "KILLED")
+
+    def epoch(self, epoch_row: dict[str, Any]) -> None:
+        """Queue one finished epoch (a row of the run's curves)."""
+        self.rows.append(epoch_row)
+        step, ts, metrics = list(epoch_points(self.rows, self.row.get("started")))[-1]
+        self.tracker._submit(f"stream epoch {step} of {self.row['run_id']}", self._log, step, ts, metrics)
+
+    def _log(self, step: int, ts: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        if self.run_id is not None:
+            self.tracker._batch(self.run_id, [Metric(k, v, ts, step) for k, v in metrics.items()], [], [])
+
+
+def mirror(store, tracker: Tracker, row: dict[str, Any] | str) -> bool:
+    """Copy one finished store row (or run ID) into MLflow and record that in the store. False when MLflow
+    is down or refused it: the row stays unmirrored for the next sync."""
+    if tracker.degraded:
+        tracker.skipped += 1
+        return False
+    if isinstance(row, str):
+        row = store.rows(run_id=row)[0]
+    rid = tracker.log_run(row)
+    if rid is None:
+        tracker.skipped += 1
+        return False
+    store.mark_mirrored(row["run_id"], rid, tracker.uri)
+    return True
+
+
+def sync(store, suite_name: str, tracker: Tracker,
+         aggregates: Callable[[], None] | None = None) -> tuple[int, int]:
+    """Replay into MLflow whatever of ``suite_name`` the store holds and MLflow lacks: the experiment, the
+    parents and children of every finished run not yet mirrored to this tracking URI, and then (when given)
+    ``aggregates()``, which refreshes the parents' cell aggregates. Returns (mirrored, failed); never raises
+    for MLflow trouble. Safe to run while workers write (every write is idempotent)."""
+    rows = store.unmirrored(suite_name, tracker.uri)
+    if tracker.experiment_id is None or tracker.suite_name != suite_name:
+        tracker.init_experiment(suite_name)
+    if rows:
+        tracker.load_parents()
+    mirrored = sum(mirror(store, tracker, r) for r in rows)
+    if aggregates is not None and not tracker.degraded:
+        aggregates()
+    return mirrored, len(rows) - mirrored
+
+
+def _ms(seconds: float | None) -> int | None:
+    return int(round(seconds * 1000)) if seconds else None
 
 
 def _config_tags(config: dict[str, Any]) -> dict[str, Any]:

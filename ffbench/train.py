@@ -3,7 +3,12 @@
 Per epoch: the method's training steps over the device-resident loader (timed with device
 synchronisation, evaluation excluded), then evaluation on validation and test with every inference
 rule and every unit. The reported test accuracy is the one at the epoch with the best validation
-accuracy; test accuracy never selects anything. A non-finite loss ends the run as a recorded failure.
+accuracy; test accuracy never selects anything.
+
+Divergence ends the run as a recorded failure (status "failed", error "diverged: ..."): an epoch's mean
+training loss that is non-finite, or whose magnitude is above both ``DIVERGED_FACTOR`` (1e3) times the
+loss of the first training step (the loss at initialisation) and ``DIVERGED_FLOOR`` (1e3). The first step is
+the reference, not the first epoch, because a learning rate far too high explodes within the first epoch.
 """
 from __future__ import annotations
 
@@ -18,17 +23,36 @@ from ffbench import backbones
 from ffbench.config import RunConfig, TRAIN_FIELDS
 from ffbench.data import Data, DeviceLoader, Split, prepare
 from ffbench.method import Context, Method
+from ffbench.options import check_options
 from ffbench.registry import METHODS
 from ffbench.seeds import Streams
+from ffbench.correctness import encode_correct
 
 
 class Diverged(RuntimeError):
     pass
 
 
+DIVERGED_FACTOR = 1e3  # an epoch's mean training loss this many times the initial loss ...
+DIVERGED_FLOOR = 1e3  # ... and above this in magnitude: the run diverged
+DIVERGED = "diverged: "  # how a diverged run's error text starts (its status is "failed", counted as one)
+
+
+def divergence(loss: float | None, initial: float | None) -> str | None:
+    """Why an epoch's mean training loss means the run diverged (see the module docstring), or None."""
+    if loss is None:
+        return None
+    if not math.isfinite(loss):
+        return f"non-finite training loss ({loss})"
+    if initial is not None and abs(loss) > DIVERGED_FLOOR and abs(loss) > DIVERGED_FACTOR * abs(initial):
+        return (f"training loss {loss:.3g} is above {DIVERGED_FACTOR:g} x the initial loss {initial:.3g} "
+                f"(and above {DIVERGED_FLOOR:g})")
+    return None
+
+
 @dataclass
 class RunResult:
-    status: str  # "done" or "failed"
+    status: str  # "done" or "failed" (a diverged run too: its error starts with DIVERGED)
     error: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     curves: list[dict[str, Any]] = field(default_factory=list)
@@ -96,10 +120,33 @@ class _Held:
             self.meter._release(self.key)
 
 
+class TrainingPeak:
+    """Peak device memory of the training steps above what is held before training starts (the resident
+    data splits, the parameters): the peak is reset before each epoch's steps and read after them, so
+    evaluation is left out. The three memory functions are injected (CUDA's in ``for_cuda``)."""
+
+    def __init__(self, allocated: Callable[[], int], max_allocated: Callable[[], int], reset: Callable[[], None]):
+        self.max_allocated, self.reset = max_allocated, reset
+        self.base = allocated()
+        self.peak = 0
+
+    @classmethod
+    def for_cuda(cls, device: torch.device) -> "TrainingPeak":
+        return cls(lambda: torch.cuda.memory_allocated(device), lambda: torch.cuda.max_memory_allocated(device),
+                   lambda: torch.cuda.reset_peak_memory_stats(device))
+
+    def start(self) -> None:
+        self.reset()
+
+    def stop(self) -> None:
+        self.peak = max(self.peak, self.max_allocated() - self.base)
+
+
 def method_options(config: RunConfig) -> dict[str, Any]:
+    """The card's option defaults updated with the run's, checked against the card (the one place)."""
     card = METHODS.get(config.method).card
     defaults = {k: v for k, v in card.defaults.items() if k not in TRAIN_FIELDS}
-    return {**defaults, **config.method_options}
+    return check_options(card.options, {**defaults, **config.method_options}, f"method {config.method}")
 
 
 def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
@@ -108,27 +155,37 @@ def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
     if schedule == "cooldown":  # constant, then linear decay to 0 over the second half (loeweX FF)
         half = epochs / 2
         return 1.0 if epoch < half else max(0.0, (epochs - epoch) / (epochs - half))
+    if schedule == "cooldown-loewex":  # loeweX FF utils: 2 (1 + E - e) / E after the first half (0-based e)
+        return 1.0 if epoch <= epochs // 2 else 2 * (1 + epochs - epoch) / epochs
     return 1.0
 
 
 @torch.no_grad()
-def evaluate(method: Method, split: Split, batch_size: int) -> tuple[dict[str, float], list[float]]:
-    """Accuracy of every inference rule and of every unit's scores on ``split``."""
+def evaluate(method: Method, split: Split, batch_size: int,
+             correct: list[torch.Tensor] | None = None) -> tuple[dict[str, float], list[float]]:
+    """Accuracy of every inference rule and of every unit's scores on ``split``; ``correct``, when given,
+    receives the default rule's per-example correctness, batch by batch."""
     method.eval()
     rule_hits: dict[str, torch.Tensor] = {}
     unit_hits: list[torch.Tensor] = []
+    batch_size = min(batch_size, method.max_eval_batch or batch_size)
     for i in range(0, len(split), batch_size):
         x, y = split.x[i:i + batch_size], split.y[i:i + batch_size]
         rules, units = method.evaluate(x)
         for name, scores in rules.items():
-            rule_hits[name] = rule_hits.get(name, 0) + (scores.argmax(1) == y).sum()
+            hit = scores.argmax(1) == y
+            rule_hits[name] = rule_hits.get(name, 0) + hit.sum()
+            if correct is not None and name == method.default_rule:
+                correct.append(hit)
         for k, scores in enumerate(units):
             if k == len(unit_hits):
                 unit_hits.append(torch.zeros((), device=y.device))
             unit_hits[k] += (scores.argmax(1) == y).sum()
     n = len(split)
     method.train()
-    return {k: v.item() / n for k, v in rule_hits.items()}, [v.item() / n for v in unit_hits]
+    first = method.default_rule  # the harness puts the card's default rule first
+    order = [first, *(r for r in rule_hits if r != first)]
+    return {k: rule_hits[k].item() / n for k in order}, [v.item() / n for v in unit_hits]
 
 
 def build(config: RunConfig, data: Data, streams: Streams, device: torch.device) -> Method:
@@ -151,21 +208,22 @@ def fit(config: RunConfig, device: torch.device | str = "auto",
     if data is None:
         data = prepare(config.dataset, streams, device, val_size=config.val_size,
                        train_subset=config.train_subset, classes=config.classes,
-                       root=config.dataset_options.get("root"))
+                       root=config.dataset_options.get("root"), normalize=config.dataset_options.get("normalize"),
+                       val_split=config.dataset_options.get("val_split"))
     method = build(config, data, streams, device)
     loader = DeviceLoader(data.train, config.batch_size, order_gen=streams.torch("order", device),
                           augment_gen=streams.torch("augment", device), crop_padding=config.crop_padding,
                           flip=config.flip)
     params = list(method.parameters())
     meter = SavedTensorMeter(params)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    memory = TrainingPeak.for_cuda(device) if device.type == "cuda" else None
 
     result = RunResult(status="done")
     result.compute = {"device": str(device), "n_params": sum(p.numel() for p in params),
                       "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
                       "num_classes": data.num_classes, "units": list(method.backbone.unit_names)}
     best_val, train_time = -1.0, 0.0
+    initial_loss: float | None = None  # the first step's loss: the reference of the divergence rule
     method.train()
     try:
         for epoch in range(config.epochs):
@@ -173,11 +231,15 @@ def fit(config: RunConfig, device: torch.device | str = "auto",
             method.start_epoch(epoch)
             sums: dict[str, torch.Tensor] = {}
             sync(device)
+            if memory:
+                memory.start()
             t0 = time.perf_counter()
             for i, (x, y) in enumerate(loader):
                 if epoch == 0 and i < 2:  # measure activation memory on the first steps only
                     with meter.hooks():
                         stats = method.train_step(x, y)
+                    if i == 0 and "loss" in stats:
+                        initial_loss = float(stats["loss"])
                 else:
                     stats = method.train_step(x, y)
                 for k, v in stats.items():
@@ -187,13 +249,18 @@ def fit(config: RunConfig, device: torch.device | str = "auto",
                         sums[k] = v.detach().clone().double()
             sync(device)
             seconds = time.perf_counter() - t0
+            if memory:
+                memory.stop()
             train_time += seconds
             row: dict[str, Any] = {"epoch": epoch + 1, "epoch_time_s": seconds}
             row.update({f"train_{k}": v.item() / len(loader) for k, v in sums.items()})
-            if not math.isfinite(row.get("train_loss", 0.0)):
-                raise Diverged(f"non-finite training loss ({row['train_loss']}) in epoch {epoch + 1}")
+            why = divergence(row.get("train_loss"), initial_loss)
+            if why:
+                raise Diverged(f"{why} in epoch {epoch + 1}")
+            test_correct: list[torch.Tensor] = []  # the test-set sampling variance is estimated from it
             for split_name, split in (("val", data.val), ("test", data.test)):
-                rules, units = evaluate(method, split, config.eval_batch_size)
+                rules, units = evaluate(method, split, config.eval_batch_size,
+                                        test_correct if split_name == "test" else None)
                 default = next(iter(rules))
                 row[f"{split_name}_acc"] = rules[default]
                 row.update({f"{split_name}_acc.{k}": v for k, v in rules.items()})
@@ -202,11 +269,13 @@ def fit(config: RunConfig, device: torch.device | str = "auto",
             if row["val_acc"] > best_val:
                 best_val = row["val_acc"]
                 result.metrics = {"best_epoch": epoch + 1,
-                                  **{k: v for k, v in row.items() if k.startswith(("val_acc", "test_acc"))}}
+                                  **{k: v for k, v in row.items() if k.startswith(("val_acc", "test_acc"))},
+                                  "test_correct_bits": encode_correct(torch.cat(test_correct).cpu().numpy()),
+                                  "n_test": len(data.test)}
             if on_epoch is not None:
                 on_epoch(row)
     except Diverged as exc:
-        result.status, result.error = "failed", str(exc)
+        result.status, result.error = "failed", DIVERGED + str(exc)
 
     last = result.curves[-1] if result.curves else {}
     result.metrics["test_acc_last"] = last.get("test_acc", float("nan"))
@@ -218,6 +287,6 @@ def fit(config: RunConfig, device: torch.device | str = "auto",
         "epoch_time_s": train_time / n_epochs if n_epochs else float("nan"),
         "images_per_s": images / train_time if train_time else float("nan"),
         "saved_bytes_per_step": meter.peak,
-        "peak_mem_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        "peak_mem_bytes": memory.peak if memory else None,  # training steps, above the data and parameters
     })
     return result

@@ -16,8 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ffbench.backbones import Backbone, _check
-from ffbench.method import Method, method_card, step
+from ffbench.backbones import Backbone
+from ffbench.method import LocalMethod, method_card, step
+from ffbench.options import Option
 from ffbench.registry import BACKBONES, Card
 
 
@@ -48,10 +49,18 @@ class ASGEBlock(nn.Module):
         self.pool = RMSPool2d(pool) if pool > 1 else nn.Identity()
         self.norm = ChannelLayerNorm(c_out)
 
+    def relu_map(self, x):
+        """The ReLU map Y that goodness reads."""
+        return self.act(self.conv(x))
+
+    def hand_on(self, y):
+        """The block output from its ReLU map: RMS pooling, then LayerNorm over channels."""
+        return self.norm(self.pool(y))
+
     def forward_pair(self, x):
         """(the ReLU map that goodness reads, the block output)."""
-        y = self.act(self.conv(x))
-        return y, self.norm(self.pool(y))
+        y = self.relu_map(x)
+        return y, self.hand_on(y)
 
     def forward(self, x):
         return self.forward_pair(x)[1]
@@ -62,12 +71,14 @@ class ASGEBlock(nn.Module):
     summary="ASGE's VGG-like CNN: blocks conv3x3 -> ReLU -> RMS pooling (2x2, on the blocks in `pool`) -> "
             "LayerNorm over channels; a unit is a block",
     paper="Gong, Staszewski, Xu, arXiv 2509.12394 (widths and depth not found: VGG-style defaults)",
-    defaults={"channels": [64, 128, 256, 512], "pool": [0, 1, 2], "kernel": 3, "granularity": "block"},
-    options={"channels": list, "pool": list, "kernel": int, "granularity": ("block", "layer")},
+    options={"channels": Option(list, [64, 128, 256, 512], "output channels per block", item=Option(int, ge=1)),
+             "pool": Option(list, [0, 1, 2], "blocks (0-based) followed by 2x2 RMS pooling", item=Option(int, ge=0)),
+             "kernel": Option(int, 3, "conv kernel size", ge=1),
+             "granularity": Option(str, "block", "a unit is a block (one conv each: the same as a layer)",
+                                   choices=("block", "layer"))},
     capabilities=frozenset({"conv"})))
 def vgg_asge(in_shape, num_classes, channels=(64, 128, 256, 512), pool=(0, 1, 2), kernel=3,
              granularity="block") -> Backbone:
-    _check("granularity", granularity, ("block", "layer"))  # one conv per block: a block is a layer
     c_in, units = in_shape[0], []
     for i, c in enumerate(channels):
         units.append(ASGEBlock(c_in, int(c), kernel, 2 if i in set(pool) else 1))
@@ -121,43 +132,56 @@ _NOTES = (
     "'linear' is a linear layer on the concatenated detached goodness, trained with CE alongside.")
 
 
+# No readable code or paper body (methods.md §5): the reference recipe takes what the digest states; the
+# grid rule, fit, projection scale, optimizer, lr and budget are [INF] / [NOT FOUND] (ffbench's values).
+_REFERENCE = {
+    "goodness": ("sum", "§5.2: patch goodness = sum of squares inside the patch [SEC digest]"),
+    "alpha": (1.0, "§5.2: alpha = 1 reported best [SEC digest]"),
+    "predict": ("last", "§5.3: the three prediction strategies are [NOT FOUND]; last block [INF]"),
+}
+
+
 @method_card(
-    name="asge", family="asge",
+    name="asge", family="asge", recipes={"reference": _REFERENCE},
     summary="Adaptive Spatial Goodness Encoding: per-block patch-grid goodness of the ReLU maps, fixed random "
             "projection to class scores, layer-wise cross-entropy, detached between blocks",
     paper="Gong, Staszewski, Xu 2025, arXiv 2509.12394 (v2: three prediction strategies; code "
           "KAI-Laboratory/ASGE not readable; methods.md §5)",
-    defaults={"grid": "sqrt", "alpha": 1.0, "patches": [], "fit": "adaptive", "goodness": "mean",
-              "proj_scale": 1.0, "predict": "last"},
-    options={"grid": tuple(GRID_RULES), "alpha": float, "patches": list, "fit": FITS, "goodness": ("mean", "sum"),
-             "proj_scale": float, "predict": PREDICTIONS},
+    options={
+        "grid": Option(str, "sqrt", "patch-grid rule P_l", choices=tuple(GRID_RULES), source="[INF] §5.2"),
+        "alpha": Option(float, 1.0, "grid exponent", gt=0, source="paper: best reported"),
+        "patches": Option(list, [], "explicit P_l per block (overrides the rule)", item=Option(int, ge=1)),
+        "fit": Option(str, "adaptive", "maps the grid does not divide", choices=FITS, source="[INF]"),
+        "goodness": Option(str, "mean", "patch goodness: mean or sum of squares", choices=("mean", "sum"),
+                           source="[INF]; the digest says sum"),
+        "proj_scale": Option(float, 1.0, "scale of the fixed random projection", gt=0),
+        "predict": Option(str, "last", "default inference rule", choices=PREDICTIONS)},
+    rules=PREDICTIONS, rule_option="predict",
     capabilities=frozenset({"any-backbone", "unit-heads", "step-and-free", "fixed-projection"}),
     tuning_space={"lr": ("log", 1e-4, 1e-2), "weight_decay": ("log", 1e-6, 1e-3)}, notes=_NOTES)
-class ASGE(Method):
-    def __init__(self, backbone, num_classes, options, ctx):
-        super().__init__(backbone, num_classes, options, ctx)
-        for key in ("grid", "fit", "goodness", "predict"):
-            if options[key] not in self.card.options[key]:
-                raise ValueError(f"asge: option {key}={options[key]!r}; allowed: {', '.join(self.card.options[key])}")
-        shapes = self._map_shapes()
-        c_last, patches = shapes[-1][0], list(options["patches"])
-        if patches and len(patches) != len(shapes):
-            raise ValueError(f"asge: patches has {len(patches)} entries for {len(shapes)} units")
+class ASGE(LocalMethod):
+    def head_shapes(self):
+        """The shape of each block's goodness vector: C_l * P_l^2, P_l from the grid rule (or `patches`)."""
+        shapes, o = self._map_shapes(), self.options
+        if o["patches"] and len(o["patches"]) != len(shapes):
+            raise ValueError(f"asge: patches has {len(o['patches'])} entries for {len(shapes)} units")
         self.patches = []
         for k, (c, *hw) in enumerate(shapes):
-            p = int(patches[k]) if patches else GRID_RULES[options["grid"]](c, c_last, options["alpha"])
+            p = int(o["patches"][k]) if o["patches"] else GRID_RULES[o["grid"]](c, shapes[-1][0], o["alpha"])
             self.patches.append(max(1, min(p, *(hw or [1]))))
-        dims = [c * p * p for (c, *_), p in zip(shapes, self.patches)]
-        for k, d in enumerate(dims):  # fixed random projections: buffers, never parameters
-            proj = nn.Linear(d, num_classes)
-            self.register_buffer(f"proj_w{k}", proj.weight.detach() * options["proj_scale"])
-            self.register_buffer(f"proj_b{k}", proj.bias.detach().clone())
-        self.readout = nn.Linear(sum(dims), num_classes)
-        self.opts = [ctx.make_optimizer(u.parameters()) for u in backbone.units]
+        return [(c * p * p,) for (c, *_), p in zip(shapes, self.patches)]
+
+    def make_head(self, k, shape):
+        return FixedProjection(shape[0], self.num_classes, self.options["proj_scale"])
+
+    def __init__(self, backbone, num_classes, options, ctx):
+        super().__init__(backbone, num_classes, options, ctx)
+        self.readout = nn.Linear(sum(h.weight.shape[1] for h in self.heads), num_classes)
         self.readout_opt = ctx.make_optimizer(self.readout.parameters())
 
     @torch.no_grad()
     def _map_shapes(self):
+        """The shape of each block's ReLU map (what goodness reads), from a pass on zeros in eval mode."""
         was, shapes = self.backbone.training, []
         self.backbone.eval()
         x = torch.zeros(2, *self.backbone.in_shape, device=next(self.backbone.parameters()).device)
@@ -168,44 +192,45 @@ class ASGE(Method):
         return shapes
 
     def _pair(self, k, x):
+        y = self._relu_map(k, x)
+        return y, self.pass_on(k, y)
+
+    def _relu_map(self, k, x):
         unit = self.backbone.units[k]
-        if hasattr(unit, "forward_pair"):
-            return unit.forward_pair(x)
-        h = unit(x)
-        return h, h
+        return unit.relu_map(x) if hasattr(unit, "relu_map") else unit(x)
 
-    def _block(self, k, x):
-        """Block k on its detached input: (class scores a_k, goodness g_k, detached hand-off)."""
-        y, out = self._pair(k, x)
-        g = patch_goodness(y, self.patches[k], self.options["fit"], self.options["goodness"])
-        a = F.linear(g, getattr(self, f"proj_w{k}"), getattr(self, f"proj_b{k}"))
-        return a, g, out.detach()
+    def unit_outputs(self, k, x):
+        """(block k's patch goodness g_k, its ReLU map); the head projects g_k to class scores. The block's
+        pooling and LayerNorm are the hand-off, so in training they run on the detached map without a graph:
+        only conv, ReLU and goodness are saved for backward."""
+        y = self._relu_map(k, x)
+        return patch_goodness(y, self.patches[k], self.options["fit"], self.options["goodness"]), y
 
-    def train_step(self, x, y):
-        stats, total, goods = {}, 0.0, []
-        for k, opt in enumerate(self.opts):
-            a, g, x = self._block(k, x)
-            loss = F.cross_entropy(a, y)
-            step(opt, loss)  # block k's graph is freed before block k+1 runs
-            goods.append(g.detach())
-            stats[f"loss.unit{k + 1}"] = loss.detach()
-            total = total + stats[f"loss.unit{k + 1}"]
-        readout = F.cross_entropy(self.readout(torch.cat(goods, 1)), y)
-        step(self.readout_opt, readout)
-        return {"loss": total, **stats, "loss.readout": readout.detach()}
+    def pass_on(self, k, y):
+        unit = self.backbone.units[k]
+        return unit.hand_on(y) if hasattr(unit, "hand_on") else y
 
-    def evaluate(self, x):
-        scores, goods = [], []
-        for k in range(len(self.opts)):
-            a, g, x = self._block(k, x)
-            scores.append(a)
-            goods.append(g)
-        rules = {"last": scores[-1], "sum": torch.stack(scores).sum(0), "linear": self.readout(torch.cat(goods, 1))}
-        first = self.options["predict"]
-        return {first: rules[first], **{r: v for r, v in rules.items() if r != first}}, scores
+    def unit_loss(self, k, scores, y):
+        return F.cross_entropy(scores, y)
 
-    def predict(self, x):
-        return self.evaluate(x)[0]
+    def train_readouts(self, features, y):
+        loss = F.cross_entropy(self.readout(torch.cat(features, 1)), y)
+        step(self.readout_opt, loss)
+        return {"loss.readout": loss.detach()}
 
-    def unit_scores(self, x):
-        return self.evaluate(x)[1]
+    def rules(self, scores, features):
+        return {"last": scores[-1], "sum": torch.stack(scores).sum(0), "linear": self.readout(torch.cat(features, 1))}
+
+
+class FixedProjection(nn.Module):
+    """a = W g + b with W, b drawn once (nn.Linear's initialisation, times ``scale``) and held as buffers:
+    in no optimizer, never trained."""
+
+    def __init__(self, dim: int, num_classes: int, scale: float = 1.0):
+        super().__init__()
+        proj = nn.Linear(dim, num_classes)
+        self.register_buffer("weight", proj.weight.detach() * scale)
+        self.register_buffer("bias", proj.bias.detach().clone())
+
+    def forward(self, g):
+        return F.linear(g, self.weight, self.bias)

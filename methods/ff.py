@@ -16,7 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ffbench.method import Method, method_card, step
+from ffbench.method import LocalMethod, method_card, step
+from ffbench.options import Option
+from ffbench.registry import ByDataset
 
 SCALES = {"sum-rms": ("sum", "rms"), "mean-l2": ("mean", "l2")}  # goodness, normalisation; theta = N or 2
 NEGATIVES = ("uniform", "permutation", "hard")
@@ -58,7 +60,7 @@ def sample_negatives(y: torch.Tensor, k: int, kind: str, gen: torch.Generator,
     if kind == "hard":
         probs = logits.float().scatter(1, y[:, None], float("-inf")).softmax(1)
         return torch.multinomial(probs, 1, generator=gen).squeeze(1)
-    raise ValueError(f"unknown negatives {kind!r}; allowed: {', '.join(NEGATIVES)}")
+    raise AssertionError(kind)  # options are validated before the method is built
 
 
 def resolve_scale(scale: str, goodness: str, norm: str) -> tuple[str, str]:
@@ -73,24 +75,81 @@ def resolve_scale(scale: str, goodness: str, norm: str) -> tuple[str, str]:
     return want_g, want_n
 
 
+_OPTIONS = {
+    "scale": Option(str, "sum-rms", "goodness, normalisation and threshold together", choices=tuple(SCALES),
+                    source="official: sum-rms; mpezeshki: mean-l2"),
+    "goodness": Option(str, "auto", "may only restate scale", choices=("auto", "sum", "mean")),
+    "norm": Option(str, "auto", "may only restate scale", choices=("auto", "rms", "l2")),
+    "theta_scale": Option(float, 1.0, "threshold = theta_scale x the convention's threshold", gt=0),
+    "negatives": Option(str, "uniform", "negative labels", choices=NEGATIVES, source="§2.7"),
+    "vote": Option(str, "skip-first", "layers summed by the goodness rule and read by the softmax head",
+                   choices=("skip-first", "all", "last"), source="official: skip-first"),
+    "training": Option(str, "simultaneous", "every layer every batch, or greedy epoch blocks",
+                       choices=("simultaneous", "greedy")),
+    "peer_weight": Option(float, 0.03, "peer-normalisation weight", ge=0, source="official"),
+    "peer_momentum": Option(float, 0.9, "running mean of activities", ge=0, lt=1, source="official"),
+    "head_lr": Option(float, 1e-2, "softmax read-out learning rate", gt=0),
+    "head_weight_decay": Option(float, 3e-3, "softmax read-out weight decay", ge=0),
+    "label_value": Option(float, 1.0, "value of the one-hot label slot", gt=0),
+    "pixels": Option(str, "unit-range", "each image min-max scaled to [0, 1], or the harness's input",
+                     choices=("unit-range", "as-given")),
+    "rule": Option((str, type(None)), None, "the rule reported as the run's accuracy (and selecting its epoch); "
+                   "unset: goodness", choices=("goodness", "softmax"), source="loeweX reports the softmax read-out"),
+    "init": Option(str, "normal", "N(0, 1/fan_in) weights and zero biases (official), N(0, 1/fan_out) and zero "
+                   "biases (loeweX: std from the weight's dim 0), or torch's", choices=("normal", "loewex", "torch")),
+}
+
+
+def _problem(o: dict, n_layers: int, epochs: int) -> str | None:
+    """Why options ``o`` cannot train ``n_layers`` layers for ``epochs`` epochs, or None."""
+    try:
+        resolve_scale(o["scale"], o["goodness"], o["norm"])
+    except ValueError as exc:
+        return str(exc)
+    if o["vote"] == "skip-first" and n_layers < 2:
+        return "ff.hinton: vote='skip-first' needs at least 2 layers; use vote='all' or 'last'"
+    if o["training"] == "greedy" and epochs < n_layers:
+        return f"ff.hinton greedy training needs epochs >= layers ({epochs} < {n_layers})"
+    return None
+
+
+# loeweX/Forward-Forward @da516f09 (methods.md §2.3), the PyTorch reference with a published 1.45% (its
+# softmax read-out: the `softmax` rule); ffbench's recipe mixes the official init with this optimizer.
+_REFERENCE = {
+    "optimizer": ("sgd", "§2.3 config.yaml: SGD"),
+    "lr": (1e-3, "§2.3 config.yaml: lr 1e-3"),
+    "momentum": (0.9, "§2.3 config.yaml: momentum 0.9"),
+    "weight_decay": (3e-4, "§2.3 config.yaml: weight decay 3e-4"),
+    "schedule": ("cooldown-loewex", "§2.3 utils.py: lr 2 (1 + E - e) / E for e > E / 2"),
+    "batch_size": (100, "§2.3 config.yaml: batch 100"),
+    "head_lr": (1e-2, "§2.3 config.yaml: downstream lr 1e-2 (optimizer groups as fixed in PR #7, §2.7.1)"),
+    "head_weight_decay": (3e-3, "§2.3 config.yaml: downstream weight decay 3e-3"),
+    "init": ("loewex", "§2.3: N(0, 1/sqrt(dim 0 of the weight)), biases 0"),
+    "pixels": ("as-given", "§2.3: ToTensor only, so pixels / 255 (with dataset.normalize = none)"),
+    "dataset.normalize": ("none", "§2.3: ToTensor only, values in [0, 1]"),
+    "dataset.val_split": (ByDataset({"mnist": "last"}), "§2.3 utils.py: train on the first 50k, validate on 50k-60k"),
+    "val_size": (ByDataset({"mnist": 10000}), "§2.3: the last 10k MNIST training images validate"),
+    "scale": ("sum-rms", "§2.3: RMS norm, sum of squares, theta = N"),
+    "negatives": ("uniform", "§2.3 ff_mnist.py: uniform over the 9 wrong classes"),
+    "vote": ("skip-first", "§2.3: the classifier reads layers with index >= 1"),
+    "training": ("simultaneous", "§2.3: all losses summed, one optimizer step"),
+    "peer_weight": (0.03, "§2.3 config.yaml: peer normalisation 0.03"),
+    "peer_momentum": (0.9, "§2.3 config.yaml: running-mean momentum 0.9"),
+    "label_value": (1.0, "§2.3 ff_mnist.py: one-hot label, neutral 0.1 per slot"),
+    "rule": ("softmax", "§2.3: test accuracy is the downstream classifier's; no goodness-per-label inference"),
+}
+
+
 @method_card(
-    name="ff.hinton", family="ff",
+    name="ff.hinton", family="ff", recipes={"reference": _REFERENCE},
     summary="Original forward-forward: label in the first K inputs, RMS norm between layers, sum-of-squares "
             "goodness with theta = N, logistic loss, peer normalisation, per-layer step-and-free; inference "
             "by goodness per label (default) and by a neutral-label softmax read-out",
     paper="Hinton 2022, arXiv 2212.13345 (methods.md §2)",
     code="official ffcode.zip via jesper-olsen/ff-py main.py; loeweX/Forward-Forward src/ff_model.py",
     defaults={"optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 3e-4, "schedule": "cooldown",
-              "batch_size": 100,
-              "scale": "sum-rms", "goodness": "auto", "norm": "auto", "theta_scale": 1.0,
-              "negatives": "uniform", "vote": "skip-first", "training": "simultaneous",
-              "peer_weight": 0.03, "peer_momentum": 0.9, "head_lr": 1e-2, "head_weight_decay": 3e-3,
-              "label_value": 1.0, "pixels": "unit-range", "init": "normal"},
-    options={"scale": tuple(SCALES), "goodness": ("auto", "sum", "mean"), "norm": ("auto", "rms", "l2"),
-             "theta_scale": float, "negatives": NEGATIVES, "vote": ("skip-first", "all", "last"),
-             "training": ("simultaneous", "greedy"), "peer_weight": float, "peer_momentum": float,
-             "head_lr": float, "head_weight_decay": float, "label_value": float, "pixels": ("unit-range", "as-given"),
-             "init": ("normal", "torch")},
+              "batch_size": 100},
+    options=_OPTIONS, rules=("goodness", "softmax"), rule_option="rule",
     capabilities=frozenset({"flat", "negatives", "label-in-input", "unit-scores"}),
     tuning_space={"lr": ("log", 1e-4, 1e-2), "weight_decay": ("log", 1e-5, 1e-3)},
     notes="scale: sum-rms (goodness sum h^2, RMS norm, theta=N, official) or mean-l2 (mean h^2, L2 norm, "
@@ -101,24 +160,17 @@ def resolve_scale(scale: str, goodness: str, norm: str) -> tuple[str, str]:
           "(0.1 for 10 classes). pixels unit-range: each image min-max scaled to [0, 1] (the recipes' "
           "pixel range; for MNIST it exactly undoes the harness standardisation), as-given: the harness's input. "
           "init normal: N(0, 1/fan_in) weights, zero biases (official). Backbone: mlp.")
-class FF(Method):
+class FF(LocalMethod):
+    """The unit loop is the base's; a unit's input is a state: for layer 1 (|x_rest|^2, W1 x_rest, labels),
+    for layer l > 1 the normalised activity of layer l-1. Class scores of a unit are its goodness per label
+    row: (B, 2) [positive, negative] in training, (B, K) [one per label] in evaluation."""
+
     @classmethod
-    def incompatible(cls, config) -> str | None:
-        """Why a suite cell cannot run (the design drops it with this reason), or None."""
+    def skip(cls, config):
         o = {**{k: v for k, v in cls.card.defaults.items() if k in cls.card.options}, **config.method_options}
-        n_layers = len(config.backbone_options.get("widths", [])) or 3
-        try:
-            resolve_scale(o["scale"], o["goodness"], o["norm"])
-        except ValueError as exc:
-            return str(exc)
-        if o["vote"] == "skip-first" and n_layers < 2:
-            return "ff.hinton: vote='skip-first' needs at least 2 layers"
-        if o["training"] == "greedy" and config.epochs < n_layers:
-            return f"ff.hinton greedy training needs epochs >= layers ({config.epochs} < {n_layers})"
-        return None
+        return _problem(o, len(config.backbone_options.get("widths", [])) or 3, config.epochs)
 
     def __init__(self, backbone, num_classes, options, ctx):
-        super().__init__(backbone, num_classes, options, ctx)
         o, k = options, num_classes
         self.linears = []
         for unit in backbone.units:
@@ -131,35 +183,34 @@ class FF(Method):
         self.in_dim = self.linears[0].in_features
         if self.in_dim < k:
             raise ValueError(f"ff.hinton writes the label over the first {k} inputs, but the input has {self.in_dim}")
-        self.goodness, self.norm = resolve_scale(o["scale"], o["goodness"], o["norm"])
         widths = [lin.out_features for lin in self.linears]
+        why = _problem(o, len(widths), ctx.epochs)
+        if why:
+            raise ValueError(why)
+        super().__init__(backbone, num_classes, options, ctx)
+        self.goodness, self.norm = resolve_scale(o["scale"], o["goodness"], o["norm"])
         self.thetas = [o["theta_scale"] * (n if self.goodness == "sum" else 2.0) for n in widths]
         n_layers = len(widths)
         self.vote = {"skip-first": list(range(1, n_layers)), "all": list(range(n_layers)),
                      "last": [n_layers - 1]}[o["vote"]]
-        if not self.vote:
-            raise ValueError("ff.hinton: vote='skip-first' needs at least 2 layers; use vote='all' or 'last'")
-        if o["training"] == "greedy" and ctx.epochs < n_layers:
-            raise ValueError(f"ff.hinton greedy training needs epochs >= layers ({ctx.epochs} < {n_layers})")
-        if o["init"] == "normal":
+        if o["init"] in ("normal", "loewex"):
             with torch.no_grad():
                 for lin in self.linears:
-                    lin.weight.normal_(0.0, lin.in_features ** -0.5)
+                    fan = lin.in_features if o["init"] == "normal" else lin.out_features
+                    lin.weight.normal_(0.0, fan ** -0.5)
                     lin.bias.zero_()
         for i, n in enumerate(widths):
             self.register_buffer(f"peer_mean{i}", torch.zeros(n))
         self.head = nn.Linear(sum(widths[i] for i in self.vote), k, bias=False)
         nn.init.zeros_(self.head.weight)
-        self.opts = [ctx.make_optimizer(lin.parameters()) for lin in self.linears]
         self.head_opt = ctx.make_optimizer(self.head.parameters(), lr=o["head_lr"],
                                            weight_decay=o["head_weight_decay"])
         self.label_value = o["label_value"]
-        self.training_layers = list(range(n_layers))
+        if o["training"] == "greedy":  # layer l trains in epochs [l*E/L, (l+1)*E/L)
+            self.windows = [(i * ctx.epochs // n_layers, (i + 1) * ctx.epochs // n_layers) for i in range(n_layers)]
 
-    def start_epoch(self, epoch):
-        if self.options["training"] == "greedy":
-            n, e = len(self.linears), self.ctx.epochs
-            self.training_layers = [next(i for i in range(n) if epoch < (i + 1) * e // n)]
+    def make_head(self, k, shape):
+        return nn.Identity()  # a layer's class scores are its goodness per label row
 
     # ---------------------------------------------------------------- pieces
     def _normalise(self, h):
@@ -199,67 +250,59 @@ class FF(Method):
             feats.append(self._normalise(z.relu()))
         return feats
 
-    # ---------------------------------------------------------------- training and inference
+    # ---------------------------------------------------------------- the unit, its loss, the read-out
+    def forward_unit(self, k, state):
+        if k == 0:
+            ssq, base, labels = state
+            self._rows = labels.shape[0]
+            z = self._first(ssq, base, labels).flatten(0, 1)  # (V*B, N), label-major
+        else:
+            z = F.linear(state, self.linears[k].weight, self.linears[k].bias)
+        h = self._activity = _StraightReLU.apply(z) if torch.is_grad_enabled() else z.relu()  # peer term reads it
+        return self._good(h).view(self._rows, -1).t(), h, self._normalise(h.detach())
+
+    def unit_loss(self, k, scores, y):
+        o, h = self.options, self._activity
+        loss = ff_loss(scores[:, 0], scores[:, 1], self.thetas[k])
+        if o["peer_weight"]:
+            peer = getattr(self, f"peer_mean{k}")
+            m = o["peer_momentum"] * peer + (1 - o["peer_momentum"]) * h[:len(y)].mean(0)
+            loss = loss + o["peer_weight"] * peer_loss(m)
+            peer.copy_(m.detach())  # the buffer is not saved for backward: updating it now is safe
+        g = scores.detach() / self.thetas[k]
+        self._goodness[f"goodness_pos.unit{k + 1}"] = g[:, 0].mean()
+        self._goodness[f"goodness_neg.unit{k + 1}"] = g[:, 1].mean()
+        return loss
+
+    def train_readouts(self, features, y):
+        loss = F.cross_entropy(self.head(self._neutral_feats), y)  # after the layers: no graph held meanwhile
+        step(self.head_opt, loss)
+        return {"loss.head": loss.detach()}
+
     def train_step(self, x, y):
-        b, k, o = len(y), self.num_classes, self.options
-        with torch.set_grad_enabled(0 in self.training_layers):
+        with torch.set_grad_enabled(self.active[0]):
             ssq, base = self._image(x)
         with torch.no_grad():
-            feats = torch.cat([f for i, f in enumerate(self._neutral(ssq, base)) if i in self.vote], 1)
-            logits = self.head(feats) if o["negatives"] == "hard" else None
-        y_neg = sample_negatives(y, k, o["negatives"], self.ctx.generator, logits)
-        labels = F.one_hot(torch.stack([y, y_neg]), k).to(x.dtype) * self.label_value
-        stats, total = {}, 0.0
-        h = None
-        for i, lin in enumerate(self.linears[:max(self.training_layers) + 1]):
-            learn = i in self.training_layers
-            with torch.set_grad_enabled(learn):
-                if i == 0:
-                    z = self._first(ssq, base, labels).flatten(0, 1)
-                else:
-                    z = F.linear(self._normalise(h), lin.weight, lin.bias)
-                h = _StraightReLU.apply(z) if learn else z.relu()
-            if learn:
-                g = self._good(h)
-                loss = ff_loss(g[:b], g[b:], self.thetas[i])
-                if o["peer_weight"]:
-                    m = o["peer_momentum"] * getattr(self, f"peer_mean{i}") + (1 - o["peer_momentum"]) * h[:b].mean(0)
-                    loss = loss + o["peer_weight"] * peer_loss(m)
-                step(self.opts[i], loss)  # this layer's graph is freed before the next layer's forward
-                if o["peer_weight"]:
-                    getattr(self, f"peer_mean{i}").copy_(m.detach())
-                g = g.detach() / self.thetas[i]
-                stats.update({f"loss.unit{i + 1}": loss.detach(), f"goodness_pos.unit{i + 1}": g[:b].mean(),
-                              f"goodness_neg.unit{i + 1}": g[b:].mean()})
-                total = total + loss.detach()
-            h = h.detach()
-        head_loss = F.cross_entropy(self.head(feats), y)  # after the layers: its graph is not held meanwhile
-        step(self.head_opt, head_loss)
-        stats["loss.head"] = head_loss.detach()
-        stats["loss"] = total + stats["loss.head"]
-        return stats
+            self._neutral_feats = torch.cat([f for i, f in enumerate(self._neutral(ssq, base)) if i in self.vote], 1)
+            logits = self.head(self._neutral_feats) if self.options["negatives"] == "hard" else None
+        y_neg = sample_negatives(y, self.num_classes, self.options["negatives"], self.ctx.generator, logits)
+        labels = F.one_hot(torch.stack([y, y_neg]), self.num_classes).to(x.dtype) * self.label_value
+        self._goodness = {}
+        stats = super().train_step((ssq, base, labels), y)
+        return {**stats, **self._goodness}
+
+    def rules(self, scores, features):
+        return {"goodness": sum(scores[i] for i in self.vote)}
+
+    @property
+    def max_eval_batch(self):
+        return max(1, 2 ** 14 // self.num_classes)  # B*K rows per pass: K = 100 would otherwise take GBs
 
     @torch.no_grad()
     def evaluate(self, x):
         k = self.num_classes
-        if len(x) * k > 2 ** 14:  # bound the B*K rows of one pass (K = 100 would otherwise take GBs)
-            parts = [self.evaluate(c) for c in x.split(max(1, 2 ** 14 // k))]
-            return ({r: torch.cat([p[0][r] for p in parts]) for r in parts[0][0]},
-                    [torch.cat([p[1][i] for p in parts]) for i in range(len(self.linears))])
         ssq, base = self._image(x)
         logits = self.head(torch.cat([self._neutral(ssq, base)[i] for i in self.vote], 1))
         eye = torch.eye(k, device=x.device, dtype=x.dtype)[:, None, :] * self.label_value
-        z = self._first(ssq, base, eye).flatten(0, 1)  # (K*B, N), label-major
-        scores = []
-        for i, lin in enumerate(self.linears):
-            if i:
-                z = F.linear(self._normalise(h), lin.weight, lin.bias)
-            h = z.relu()
-            scores.append(self._good(h).view(k, -1).t())  # (B, K) goodness per label
-        return {"goodness": sum(scores[i] for i in self.vote), "softmax": logits}, scores
-
-    def predict(self, x):
-        return self.evaluate(x)[0]
-
-    def unit_scores(self, x):
-        return self.evaluate(x)[1]
+        rules, scores = super().evaluate((ssq, base, eye))
+        return {**rules, "softmax": logits}, scores

@@ -14,17 +14,25 @@ goodness vectors (or takes the last unit's); both are logged as rules.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from ffbench.method import GoodnessHead, Method, method_card, step, variant
+from ffbench.method import GoodnessHead, LocalMethod, method_card, variant
+from ffbench.options import Option, odd
 
-LOSSES = ("ce", "margin")          # softmax CE on goodness [INF, default] | log(1 + sum_{k!=y} e^{g_k-g_y+m}) [INF]
-LN_FORMS = ("sample", "channel")   # per-sample over (C,H,W) [INF, default] | over C at each position
-HEAD_INPUTS = ("raw", "ln")        # the aux conv reads the un-normalised output [INF, default] | LN(h)
-RULES = ("average", "last")        # inference: mean of the units' goodness vectors (default) | last unit's
 _TUNING = {"lr": ("log", 1e-4, 1e-2), "weight_decay": ("log", 1e-6, 1e-3)}
-
+_OPTIONS = {
+    "kernel": Option(int, 1, "aux conv kernel size ('same' padding)", ge=1, check=odd,
+                     check_doc="an odd integer >= 1 (1, 3, 5, ...)", source="paper: 1x1 'or slightly larger'"),
+    "loss": Option(str, "ce", "unit loss on the goodness vector", choices=("ce", "margin"), source="[INF]"),
+    "margin": Option(float, 1.0, "margin added to wrong-class goodness (loss='margin')", ge=0),
+    "ln": Option(str, "sample", "hand-off LayerNorm: per sample over (C,H,W), or over C per position",
+                 choices=("sample", "channel"), source="[INF]"),
+    "head_input": Option(str, "raw", "the aux conv reads the raw unit output or LN(h)", choices=("raw", "ln"),
+                         source="[INF]"),
+    "rule": Option(str, "average", "default inference rule", choices=("average", "last"), source="[INF]"),
+    "units": Option(str, "backbone", "the backbone's partition, or layers only (sff.layer)",
+                    choices=("backbone", "layer")),
+}
 _NOTES = (
     "All [INF] choices of methods.md §4.2 are options, defaults first. loss='ce' (softmax cross-entropy on "
     "the goodness vector: the plain reading of 'log-sum-exp over class goodness'); 'margin' adds `margin` to "
@@ -54,77 +62,67 @@ def goodness_loss(g: torch.Tensor, y: torch.Tensor, kind: str, margin: float) ->
     return F.cross_entropy(g, y)
 
 
-def _layer_backbones() -> str:
+def _not_layers(method: str, backbone: str, granularity: str) -> str | None:
+    """Why a layer-wise method cannot take ``backbone``'s partition, or None."""
+    if granularity == "layer":
+        return None
     from ffbench.registry import BACKBONES
-    names = [c.name for c in BACKBONES.list() if "layer" in tuple(c.options.get("granularity", ()))]
-    return ", ".join(names) or "none"
+    names = [c.name for c in BACKBONES.list() if "layer" in (c.options["granularity"].choices or ())]
+    return (f"{method} trains every layer on its own and needs a backbone partitioned into layers, but "
+            f"{backbone} is partitioned by {granularity!r}. Backbones that offer layer units: "
+            f"{', '.join(names) or 'none'} (set backbone option granularity='layer'); resnet18 and mobilenetv3 "
+            f"cannot be cut inside a residual block. Use 'sff' for block units.")
 
 
-def check_options(card, options: dict) -> None:
-    for key, allowed in card.options.items():
-        if isinstance(allowed, tuple) and options.get(key) not in allowed:
-            raise ValueError(f"{card.name}: option {key}={options.get(key)!r}; allowed: {', '.join(map(str, allowed))}")
+# No public code and no readable paper body (methods.md §4): the reference recipe is what the author states,
+# and the [INF] readings of §4.2 where nothing is stated; optimizer, lr and budget are [NOT FOUND] (ffbench's).
+_REFERENCE = {
+    "kernel": (1, "§4.1: aux conv 1x1 'or slightly larger' [ABS-author]"),
+    "loss": ("ce", "§4.1/§4.2: log-sum-exp over class goodness, read as CE [INF]"),
+    "ln": ("sample", "§4.2: LN per sample over (C, H, W) [INF]"),
+    "head_input": ("raw", "§4.2: goodness from the un-normalised unit output, LN on the hand-off [INF]"),
+    "rule": ("average", "§4.1: every block votes, the averaged argmax wins [ABS-author]"),
+}
 
 
 @method_card(
-    name="sff", family="sff",
+    name="sff", family="sff", recipes={"reference": _REFERENCE},
     summary="Scalable Forward-Forward, hybrid: per-unit aux conv (K channels) goodness, log-sum-exp loss, "
             "backprop inside a unit (block), LN + detach between units, step-and-free",
     paper="Krutsylo 2025, 'Scalable Forward-Forward', arXiv 2501.03176 (no public code; methods.md §4)",
-    defaults={"kernel": 1, "loss": "ce", "margin": 1.0, "ln": "sample", "head_input": "raw",
-              "rule": "average", "units": "backbone"},
-    options={"kernel": int, "loss": LOSSES, "margin": float, "ln": LN_FORMS, "head_input": HEAD_INPUTS,
-             "rule": RULES, "units": ("backbone", "layer")},
+    options=_OPTIONS, rules=("average", "last"), rule_option="rule",
     capabilities=frozenset({"any-backbone", "unit-heads", "step-and-free"}),
     tuning_space=_TUNING, notes=_NOTES)
-class SFF(Method):
+class SFF(LocalMethod):
+    @classmethod
+    def skip(cls, config):
+        units = {**cls.card.defaults, **config.method_options}["units"]
+        granularity = config.backbone_options.get("granularity", "layer")
+        return _not_layers(cls.card.name, config.backbone, granularity) if units == "layer" else None
+
     def __init__(self, backbone, num_classes, options, ctx):
+        why = options["units"] == "layer" and _not_layers(self.card.name, "this backbone", backbone.granularity)
+        if why:
+            raise ValueError(why)
         super().__init__(backbone, num_classes, options, ctx)
-        check_options(self.card, options)
-        if options["kernel"] < 1 or options["kernel"] % 2 == 0:
-            raise ValueError(f"{self.card.name}: kernel={options['kernel']}; use an odd size >= 1 (1, 3, 5, ...)")
-        if options["units"] == "layer" and backbone.granularity != "layer":
-            raise ValueError(
-                f"{self.card.name} trains every layer on its own and needs a backbone partitioned into layers, "
-                f"but this one is partitioned by {backbone.granularity!r} (units: {', '.join(backbone.unit_names)}). "
-                f"Backbones that offer layer units: {_layer_backbones()} (set backbone option granularity='layer'); "
-                f"resnet18 and mobilenetv3 cannot be cut inside a residual block. Use 'sff' for block units.")
-        self.heads = nn.ModuleList(GoodnessHead(s, num_classes, options["kernel"]) for s in backbone.out_shapes)
-        self.opts = [ctx.make_optimizer(list(u.parameters()) + list(h.parameters()))
-                     for u, h in zip(backbone.units, self.heads)]
 
-    def _unit(self, k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unit k on its (detached) input: (class goodness, hand-off to the next unit)."""
+    def make_head(self, k, shape):
+        return GoodnessHead(shape, self.num_classes, self.options["kernel"])
+
+    def unit_outputs(self, k, x):
         h = self.backbone.units[k](x)
-        if self.options["head_input"] == "ln":
-            z = layer_norm(h, self.options["ln"])
-            return self.heads[k](z), z.detach()
-        return self.heads[k](h), layer_norm(h.detach(), self.options["ln"])
+        if self.options["head_input"] == "ln":  # the LN is then inside the unit's graph
+            h = layer_norm(h, self.options["ln"])
+        return h, h
 
-    def train_step(self, x, y):
-        stats, total = {}, 0.0
-        for k, opt in enumerate(self.opts):
-            g, x = self._unit(k, x)
-            loss = goodness_loss(g, y, self.options["loss"], self.options["margin"])
-            step(opt, loss)  # backward + update now: unit k's graph is freed before unit k+1 runs
-            stats[f"loss.unit{k + 1}"] = loss.detach()
-            total = total + stats[f"loss.unit{k + 1}"]
-        return {"loss": total, **stats}
+    def pass_on(self, k, h):
+        return h if self.options["head_input"] == "ln" else layer_norm(h, self.options["ln"])
 
-    def evaluate(self, x):
-        scores = []
-        for k in range(len(self.heads)):
-            g, x = self._unit(k, x)
-            scores.append(g)
-        rules = {"average": torch.stack(scores).mean(0), "last": scores[-1]}
-        first = self.options["rule"]
-        return {first: rules[first], **{r: v for r, v in rules.items() if r != first}}, scores
+    def unit_loss(self, k, scores, y):
+        return goodness_loss(scores, y, self.options["loss"], self.options["margin"])
 
-    def predict(self, x):
-        return self.evaluate(x)[0]
-
-    def unit_scores(self, x):
-        return self.evaluate(x)[1]
+    def rules(self, scores, features):
+        return {"average": torch.stack(scores).mean(0), "last": scores[-1]}
 
 
 def unit_saved_bytes(method: SFF, x: torch.Tensor, y: torch.Tensor) -> list[int]:
@@ -138,8 +136,8 @@ def unit_saved_bytes(method: SFF, x: torch.Tensor, y: torch.Tensor) -> list[int]
     for k in range(len(method.heads)):
         meter = SavedTensorMeter(params)
         with meter.hooks():
-            g, x_next = method._unit(k, x)
-            loss = goodness_loss(g, y, method.options["loss"], method.options["margin"])
+            g, _, x_next = method.forward_unit(k, x)
+            loss = method.unit_loss(k, g, y)
         sizes.append(meter.peak)
         del g, loss
         x = x_next
@@ -153,5 +151,4 @@ variant(SFF, name="sff.layer", family="sff",
         summary="Scalable Forward-Forward, pure layer-wise: every layer is a unit with its own aux conv and "
                 "loss; needs a backbone with layer granularity (e.g. cnn, mlp), rejects resnet18 / "
                 "mobilenetv3",
-        paper=SFF.card.paper, defaults={**SFF.card.defaults, "units": "layer"}, options=SFF.card.options,
-        capabilities=SFF.card.capabilities, tuning_space=_TUNING, notes=_NOTES)
+        defaults={"units": "layer"})

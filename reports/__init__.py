@@ -13,5 +13,6 @@ package's ``pyproject.toml`` and it is found without any import by name::
 tidy evaluation table (``ctx.frame``, with a 'task' label column), the tuning table, the factors and axes,
 the options (metric, control, ROPE, alpha, resamples, seed) and cached shared statistics
 (``ctx.cells()``, ``ctx.comparisons()``); the statistics come from ``ffbench.stats`` and the figures from
-``ffbench.figures``.
+``ffbench.figures``; ``Section`` and the ``fmt_*`` helpers come from ``ffbench.document``, and
+``ReportContext`` from ``ffbench.report_context``. ``ffbench list reports`` lists the registered kinds.
 """

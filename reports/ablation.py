@@ -14,7 +14,9 @@ import pandas as pd
 
 from ffbench import figures as F
 from ffbench import stats
-from ffbench.report import ReportContext, ReportKind, Section, fmt_ci, fmt_num, fmt_p, fmt_pct, report_kind
+from ffbench.document import Section, fmt_ci, fmt_num, fmt_p, fmt_pct
+from ffbench.report import ReportKind, report_kind
+from ffbench.report_context import ReportContext
 
 MAX_INTERACTION_PLOTS = 6
 
@@ -35,6 +37,48 @@ class Ablation(ReportKind):
         if not varying_axes(ctx):
             return ("no ablation axis with more than one level (factors: " + ", ".join(ctx.factors) + ")")
         return None
+
+    def groups(self, ctx: ReportContext) -> list[tuple[str, pd.DataFrame, list[str]]]:
+        """(label, runs, varying axes) per group of the non-axis factors; axes empty where none varies."""
+        axes = varying_axes(ctx)
+        group_cols = [f for f in ("method", "dataset", "backbone") if f in ctx.frame] + \
+                     [a for a in ctx.axes if a not in axes]
+        out = []
+        for key, g in ctx.frame.groupby(group_cols, sort=True):
+            label = " / ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)) if str(k) != stats.NA)
+            out.append((label, g, varying_axes(ctx, g)))
+        return out
+
+    def model(self, ctx: ReportContext, label: str, g: pd.DataFrame, axes: list[str]):
+        """The OLS model and the effects of one group (computed once: the headline reads them too)."""
+        o = ctx.options
+
+        def compute():
+            terms, info = stats.ablation_model(g, o.metric, axes, confidence=o.confidence)
+            if len(terms) and "p" in terms:
+                tests = terms["kind"] != "block"
+                terms.loc[tests, "p_bh"] = stats.adjust_pvalues(terms.loc[tests, "p"], "fdr_bh")
+            effects = stats.ablation_effects(g, o.metric, axes, confidence=o.confidence, n_resamples=o.n_resamples,
+                                             rng=o.seed, model=(terms, info))
+            return terms, info, effects
+
+        return ctx.cached(f"ablation.{label}", compute)
+
+    def headline(self, ctx: ReportContext) -> list[str]:
+        """The largest main effect of each group, with its interval."""
+        parts = []
+        for label, g, axes in self.groups(ctx):
+            if not axes:
+                continue
+            _, _, effects = self.model(ctx, label, g, axes)
+            main = effects[effects["kind"] == "main"] if len(effects) and "kind" in effects else effects
+            if not len(main) or not main["estimate"].notna().any():
+                continue
+            r = main.loc[main["estimate"].abs().idxmax()]
+            parts.append(f"{label}: {r['axis']} {r['level']} vs {r['reference']} "
+                         f"{fmt_ci(r['estimate'], r['ci_low'], r['ci_high'])} pp")
+        return [f"**Largest main effect per group** ({ctx.options.confidence:.0%} CI): " + "; ".join(parts) + "."
+                ] if parts else []
 
     def build(self, ctx: ReportContext) -> list[Section]:
         o = ctx.options
@@ -58,12 +102,8 @@ class Ablation(ReportKind):
                        "are too narrow (they cannot reach beyond the observed values); read the OLS t intervals, "
                        "and treat every effect here as exploratory.")
         sections = [intro]
-        group_cols = [f for f in ("method", "dataset", "backbone") if f in ctx.frame] + \
-                     [a for a in ctx.axes if a not in axes]
         without = []
-        for key, g in ctx.frame.groupby(group_cols, sort=True):
-            label = " / ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)) if str(k) != stats.NA)
-            g_axes = varying_axes(ctx, g)
+        for label, g, g_axes in self.groups(ctx):
             if g_axes:
                 sections.append(self.group(ctx, label, g, g_axes))
             else:
@@ -84,10 +124,8 @@ class Ablation(ReportKind):
                                                zip(cells["mean"], cells["ci_low"], cells["ci_high"])],
                              "SD (%)": [fmt_pct(v) for v in cells["sd"]]})
         sec.table(f"{label}-cells", cells, disp, caption=f"Cells of `{label}`: mean with {o.confidence:.0%} bootstrap CI.")
-        terms, info = stats.ablation_model(g, o.metric, g_axes, confidence=o.confidence)
+        terms, info, effects = self.model(ctx, label, g, g_axes)
         if len(terms) and "p" in terms:
-            tests = terms["kind"] != "block"
-            terms.loc[tests, "p_bh"] = stats.adjust_pvalues(terms.loc[tests, "p"], "fdr_bh")
             tdisp = pd.DataFrame({"term": terms["term"], "kind": terms["kind"],
                                   "df": [f"{fmt_num(a, 0)}, {fmt_num(b, 0)}" for a, b in
                                          zip(terms["df_num"], terms.get("df_denom", np.nan))],
@@ -102,21 +140,23 @@ class Ablation(ReportKind):
                               "each term's coefficients.")
         if info.get("note"):
             sec.note(f"OLS: {info['note']}. The stratified-bootstrap effects below do not need the model.")
-        effects = stats.ablation_effects(g, o.metric, g_axes, confidence=o.confidence, n_resamples=o.n_resamples,
-                                         rng=o.seed, model=(terms, info))
         if len(effects):
             edisp = pd.DataFrame({
                 "effect": [f"{r['axis']}: {r['level']} vs {r['reference']}" for r in effects.to_dict("records")],
                 "kind": effects["kind"],
+                "Δ pp [CI]": [fmt_ci(v, lo, hi) for v, lo, hi in
+                              zip(effects["estimate"], effects["ci_low"], effects["ci_high"])],
+                "CI method": effects["ci_method"],
                 "bootstrap Δ pp [CI]": [fmt_ci(v, lo, hi) for v, lo, hi in
-                                        zip(effects["estimate"], effects["ci_low"], effects["ci_high"])],
+                                        zip(effects["estimate_boot"], effects["ci_low_boot"], effects["ci_high_boot"])],
                 "strata": effects["strata"], "pairs": effects["pairs"],
-                "OLS Δ pp [CI]": [fmt_ci(v, lo, hi) for v, lo, hi in
-                                  zip(effects.get("estimate_ols", np.nan), effects.get("ci_low_ols", np.nan),
-                                      effects.get("ci_high_ols", np.nan))],
                 "OLS p": [fmt_p(v) for v in effects.get("p_ols", np.nan)],
                 "OLS p (BH)": [fmt_p(v) for v in effects.get("p_ols_bh", np.nan)]})
-            sec.table(f"{label}-effects", effects, edisp, caption="Main effects and two-way interactions.")
+            sec.table(f"{label}-effects", effects, edisp,
+                      caption="Main effects and two-way interactions. Δ [CI]: the OLS contrast with its t interval "
+                              "(seed as block; calibrated with few seeds), or the stratified bootstrap where the model "
+                              "has no residual degrees of freedom; the bootstrap column is a non-parametric check (its "
+                              "percentile interval is too narrow with few seeds).")
             sec.figure(f"{label}-effects", F.effects_plot(effects, title=label),
                        caption="Effects with intervals: stratified bootstrap (dark) and OLS (light).")
         for a in g_axes if len(g_axes) == 1 else []:

@@ -12,6 +12,18 @@ def one_thread():
 
 
 @pytest.fixture
+def write_suite(tmp_path):
+    """Write a suite file into ``tmp_path``: ``write_suite(toml_text, name="suite") -> Path``."""
+
+    def write(text: str, name: str = "suite"):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(text)
+        return path
+
+    return write
+
+
+@pytest.fixture
 def record_steps(monkeypatch):
     """Replace ``module.step`` so each optimizer step records which units of ``model`` got gradient:
     a list with one set of unit indices (or "head") per step."""
@@ -27,7 +39,11 @@ def record_steps(monkeypatch):
                             for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0})
             opt.step()
 
-        monkeypatch.setattr(module, "step", recording_step)
+        import ffbench.method
+
+        monkeypatch.setattr(ffbench.method, "step", recording_step)  # the unit loop's steps
+        if hasattr(module, "step"):
+            monkeypatch.setattr(module, "step", recording_step)  # a method's read-out steps
         return touched
 
     return install

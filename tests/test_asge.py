@@ -66,7 +66,7 @@ def test_grid_rules_and_patch_goodness():
 
 def test_projection_is_frozen_and_in_no_optimizer():
     method, data = make({"predict": "linear"})
-    projections = {n: b for n, b in method.named_buffers() if n.startswith("proj_")}
+    projections = {n: b for n, b in method.named_buffers() if n.startswith("heads.")}
     assert len(projections) == 2 * len(method.backbone.units)
     assert all(not b.requires_grad for b in projections.values())
     in_opt = {id(p) for opt in method.ctx.optimizers for g in opt.param_groups for p in g["params"]}
@@ -88,13 +88,16 @@ def test_blocks_learn_from_their_own_loss_only(monkeypatch):
     current, seen = [None], []
     for p, k in owner.items():
         p.register_hook(lambda grad, k=k: seen.append((current[0], k)))
+    import ffbench.method
+
     real_step = asge_mod.step
 
     def tracking_step(opt, loss):
         current[0] = "readout" if opt is method.readout_opt else method.opts.index(opt)
         real_step(opt, loss)
 
-    monkeypatch.setattr(asge_mod, "step", tracking_step)
+    monkeypatch.setattr(asge_mod, "step", tracking_step)  # the read-out
+    monkeypatch.setattr(ffbench.method, "step", tracking_step)  # the unit loop
     stats = method.train_step(data.train.x[:32], data.train.y[:32])
     assert seen and all(loss_k == unit_k for loss_k, unit_k in seen)
     assert {k for _, k in seen} == {0, 1, 2, "readout"}
@@ -104,7 +107,7 @@ def test_blocks_learn_from_their_own_loss_only(monkeypatch):
 def test_prediction_rules():
     method, data = make({"predict": "sum"})
     rules, units = method.evaluate(data.val.x[:8])
-    assert list(rules) == ["sum", "last", "linear"] and len(units) == 3
+    assert method.default_rule == "sum" and set(rules) == {"sum", "last", "linear"} and len(units) == 3
     assert torch.allclose(rules["sum"], sum(units)) and torch.equal(rules["last"], units[-1])
     with pytest.raises(ValueError, match="predict"):
         make({"predict": "vote"})

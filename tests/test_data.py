@@ -34,7 +34,7 @@ def test_balanced_subset_and_class_subset():
     assert k.num_classes == 4 and len(k.classes) == 4
     assert set(k.train.y.tolist()) == set(range(4)) == set(k.test.y.tolist())
     assert k.classes == prepare("digits", Streams(3), CPU, classes=4).classes
-    with pytest.raises(ValueError, match="allowed 2..10"):
+    with pytest.raises(ValueError, match="allowed: 2..10"):
         prepare("digits", Streams(3), CPU, classes=11)
 
 

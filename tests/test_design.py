@@ -52,7 +52,7 @@ def test_builtin_axes_registered():
     for name in ("granularity", "head_kernel", "bn", "classes", "train_size", "goodness", "negatives", "inference",
                  "ln"):
         assert name in AXES, name
-    assert AXES.get("bn").card.options["levels"] == ("inside", "outside", "none")
+    assert AXES.get("bn").card.options["levels"].choices == ("inside", "outside", "none")
 
 
 def test_full_factorial_with_constraints(tmp_path):
@@ -196,7 +196,7 @@ def test_cell_ids_change_with_ffbench_version_not_with_eval_seeds(tmp_path, monk
 
 
 @pytest.mark.parametrize("extra, where, allowed", [
-    ('[axes]\ngranularity = ["layer", "blok"]', "[axes].granularity", "allowed: 'layer', 'block', 'stage'"),
+    ('[axes]\ngranularity = ["layer", "blok"]', "[axes].granularity", "allowed: layer, block, stage"),
     ('[axes]\nbn = ["inside", 3]', "[axes].bn", "expected str"),
     ('[axes]\nhead_kernel = [1, 2]', "[axes].head_kernel", "an odd integer >= 1"),
     ('[axes]\nclasses = [1]', "[axes].classes", "an integer >= 2"),
@@ -206,7 +206,7 @@ def test_cell_ids_change_with_ffbench_version_not_with_eval_seeds(tmp_path, monk
     ('[axes]\ninference = ["average", "vote-all"]', "[axes].inference", "allowed: 'average', 'last'"),
     ('[axes.x]\nmethod_option = "nosuch"\nlevels = [1]', "[axes].x.method_option", "has the option 'nosuch'"),
     ('[axes.x]\ntrain_field = "nosuch"\nlevels = [1]', "[axes].x.train_field", "allowed: epochs, batch_size"),
-    ('[axes.x]\ntrain_field = "epochs"\nlevels = [0]', "[axes].x", "a positive integer"),
+    ('[axes.x]\ntrain_field = "epochs"\nlevels = [0]', "[axes].x", "an integer in [1, 100000]"),
     ('[axes]\ngoodness = ["sum"]', "[axes].goodness", "applies to none of the suite's methods"),
 ])
 def test_bad_axis_levels_name_file_field_and_allowed_values(tmp_path, extra, where, allowed):

@@ -46,12 +46,13 @@ def test_throwaway_plugin_is_discovered_through_an_entry_point(tmp_path):
     (tmp_path / "throwaway_plugin.py").write_text(textwrap.dedent("""
         from ffbench.method import Method, method_card
 
-        @method_card(name="throwaway.demo", summary="a plugin installed through an entry point")
+        @method_card(name="throwaway.demo", summary="a plugin installed through an entry point",
+                     rules=("none",), capabilities=frozenset({"any-backbone"}))
         class Demo(Method):
             def train_step(self, x, y):
                 return {}
-            def predict(self, x):
-                return {}
+            def evaluate(self, x):
+                return {}, []
     """))
     dist = tmp_path / "throwaway_plugin-0.1.dist-info"
     dist.mkdir()
@@ -68,3 +69,14 @@ def test_cli_lists_matching_cards(capsys):
     out = capsys.readouterr().out
     assert "bp.deepsup" in out and "deep supervision" in out and "tuning space" in out
     assert main(["list", "backbones", "nothing*"]) == 1
+
+
+def test_capabilities_must_be_known_and_say_where_a_method_runs():
+    from ffbench.method import check_capabilities
+
+    check_capabilities("ok", frozenset({"flat", "negatives"}))
+    check_capabilities("ok", frozenset({"backbones:cnn|mlp"}))
+    with pytest.raises(TypeError, match="must say where it runs"):
+        check_capabilities("nowhere", frozenset({"unit-heads"}))
+    with pytest.raises(TypeError, match="unknown capabilities \\['convolutional'\\]"):
+        check_capabilities("typo", frozenset({"convolutional", "any-backbone"}))

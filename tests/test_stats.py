@@ -59,10 +59,15 @@ def test_wilcoxon_floor_is_stated_below_six_pairs():
     assert r6["p_wilcoxon"] == pytest.approx(2 / 64) and r6["wilcoxon_note"] == ""
 
 
-def test_identical_differences_are_handled_as_the_limit():
+def test_identical_differences_are_degenerate_and_make_no_claim():
     r = S.paired_comparison([0.9, 0.8, 0.7], [0.9, 0.8, 0.7], rope=0.005, n_resamples=500)
     assert r["delta"] == 0 and r["ci_low"] == r["ci_high"] == 0 and r["ci_method"].startswith("point")
-    assert r["p_t"] == 1.0 and r["p_tost"] == 0.0
+    assert r["degenerate"] and math.isnan(r["p_t"]) and math.isnan(r["p_tost"]) and math.isnan(r["bayes_p_rope"])
+    # three seeds that all differ by exactly 1 pp: no p = 0 and no 'better'
+    frame = _frame({"x": np.full(3, 0.01)}, np.array([0.9, 0.8, 0.85]))
+    c = S.compare(frame, control="bp", n_resamples=200).iloc[0]
+    assert c["verdict"] == "insufficient evidence" and c["reason"].startswith("degenerate: all 3 differences equal")
+    assert not c["in_family"] and c["family_size"] == 0 and math.isnan(c["p_adj"])
 
 
 # ---------------------------------------------------------------- one sample, bootstrap
@@ -145,11 +150,18 @@ def test_verdicts_on_constructed_data():
     assert comp.loc["real_up", "verdict"] == "better"
     assert comp.loc["real_down", "verdict"] == "worse"
     assert comp.loc["same", "verdict"] == "equivalent"
-    assert comp.loc["tiny", "verdict"] == "equivalent" and "significant" in comp.loc["tiny", "reason"]
+    assert comp.loc["tiny", "verdict"] == "equivalent" and "smaller than the ROPE" in comp.loc["tiny", "reason"]
     assert comp.loc["noise", "verdict"] == "insufficient evidence"
-    # Holm across the confirmatory family, applied to the paired-t p-values
-    np.testing.assert_allclose(comp["p_adj"], multipletests(comp["p_t"], method="holm")[1])
+    # one Holm family over the difference and the equivalence claims of all five comparisons
+    joint = multipletests(np.concatenate([comp["p_t"], comp["p_equiv"]]), method="holm")[1]
+    np.testing.assert_allclose(comp["p_adj"], joint[:5])
+    np.testing.assert_allclose(comp["p_equiv_adj"], joint[5:])
     assert set(comp["family"]) == {"confirmatory"} and (comp["family_size"] == 5).all()
+    assert (comp["family_hypotheses"] == 10).all()
+    # the decision interval is dual to the corrected claims: it excludes 0 / lies in the ROPE exactly then
+    for r in comp.itertuples():
+        assert (r.dec_low > 0 or r.dec_high < 0) == (r.p_adj < 0.05)
+        assert (-r.rope < r.dec_low and r.dec_high < r.rope) == (r.p_equiv_adj < 0.05)
     assert (comp["n_pairs"] == n).all() and (comp["rope"] == 0.005).all()
     # pure noise with few seeds, and too few seeds for any verdict
     few = S.compare(_frame({"x": np.array([0.05, 0.06])}, base[:2]), control="bp", n_resamples=500)
@@ -160,10 +172,12 @@ def test_verdict_rule_directly():
     assert S.verdict(10, 0.01, 0.03, 0.001, 1.0, 0.005)[0] == "better"
     assert S.verdict(10, 0.01, 0.03, 0.001, 1.0, 0.005, higher_is_better=False)[0] == "worse"
     assert S.verdict(10, -0.004, 0.004, 0.5, 0.01, 0.005)[0] == "equivalent"
-    assert S.verdict(10, -0.004, 0.004, 0.5, 0.2, 0.005)[0] == "insufficient evidence"  # TOST not significant
-    assert S.verdict(10, 0.001, 0.03, 0.2, 1.0, 0.005)[0] == "insufficient evidence"  # CI > 0, corrected p not
-    assert S.verdict(10, -0.01, 0.03, 0.001, 1.0, 0.005)[0] == "insufficient evidence"  # CI straddles 0
+    assert S.verdict(10, 0.001, 0.004, 0.01, 0.01, 0.005)[0] == "equivalent"  # both claims: inside the ROPE wins
+    assert S.verdict(10, -0.004, 0.004, 0.5, 0.2, 0.005)[0] == "insufficient evidence"  # not after correction
+    assert S.verdict(10, -0.01, 0.03, 0.2, 1.0, 0.005)[0] == "insufficient evidence"
     assert S.verdict(2, 0.01, 0.03, 0.001, 1.0, 0.005)[0] == "insufficient evidence"
+    v, why = S.verdict(5, 0.01, 0.01, math.nan, math.nan, 0.005, degenerate=True, delta=0.01)
+    assert v == "insufficient evidence" and "degenerate" in why
 
 
 def test_all_pairs_are_exploratory_with_bh_and_failures_are_counted():
@@ -202,6 +216,8 @@ def test_cell_summaries_for_the_tracker():
     assert out["c-up"]["delta"] == pytest.approx(float(np.mean(frame[frame.method == "up"].test_acc.values - base)))
     for k in ("n", "mean", "sd", "ci_low", "ci_high", "failures", "delta", "rope", "n_resamples", "seed"):
         assert k in out["c-up"]
+    p = [out["c-up"][k] for k in ("p_worse", "p_rope", "p_better")]  # the Bayesian verdict, for the parent run
+    assert sum(p) == pytest.approx(1.0) and p[2] > 0.99  # +3 pp at SD 0.2 pp over 6 seeds
 
 
 # ---------------------------------------------------------------- seed advisor
@@ -214,7 +230,8 @@ def test_seeds_needed_worked_examples():
     assert S.seeds_needed(0.5, 1.0, comparisons=10) == 58  # Holm over ~10 comparisons (worst case α/10)
     assert S.seeds_needed(0.005, 0.003) == 6  # 0.5 pp at SD 0.3 pp
     assert S.seeds_needed(0.005, 0.003, comparisons=5) == 8
-    assert S.seeds_needed(0.0, 1.0) is None and S.seeds_needed(1.0, 0.0) == 2
+    assert S.seeds_needed(0.0, 1.0) is None and S.seeds_needed(1.0, 0.0) == 3  # a verdict needs 3 pairs
+    assert S.seeds_needed(0.05, 0.003, comparisons=10) == 3  # 5 pp at SD 0.3 pp: 2 seeds have 15% power
     assert S.power_paired(1.0, 10) >= 0.8 > S.power_paired(1.0, 9)
 
 

@@ -31,14 +31,19 @@ def test_good_suite_loads(tmp_path):
     ("", ('datasets = ["synthetic"]', 'datasets = ["imagenet"]'), "[design].datasets", "digits"),
     ("[train]\nepoch = 3\n", None, "[train].epoch", "allowed: epochs, batch_size"),
     ("[train]\nepochs = \"ten\"\n", None, "[train].epochs", "expected int"),
-    ("[train]\nepochs = 0\n", None, "[train].epochs", "a positive integer"),
+    ("[train]\nepochs = 0\n", None, "[train].epochs", "an integer in [1, 100000]"),
     ("[train]\noptimizer = \"lamb\"\n", None, "[train].optimizer", "allowed: sgd, adam, adamw"),
-    ("[methods.bp]\nhead = \"mlp\"\n", None, '[methods."bp"].head', "allowed: 'linear', 'goodness'"),
-    ("[methods.\"bp.deepsup\"]\nlr = 0.1\n", None, "bp.deepsup", "not in [design].methods"),
-    ("[backbones.mlp]\ngranularity = \"stage\"\n", None, '[backbones."mlp"].granularity', "allowed: 'layer'"),
+    ("[methods.bp]\nhead = \"mlp\"\n", None, '[methods."bp"].head', "allowed: linear, goodness"),
+    ("[methods.\"bp.depsup\"]\nlr = 0.1\n", None, "bp.depsup", "not in [design].methods"),
+    ("[backbones.mlp]\ngranularity = \"stage\"\n", None, '[backbones."mlp"].granularity', "allowed: layer"),
     ("[backbones.mlp]\ndepth = 3\n", None, '[backbones."mlp"].depth', "allowed: widths, granularity"),
     ("", ("version = 1", "version = \"one\""), "[suite].version", "expected int"),
     ("[extra]\nx = 1\n", None, "file.extra", "allowed: suite, design"),
+    ("", ('name = "t"', 'name = "a/b"'), "[suite].name", "letters, digits, '.', '-' and '_'"),
+    ("", ("version = 1", 'version = 1\ncontrol = "sff"'), "[suite].control", "not one of [design].methods; "
+                                                                             "allowed: bp"),
+    ("[train]\nval_size = 1.5\n", None, "[train].val_size", "a fraction in (0, 1) or a positive count"),
+    ("[datasets.synthetic]\nroot = 5\n", None, '[datasets."synthetic"].root', "the path of a folder that exists"),
 ])
 def test_bad_input_names_file_field_and_allowed_values(tmp_path, extra, base_edit, where, allowed):
     base = GOOD.replace(*base_edit) if base_edit else GOOD
@@ -59,3 +64,20 @@ def test_cli_reports_bad_suite_before_training(tmp_path, capsys):
 def test_unknown_suite_name_lists_named_suites():
     with pytest.raises(SuiteError, match="quick"):
         load("no-such-suite")
+
+
+def test_split_sizes_against_the_data(tmp_path):
+    from ffbench.config import SplitError, split_sizes
+
+    assert split_sizes(0.1, None, None, n_train=600, num_classes=10) == (60, 540)
+    assert split_sizes(100, 500, 2, n_train=600, num_classes=10) == (100, 500)
+    for args, field in (((0.1, None, 11), "classes"), ((600, None, None), "val_size"),
+                        ((0.1, 541, None), "train_subset")):
+        with pytest.raises(SplitError) as err:
+            split_sizes(*args, n_train=600, num_classes=10)
+        assert err.value.field == field
+
+
+def test_a_synthetic_suite_within_the_data_passes_planning(tmp_path, capsys):
+    path = write(tmp_path, "[train]\nval_size = 100\ntrain_subset = 500\nclasses = 10\n")
+    assert main(["run", path, "--dry-run"]) == 0, capsys.readouterr().err

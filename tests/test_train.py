@@ -5,12 +5,13 @@ import torch
 import torch.nn.functional as F
 
 from ffbench.config import RunConfig
-from ffbench.method import Method, make_head, method_card, step
+from ffbench.method import LocalMethod, Method, make_head, method_card
 from ffbench.seeds import Streams
 from ffbench.train import SavedTensorMeter, fit
 
 
-@method_card(name="test.nan", summary="test-only: its loss is NaN")
+@method_card(name="test.nan", summary="test-only: its loss is NaN", rules=("head",),
+             capabilities=frozenset({"any-backbone"}))
 class NaNMethod(Method):
     def __init__(self, backbone, num_classes, options, ctx):
         super().__init__(backbone, num_classes, options, ctx)
@@ -19,30 +20,21 @@ class NaNMethod(Method):
     def train_step(self, x, y):
         return {"loss": torch.tensor(float("nan"))}
 
-    def predict(self, x):
-        return {"head": self.head(self.backbone(x))}
+    def evaluate(self, x):
+        return {"head": self.head(self.backbone(x))}, []
 
 
-@method_card(name="test.local", summary="test-only: greedy per-unit heads, step and free")
-class LocalMethod(Method):
-    def __init__(self, backbone, num_classes, options, ctx):
-        super().__init__(backbone, num_classes, options, ctx)
-        self.heads = torch.nn.ModuleList(make_head("linear", s, num_classes) for s in backbone.out_shapes)
-        self.opts = [ctx.make_optimizer([*u.parameters(), *h.parameters()])
-                     for u, h in zip(backbone.units, self.heads)]
+@method_card(name="test.local", summary="test-only: greedy per-unit heads, step and free", rules=("last",),
+             capabilities=frozenset({"any-backbone", "unit-heads"}))
+class Greedy(LocalMethod):
+    def make_head(self, k, shape):
+        return make_head("linear", shape, self.num_classes)
 
-    def train_step(self, x, y):
-        total = 0.0
-        for unit, head, opt in zip(self.backbone.units, self.heads, self.opts):
-            h = unit(x)
-            loss = F.cross_entropy(head(h), y)
-            step(opt, loss)
-            x = h.detach()
-            total = total + loss.detach()
-        return {"loss": total}
+    def unit_loss(self, k, scores, y):
+        return F.cross_entropy(scores, y)
 
-    def predict(self, x):
-        return {"last": self.heads[-1](self.backbone(x))}
+    def rules(self, scores, features):
+        return {"last": scores[-1]}
 
 
 def digits_mlp(method, **kw):

@@ -1,0 +1,267 @@
+"""Executing one claimed row and recording it: an evaluation run, or a tuning trial (ask the cell's
+Optuna study for parameters, train on every tuning seed reporting to the pruner, record, tell).
+
+The row must have been claimed (``Store.claim``) by ``env.worker``. A heartbeat keeps the lease while it
+trains; a worker that lost its lease abandons the run at the next epoch and its result is dropped. A
+failure inside a run (NaN, divergence, an exception in a method) is a recorded outcome with its message,
+never a crash of the worker; Ctrl-C (or SIGTERM) gives the row back. Every recorded row is mirrored into
+MLflow when a tracker is given (the store stays the source of truth).
+
+What fails is told apart by where it comes from: an exception of the method's own code (its
+``__init__``, ``train_step``, ``evaluate``) or of its configuration is the run's outcome; unreadable data
+(``DataError``), the operating system (``OSError``: a full disk, a vanished file) and the results store
+are the infrastructure's: the row is given back and ``InfrastructureError`` stops the worker, so nothing
+is recorded as a method's failure that the method did not cause.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import traceback
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+from ffbench import studies, tracking
+from ffbench.config import RunConfig
+from ffbench.design import TUNING, Cell, Design
+from ffbench.lease import LEASE_S, POLL_S, Heartbeat, LeaseLost, heartbeat_interval
+from ffbench.manifest import manifest
+from ffbench.selection import register_evaluation
+from ffbench.store import DONE, FAILED, PRUNED, Store, is_disk_full, is_store_error
+from ffbench.suite import Suite
+from ffbench.tuning import METRIC, apply_params, repeat_of_slot, tuning_seeds
+
+@dataclass
+class Env:
+    """What a worker works with: the suite and its design, the store, its name and device, the tracker,
+    the Optuna storage, and its lease."""
+
+    suite: Suite
+    design: Design
+    store: Store
+    worker: str
+    device: str = "auto"
+    tracker: Any = None
+    optuna_url: str | None = None
+    lease_s: float = LEASE_S
+    poll_s: float = POLL_S
+    # told after every epoch: (the claimed row, epochs done in it, its epochs in all), e.g. a progress bar
+    progress: Callable[[dict[str, Any], int, int], None] | None = None
+    cells: dict[str, Cell] = field(default_factory=dict)
+    _storage: Any = None
+
+    def __post_init__(self):
+        self.cells = {c.cell_id: c for c in self.design.cells}
+
+    def storage(self):
+        if self._storage is None:
+            if not self.optuna_url:
+                raise RuntimeError("this suite tunes, but no Optuna storage was given")
+            self._storage = studies.open_storage(self.optuna_url)
+        return self._storage
+
+
+def execute_row(env: Env, row: dict[str, Any]) -> str | None:
+    """Run a row this worker has claimed; return its status, or None if the lease was lost."""
+    if row["role"] == TUNING:
+        return run_trial(env, row)
+    return run_evaluation(env, row)
+
+
+class InfrastructureError(RuntimeError):
+    """The data, the disk or the results store failed, not the method: the suite stops, the run stays
+    pending, and running the same command again resumes it."""
+
+
+def infrastructure(exc: BaseException) -> bool:
+    from ffbench.datasets import DataError
+
+    return isinstance(exc, (DataError, OSError, InfrastructureError)) or is_store_error(exc) or is_disk_full(exc)
+
+
+def _stop(env: Env, run_id: str, exc: BaseException) -> InfrastructureError:
+    """Give the row back (if the store still answers) and say what failed."""
+    try:
+        env.store.release(run_id, env.worker)
+    except Exception:  # the store itself is what failed: the claim of this dead process comes back locally
+        pass
+    what = "the disk is full" if is_disk_full(exc) else (
+        "the results store failed" if is_store_error(exc) else "the data or the file system failed")
+    first = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else ""
+    return InfrastructureError(f"{what} while running {run_id} ({type(exc).__name__}: {first}); the run was not "
+                               f"recorded as a failure and stays pending: fix the cause and run the same command "
+                               f"again to resume")
+
+
+def _mirror(env: Env, run_id: str) -> None:
+    if env.tracker is None:
+        return
+    try:  # never raises for MLflow trouble; what it cannot copy stays in the store for `ffbench sync`
+        tracking.mirror(env.store, env.tracker, run_id)
+    except Exception as exc:
+        print(f"warning: MLflow mirror of {run_id} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def _finish(env: Env, run_id: str, status: str, **record: Any) -> bool:
+    """Record the outcome; a store that cannot write it stops the worker (the run stays pending)."""
+    try:
+        return env.store.finish(run_id, env.worker, status, **record)
+    except Exception as exc:
+        if infrastructure(exc):
+            raise _stop(env, run_id, exc) from exc
+        raise
+
+
+def live_run(env: Env, row: dict[str, Any]):
+    """The claimed row's MLflow run, created RUNNING now and fed epoch by epoch (None untracked)."""
+    return env.tracker.live(row) if env.tracker is not None else None
+
+
+def epoch_callback(env: Env, row: dict[str, Any], live, then: Callable[[dict[str, Any]], None], epochs: int,
+                   offset: int = 0, shown: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+                   ) -> Callable[[dict[str, Any]], None]:
+    """The ``on_epoch`` of a claimed row's training: each finished epoch is streamed to ``live`` (its
+    metrics as the store will hold them: ``shown``; the MLflow write happens off this thread), told to
+    ``env.progress`` (``offset`` epochs of earlier tuning seeds done, ``epochs`` in all), then passed to
+    ``then`` (the lease check, or the pruner's reporter, which may stop the run)."""
+    def on_epoch(epoch_row: dict[str, Any]) -> None:
+        if live is not None:
+            live.epoch(shown(epoch_row) if shown else epoch_row)
+        if env.progress is not None:
+            env.progress(row, offset + int(epoch_row["epoch"]), epochs)
+        then(epoch_row)
+
+    return on_epoch
+
+
+def _failure(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}"
+
+
+def run_evaluation(env: Env, row: dict[str, Any]) -> str | None:
+    """One evaluation run: train on its seed, record the result (if this worker still holds the row), mirror."""
+    from ffbench.seeds import Streams
+    from ffbench.train import fit, resolve_device
+
+    store, worker, run_id = env.store, env.worker, row["run_id"]
+    config = RunConfig.from_dict(row["config"])
+    dev = resolve_device(env.device)
+    info = manifest(str(dev))
+    info["streams"] = Streams(config.seed).as_dict()
+    info["code"] = env.cells[row["cell_id"]].code if row["cell_id"] in env.cells else row.get("code")
+    if row.get("params"):
+        info["tuned_params"] = row["params"]
+    live = live_run(env, row)
+    try:
+        with Heartbeat(store, run_id, worker, heartbeat_interval(env.lease_s)) as hb:
+            result = fit(config, dev, on_epoch=epoch_callback(env, row, live, hb.check, config.epochs))
+        status, error = result.status, result.error
+        payload = dict(metrics=result.metrics, curves=result.curves, compute=result.compute)
+    except LeaseLost:
+        return None
+    except KeyboardInterrupt:
+        store.release(run_id, worker)
+        if live is not None:
+            live.stop()
+        raise
+    except Exception as exc:  # a method that raises is an outcome to report, not a crash of the suite
+        if infrastructure(exc):
+            raise _stop(env, run_id, exc) from exc
+        status, error = FAILED, _failure(exc)
+        payload = dict(metrics={}, curves=[], compute={})
+    if not _finish(env, run_id, status, manifest=info, error=error, **payload):
+        return None  # our lease expired and someone else took the run over; their result counts
+    _mirror(env, run_id)
+    return status
+
+
+def run_trial(env: Env, row: dict[str, Any]) -> str | None:
+    """One tuning slot: ask the cell's study for a trial, train it on every tuning seed, record, tell."""
+    from optuna.trial import TrialState
+
+    from ffbench.train import fit, resolve_device
+
+    store, worker, run_id = env.store, env.worker, row["run_id"]
+    cell = env.cells[row["cell_id"]]
+    spec = cell.tuning
+    storage = env.storage()
+    study = studies.load_study(storage, env.suite, cell, row["trial"])
+    studies.fail_orphan(study, row.get("optuna_trial"))  # the trial of a worker that died holding this slot
+    trial = study.ask(studies.distributions(spec["space"]))
+    trial.set_user_attr("ffbench.slot", row["trial"])
+    trial.set_user_attr("ffbench.run_id", run_id)
+    trial.set_user_attr("ffbench.worker", worker)
+    params = dict(trial.params)
+    repeat = repeat_of_slot(spec, row["trial"])
+    seeds = tuning_seeds(spec, repeat)
+    base = replace(apply_params(RunConfig.from_dict(row["config"]), params), seed=seeds[0])
+    if not store.set_trial(run_id, worker, trial.number, params, base.to_dict()):
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+    dev = resolve_device(env.device)
+    info = manifest(str(dev))
+    info["code"] = cell.code
+    info.update({"optuna_trial": trial.number, "study": studies.study_name(env.suite, cell, repeat),
+                 "tuning_seeds": seeds, "tuning_repeat": repeat})
+    curves: list[dict[str, Any]] = []
+    metrics: dict[str, Any] = {}
+    compute: dict[str, Any] = {}
+    error = None
+    values: list[float] = []
+    reporter = None
+    live = live_run(env, row)  # one MLflow run for every tuning seed
+    try:
+        with Heartbeat(store, run_id, worker, heartbeat_interval(env.lease_s)) as hb:
+            status = DONE
+            for i, seed in enumerate(seeds):
+                reporter = studies.Reporter(trial, base.epochs, i, lost=hb.check)
+                on_epoch = epoch_callback(env, row, live, reporter, base.epochs * len(seeds), offset=base.epochs * i,
+                                          shown=lambda r, seed=seed: _no_test(dict(r, seed=seed)))
+                result = fit(replace(base, seed=seed), dev, on_epoch=on_epoch)
+                curves += [_no_test(dict(r, seed=seed)) for r in result.curves]
+                compute = result.compute
+                if result.status != DONE:
+                    status, error = result.status, f"tuning seed {seed}: {result.error}"
+                    break
+                values.append(result.metrics[METRIC])
+                metrics[f"val_acc.seed{seed}"] = result.metrics[METRIC]
+                metrics[f"best_epoch.seed{seed}"] = result.metrics.get("best_epoch")
+            if status == DONE:
+                metrics[METRIC] = sum(values) / len(values)
+    except studies.Pruned as p:
+        status, error = PRUNED, str(p)
+        curves += [_no_test(dict(r, seed=seeds[len(values)])) for r in (reporter.rows if reporter else [])]
+        seen = values + [r[METRIC] for r in (reporter.rows if reporter else [])]
+        metrics.update({METRIC: max(seen) if seen else math.nan, "pruned_at_step": p.step})
+    except LeaseLost:
+        return None  # the new holder marks this Optuna trial failed
+    except KeyboardInterrupt:
+        store.release(run_id, worker)
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        if live is not None:
+            live.stop()
+        raise
+    except Exception as exc:
+        if infrastructure(exc):
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            raise _stop(env, run_id, exc) from exc
+        status, error = FAILED, _failure(exc)
+    metrics["n_tuning_seeds"] = len(seeds)
+    if not _finish(env, run_id, status, metrics=metrics, curves=curves, compute=compute, manifest=info,
+                   error=error):
+        return None
+    try:
+        if status == DONE:
+            study.tell(trial, metrics[METRIC], skip_if_finished=True)
+        else:
+            study.tell(trial, state=TrialState.PRUNED if status == PRUNED else TrialState.FAIL, skip_if_finished=True)
+    except Exception as exc:  # the store has the outcome; Optuna is reconciled when evaluation is registered
+        print(f"warning: telling Optuna about {run_id} failed: {exc}", file=sys.stderr)
+    _mirror(env, run_id)
+    register_evaluation(store, env.suite, cell, storage)
+    return status
+
+
+def _no_test(row: dict[str, Any]) -> dict[str, Any]:
+    """Tuning never looks at the test set: its curves keep training and validation figures only."""
+    return {k: v for k, v in row.items() if not k.startswith("test_")}

@@ -1,0 +1,44 @@
+"""The manifest of a run: what made its numbers (versions, device, threads, host, and the git commit with
+a dirty flag and the hash of the uncommitted diff), stored with every result; ``execute`` adds the random
+streams and the cell's code fingerprints (``design.code_fingerprint``)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from ffbench import __version__
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def manifest(device: str) -> dict[str, Any]:
+    import numpy
+    import torch
+
+    # git status refreshes the index and takes index.lock unless told not to: a run must never hold a lock
+    # that a user's git command in the same tree then trips over
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, env=env,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    diff = git("diff", "HEAD")
+    m = {"ffbench": __version__, "python": platform.python_version(), "torch": torch.__version__,
+         "numpy": numpy.__version__, "platform": platform.platform(), "host": platform.node(),
+         "device": device, "threads": torch.get_num_threads(),
+         "git_commit": git("rev-parse", "HEAD") or "unknown",
+         "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+         "git_diff_sha256": hashlib.sha256(diff.encode()).hexdigest()[:16] if diff else ""}
+    if device.startswith("cuda"):
+        m["gpu"] = torch.cuda.get_device_name(0)
+        m["cuda"] = torch.version.cuda
+        m["cudnn"] = torch.backends.cudnn.version()
+    return m

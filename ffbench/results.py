@@ -1,0 +1,232 @@
+"""A suite's results read back from the store for the end of a run and for MLflow: the results table
+(mean ± SD per cell), the failed runs, the tuning budget curves, and each cell's aggregate for its parent
+run. Every number comes from ``stats`` (``cell_table``, ``cell_summaries``, ``budget_curves``, the same
+functions the reports read); this module only selects the rows (this suite version, this design's
+cells), passes the design's factors explicitly, and names the columns.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from ffbench import stats
+from ffbench.design import EVALUATION, TUNING, Design
+from ffbench.selection import choose_best
+from ffbench.store import DONE, FAILED, FINISHED, PRUNED, Store
+from ffbench.suite import Suite
+from ffbench.tuning import METRIC as TUNING_METRIC
+
+METRIC = "test_acc"
+NOT_APPLICABLE = "—"  # the level shown in the results table where an axis does not apply to a method
+COMPUTE_MEANS = ("epoch_time_s", "saved_bytes_per_step")
+
+
+# ---------------------------------------------------------------- the end-of-run table
+def results_table(store: Store, suite: Suite, design: Design) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Mean ± SD of test accuracy per cell (dataset, backbone, method and axis levels) with its 95% interval,
+    and each cell's verdict against the suite's control with the interval of the difference (both from
+    ``stats.cell_summaries``), over the finished evaluation runs of this suite version; tuning trials never
+    enter it. Returns (table, the evaluation frame it was computed from, for results.csv)."""
+    frame = store.frame(suite.name, version=suite.version)
+    if len(frame):
+        frame = frame[frame["cell_id"].isin({c.cell_id for c in design.cells})].copy()
+    if not len(frame):
+        return pd.DataFrame(), frame
+    summaries = stats.cell_summaries(frame, control=suite.control, factors=design.factors)
+    axes = [a for a in design.axes if a in frame.columns]
+    keys = ["dataset", "backbone", "method", *axes]
+    for a in axes:  # None (the axis does not apply) stays a group of its own
+        frame[a] = frame[a].map(lambda v: NOT_APPLICABLE if v is None or (isinstance(v, float) and v != v) else v)
+    cells = stats.cell_table(frame, METRIC, keys, means=COMPUTE_MEANS)
+    cell_of = {tuple(map(str, k)): c for k, c in zip(frame[keys].itertuples(index=False), frame["cell_id"])}
+    per = [summaries.get(cell_of.get(tuple(map(str, k)), ""), {}) for k in cells[keys].itertuples(index=False)]
+    table = pd.DataFrame({**{k: cells[k] for k in keys}, "n": cells["n"], "failed": cells["failures"],
+                          "test_acc_mean": cells["mean"] * 100, "test_acc_sd": cells["sd"] * 100,
+                          "test_acc_ci_low": cells["ci_low"] * 100, "test_acc_ci_high": cells["ci_high"] * 100,
+                          **{f"{k}_vs_control": [s.get(k, math.nan) * 100 for s in per]
+                             for k in ("delta", "delta_ci_low", "delta_ci_high")},
+                          "verdict": [s.get("verdict", "") for s in per],
+                          "epoch_time_s": cells["mean.epoch_time_s"],
+                          "saved_MB_per_step": cells["mean.saved_bytes_per_step"] / 2**20})
+    table.attrs["control"] = suite.control
+    order = {"dataset": suite.datasets, "backbone": suite.backbones, "method": suite.methods,
+             **{a.name: [NOT_APPLICABLE] + list(a.levels) for a in suite.axes}}
+
+    def rank(col):  # the suite's own order, not the store's
+        pos = {str(v): i for i, v in enumerate(order[col.name])}
+        return col.map(lambda v: pos.get(str(v), len(pos)))
+
+    return table.sort_values(keys, key=rank).reset_index(drop=True), frame
+
+
+_NOT_AXES = ("dataset", "backbone", "method", "n", "failed", "test_acc_mean", "test_acc_sd", "test_acc_ci_low",
+             "test_acc_ci_high", "delta_vs_control", "delta_ci_low_vs_control", "delta_ci_high_vs_control", "verdict",
+             "epoch_time_s", "saved_MB_per_step")
+
+
+def _interval(low: float, high: float) -> str:
+    return f"[{low:.2f}, {high:.2f}]" if math.isfinite(low) and math.isfinite(high) else "—"
+
+
+def format_table(table: pd.DataFrame) -> str:
+    axes = [c for c in table.columns if c not in _NOT_AXES]
+    control = table.attrs.get("control", "the control")
+    head = ["dataset", "backbone", "method", *axes, "n", "failed", "test acc % (mean ± SD)", "95% CI",
+            f"Δ vs {control} pp [95% CI]", "verdict", "s/epoch", "saved MB/step"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in table.to_dict("records"):
+        acc = f"{r['test_acc_mean']:.2f} ± {r['test_acc_sd']:.2f}" if r["n"] else "—"
+        d = r.get("delta_vs_control", math.nan)
+        delta = "—" if r.get("verdict") == "control" or not math.isfinite(d) else (
+            f"{d:+.2f} {_interval(r['delta_ci_low_vs_control'], r['delta_ci_high_vs_control'])}")
+        cells = [r["dataset"], r["backbone"], r["method"], *(r[a] for a in axes), r["n"], r["failed"], acc,
+                 _interval(r.get("test_acc_ci_low", math.nan), r.get("test_acc_ci_high", math.nan)), delta,
+                 r.get("verdict") or "—", f"{r['epoch_time_s']:.3f}", f"{r['saved_MB_per_step']:.2f}"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def failures(store: Store, suite: Suite, design: Design) -> list[dict[str, Any]]:
+    """Every failed or pruned row of this suite version (evaluation and tuning), with its message."""
+    ids = {c.cell_id: c for c in design.cells}
+    out = []
+    for r in store.rows(suite.name, suite_version=suite.version, status=[FAILED, PRUNED]):
+        if r["cell_id"] in ids:
+            first = (r["error"] or "").strip().splitlines()
+            out.append({"run_id": r["run_id"], "role": r["role"], "status": r["status"], "cell": ids[r["cell_id"]].label,
+                        "seed": r["seed"], "trial": r["trial"], "message": first[0] if first else ""})
+    return out
+
+
+# ---------------------------------------------------------------- tuning budget curves
+def _curves(trials: list[dict[str, Any]]) -> pd.DataFrame:
+    """``stats.budget_curves`` per cell over tuning rows of the store."""
+    frame = pd.DataFrame([{"cell_id": r["cell_id"], "trial": r["trial"], "seed": r["seed"], "status": r["status"],
+                           TUNING_METRIC: (r.get("metrics") or {}).get(TUNING_METRIC, math.nan)} for r in trials])
+    return stats.budget_curves(frame, TUNING_METRIC, factors=["cell_id"])
+
+
+def budget_curves(store: Store, suite: Suite, design: Design | None = None) -> pd.DataFrame:
+    """One row per (cell, k), as ``budget_curves.csv``: cell_id, the cell's factors, k, trial, status,
+    val_acc (the trial's own), best_val_acc (the best after the first k trials, in trial order; pruned and
+    failed trials use budget but cannot be best), expected_best_val_acc (the expected best of k random
+    trials among the completed ones), chosen (the trial whose configuration was evaluated) and the
+    trial's parameters (param.*)."""
+    rows = store.rows(suite.name, role=TUNING, suite_version=suite.version)
+    if design is not None:
+        cells = {c.cell_id for c in design.cells}
+        rows = [r for r in rows if r["cell_id"] in cells]
+    if not rows:
+        return pd.DataFrame()
+    curves = _curves(rows)
+    by_cell: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in rows:
+        by_cell.setdefault(r["cell_id"], {})[r["trial"]] = r
+    chosen = {}
+    for cell_id, trials in by_cell.items():
+        if all(r["status"] in FINISHED for r in trials.values()):
+            best = choose_best(list(trials.values()))
+            chosen[cell_id] = best["trial"] if best is not None else None
+    out = []
+    for c in curves.to_dict("records"):
+        r = by_cell[c["cell_id"]][c["trial"]]
+        out.append({"cell_id": c["cell_id"], **r["factors"], "k": c["k"], "trial": r["trial"], "status": r["status"],
+                    TUNING_METRIC: (r.get("metrics") or {}).get(TUNING_METRIC, math.nan),
+                    "best_val_acc": c["best_so_far"], "expected_best_val_acc": c["expected_max"],
+                    "chosen": chosen.get(c["cell_id"]) == r["trial"],
+                    **{f"param.{p}": v for p, v in (r.get("params") or {}).items()}})
+    return pd.DataFrame(out)
+
+
+# ---------------------------------------------------------------- each cell's aggregate, for its MLflow parent
+def cell_aggregates(store: Store, suite: Suite, design: Design, control: str | None = None, rope=None
+                    ) -> dict[str, dict[str, Any]]:
+    """cell_id -> {summary, done, budget_curve}: the cell's evaluation seeds (n, mean, SD, median, CI,
+    failures, and the verdict against the control, from ``stats.cell_summaries``), for a tuned cell its
+    tuning (trials done / pruned / failed, the chosen trial and its parameters) and its budget curve
+    [(k, best validation accuracy after k trials)], and whether the cell is complete."""
+    frame = store.frame(suite.name, version=suite.version)
+    per_cell = (stats.cell_summaries(frame, control=control or suite.control, rope=rope, factors=design.factors)
+                if len(frame) else {})
+    rows = store.rows(suite.name, suite_version=suite.version)
+    by_cell: dict[str, list[dict]] = {}
+    for r in rows:
+        by_cell.setdefault(r["cell_id"], []).append(r)
+    tuning_rows = [r for r in rows if r["role"] == TUNING]
+    curves = _curves(tuning_rows) if tuning_rows else pd.DataFrame()
+    out = {}
+    for cell in design.cells:
+        runs = [r for r in by_cell.get(cell.cell_id, []) if r["role"] == EVALUATION]
+        trials = sorted((r for r in by_cell.get(cell.cell_id, []) if r["role"] == TUNING), key=lambda r: r["trial"])
+        st = per_cell.get(cell.cell_id, {})
+        n = int(st.get("n", 0))
+        summary: dict[str, Any] = {"n": n, "failures": int(st.get("failures", 0))}
+        if n:
+            summary["test_acc_mean"] = st["mean"]
+            if n > 1:
+                summary["test_acc_sd"] = st["sd"]
+        summary.update({f"test_acc_{k}": st[k] for k in ("median", "ci_low", "ci_high") if k in st})
+        summary.update({f"{k}_vs_control": st[k] for k in ("delta", "delta_ci_low", "delta_ci_high", "p_adj",
+                                                          "verdict") if k in st})
+        if st:
+            summary["control"] = st["control"]
+        curve = []
+        if trials:
+            summary.update({f"tuning_{s}": sum(r["status"] == s for r in trials) for s in (DONE, PRUNED, FAILED)})
+            best = choose_best(trials) if all(r["status"] in FINISHED for r in trials) else None
+            if best is not None:
+                summary["tuning_best_trial"] = best["trial"]
+                summary["tuning_best_val_acc"] = best["metrics"][TUNING_METRIC]
+                summary.update({f"tuned.{k}": v for k, v in (best["params"] or {}).items()})
+            mine = curves[curves["cell_id"] == cell.cell_id]
+            curve = [(int(k), float(b)) for k, b in zip(mine["k"], mine["best_so_far"]) if math.isfinite(b)]
+        done = all(r["status"] in FINISHED for r in runs) and len(runs) == len(suite.seeds)
+        mine_all = by_cell.get(cell.cell_id, [])
+        starts = [r["started"] for r in mine_all if r.get("started")]
+        ends = [r["finished"] for r in mine_all if r.get("finished")]
+        span = (min(starts) if starts else None, max(ends) if ends else None)  # the parent's own duration
+        out[cell.cell_id] = {"summary": summary, "done": done, "budget_curve": curve, "span": span}
+    return out
+
+
+def summarize_cells(suite: Suite, design: Design, store: Store, tracker, control: str | None = None,
+                    rope=None) -> None:
+    """Log each cell's aggregate (``cell_aggregates``) onto its MLflow parent run, so the UI ranks and
+    compares cells; a cell none of whose runs has started has no parent yet and is left out."""
+    aggregates = cell_aggregates(store, suite, design, control, rope)
+    for cell in design.cells:
+        agg = aggregates[cell.cell_id]
+        if agg["span"][0] is None:
+            continue
+        tracker.log_cell_summary(cell.cell_id, cell.factors, cell.config.to_dict(), suite.version, agg["summary"],
+                                 agg["done"], budget_curve=agg["budget_curve"], span=agg["span"])
+
+
+# ---------------------------------------------------------------- the headline of `ffbench report`
+def headline(store: Store, suite_name: str, control: str = "bp", rope=None, suite_version: int | None = None,
+             **options: Any) -> list[str]:
+    """The report's headline as terminal lines: the winner per task, and each method's verdict against
+    ``control`` with the interval it is read from. The same statistics as the report's (its ``winners``
+    and confirmatory comparisons, from ``stats``); ``options``: the report's other options."""
+    from ffbench.document import fmt_ci
+    from ffbench.report_context import Options, ReportContext, load_tables, verdict_label
+
+    t = load_tables(store, suite_name, suite_version)
+    ctx = ReportContext(suite_name, t.frame, t.tuning, Options(control=control, rope=rope, **options), t.factors)
+    lines = [f"{suite_name} (version {ctx.suite_version}): winner per task"]
+    for w in ctx.winners().to_dict("records"):
+        lines.append(f"  {w['task']}: {w['winner']} ({w['why']}); highest mean {w['highest mean']} "
+                     f"{w['mean [CI] (%)']}%, n={w['n']}")
+    conf = ctx.confirmatory()
+    if len(conf):
+        lines.append(f"each method against {control} (Δ in pp with the interval the verdict is read from; "
+                     f"ROPE {ctx.rope_text()}):")
+        for r in conf.to_dict("records"):
+            lines.append(f"  {r['method']} on {r['task']}: {verdict_label(r)}, Δ {fmt_ci(r['delta'], r['dec_low'], r['dec_high'])}"
+                         f" ({r['n_pairs']} pairs)")
+    elif control not in ctx.methods:
+        lines.append(f"the control {control} has no runs in this suite: no verdicts (set --control)")
+    lines.append(ctx.failure_line().replace("**", ""))
+    return lines

@@ -1,0 +1,86 @@
+"""The 'reproduction' report kind on a small store with synthetic numbers: published number and source, mean
+with a t interval over seeds, budget, seconds per epoch, and where the published number lies."""
+import json
+
+import numpy as np
+import pytest
+
+from ffbench import stats
+from ffbench.config import RunConfig
+from ffbench.report import REPORTS, build_report
+from ffbench.store import Store
+from reports.reproduction import PUBLISHED, reproduction_rows, where
+
+SUITE = """
+[suite]
+name = "repro-test"
+version = 1
+
+[design]
+methods = ["ff.hinton", "cwc", "sff", "bp"]
+datasets = ["mnist", "cifar10"]
+backbones = ["mlp", "cnn.cfse", "resnet18"]
+seeds = [0, 1, 2]
+"""
+# (method, dataset, backbone) -> per-seed accuracy of the metric the published number refers to
+RUNS = {
+    ("ff.hinton", "mnist", "mlp"): ("test_acc.softmax", [0.9851, 0.9856, 0.9859]),  # around 98.55: inside
+    ("cwc", "mnist", "cnn.cfse"): ("test_acc", [0.990, 0.991, 0.989]),  # published 99.42 lies above
+    ("sff", "cifar10", "resnet18"): ("test_acc", [0.50, 0.52, 0.51]),
+    ("bp", "cifar10", "resnet18"): ("test_acc", [0.45, 0.46, 0.44]),  # SFF - BP = 6 pp: published 9 pp above
+}
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("repro")
+    (out / "repro-test.toml").write_text(SUITE)
+    store = Store(out / "results.db")
+    rows, outcomes = [], {}
+    for (method, dataset, backbone), (metric, values) in RUNS.items():
+        for seed, v in enumerate(values):
+            run_id = f"{method}-{dataset}-{backbone}-s{seed}"
+            cfg = RunConfig(method=method, dataset=dataset, backbone=backbone, seed=seed, epochs=4, batch_size=100,
+                            method_options={"recipe": "reference"} if method != "bp" else {}).to_dict()
+            rows.append(dict(run_id=run_id, suite="repro-test", suite_version=1, cell_id=f"{method}{dataset}",
+                             role="evaluation", seed=seed, trial=None, config=cfg,
+                             factors={"method": method, "dataset": dataset, "backbone": backbone}))
+            outcomes[run_id] = ({"test_acc": v, metric: v, "val_acc": v}, {"epoch_time_s": 2.0 + seed,
+                                                                             "n_train": 50000})
+    store.add_runs(rows)
+    for run_id, (metrics, compute) in outcomes.items():
+        assert store.claim(run_id, "test", 600)
+        assert store.finish(run_id, "test", "done", metrics=metrics, curves=[], compute=compute)
+    return out
+
+
+def test_rows_place_the_published_number_against_the_interval(store_dir):
+    frame = Store(store_dir / "results.db").frame("repro-test")
+    frame["status"] = frame["status"].fillna("done")
+    table = reproduction_rows(frame).set_index(["row", "dataset", "backbone"])
+    ff = table.loc[("ff.hinton", "mnist", "mlp")]
+    ci = stats.t_interval(RUNS[("ff.hinton", "mnist", "mlp")][1])
+    assert ff["published"] == pytest.approx(0.9855) and ff["metric"] == "test_acc.softmax"
+    assert (ff["ci_low"], ff["ci_high"]) == pytest.approx((ci.low, ci.high))
+    assert ff["published_vs_ci"] == "inside" and ff["n"] == 3 and ff["recipe"] == "reference"
+    assert ff["budget"] == "4 epochs, batch 100, 50000 training images" and ff["epoch_time_s"] == pytest.approx(3.0)
+    assert table.loc[("cwc", "mnist", "cnn.cfse"), "published_vs_ci"] == "above"
+    diff = table.loc[("sff − bp", "cifar10", "resnet18")]
+    assert diff["mean"] == pytest.approx(0.06) and diff["published"] == 0.09 and diff["published_vs_ci"] == "above"
+    assert len(table) == 3  # no row for published numbers without runs (mobilenetv3, asge, ...)
+    assert where(0.5, 0.4, 0.45) == "above" and where(0.3, 0.4, 0.45) == "below" and where(0.5, np.nan, 1) == "—"
+
+
+def test_every_published_number_has_a_source_and_a_plausible_value():
+    for key, pub in PUBLISHED.items():
+        assert pub.source and ("§" in pub.source)
+        assert (0 < pub.value < 1) if pub.versus is None else (-1 < pub.value < 1), key
+
+
+def test_the_report_kind_renders(store_dir):
+    assert "reproduction" in REPORTS
+    paths = build_report(store_dir, "repro-test", kinds=["reproduction"], n_resamples=200)
+    md = next(p for p in paths if p.name == "reproduction.md").read_text()
+    assert "98.55" in md and "loeweX/Forward-Forward README" in md and "inside" in md and "above" in md
+    csv = next(p for p in paths if p.suffix == ".csv" and "reproduction" in p.name)
+    assert "published_vs_ci" in csv.read_text()
