@@ -23,10 +23,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return dry_run(args)
     try:
-        summary = runner.run_suite(args.suite, args.out, device=args.device, tracking_uri=args.tracking_uri,
-                                   progress=not args.no_progress, track=not args.no_tracking, workers=args.workers,
-                                   store_url=args.store, optuna_storage=args.optuna_storage, lease_s=args.lease,
-                                   rerun=args.rerun)
+        common = dict(device=args.device, tracking_uri=args.tracking_uri, progress=not args.no_progress,
+                      track=not args.no_tracking, workers=args.workers, store_url=args.store,
+                      optuna_storage=args.optuna_storage, lease_s=args.lease, rerun=args.rerun)
+        if args.executor == "ray":
+            from ffbench import ray_executor
+
+            summary = ray_executor.run_suite(args.suite, args.out, **common, **ray_executor.ray_options(args))
+        else:
+            summary = runner.run_suite(args.suite, args.out, **common)
     except BaseException as exc:  # interrupted, a refused store, unusable data, a failing disk: one line
         code = runner.stopped(exc)
         if code is None:
@@ -653,6 +658,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerun", action="append", metavar="PATTERN",
                    help="execute again the cells whose label (method/dataset/backbone/axis=level) or method matches "
                         "this wildcard (repeatable); the old results are kept as superseded")
+    from ffbench.ray_executor import add_ray_arguments
+
+    add_ray_arguments(p)
     p.set_defaults(func=cmd_run)
 
     p = command("worker", "a worker on a suite's shared store (start one per machine or device)")

@@ -990,7 +990,9 @@ def cell_summaries(frame: pd.DataFrame, control: str = "bp", rope: float | Mappi
             s.update(verdict="control", delta=0.0)
         elif len(hits) == 1:
             r = hits[0]
-            s.update(delta=r["delta"], delta_ci_low=r["ci_low"], delta_ci_high=r["ci_high"], n_pairs=r["n_pairs"],
+            # the decision interval (Holm-corrected level): the one the verdict is read from
+            s.update(delta=r["delta"], delta_ci_low=r["dec_low"], delta_ci_high=r["dec_high"],
+                     decision_confidence=r["decision_confidence"], n_pairs=r["n_pairs"],
                      p_adj=r["p_adj"], verdict=r["verdict"], reason=r["reason"],
                      reliability=r["reliability_flag"], survives_failures=bool(r["survives_failures"]),
                      verdict_failures_as_chance=r["sens_verdict"], p_worse=r["bayes_p_worse"],

@@ -102,7 +102,7 @@ def stored(tmp_path_factory):
 def test_run_ends_with_intervals_and_verdicts(stored):
     tmp, _ = stored
     table = (tmp / "ffbench-out" / "clisuite" / "table.md").read_text()
-    assert "95% CI" in table and "Δ vs bp pp [95% CI]" in table and "verdict" in table
+    assert "95% CI" in table and "Δ vs bp pp [decision CI]" in table and "verdict" in table
     assert "| control |" in table and "insufficient evidence" in table  # 2 seeds: too few for a verdict
 
 
