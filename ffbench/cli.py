@@ -206,7 +206,8 @@ def dry_run(args: argparse.Namespace) -> int:
         line += (f" + at most {b['tuning_epochs']} tuning epochs ({b['tuning_trials']} trials; pruning "
                  f"stops some early) = at most {b['total_epochs']} training epochs")
     print(line)
-    print(_estimate_line(runner.estimate(suite, design, paths, args.store, args.device)))
+    if not args.no_estimate:
+        print(_estimate_line(runner.estimate(suite, design, paths, args.store, args.device)))
     print(f"output directory: {paths.out}")
     return 0
 
@@ -651,6 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: OUT/mlflow.db, a SQLite file)")
     p.add_argument("--dry-run", action="store_true",
                    help="list the cells, runs and budget with a time estimate; train nothing")
+    p.add_argument("--no-estimate", action="store_true",
+                   help="with --dry-run: skip the time estimate (its timed probe trains a few steps per method)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _shared_options(p)
     p.add_argument("--workers", type=int, default=1,

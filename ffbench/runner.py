@@ -251,6 +251,12 @@ def catch_up(s: Session, with_aggregates: bool = True) -> tuple[int, int]:
 def _interrupted(s: Session, exc: BaseException, close_parents: bool) -> None:
     """Note how many runs are left on the exception (the command prints it), and leave no MLflow parent
     RUNNING."""
+    import logging
+
+    # stopping on purpose: an MLflow call cut short by the signal must not print its traceback (the
+    # tracker's own line says what was not mirrored, and `ffbench sync` replays it)
+    for name in ("mlflow", "alembic", "sqlalchemy"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
     prog = _progress(s)
     exc.pending = prog["total"] - prog["finished"]  # type: ignore[attr-defined]
     if close_parents and s.tracker is not None:
