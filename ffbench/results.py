@@ -44,9 +44,7 @@ def results_table(store: Store, suite: Suite, design: Design) -> tuple[pd.DataFr
     per = [summaries.get(cell_of.get(tuple(map(str, k)), ""), {}) for k in cells[keys].itertuples(index=False)]
     table = pd.DataFrame({**{k: cells[k] for k in keys}, "n": cells["n"], "failed": cells["failures"],
                           "test_acc_mean": cells["mean"] * 100, "test_acc_sd": cells["sd"] * 100,
-                          # an accuracy lies in [0, 100]%: the t interval is clipped there (coverage is kept)
-                          "test_acc_ci_low": (cells["ci_low"] * 100).clip(0, 100),
-                          "test_acc_ci_high": (cells["ci_high"] * 100).clip(0, 100),
+                          "test_acc_ci_low": cells["ci_low"] * 100, "test_acc_ci_high": cells["ci_high"] * 100,
                           **{f"{k}_vs_control": [s.get(k, math.nan) * 100 for s in per]
                              for k in ("delta", "delta_ci_low", "delta_ci_high")},
                           "verdict": [s.get("verdict", "") for s in per],

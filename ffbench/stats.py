@@ -313,8 +313,9 @@ def cell_table(frame: pd.DataFrame, metric: str = METRIC, by: Sequence[str] | No
                confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
                rng: int | np.random.Generator | None = SEED, means: Sequence[str] = ()) -> pd.DataFrame:
     """Per group of ``by`` (default: the inferred factors): runs, n (done, finite), failures, missing
-    (pending/running), mean, SD, median, min, max and the 95% bootstrap CI of the mean (each group's
-    interval from a fresh Generator seeded with ``rng``); and for each column of ``means`` (compute
+    (pending/running), mean, SD, median, min, max and the CI of the mean (t by default; each group's
+    interval from a fresh Generator seeded with ``rng``; an accuracy's interval clipped to [0, 1]); and for
+    each column of ``means`` (compute
     figures such as ``epoch_time_s``) its mean over the same runs, as ``mean.<column>``. The one cell
     summary: the end-of-run table, the MLflow parent runs and the reports all read it."""
     df, factors = prepare(frame, by, metric)
@@ -324,6 +325,8 @@ def cell_table(frame: pd.DataFrame, metric: str = METRIC, by: Sequence[str] | No
         ok = ok_mask(g, metric)
         counts = status_counts(g, metric)
         d = describe(g.loc[ok, metric], confidence=confidence, n_resamples=n_resamples, rng=rng)
+        if "acc" in metric and math.isfinite(d.get("ci_low", math.nan)):  # an accuracy lies in [0, 1]: clipping
+            d["ci_low"], d["ci_high"] = max(0.0, d["ci_low"]), min(1.0, d["ci_high"])  # keeps the coverage
         extra = {f"mean.{c}": float(pd.to_numeric(g.loc[ok, c], errors="coerce").astype(float).mean())
                  if c in g else math.nan for c in means}
         rows.append({**dict(zip(by, _key(key))), **counts, **{k: v for k, v in d.items() if k != "n"}, **extra})
