@@ -315,8 +315,8 @@ def cell_table(frame: pd.DataFrame, metric: str = METRIC, by: Sequence[str] | No
     """Per group of ``by`` (default: the inferred factors): runs, n (done, finite), failures, missing
     (pending/running), mean, SD, median, min, max and the CI of the mean (t by default; each group's
     interval from a fresh Generator seeded with ``rng``; an accuracy's interval clipped to [0, 1]); and for
-    each column of ``means`` (compute
-    figures such as ``epoch_time_s``) its mean over the same runs, as ``mean.<column>``. The one cell
+    each column of ``means`` (compute figures such as ``epoch_time_s``) its mean over the same runs, as
+    ``mean.<column>``. The one cell
     summary: the end-of-run table, the MLflow parent runs and the reports all read it."""
     df, factors = prepare(frame, by, metric)
     by = list(by) if by is not None else factors
