@@ -36,7 +36,7 @@ def subset_suite(folder: Path, methods: list[str], epochs: int, full: bool) -> P
         path.write_text(text)
         return path
     quick = tomllib.loads(text)
-    lines = [f'[suite]\nname = "bench-ray"\nversion = 1\n', "[design]", f"methods = {methods!r}".replace("'", '"'),
+    lines = ['[suite]\nname = "bench-ray"\nversion = 1\n', "[design]", f"methods = {methods!r}".replace("'", '"'),
              'datasets = ["digits"]', 'backbones = ["mlp"]', f"seeds = {quick['design']['seeds']}", "",
              "[train]", f"epochs = {epochs}", f"batch_size = {quick['train']['batch_size']}",
              f"val_size = {quick['train']['val_size']}", ""]

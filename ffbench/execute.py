@@ -179,7 +179,7 @@ def run_trial(env: Env, row: dict[str, Any]) -> str | None:
     """One tuning slot: ask the cell's study for a trial, train it on every tuning seed, record, tell."""
     from optuna.trial import TrialState
 
-    from ffbench.train import fit, resolve_device
+    from ffbench.train import resolve_device
 
     store, worker, run_id = env.store, env.worker, row["run_id"]
     cell = env.cells[row["cell_id"]]
@@ -203,36 +203,18 @@ def run_trial(env: Env, row: dict[str, Any]) -> str | None:
     info["code"] = cell.code
     info.update({"optuna_trial": trial.number, "study": studies.study_name(env.suite, cell, repeat),
                  "tuning_seeds": seeds, "tuning_repeat": repeat})
-    curves: list[dict[str, Any]] = []
-    metrics: dict[str, Any] = {}
-    compute: dict[str, Any] = {}
-    error = None
-    values: list[float] = []
-    reporter = None
+    out: dict[str, Any] = {"status": DONE, "error": None, "metrics": {"n_tuning_seeds": len(seeds)}, "curves": [],
+                           "compute": {}}
     live = live_run(env, row)  # one MLflow run for every tuning seed
     try:
         with Heartbeat(store, run_id, worker, heartbeat_interval(env.lease_s)) as hb:
-            status = DONE
-            for i, seed in enumerate(seeds):
+            def on_epoch_for(i: int, seed: int):
                 reporter = studies.Reporter(trial, base.epochs, i, lost=hb.check)
-                on_epoch = epoch_callback(env, row, live, reporter, base.epochs * len(seeds), offset=base.epochs * i,
-                                          shown=lambda r, seed=seed: _no_test(dict(r, seed=seed)))
-                result = fit(replace(base, seed=seed), dev, on_epoch=on_epoch)
-                curves += [_no_test(dict(r, seed=seed)) for r in result.curves]
-                compute = result.compute
-                if result.status != DONE:
-                    status, error = result.status, f"tuning seed {seed}: {result.error}"
-                    break
-                values.append(result.metrics[METRIC])
-                metrics[f"val_acc.seed{seed}"] = result.metrics[METRIC]
-                metrics[f"best_epoch.seed{seed}"] = result.metrics.get("best_epoch")
-            if status == DONE:
-                metrics[METRIC] = sum(values) / len(values)
-    except studies.Pruned as p:
-        status, error = PRUNED, str(p)
-        curves += [_no_test(dict(r, seed=seeds[len(values)])) for r in (reporter.rows if reporter else [])]
-        seen = values + [r[METRIC] for r in (reporter.rows if reporter else [])]
-        metrics.update({METRIC: max(seen) if seen else math.nan, "pruned_at_step": p.step})
+                return reporter, epoch_callback(env, row, live, reporter, base.epochs * len(seeds),
+                                                offset=base.epochs * i,
+                                                shown=lambda r, seed=seed: _no_test(dict(r, seed=seed)))
+
+            train_trial(out, base, seeds, dev, on_epoch_for)
     except LeaseLost:
         return None  # the new holder marks this Optuna trial failed
     except KeyboardInterrupt:
@@ -245,10 +227,10 @@ def run_trial(env: Env, row: dict[str, Any]) -> str | None:
         if infrastructure(exc):
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             raise _stop(env, run_id, exc) from exc
-        status, error = FAILED, _failure(exc)
-    metrics["n_tuning_seeds"] = len(seeds)
-    if not _finish(env, run_id, status, metrics=metrics, curves=curves, compute=compute, manifest=info,
-                   error=error):
+        out.update(status=FAILED, error=_failure(exc))
+    status, metrics = out["status"], out["metrics"]
+    if not _finish(env, run_id, status, metrics=metrics, curves=out["curves"], compute=out["compute"], manifest=info,
+                   error=out["error"]):
         return None
     try:
         if status == DONE:
@@ -260,6 +242,36 @@ def run_trial(env: Env, row: dict[str, Any]) -> str | None:
     _mirror(env, run_id)
     register_evaluation(store, env.suite, cell, storage)
     return status
+
+
+def train_trial(out: dict[str, Any], base: RunConfig, seeds: list[int], dev,
+                on_epoch_for: Callable[[int, int], tuple[Any, Callable]]) -> None:
+    """Train one tuning trial's configuration on every tuning seed. ``on_epoch_for(i, seed)`` gives the
+    pruner's reporter for seed i and the per-epoch callback. Fills ``out`` (status, error, metrics, curves,
+    compute) as it goes, so a caller that catches a method's exception keeps what was trained; a pruned
+    trial ends as PRUNED with the best validation value seen."""
+    from ffbench.train import fit
+
+    out.update(status=DONE, error=None, metrics={"n_tuning_seeds": len(seeds)}, curves=[], compute={})
+    metrics, curves, values, reporter = out["metrics"], out["curves"], [], None
+    try:
+        for i, seed in enumerate(seeds):
+            reporter, on_epoch = on_epoch_for(i, seed)
+            result = fit(replace(base, seed=seed), dev, on_epoch=on_epoch)
+            curves += [_no_test(dict(r, seed=seed)) for r in result.curves]
+            out["compute"] = result.compute
+            if result.status != DONE:
+                out.update(status=result.status, error=f"tuning seed {seed}: {result.error}")
+                return
+            values.append(result.metrics[METRIC])
+            metrics[f"val_acc.seed{seed}"] = result.metrics[METRIC]
+            metrics[f"best_epoch.seed{seed}"] = result.metrics.get("best_epoch")
+        metrics[METRIC] = sum(values) / len(values)
+    except studies.Pruned as p:
+        out.update(status=PRUNED, error=str(p))
+        curves += [_no_test(dict(r, seed=seeds[len(values)])) for r in (reporter.rows if reporter else [])]
+        seen = values + [r[METRIC] for r in (reporter.rows if reporter else [])]
+        metrics.update({METRIC: max(seen) if seen else math.nan, "pruned_at_step": p.step})
 
 
 def _no_test(row: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import socket
 import sys
@@ -40,7 +39,7 @@ from typing import Any
 from ffbench import pool, runner, studies, tracking
 from ffbench.config import RunConfig
 from ffbench.design import TUNING, Cell
-from ffbench.execute import InfrastructureError, _failure, _no_test, infrastructure
+from ffbench.execute import InfrastructureError, _failure, infrastructure, train_trial
 from ffbench.lease import heartbeat_interval
 from ffbench.selection import register_evaluation
 from ffbench.store import DONE, FAILED, FINISHED, PENDING, PRUNED, RUNNING, worker_name
@@ -235,38 +234,17 @@ def _evaluation(config: RunConfig, dev) -> dict[str, Any]:
 
 
 def _trial(payload: dict[str, Any], base: RunConfig, dev) -> dict[str, Any]:
-    """A tuning trial on every tuning seed, reporting each epoch to the driver's pruner (as
-    ``execute.run_trial`` does in a local worker)."""
-    from ffbench.train import fit
-
-    seeds = payload["seeds"]
+    """A tuning trial on every tuning seed, reporting each epoch to the driver's pruner (the loop of a
+    local worker's trial, ``execute.train_trial``)."""
     trial = BoardTrial(payload["board"], payload["run_id"])
-    curves: list[dict[str, Any]] = []
-    metrics: dict[str, Any] = {}
-    compute: dict[str, Any] = {}
-    error, values, reporter = None, [], None
-    status = DONE
-    try:
-        for i, seed in enumerate(seeds):
-            reporter = studies.Reporter(trial, base.epochs, i)
-            result = fit(replace(base, seed=seed), dev, on_epoch=reporter)
-            curves += [_no_test(dict(r, seed=seed)) for r in result.curves]
-            compute = result.compute
-            if result.status != DONE:
-                status, error = result.status, f"tuning seed {seed}: {result.error}"
-                break
-            values.append(result.metrics[METRIC])
-            metrics[f"val_acc.seed{seed}"] = result.metrics[METRIC]
-            metrics[f"best_epoch.seed{seed}"] = result.metrics.get("best_epoch")
-        if status == DONE:
-            metrics[METRIC] = sum(values) / len(values)
-    except studies.Pruned as p:
-        status, error = PRUNED, str(p)
-        curves += [_no_test(dict(r, seed=seeds[len(values)])) for r in (reporter.rows if reporter else [])]
-        seen = values + [r[METRIC] for r in (reporter.rows if reporter else [])]
-        metrics.update({METRIC: max(seen) if seen else math.nan, "pruned_at_step": p.step})
-    metrics["n_tuning_seeds"] = len(seeds)
-    return {"status": status, "error": error, "metrics": metrics, "curves": curves, "compute": compute}
+
+    def on_epoch_for(i: int, seed: int):
+        reporter = studies.Reporter(trial, base.epochs, i)
+        return reporter, reporter
+
+    out: dict[str, Any] = {}
+    train_trial(out, base, payload["seeds"], dev, on_epoch_for)
+    return out
 
 
 def _same_code(payload: dict[str, Any]) -> None:

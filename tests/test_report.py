@@ -303,7 +303,6 @@ def test_layers_mark_the_model_output_and_leave_it_out_of_the_correlations(built
 
 
 def test_figures_are_large_clipped_shared_with_legends_outside():
-    import numpy as np
     import pandas as pd
 
     from ffbench import figures as F

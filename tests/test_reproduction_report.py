@@ -1,6 +1,5 @@
 """The 'reproduction' report kind on a small store with synthetic numbers: published number and source, mean
 with a t interval over seeds, budget, seconds per epoch, and where the published number lies."""
-import json
 
 import numpy as np
 import pytest
