@@ -96,7 +96,7 @@ class Layers(ReportKind):
         skipped = sorted(set(ctx.frame["method"]) - set(runs["method"]))
         intro = Section("Definitions").text("\n".join([
             f"- Layer (unit) accuracy: accuracy on the {split} split of unit K's own class scores (the method's "
-            "`unit_scores`: its head or goodness on that unit), every epoch. Model accuracy (unit 0, 'model'): the "
+            "per-unit scores from `evaluate`: its head or goodness on that unit), every epoch. Model accuracy (unit 0, 'model'): the "
             "method's default inference rule.",
             f"- Delay: the first epoch at which a unit reaches {o.delay_fraction:.0%} of its final (last-epoch) "
             f"accuracy; mean over seeds with a {o.confidence:.0%} bootstrap CI ({o.n_resamples} resamples, seed "
