@@ -152,6 +152,13 @@ class _Checker:
             self.fail(where, "contains duplicates")
         return list(value)
 
+    def seeds(self, where: str, seeds: Any) -> None:
+        if (not isinstance(seeds, list) or not seeds or
+                not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+            self.fail(where, "expected a non-empty list of non-negative integers")
+        if len(set(seeds)) != len(seeds):
+            self.fail(where, "contains duplicates")
+
     def value(self, where: str, value: Any, spec: Option) -> None:
         why = spec.problem(value)
         if why:
@@ -220,11 +227,7 @@ def load(name_or_path: str) -> Suite:
     datasets = ck.names("[design].datasets", design["datasets"], DATASETS)
     backbones = ck.names("[design].backbones", design["backbones"], BACKBONES)
     seeds = design["seeds"]
-    if (not isinstance(seeds, list) or not seeds or
-            not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
-        ck.fail("[design].seeds", "expected a non-empty list of non-negative integers")
-    if len(set(seeds)) != len(seeds):
-        ck.fail("[design].seeds", "contains duplicates")
+    ck.seeds("[design].seeds", seeds)
 
     train = raw.get("train", {})
     validate_settings(ck, "[train]", train, None)
@@ -462,11 +465,7 @@ def _parse_tuning(ck: _Checker, table: Any, methods: list[str], backbones: list[
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
         ck.fail("[tuning].trials", "expected a positive integer (trials per method per cell)")
     seeds = table["seeds"]
-    if (not isinstance(seeds, list) or not seeds or
-            not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
-        ck.fail("[tuning].seeds", "expected a non-empty list of non-negative integers")
-    if len(set(seeds)) != len(seeds):
-        ck.fail("[tuning].seeds", "contains duplicates")
+    ck.seeds("[tuning].seeds", seeds)
     repeats = table.get("repeats", 1)
     if not isinstance(repeats, int) or isinstance(repeats, bool) or not 1 <= repeats <= 100:
         ck.fail("[tuning].repeats", "expected an integer in [1, 100] (independent repeats of each cell's search)")
