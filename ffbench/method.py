@@ -187,17 +187,19 @@ class LocalMethod(Method):
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         stats: dict[str, torch.Tensor] = {}
+        # every unit's head input stays alive until the read-outs only when there are read-outs to train
+        keep = type(self).train_readouts is not LocalMethod.train_readouts
         features = []
         for k in range(self.units_to_run()):
             if not self.active[k]:
                 with torch.no_grad():
                     _, feat, x = self.forward_unit(k, x)
-                features.append(feat)
+                features.append(feat if keep else None)
                 continue
             scores, feat, x = self.forward_unit(k, x)
             loss = self.unit_loss(k, scores, y)
             step(self.opts[k], loss)  # unit k's graph is freed before unit k+1 runs
-            features.append(feat.detach())
+            features.append(feat.detach() if keep else None)
             stats[f"loss.unit{k + 1}"] = loss.detach()
         stats.update(self.train_readouts(features, y))
         parts = list(stats.values())
