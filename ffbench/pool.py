@@ -153,6 +153,11 @@ def interrupts():
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
+    except KeyboardInterrupt as exc:
+        if fired and not isinstance(exc, Interrupted):
+            # code that caught ours re-raises a bare KeyboardInterrupt (Ray's waits do, in C): keep the signal
+            raise Interrupted(fired[0]) from exc
+        raise
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)

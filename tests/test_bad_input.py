@@ -304,6 +304,20 @@ def test_sigint_reaching_main(tmp_path):
     assert p.returncode == 130 and err == "interrupted: rerun the same command to resume\n"
 
 
+def test_a_signal_swallowed_and_re_raised_bare_keeps_its_status():
+    """Ray's waits catch the handler's exception in C and raise a bare KeyboardInterrupt: still SIGTERM."""
+    from ffbench import pool
+
+    with pytest.raises(pool.Interrupted) as info:
+        with pool.interrupts():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            except KeyboardInterrupt:
+                raise KeyboardInterrupt from None
+    assert info.value.signum == signal.SIGTERM and pool.exit_status(info.value) == 143
+
+
 # ---------------------------------------------------------------- divergence
 def test_divergence_rule():
     assert divergence(2.3, 2.3) is None
