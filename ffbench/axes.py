@@ -24,7 +24,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ffbench.config import TRAIN_FIELDS
+from ffbench.config import ADAPT_MODES, TRAIN_FIELDS
 from ffbench.options import Option, odd
 from ffbench.registry import AXES, BACKBONES, DATASETS, METHODS, Card
 
@@ -216,6 +216,19 @@ register(Axis(
     summary="Training-set size: a class-balanced subset of the training split (after the validation split)",
     notes="The subset is drawn from the run's `subset` stream; a size larger than the training split is an "
           "error naming the level before anything trains."))
+
+def _scratch_to_none(level):
+    return None if level == "scratch" else level
+
+
+register(Axis(
+    name="adapt", target="train", keys=("adapt",),
+    level=Option(str, choices=("scratch",) + ADAPT_MODES), to_value=_scratch_to_none,
+    summary="Transfer: train from scratch, or adapt from the suite's [transfer] source (linear-probe, "
+            "local-heads-only, last-k-units, fine-tune)",
+    notes="A mode a method does not offer drops that cell with the reason (local-heads-only needs heads with "
+          "parameters: sff). Scratch runs are the baseline of the transfer report's gain over scratch, paired by "
+          "seed; the source is pretrained once per (method, backbone, source task, seed) and shared by every cell."))
 
 register(Axis(
     name="goodness", target="method", keys=("goodness",),

@@ -206,6 +206,16 @@ def dry_run(args: argparse.Namespace) -> int:
         line += (f" + at most {b['tuning_epochs']} tuning epochs ({b['tuning_trials']} trials; pruning "
                  f"stops some early) = at most {b['total_epochs']} training epochs")
     print(line)
+    sources = design.sources()
+    if sources:
+        print(f"source stage: {sum(len(seeds) for _, seeds in sources)} pretraining run(s), "
+              f"{sum(s.get('epochs', 0) * len(seeds) for s, seeds in sources)} epochs in all; each trained once, "
+              f"kept in {paths.weights} and shared by every cell that adapts from it")
+        for src, seeds in sources:
+            what = ("torchvision ImageNet weights" if "weights" in src else
+                    f"{src['method']}/{src['dataset']}/{src['backbone']}"
+                    + (f" classes {src['keep_classes']}" if src.get("keep_classes") else "") + f" {src['epochs']} epochs")
+            print(f"  {what}, seeds {seeds}")
     if not args.no_estimate:
         print(_estimate_line(runner.estimate(suite, design, paths, args.store, args.device)))
     print(f"output directory: {paths.out}")
@@ -255,8 +265,17 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"no {args.kind} match {args.pattern!r}{did_you_mean(args.pattern, reg.names())}; registered: "
               f"{', '.join(reg.names())}")
         return 1
-    print("\n\n".join(c.describe() for c in cards))
+    print("\n\n".join(c.describe() + _adapt_line(args.kind, reg, c.name) for c in cards))
     return 0
+
+
+def _adapt_line(kind: str, reg, name: str) -> str:
+    """For a method: the transfer modes it offers (declared on its class, not its card)."""
+    if kind != "methods":
+        return ""
+    cls = reg.get(name).obj
+    probe = f"; linear-probe reports rule {cls.probe_rule}" if cls.probe_rule else ""
+    return f"\n    adapt modes: {', '.join(cls.adapt_modes)}{probe}"
 
 
 def cmd_data(args: argparse.Namespace) -> int:

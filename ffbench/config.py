@@ -13,6 +13,7 @@ from ffbench.options import Option
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "cooldown", "cooldown-loewex")
+ADAPT_MODES = ("linear-probe", "local-heads-only", "last-k-units", "fine-tune")
 
 
 # Training fields a suite may set in [train], per method ([methods."name"]) or per axis level.
@@ -36,7 +37,22 @@ TRAIN_FIELDS: dict[str, Option] = {
                       check_doc="an integer >= 2"),
     "crop_padding": Option(int, 0, "random-crop augmentation padding in pixels (0: off)", ge=0),
     "flip": Option(bool, False, "random horizontal flips"),
+    "keep_classes": Option((list, type(None)), None, "keep exactly these classes (original labels), relabelled "
+                           "0..k-1 in this order: a class split such as [5, 6, 7, 8, 9]",
+                           item=Option(int, ge=0), check=lambda v: v is None or (len(v) >= 2 and len(set(v)) == len(v)),
+                           check_doc="a list of at least 2 distinct class labels"),
+    "adapt": Option((str, type(None)), None, "how a run starts from its suite's [transfer] source: linear-probe "
+                    "(the backbone fixed, the method's final read-out trains), local-heads-only (the backbone fixed, "
+                    "every unit's head trains), last-k-units (the first units fixed), fine-tune (everything trains); "
+                    "unset: from scratch", choices=ADAPT_MODES),
+    "adapt_units": Option(int, 1, "units that train under adapt = last-k-units (the last k)", ge=1),
+    "eval_every": Option(int, 1, "evaluate on validation and test every this many epochs (and after the last); "
+                         "the best epoch is chosen among the evaluated ones", ge=1),
 }
+
+# Fields added after the first release: left out of a run's identity while at their default, so the cells of
+# existing stores keep their IDs (and are not trained again).
+LATER_FIELDS = {"eval_every": 1, "keep_classes": None, "adapt": None, "adapt_units": 1, "source": None}
 
 
 @dataclass(frozen=True)
@@ -58,6 +74,13 @@ class RunConfig:
     classes: int | None = None
     crop_padding: int = 0
     flip: bool = False
+    eval_every: int = 1
+    keep_classes: list[int] | None = None
+    adapt: str | None = None
+    adapt_units: int = 1
+    # the source task a run adapts from (a RunConfig dict without seed, or {"weights": "imagenet"}): set by the
+    # design from the suite's [transfer], never by hand
+    source: dict[str, Any] | None = None
     method_options: dict[str, Any] = field(default_factory=dict)
     backbone_options: dict[str, Any] = field(default_factory=dict)
     dataset_options: dict[str, Any] = field(default_factory=dict)
@@ -70,8 +93,12 @@ class RunConfig:
         return cls(**d)
 
     def without_seed(self) -> dict[str, Any]:
+        """The run's identity apart from its seed (fields of ``LATER_FIELDS`` at their default left out)."""
         d = self.to_dict()
         d.pop("seed")
+        for k, default in LATER_FIELDS.items():
+            if d.get(k) == default:
+                d.pop(k)
         return d
 
 

@@ -62,12 +62,14 @@ def _balanced_take(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarra
 
 def prepare(name: str, streams: Streams, device: torch.device, *, val_size: float | int = 0.1,
             train_subset: int | None = None, classes: int | None = None, root: str | None = None,
-            normalize: str | list | None = None, val_split: str | None = None) -> Data:
+            normalize: str | list | None = None, val_split: str | None = None,
+            keep_classes: list[int] | None = None) -> Data:
     """Load ``name`` and return normalised train / val / test tensors on ``device``.
 
     val_size: a fraction of the training set (< 1) or a sample count, stratified by class.
     train_subset: keep a class-balanced subset of this many training samples (after the split).
     classes: keep only this many classes, drawn from the ``classes`` stream, relabelled 0..classes-1.
+    keep_classes: keep exactly these original labels, relabelled 0..k-1 in the given order (a class split).
     normalize: None (the dataset's statistics), "none" (pixels in [0, 1]) or [means, stds] per channel.
     val_split: None or "stratified" (drawn per seed), or "last" (the last val_size training samples in file
     order, as reference code splits MNIST 50k / 10k).
@@ -77,18 +79,28 @@ def prepare(name: str, streams: Streams, device: torch.device, *, val_size: floa
     raw = load_raw(name, root)
     trx, try_, tex, tey = raw.train_x, raw.train_y, raw.test_x, raw.test_y
     kept = list(range(raw.num_classes))
-    if classes is not None:
+    if classes is not None and keep_classes is not None:
+        raise DataError("classes and keep_classes are both set; allowed: one of them")
+    if keep_classes is not None:
+        bad = [c for c in keep_classes if not 0 <= c < raw.num_classes]
+        if bad:
+            raise DataError(f"keep_classes = {keep_classes}: {name} has classes 0..{raw.num_classes - 1}; "
+                            f"{bad} are not among them")
+        kept = list(keep_classes)
+    elif classes is not None:
         _split(val_size, None, classes, len(try_), raw.num_classes, name)  # the class count, before drawing
         kept = sorted(streams.numpy("classes").choice(raw.num_classes, classes, replace=False).tolist())
+    if len(kept) < raw.num_classes:
         remap = np.full(raw.num_classes, -1)
-        remap[kept] = np.arange(classes)
+        remap[kept] = np.arange(len(kept))
         tr_mask, te_mask = np.isin(try_, kept), np.isin(tey, kept)
         trx, try_ = trx[tr_mask], remap[try_[tr_mask]]
         tex, tey = tex[te_mask], remap[tey[te_mask]]
 
     # stratified validation split from the `split` stream
     rng = streams.numpy("split")
-    n_val, _ = _split(val_size, train_subset, classes, len(try_), raw.num_classes, name)
+    n_val, _ = _split(val_size, train_subset, len(kept) if len(kept) < raw.num_classes else None, len(try_),
+                      raw.num_classes, name)
     val_idx = np.arange(len(try_) - n_val, len(try_)) if val_split == "last" else _balanced_take(try_, n_val, rng)
     train_mask = np.ones(len(try_), bool)
     train_mask[val_idx] = False

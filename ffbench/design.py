@@ -31,9 +31,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ffbench import __version__
-from ffbench.config import TRAIN_FIELDS, RunConfig, canonical_json, content_hash
+from ffbench.config import ADAPT_MODES, TRAIN_FIELDS, RunConfig, canonical_json, content_hash
 from ffbench.registry import BACKBONES, METHODS, RECIPE_DEFAULT
-from ffbench.suite import Suite
+from ffbench.suite import SOURCE_IMAGENET, Suite, SuiteError
 from ffbench.tuning import REPEAT, repeat_of_slot, repeats_of, tuning_seeds
 
 EVALUATION, TUNING = "evaluation", "tuning"
@@ -98,6 +98,15 @@ class Design:
 
     def merged_summary(self) -> list[tuple[str, int]]:
         return Counter(reason for _, reason in self.merged).most_common()
+
+    def sources(self) -> list[tuple[dict[str, Any], list[int]]]:
+        """The source stage: each distinct source task of the runs that adapt, with the seeds it is trained on."""
+        seeds: dict[str, tuple[dict[str, Any], set[int]]] = {}
+        for run in [*self.runs, *self.trials]:
+            src = run.cell.config.source
+            if src:
+                seeds.setdefault(canonical_json(src), (src, set()))[1].add(run.seed)
+        return [(src, sorted(s)) for src, s in seeds.values()]
 
     def budget(self) -> dict[str, int]:
         """Training epochs: tuning (an upper bound: pruning stops trials early) and evaluation."""
@@ -334,6 +343,35 @@ def _card_check(config: RunConfig) -> str | None:
     return None
 
 
+def source_of(suite: Suite, config: RunConfig) -> dict[str, Any]:
+    """The source task of a run that adapts (``config.source``): the suite's [transfer] resolved for the run's
+    method (or the one [transfer] names) and backbone, on the source dataset at the source budget, without
+    seed. Independent of tuned values and of the target's training-set size, so cells share their sources."""
+    t = suite.transfer.get(config.dataset) or suite.transfer.get("*")
+    if t is None:
+        raise SuiteError(f"{suite.path}: adapt = {config.adapt!r} on {config.dataset}: no [transfer.{config.dataset}] "
+                         f"names its source (sources are given for {', '.join(suite.transfer)})")
+    if t["dataset"] == SOURCE_IMAGENET:
+        return {"weights": SOURCE_IMAGENET}
+    method = config.method if t["method"] == "same" else t["method"]
+    base = resolve(suite, method, t["dataset"], config.backbone)
+    fields = {k: v for k, v in t.items() if k in TRAIN_FIELDS and k not in ("epochs", "classes")}
+    dataset_options = {**base.dataset_options, **({"root": t["root"]} if "root" in t else {})}
+    src = replace(base, **fields, epochs=t["epochs"], eval_every=t["epochs"], keep_classes=t.get("classes"),
+                  classes=None, train_subset=None, adapt=None, adapt_units=1, source=None,
+                  backbone_options=config.backbone_options, dataset_options=dataset_options,
+                  method_options=config.method_options if method == config.method else base.method_options)
+    return src.without_seed()
+
+
+def _adapt_problem(config: RunConfig) -> str | None:
+    """Why a run cannot adapt as configured (a mode the method does not offer), or None."""
+    modes = METHODS.get(config.method).obj.adapt_modes
+    if config.adapt not in modes:
+        return f"{config.method} does not offer adapt={config.adapt} (allowed: {', '.join(modes)})"
+    return None
+
+
 def expand(suite: Suite) -> Design:
     cells: list[Cell] = []
     dropped: list[tuple[dict[str, Any], str]] = []
@@ -367,9 +405,15 @@ def expand(suite: Suite) -> Design:
                     overrides.update(use.axis.overrides(level, method, backbone))
             config, notes = resolve_with_warnings(suite, method, dataset, backbone, overrides)
             warnings += notes
+            if config.adapt is not None:
+                if suite.transfer is None:
+                    raise SuiteError(f"{suite.path}: adapt = {config.adapt!r} (cell {'/'.join(map(str, declared.values()))}) "
+                                     f"needs a [transfer] section naming the source task (dataset, epochs)")
+                config = replace(config, source=source_of(suite, config))
             why = next((r for use in suite.axes if factors[use.name] is not None
                         for r in [use.axis.incompatible(factors[use.name], method, dataset, backbone, config)] if r),
-                       None) or _card_check(config) or _method_skip(method, config)
+                       None) or _card_check(config) or _method_skip(method, config) or (
+                config.adapt is not None and _adapt_problem(config))
             if why:
                 dropped.append((declared, why))
                 continue
@@ -385,6 +429,9 @@ def expand(suite: Suite) -> Design:
             cell = Cell(cid, factors, config, tuning, code)
             seen[cid] = cell
             cells.append(cell)
+    if suite.transfer is not None and not any(c.config.adapt for c in cells):
+        raise SuiteError(f"{suite.path}: [transfer] names a source but no run adapts from it; set adapt in [train] "
+                         f"or an adapt axis (levels: scratch, {', '.join(ADAPT_MODES)})")
     runs = [Run(eval_run_id(c, seed), c, seed) for c in cells for seed in suite.seeds]
     runs += [Run(repeat_run_id(c, r, seed), c, seed, role=REPEAT, trial=r)  # tuning repeats' choices
              for c in cells if c.tuning for r in range(1, repeats_of(c.tuning)) for seed in suite.seeds]

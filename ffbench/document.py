@@ -157,6 +157,7 @@ td:first-child,th:first-child{text-align:left;position:sticky;left:0;z-index:1;b
 th:first-child{z-index:2}
 td.v-better{background:#d8f0ec} td.v-worse{background:#fbe0d8} td.v-equivalent{background:#dde8f2}
 td.v-insufficient{background:#eee} td.t,td[class^="v-"]{text-align:left}
+section.headline td.t,section.headline td[class^="v-"]{white-space:normal}
 figure{margin:1rem 0} figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption,.caption{font-size:.85rem;color:#555}
 .note{background:#fff8e1;border-left:4px solid #f4a261;padding:.4rem .8rem;margin:.6rem 0}

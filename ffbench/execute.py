@@ -47,6 +47,7 @@ class Env:
     poll_s: float = POLL_S
     # told after every epoch: (the claimed row, epochs done in it, its epochs in all), e.g. a progress bar
     progress: Callable[[dict[str, Any], int, int], None] | None = None
+    weights_dir: str | None = None  # where pretrained source backbones are kept (transfer suites)
     cells: dict[str, Cell] = field(default_factory=dict)
     _storage: Any = None
 
@@ -154,8 +155,10 @@ def run_evaluation(env: Env, row: dict[str, Any]) -> str | None:
     live = live_run(env, row)
     try:
         with Heartbeat(store, run_id, worker, heartbeat_interval(env.lease_s)) as hb:
-            result = fit(config, dev, on_epoch=epoch_callback(env, row, live, hb.check, config.epochs))
+            result = fit(config, dev, on_epoch=epoch_callback(env, row, live, hb.check, config.epochs),
+                         weights_dir=env.weights_dir)
         status, error = result.status, result.error
+        info.update(result.manifest)
         payload = dict(metrics=result.metrics, curves=result.curves, compute=result.compute)
     except LeaseLost:
         return None
@@ -214,7 +217,7 @@ def run_trial(env: Env, row: dict[str, Any]) -> str | None:
                                                 offset=base.epochs * i,
                                                 shown=lambda r, seed=seed: _no_test(dict(r, seed=seed)))
 
-            train_trial(out, base, seeds, dev, on_epoch_for)
+            train_trial(out, base, seeds, dev, on_epoch_for, env.weights_dir)
     except LeaseLost:
         return None  # the new holder marks this Optuna trial failed
     except KeyboardInterrupt:
@@ -229,6 +232,7 @@ def run_trial(env: Env, row: dict[str, Any]) -> str | None:
             raise _stop(env, run_id, exc) from exc
         out.update(status=FAILED, error=_failure(exc))
     status, metrics = out["status"], out["metrics"]
+    info.update(out.pop("manifest", {}))
     if not _finish(env, run_id, status, metrics=metrics, curves=out["curves"], compute=out["compute"], manifest=info,
                    error=out["error"]):
         return None
@@ -245,7 +249,7 @@ def run_trial(env: Env, row: dict[str, Any]) -> str | None:
 
 
 def train_trial(out: dict[str, Any], base: RunConfig, seeds: list[int], dev,
-                on_epoch_for: Callable[[int, int], tuple[Any, Callable]]) -> None:
+                on_epoch_for: Callable[[int, int], tuple[Any, Callable]], weights_dir: str | None = None) -> None:
     """Train one tuning trial's configuration on every tuning seed. ``on_epoch_for(i, seed)`` gives the
     pruner's reporter for seed i and the per-epoch callback. Fills ``out`` (status, error, metrics, curves,
     compute) as it goes, so a caller that catches a method's exception keeps what was trained; a pruned
@@ -257,8 +261,10 @@ def train_trial(out: dict[str, Any], base: RunConfig, seeds: list[int], dev,
     try:
         for i, seed in enumerate(seeds):
             reporter, on_epoch = on_epoch_for(i, seed)
-            result = fit(replace(base, seed=seed), dev, on_epoch=on_epoch)
+            result = fit(replace(base, seed=seed), dev, on_epoch=on_epoch, weights_dir=weights_dir)
             curves += [_no_test(dict(r, seed=seed)) for r in result.curves]
+            if result.manifest.get("source"):
+                out.setdefault("manifest", {}).setdefault("sources", []).append(result.manifest["source"])
             out["compute"] = result.compute
             if result.status != DONE:
                 out.update(status=result.status, error=f"tuning seed {seed}: {result.error}")
@@ -270,7 +276,7 @@ def train_trial(out: dict[str, Any], base: RunConfig, seeds: list[int], dev,
     except studies.Pruned as p:
         out.update(status=PRUNED, error=str(p))
         curves += [_no_test(dict(r, seed=seeds[len(values)])) for r in (reporter.rows if reporter else [])]
-        seen = values + [r[METRIC] for r in (reporter.rows if reporter else [])]
+        seen = values + [r[METRIC] for r in (reporter.rows if reporter else []) if METRIC in r]
         metrics.update({METRIC: max(seen) if seen else math.nan, "pruned_at_step": p.step})
 
 

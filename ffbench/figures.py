@@ -493,3 +493,60 @@ def by_depth(summary: pd.DataFrame, *, y: str = "mean", low: str = "ci_low", hig
         _clamp_ylim(ax, limits)
         _legend_outside(fig, ax)
     return fig
+
+
+# ---------------------------------------------------------------- small data and transfer
+def size_curves(cells: pd.DataFrame, *, x: str = "x", label: str = "size_label", hue: str = "method",
+                scale: float = 100.0, ylabel: str = "test accuracy (%)",
+                xlabel: str = "training images (log scale)", title: str = "",
+                limits: tuple[float, float] | None = ACCURACY) -> Figure:
+    """Mean with its interval band (``stats.cell_table`` columns mean, ci_low, ci_high) against the
+    training-set size at position ``x`` on a log axis, one line per method in its colour; the ticks are
+    the sizes, named by ``label``."""
+    hues = list(dict.fromkeys(cells[hue]))
+    lim = None if limits is None else (limits[0] * scale, limits[1] * scale)
+    with _style():
+        fig = _figure(4.0)
+        ax = fig.subplots()
+        for h in hues:
+            s = cells[cells[hue] == h].sort_values(x)
+            m, lo, hi = (s[c].to_numpy(float) * scale for c in ("mean", "ci_low", "ci_high"))
+            ax.plot(s[x], m, "-o", ms=4, color=method_color(h), label=str(h))
+            _band(ax, s[x], lo, hi, method_color(h), lim)
+        ax.set_xscale("log")
+        ticks = cells.drop_duplicates(x).sort_values(x)
+        ax.set_xticks(ticks[x].to_numpy(float), [str(v) for v in ticks[label]])
+        ax.minorticks_off()
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=9)
+        _clamp_ylim(ax, lim)
+        _legend_outside(fig, ax)
+    return fig
+
+
+def points_by_level(cells: pd.DataFrame, *, x: str, order: Sequence, hue: str = "method", scale: float = 100.0,
+                    ylabel: str = "test accuracy (%)", xlabel: str = "", title: str = "",
+                    limits: tuple[float, float] | None = ACCURACY) -> Figure:
+    """Mean and interval (columns mean, ci_low, ci_high) of each method at each level of ``x`` (in
+    ``order``), the methods side by side in their colours, on one accuracy axis."""
+    hues = list(dict.fromkeys(cells[hue]))
+    pos = {lv: i for i, lv in enumerate(order)}
+    width = 0.6 / max(len(hues), 1)
+    lim = None if limits is None else (limits[0] * scale, limits[1] * scale)
+    with _style():
+        fig = _figure(4.0)
+        ax = fig.subplots()
+        for j, h in enumerate(hues):
+            s = cells[(cells[hue] == h) & cells[x].isin(pos)]
+            xs = np.array([pos[v] for v in s[x]], float) + (j - (len(hues) - 1) / 2) * width
+            m, lo, hi = (s[c].to_numpy(float) * scale for c in ("mean", "ci_low", "ci_high"))
+            ax.errorbar(xs, m, yerr=_yerr(m, lo, hi, lim), fmt="o", color=method_color(h), capsize=4, ms=7, lw=2,
+                        label=str(h))
+        ax.set_xticks(range(len(order)), [str(v) for v in order])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=9)
+        _clamp_ylim(ax, lim)
+        _legend_outside(fig, ax)
+    return fig

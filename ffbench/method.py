@@ -95,9 +95,34 @@ class Method(nn.Module, ABC):
     def default_rule(self) -> str:
         """The rule reported as the run's accuracy: the card's ``rule_option`` value, else its first rule."""
         card = self.card
-        return (self.options.get(card.rule_option) if card.rule_option else None) or card.rules[0]  # unset: first
+        return (getattr(self, "report_rule", None)
+                or (self.options.get(card.rule_option) if card.rule_option else None) or card.rules[0])  # unset: first
 
     max_eval_batch: int | None = None  # a cap on the harness's evaluation batch (e.g. one row per label)
+
+    # ------------------------------------------------------------ transfer (a suite's [transfer] source)
+    adapt_modes: ClassVar[tuple[str, ...]] = ("linear-probe", "last-k-units", "fine-tune")
+    probe_rule: ClassVar[str | None] = None  # the rule of the final read-out, reported under linear-probe
+
+    def fixed_in(self, mode: str, k: int) -> list[nn.Module]:
+        """What adaptation ``mode`` keeps as the source trained it: linear-probe the backbone (the method's own
+        parts, fresh, train on it), last-k-units all but the last k units, fine-tune nothing."""
+        units = list(self.backbone.units)
+        if mode == "fine-tune":
+            return []
+        if mode == "last-k-units":
+            return units[:max(0, len(units) - k)]
+        return [self.backbone]
+
+    def adapt(self, mode: str, k: int) -> None:
+        """Enter adaptation ``mode`` after the source weights are loaded: ``fixed_in`` stops training (no
+        gradient, BatchNorm statistics held) and linear-probe reports ``probe_rule``."""
+        from ffbench.transfer import freeze
+
+        for module in self.fixed_in(mode, k):
+            freeze(module)
+        if mode == "linear-probe" and self.probe_rule:
+            self.report_rule = self.probe_rule
 
     def start_epoch(self, epoch: int) -> None:
         """Called before each training epoch (0-based): layer schedules such as CwC's ILT windows."""
@@ -181,9 +206,30 @@ class LocalMethod(Method):
         """A layer schedule: unit k trains in the epochs of ``windows[k]``."""
         self.active = [s <= epoch < e for s, e in self.windows]
 
+    readouts_read_all: ClassVar[bool] = False  # train_readouts reads every unit's features (run them all)
+
     def units_to_run(self) -> int:
-        """How many units a training step runs: up to the last one that trains."""
+        """How many units a training step runs: up to the last one that trains (all with readouts_read_all)."""
+        if self.readouts_read_all:
+            return len(self.active)
         return 1 + max((k for k, on in enumerate(self.active) if on), default=-1)
+
+    adapt_modes: ClassVar[tuple[str, ...]] = ("linear-probe", "local-heads-only", "last-k-units", "fine-tune")
+
+    def fixed_in(self, mode: str, k: int) -> list[nn.Module]:
+        """linear-probe: the backbone and every head but the last (the final head and the read-outs train);
+        local-heads-only: the backbone (every head trains); otherwise as ``Method``."""
+        if mode == "linear-probe":
+            return [self.backbone, *self.heads[:-1]]
+        return super().fixed_in(mode, k)
+
+    def adapt(self, mode: str, k: int) -> None:
+        """A unit with nothing left to train leaves the layer schedule (it runs without a graph)."""
+        super().adapt(mode, k)
+        for u in range(len(self.windows)):
+            if not any(p.requires_grad for p in self.unit_params(u)):
+                self.windows[u] = (0, 0)
+        self.start_epoch(0)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         stats: dict[str, torch.Tensor] = {}

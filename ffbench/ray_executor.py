@@ -217,23 +217,26 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
     if payload["role"] != TUNING:
         info["streams"] = Streams(config.seed).as_dict()
     try:
-        out = _trial(payload, config, dev) if payload["role"] == TUNING else _evaluation(config, dev)
+        weights = payload.get("weights_dir")
+        out = (_trial(payload, config, dev, weights) if payload["role"] == TUNING
+               else _evaluation(config, dev, weights))
     except Exception as exc:
         if infrastructure(exc) or _is_ray_error(exc):
             return {"infrastructure": _node_problem(host, payload, exc)}
         out = {"status": FAILED, "error": _failure(exc), "metrics": {}, "curves": [], "compute": {}}
-    out["manifest"] = info
+    out["manifest"] = {**info, **out.get("manifest", {})}
     return out
 
 
-def _evaluation(config: RunConfig, dev) -> dict[str, Any]:
+def _evaluation(config: RunConfig, dev, weights_dir: str | None) -> dict[str, Any]:
     from ffbench.train import fit
 
-    r = fit(config, dev)
-    return {"status": r.status, "error": r.error, "metrics": r.metrics, "curves": r.curves, "compute": r.compute}
+    r = fit(config, dev, weights_dir=weights_dir)
+    return {"status": r.status, "error": r.error, "metrics": r.metrics, "curves": r.curves, "compute": r.compute,
+            "manifest": r.manifest}
 
 
-def _trial(payload: dict[str, Any], base: RunConfig, dev) -> dict[str, Any]:
+def _trial(payload: dict[str, Any], base: RunConfig, dev, weights_dir: str | None) -> dict[str, Any]:
     """A tuning trial on every tuning seed, reporting each epoch to the driver's pruner (the loop of a
     local worker's trial, ``execute.train_trial``)."""
     trial = BoardTrial(payload["board"], payload["run_id"])
@@ -243,7 +246,7 @@ def _trial(payload: dict[str, Any], base: RunConfig, dev) -> dict[str, Any]:
         return reporter, reporter
 
     out: dict[str, Any] = {}
-    train_trial(out, base, payload["seeds"], dev, on_epoch_for)
+    train_trial(out, base, payload["seeds"], dev, on_epoch_for, weights_dir)
     return out
 
 
@@ -454,7 +457,7 @@ class Driver:
             payload = {"run_id": row["run_id"], "role": row["role"], "config": flight.row["config"],
                        "device": self.task_device, "threads": self.opts.cpus_per_run,
                        "code": flight.cell.code if flight.cell is not None else row.get("code"),
-                       "manifest": flight.extras}
+                       "manifest": flight.extras, "weights_dir": str(self.s.paths.weights.resolve())}
             if flight.trial is not None:
                 payload.update(seeds=flight.extras["tuning_seeds"], board=self.board)
             self.flights[self.remote.remote(payload)] = flight

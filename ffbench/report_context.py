@@ -328,6 +328,9 @@ def load_tables(store: Any, suite: str, suite_version: int | None = None) -> Tab
         tuning = tuning[tuning["suite_version"] == v].reset_index(drop=True)
     if not len(frame):
         raise ValueError(f"suite {suite!r} has no evaluation runs of version {v}")
+    # each run's manifest (a bookkeeping column, never a factor): e.g. the source checkpoint a transfer run read
+    manifests = {r["run_id"]: r["manifest"] for r in store.rows(suite, role="evaluation", suite_version=v)}
+    frame["manifest"] = frame["run_id"].map(manifests)
     repeats = store.frame(suite, role="repeat")
     if len(repeats):
         repeats = repeats[repeats["suite_version"] == v].reset_index(drop=True)

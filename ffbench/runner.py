@@ -52,6 +52,10 @@ class Paths:
     def artifacts(self) -> Path:
         return self.out / "mlartifacts"
 
+    @property
+    def weights(self) -> Path:
+        return self.out / "pretrained"  # transfer suites' source backbones
+
 
 def default_out(suite: Suite) -> Path:
     return Path("ffbench-out") / suite.name
@@ -65,6 +69,10 @@ def prepare(suite_ref: str, out: str | Path | None = None) -> tuple[Suite, Desig
     for line in design.warnings:  # a suite value that meets a method's recipe: never silently
         print(f"warning: {line}", file=sys.stderr)
     check_cells(suite, design.cells)  # against the datasets' sizes, before any run is claimed
+    if suite.transfer is not None:
+        from ffbench.transfer import check_sources
+
+        check_sources(suite, design.cells)
     paths = Paths(Path(out) if out else default_out(suite))
     return suite, design, paths
 
@@ -177,7 +185,7 @@ class Session:
     def env(self, device: str) -> Env:
         """This process's worker."""
         return Env(self.suite, self.design, self.store, worker_name(), device, self.tracker, self.optuna_url,
-                   self.lease_s, self.poll_s)
+                   self.lease_s, self.poll_s, weights_dir=str(self.paths.weights))
 
     def spawn(self, n: int, device: str) -> list:
         """``n`` local worker processes on this session's store, studies and tracking (none: untracked)."""

@@ -136,6 +136,19 @@ def _key(group: Any) -> tuple:
     return group if isinstance(group, tuple) else (group,)
 
 
+group_key = _key  # a groupby key as a tuple, for one grouping column as for several
+
+
+def rows_where(frame: pd.DataFrame, columns: Sequence[str], values: Sequence) -> pd.DataFrame:
+    """The rows of ``frame`` whose ``columns`` hold ``values`` (every row for no columns)."""
+    if not len(frame):
+        return frame
+    keep = np.ones(len(frame), bool)
+    for c, v in zip(columns, values):
+        keep &= (frame[c] == v).to_numpy()
+    return frame[keep]
+
+
 # ====================================================================== bootstrap
 @dataclass(frozen=True)
 class Interval:

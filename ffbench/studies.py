@@ -155,6 +155,8 @@ class Reporter:
         self.rows.append(row)
         if self.lost is not None:
             self.lost()
+        if METRIC not in row:  # an epoch without evaluation (eval_every > 1)
+            return
         step = self.seed_index * self.epochs + int(row["epoch"]) - 1
         value = float(row[METRIC])
         self.trial.report(value, step)

@@ -11,6 +11,9 @@ A suite file (``suites/<name>.toml``)::
     [datasets."<name>"]     per dataset: root, and training fields for that dataset
     [axes]                  ablation axes and their levels (see below); optional
     [tuning]                Optuna tuning inside each cell at an equal budget (see ``tuning.py``); optional
+    [transfer]              the source task of the runs that set ``adapt`` (dataset or "imagenet", classes,
+                            epochs, method, training fields); or [transfer."<target dataset>"] per target;
+                            optional (see ``transfer.py``)
 
 Later sections win: ffbench defaults < the method card's defaults < [train] < [datasets.X] < [methods.X]
 < axis levels < tuned parameters. Every error names the file, the field and the allowed values, and is
@@ -65,6 +68,7 @@ _SECTIONS = {
     "datasets": "per-dataset settings",
     "axes": "ablation axes and their levels",
     "tuning": "Optuna tuning: trials, seeds, sampler, pruner, space",
+    "transfer": "the source task runs with adapt set start from: dataset (or imagenet), classes, epochs, method",
 }
 _SUITE_KEYS = {"name": str, "version": int, "description": str, "control": str}
 _DESIGN_KEYS = ("methods", "datasets", "backbones", "seeds")
@@ -98,6 +102,8 @@ class Suite:
     only: list[dict[str, Any]] = field(default_factory=list)
     exclude: list[dict[str, Any]] = field(default_factory=list)
     tuning: TuningSpec | None = None  # None (no tuning: the configured values are evaluated as they are)
+    # [transfer]: the source task per target dataset ("*": every target); None: no run adapts
+    transfer: dict[str, dict[str, Any]] | None = None
     warnings: list[str] = field(default_factory=list)  # said at planning; the suite is usable as it is
 
     @property
@@ -271,6 +277,8 @@ def load(name_or_path: str) -> Suite:
     if "tuning" in raw:
         tuning = _parse_tuning(ck, raw["tuning"], methods, backbones, list(seeds))
 
+    transfer = _parse_transfers(ck, raw["transfer"], datasets) if "transfer" in raw else None
+
     control = head.get("control", "bp")  # the default may be absent from the suite: the report says so
     if "control" in head and control not in methods:
         ck.fail("[suite].control", f"{control!r} is not one of [design].methods; allowed: {', '.join(methods)}")
@@ -278,7 +286,7 @@ def load(name_or_path: str) -> Suite:
                  control=control, methods=methods, datasets=datasets, backbones=backbones, seeds=list(seeds),
                  train=train, method_settings=method_settings, backbone_options=backbone_options,
                  dataset_settings=dataset_settings, raw=raw, axes=axes, plan=plan, only=only, exclude=exclude,
-                 tuning=tuning, warnings=warnings)
+                 tuning=tuning, transfer=transfer, warnings=warnings)
 
 
 _GENERIC_KEYS = {"method_option": "method", "backbone_option": "backbone", "train_field": "train"}
@@ -374,6 +382,56 @@ def _parse_matches(ck: _Checker, where: str, value: Any, lists: dict[str, list])
     return value
 
 
+SOURCE_IMAGENET = "imagenet"  # torchvision's ImageNet weights of a torchvision backbone (online)
+# what [transfer] says besides training fields of the source stage (lr, batch_size, ...)
+_TRANSFER_KEYS = ("dataset", "classes", "epochs", "method", "root")
+_NOT_FOR_SOURCE = ("adapt", "adapt_units", "keep_classes", "classes", "train_subset", "epochs")
+
+
+def _parse_transfers(ck: _Checker, table: Any, datasets: list[str]) -> dict[str, dict[str, Any]]:
+    """[transfer] (one source for every target dataset) or [transfer.<target dataset>] (one per target)."""
+    if isinstance(table, dict) and table and "dataset" not in table and all(isinstance(v, dict) for v in table.values()):
+        for target in table:
+            if target not in datasets:
+                ck.fail(f"[transfer.{target}]", f"not in [design].datasets{did_you_mean(target, datasets)}; allowed: "
+                                                f"{', '.join(datasets)}")
+        return {target: _parse_transfer(ck, spec, f"[transfer.{target}]") for target, spec in table.items()}
+    return {"*": _parse_transfer(ck, table, "[transfer]")}
+
+
+def _parse_transfer(ck: _Checker, table: Any, where: str) -> dict[str, Any]:
+    """A source task: a dataset with optional classes, an epoch budget, and the method that pretrains ("same"
+    as the run's, or one named), or dataset = "imagenet" (torchvision weights)."""
+    if not isinstance(table, dict):
+        ck.fail(where, f"expected a table, got {type(table).__name__}")
+    if "dataset" not in table:
+        ck.fail(f"{where}.dataset", f"missing (required): a dataset ({', '.join(DATASETS.names())}) or "
+                                    f"{SOURCE_IMAGENET!r}")
+    dataset = table["dataset"]
+    if dataset != SOURCE_IMAGENET:
+        ck.names(f"{where}.dataset", [dataset], DATASETS)
+        if "epochs" not in table:
+            ck.fail(f"{where}.epochs", "missing (required): the source stage's epoch budget")
+    method = table.get("method", "same")
+    if method != "same" and method not in METHODS:
+        ck.fail(f"{where}.method", f"unknown method {method!r}{did_you_mean(method, METHODS.names())}; allowed: "
+                                   f"same (each method pretrains its own backbone), {', '.join(METHODS.names())}")
+    for k, v in table.items():
+        if k in ("dataset", "method", "root"):
+            if not isinstance(v, str):
+                ck.fail(f"{where}.{k}", f"expected a string, got {type(v).__name__}")
+        elif k == "classes":
+            ck.value(f"{where}.classes", v, TRAIN_FIELDS["keep_classes"])
+        elif k == "epochs":
+            ck.value(f"{where}.epochs", v, TRAIN_FIELDS["epochs"])
+        elif k in _NOT_FOR_SOURCE or k not in TRAIN_FIELDS:
+            allowed = list(_TRANSFER_KEYS) + [f for f in TRAIN_FIELDS if f not in _NOT_FOR_SOURCE]
+            ck.fail(f"{where}.{k}", f"unknown key{did_you_mean(k, allowed)}; allowed: {', '.join(allowed)}")
+        else:
+            ck.value(f"{where}.{k}", v, TRAIN_FIELDS[k])
+    return {**table, "method": method}
+
+
 def _check_dataset(ck: _Checker, where: str, name: str, table: Any) -> None:
     """[datasets.X]: training fields, and a root that is a folder which exists."""
     validate_settings(ck, where, table, None, ("root",))
@@ -404,10 +462,17 @@ def check_cells(suite: Suite, cells: list) -> None:
         if key not in sizes:
             sizes[key] = _dataset_sizes(c.dataset, root)
         n_train, k = sizes[key]["n_train"], sizes[key]["num_classes"]
-        if c.classes is not None and c.classes <= k:
-            n_train = n_train * c.classes // k  # the kept classes' share (balanced classes assumed)
+        kept = c.classes
+        if c.keep_classes is not None:
+            bad = [x for x in c.keep_classes if x >= k]
+            if bad:
+                raise SuiteError(f"{suite.path}: {_where_set(suite, cell, 'keep_classes')}: {c.dataset} has classes "
+                                 f"0..{k - 1}; {bad} are not among them (cell {cell.label})")
+            kept = len(c.keep_classes)
+        if kept is not None and kept <= k:
+            n_train = n_train * kept // k  # the kept classes' share (balanced classes assumed)
         try:
-            split_sizes(c.val_size, c.train_subset, c.classes, n_train=n_train, num_classes=k,
+            split_sizes(c.val_size, c.train_subset, kept, n_train=n_train, num_classes=k,
                         dataset=c.dataset)
         except SplitError as exc:
             raise SuiteError(f"{suite.path}: {_where_set(suite, cell, exc.field)}: {exc} (cell {cell.label})"

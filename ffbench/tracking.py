@@ -22,7 +22,6 @@ once), with the backlog left in the store for ``ffbench sync``.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import queue
@@ -34,6 +33,7 @@ from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import urlparse
 
 from ffbench.config import canonical_json
+from ffbench.filelock import file_lock
 
 MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 # MLflow's own defaults (120 s timeout, 7 retries with backoff) block about 4 minutes per call when the
@@ -114,33 +114,6 @@ def lock_path(uri: str) -> Path | None:
     if parsed.scheme in ("", "file"):
         return Path(parsed.path if parsed.scheme else uri) / ".ffbench.lock"
     return None
-
-
-_LOCKS: dict[str, list] = {}  # path -> [thread lock, open file while held, depth]
-_LOCKS_GUARD = threading.Lock()
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Exclusive across processes (flock); re-entrant within one, so nested find-or-create cannot
-    deadlock on its own lock."""
-    with _LOCKS_GUARD:
-        entry = _LOCKS.setdefault(str(path), [threading.RLock(), None, 0])
-    with entry[0]:
-        if entry[2] == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(path, "a+")
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            entry[1] = fh
-        entry[2] += 1
-        try:
-            yield
-        finally:
-            entry[2] -= 1
-            if entry[2] == 0:
-                fcntl.flock(entry[1], fcntl.LOCK_UN)
-                entry[1].close()
-                entry[1] = None
 
 
 def _flat(prefix: str, d: dict[str, Any]) -> dict[str, str]:

@@ -57,6 +57,8 @@ class RunResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     curves: list[dict[str, Any]] = field(default_factory=list)
     compute: dict[str, Any] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)  # what the run's manifest adds (its transfer source)
+    model: Any = None  # the trained method, with fit(keep_model=True) (a source run: its backbone is saved)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -201,16 +203,27 @@ def build(config: RunConfig, data: Data, streams: Streams, device: torch.device)
 
 
 def fit(config: RunConfig, device: torch.device | str = "auto",
-        on_epoch: Callable[[dict[str, Any]], None] | None = None, data: Data | None = None) -> RunResult:
-    """Train and evaluate one run. Exceptions from bad input propagate; divergence is a failed result."""
+        on_epoch: Callable[[dict[str, Any]], None] | None = None, data: Data | None = None,
+        weights_dir: str | None = None, keep_model: bool = False) -> RunResult:
+    """Train and evaluate one run. Exceptions from bad input propagate; divergence is a failed result.
+    A run that adapts from a source (``config.adapt``) starts from its pretrained backbone, trained first if
+    ``weights_dir`` (default: ``transfer.default_weights_dir()``) does not hold it yet; that time is not the
+    run's training time."""
     device = resolve_device(device) if isinstance(device, str) else device
+    pretrained = None
+    if config.adapt is not None:  # first, so a run reads the same random state whether it trained its source or not
+        from ffbench import transfer
+
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            pretrained = transfer.pretrained(config, device, weights_dir)
     streams = Streams(config.seed)
     if data is None:
         data = prepare(config.dataset, streams, device, val_size=config.val_size,
                        train_subset=config.train_subset, classes=config.classes,
                        root=config.dataset_options.get("root"), normalize=config.dataset_options.get("normalize"),
-                       val_split=config.dataset_options.get("val_split"))
+                       val_split=config.dataset_options.get("val_split"), keep_classes=config.keep_classes)
     method = build(config, data, streams, device)
+    source = transfer.start(method, config, *pretrained) if pretrained else None
     loader = DeviceLoader(data.train, config.batch_size, order_gen=streams.torch("order", device),
                           augment_gen=streams.torch("augment", device), crop_padding=config.crop_padding,
                           flip=config.flip)
@@ -218,7 +231,7 @@ def fit(config: RunConfig, device: torch.device | str = "auto",
     meter = SavedTensorMeter(params)
     memory = TrainingPeak.for_cuda(device) if device.type == "cuda" else None
 
-    result = RunResult(status="done")
+    result = RunResult(status="done", manifest={"source": source} if source else {})
     result.compute = {"device": str(device), "n_params": sum(p.numel() for p in params),
                       "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
                       "num_classes": data.num_classes, "units": list(method.backbone.unit_names)}
@@ -257,6 +270,11 @@ def fit(config: RunConfig, device: torch.device | str = "auto",
             why = divergence(row.get("train_loss"), initial_loss)
             if why:
                 raise Diverged(f"{why} in epoch {epoch + 1}")
+            if (epoch + 1) % config.eval_every and epoch + 1 < config.epochs:  # not an evaluated epoch
+                result.curves.append(row)
+                if on_epoch is not None:
+                    on_epoch(row)
+                continue
             test_correct: list[torch.Tensor] = []  # the test-set sampling variance is estimated from it
             for split_name, split in (("val", data.val), ("test", data.test)):
                 rules, units = evaluate(method, split, config.eval_batch_size,
@@ -277,7 +295,7 @@ def fit(config: RunConfig, device: torch.device | str = "auto",
     except Diverged as exc:
         result.status, result.error = "failed", DIVERGED + str(exc)
 
-    last = result.curves[-1] if result.curves else {}
+    last = next((r for r in reversed(result.curves) if "val_acc" in r), {})
     result.metrics["test_acc_last"] = last.get("test_acc", float("nan"))
     result.metrics["val_acc_last"] = last.get("val_acc", float("nan"))
     n_epochs = len(result.curves)
@@ -289,4 +307,8 @@ def fit(config: RunConfig, device: torch.device | str = "auto",
         "saved_bytes_per_step": meter.peak,
         "peak_mem_bytes": memory.peak if memory else None,  # training steps, above the data and parameters
     })
+    if source:
+        result.compute["trainable_params"] = source["trainable_params"]
+    if keep_model:
+        result.model = method
     return result

@@ -160,6 +160,10 @@ _REFERENCE = {
     capabilities=frozenset({"any-backbone", "unit-heads", "step-and-free", "fixed-projection"}),
     tuning_space={"lr": ("log", 1e-4, 1e-2), "weight_decay": ("log", 1e-6, 1e-3)}, notes=_NOTES)
 class ASGE(LocalMethod):
+    adapt_modes = ("linear-probe", "last-k-units", "fine-tune")  # fixed projections: no head trains
+    probe_rule = "linear"
+    readouts_read_all = True
+
     def head_shapes(self):
         """The shape of each block's goodness vector: C_l * P_l^2, P_l from the grid rule (or `patches`)."""
         shapes, o = self._map_shapes(), self.options

@@ -132,6 +132,8 @@ class BP(Method):
           "reference: CwComp's BP baseline's (no deep-supervision code exists; the DTG-FF audit trains it with the "
           "recipe of the method it is compared with, so set that method's values in [methods.\"bp.deepsup\"]).")
 class BPDeepSup(Method):
+    probe_rule = "last"
+
     @classmethod
     def skip(cls, config):
         return _skip(config)

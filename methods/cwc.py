@@ -152,6 +152,8 @@ _NOTES = ("ILT windows: ilt_table picks the reference table (mnist, fashion-mnis
 class CwC(LocalMethod):
     cfse = True
     backbone_name = "cnn.cfse"
+    adapt_modes = ("linear-probe", "last-k-units", "fine-tune")  # grouped goodness: no head has parameters
+    probe_rule = "sf"
 
     @classmethod
     def skip(cls, config):
@@ -191,6 +193,11 @@ class CwC(LocalMethod):
         self.head_opt = ctx.make_optimizer(self.head.parameters(), optimizer="sgd", lr=options["head_lr"],
                                            momentum=0.0, weight_decay=0.0)
         self.start_epoch(0)
+
+    def adapt(self, mode, k):
+        if mode == "linear-probe":  # the Sf head is the probe: it trains from the first epoch
+            self.head_start = 0
+        super().adapt(mode, k)
 
     def make_head(self, k, shape):
         return GroupedGoodnessHead(self.num_classes, self.class_groups[k])

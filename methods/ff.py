@@ -164,6 +164,8 @@ class FF(LocalMethod):
     """The unit loop is the base's; a unit's input is a state: for layer 1 (|x_rest|^2, W1 x_rest, labels),
     for layer l > 1 the normalised activity of layer l-1. Class scores of a unit are its goodness per label
     row: (B, 2) [positive, negative] in training, (B, K) [one per label] in evaluation."""
+    adapt_modes = ("linear-probe", "last-k-units", "fine-tune")  # no head has parameters
+    probe_rule = "softmax"
 
     @classmethod
     def skip(cls, config):

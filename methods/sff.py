@@ -94,6 +94,8 @@ _REFERENCE = {
     capabilities=frozenset({"any-backbone", "unit-heads", "step-and-free"}),
     tuning_space=_TUNING, notes=_NOTES)
 class SFF(LocalMethod):
+    probe_rule = "last"
+
     @classmethod
     def skip(cls, config):
         units = {**cls.card.defaults, **config.method_options}["units"]

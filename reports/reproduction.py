@@ -116,7 +116,12 @@ class Reproduction(ReportKind):
         if not all(k in ctx.frame for k in _KEYS):
             return "the results have no method / dataset / backbone columns"
         have = set(map(tuple, ctx.frame[list(_KEYS)].astype(str).to_numpy()))
-        return None if have & set(PUBLISHED) else "no (method, dataset, backbone) of this suite has a published number"
+        if not have & set(PUBLISHED):
+            return "no (method, dataset, backbone) of this suite has a published number"
+        published = ctx.frame[[tuple(k) in PUBLISHED for k in ctx.frame[list(_KEYS)].astype(str).to_numpy()]]
+        if "reference" not in _recipe(published):  # a study that happens to share a published row is no reproduction
+            return "no run with a published number follows the reference recipe (recipe = \"reference\")"
+        return None
 
     def build(self, ctx: ReportContext) -> list[Section]:
         o = ctx.options

@@ -202,7 +202,7 @@ def test_cell_ids_change_with_ffbench_version_not_with_eval_seeds(tmp_path, monk
     ('[axes]\nclasses = [1]', "[axes].classes", "an integer >= 2"),
     ('[axes]\ntrain_size = [0]', "[axes].train_size", '"full"'),
     ('[axes]\ngranularity = ["layer", "layer"]', "[axes].granularity", "given twice"),
-    ('[axes]\nkernel_size = [1, 3]', "[axes].kernel_size", "registered: bn, classes"),
+    ('[axes]\nkernel_size = [1, 3]', "[axes].kernel_size", "registered: adapt, bn, classes"),
     ('[axes]\ninference = ["average", "vote-all"]', "[axes].inference", "allowed: 'average', 'last'"),
     ('[axes.x]\nmethod_option = "nosuch"\nlevels = [1]', "[axes].x.method_option", "has the option 'nosuch'"),
     ('[axes.x]\ntrain_field = "nosuch"\nlevels = [1]', "[axes].x.train_field", "allowed: epochs, batch_size"),

@@ -12,6 +12,8 @@ import pytest
 
 from ffbench.report import build_report, report_dir
 from test_report import make_store
+from test_small_data_report import SUITE_NAME as SMALL_SUITE, make_small_store
+from test_transfer_report import SUITE_NAME as TRANSFER_SUITE, make_transfer_store
 
 CHROMIUM = "/usr/bin/chromium"
 WIDTHS = (1400, 390)
@@ -75,16 +77,22 @@ def pages(tmp_path_factory):
     out = make_store(tmp_path_factory.mktemp("browser"))
     build_report(out, "reptest", control="bp", all_pairs=True, n_resamples=300, seed=1)
     root = report_dir(out, "reptest")
-    return root, sorted(root.glob("*.html"))
+    kinds = []  # the kinds whose factors the store above lacks, each from its own store
+    for make, suite, kind in ((make_small_store, SMALL_SUITE, "small-data"),
+                              (make_transfer_store, TRANSFER_SUITE, "transfer")):
+        kind_out = make(tmp_path_factory.mktemp(kind))
+        build_report(kind_out, suite, kinds=[kind], n_resamples=300, seed=1)
+        kinds.append(report_dir(kind_out, suite) / f"{kind}.html")
+    return root, sorted(root.glob("*.html")) + kinds
 
 
 @pytest.mark.parametrize("width", WIDTHS)
 def test_every_page_shows_its_figures_and_fits_the_window(pages, width, tmp_path):
     root, htmls = pages
-    assert {p.stem for p in htmls} >= {"index", "comparison", "ablation", "layers"}  # plus any plugin's kinds
+    assert {p.stem for p in htmls} >= {"index", "comparison", "ablation", "layers", "small-data", "transfer"}
     for html in htmls:
         seen = probe(html, tmp_path, width)
-        pngs = list((root / "figures" / html.stem).glob("*.png"))
+        pngs = list((html.parent / "figures" / html.stem).glob("*.png"))
         assert seen["n"] == len(pngs), (html.name, seen["n"], len(pngs))  # every figure is on the page
         assert seen["ok"] == seen["n"], f"{html.name}: {seen['n'] - seen['ok']} figure(s) did not load"
         assert all(w >= 900 for w in seen["widths"]), (html.name, seen["widths"])  # legible when shown large

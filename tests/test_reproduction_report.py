@@ -83,3 +83,18 @@ def test_the_report_kind_renders(store_dir):
     assert "98.55" in md and "loeweX/Forward-Forward README" in md and "inside" in md and "above" in md
     csv = next(p for p in paths if p.suffix == ".csv" and "reproduction" in p.name)
     assert "published_vs_ci" in csv.read_text()
+
+
+def test_a_study_that_only_shares_a_published_row_gets_no_reproduction_page(tmp_path):
+    (tmp_path / "study.toml").write_text(SUITE.replace("repro-test", "study"))
+    store = Store(tmp_path / "results.db")
+    for seed in range(3):  # ff.hinton on MNIST with the ffbench recipe: a study, not a reproduction
+        cfg = RunConfig(method="ff.hinton", dataset="mnist", backbone="mlp", seed=seed, train_subset=1000).to_dict()
+        store.add_runs([dict(run_id=f"s{seed}", suite="study", suite_version=1, cell_id="c", role="evaluation",
+                             seed=seed, trial=None, config=cfg,
+                             factors={"method": "ff.hinton", "dataset": "mnist", "backbone": "mlp"})])
+        assert store.claim(f"s{seed}", "test", 600)
+        assert store.finish(f"s{seed}", "test", "done", metrics={"test_acc": 0.9}, curves=[], compute={})
+    paths = build_report(tmp_path, "study", n_resamples=50)
+    assert not any(p.name == "reproduction.html" for p in paths)
+    assert any(p.name == "comparison.html" for p in paths)

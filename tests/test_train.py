@@ -58,6 +58,19 @@ def test_model_selection_uses_validation_only():
     assert r.metrics["test_acc_last"] == r.curves[-1]["test_acc"]
 
 
+def test_eval_every_evaluates_every_kth_and_the_last_epoch_and_trains_the_same():
+    every = fit(digits_mlp("bp", epochs=5, eval_every=2), "cpu")
+    full = fit(digits_mlp("bp", epochs=5), "cpu")
+    assert [r["epoch"] for r in every.curves if "val_acc" in r] == [2, 4, 5]
+    assert [r["train_loss"] for r in every.curves] == [r["train_loss"] for r in full.curves]  # training untouched
+    evaluated = {r["epoch"]: r for r in full.curves if r["epoch"] in (2, 4, 5)}
+    best = max(evaluated.values(), key=lambda row: row["val_acc"])
+    assert every.metrics["best_epoch"] == best["epoch"] and every.metrics["test_acc"] == best["test_acc"]
+    assert every.metrics["test_acc_last"] == full.metrics["test_acc_last"]
+    assert "eval_every" not in digits_mlp("bp").without_seed()  # at its default: existing cell IDs hold
+    assert digits_mlp("bp", eval_every=2).without_seed()["eval_every"] == 2
+
+
 def test_nan_loss_is_a_recorded_failure():
     r = fit(digits_mlp("test.nan", epochs=3), "cpu")
     assert r.status == "failed" and "non-finite" in r.error and r.curves == []

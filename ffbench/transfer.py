@@ -1,0 +1,225 @@
+"""The pretraining stage of a transfer suite, and how a run adapts from it.
+
+A run with ``adapt`` set starts from the backbone its source task trained (``config.source``: the source
+run's configuration without seed; the seed is the run's own, so seed s of every method starts from the
+source's seed s). Pretrained backbones are kept per (source configuration, seed) in ``weights_dir`` as
+``<key>.pt`` (the backbone's state dict, loaded only with ``torch.load(weights_only=True)``) beside
+``<key>.json`` (its SHA-256, the source's configuration and accuracy, its training time). The first run
+that needs one trains it, under a file lock, so concurrent workers train it once; every other run, of any
+cell, reuses it. A checkpoint whose hash does not match is trained again, never loaded.
+
+``{"weights": "imagenet"}`` is the other kind of source: torchvision's ImageNet weights of a torchvision
+backbone (online, or from torch's hub cache), checked when the suite is planned.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ffbench import __version__
+from ffbench.config import RunConfig, content_hash
+from ffbench.filelock import file_lock
+
+IMAGENET = "imagenet"
+# torchvision's weights per backbone (the names its `get_weight` takes)
+IMAGENET_WEIGHTS = {"resnet18": "ResNet18_Weights.IMAGENET1K_V1",
+                    "mobilenetv3": "MobileNet_V3_Small_Weights.IMAGENET1K_V1"}
+
+
+class SourceError(RuntimeError):
+    """The source task could not give a backbone (it failed, or its weights are missing)."""
+
+
+def default_weights_dir() -> Path:
+    base = os.environ.get("FFBENCH_DATA")
+    return Path(base) / "pretrained" if base else Path.home() / ".cache" / "ffbench" / "pretrained"
+
+
+def source_config(config: RunConfig) -> RunConfig:
+    """The source run of ``config``: its source task with the run's seed."""
+    return RunConfig.from_dict({**config.source, "seed": config.seed})
+
+
+def source_key(source: RunConfig) -> str:
+    return content_hash(source.to_dict(), __version__, length=16)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- the pretraining stage
+def pretrained(config: RunConfig, device: torch.device, weights_dir: str | Path | None = None
+               ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The source backbone's state dict for ``config`` and what the manifest records about it."""
+    if config.source.get("weights") == IMAGENET:
+        return imagenet_state(config.backbone), {"weights": IMAGENET, "name": IMAGENET_WEIGHTS[config.backbone]}
+    src = source_config(config)
+    key = source_key(src)
+    folder = Path(weights_dir) if weights_dir else default_weights_dir()
+    path, meta = folder / f"{key}.pt", folder / f"{key}.json"
+    with file_lock(folder / f"{key}.lock"):
+        info = _valid(path, meta)
+        reused = info is not None
+        if info is None:
+            info = _train_source(src, key, device, path, meta)
+    state = torch.load(path, map_location=device, weights_only=True)
+    return state, {k: info[k] for k in ("key", "sha256", "seed", "val_acc", "test_acc", "train_time_s", "epochs")
+                   } | {"reused": reused}
+
+
+def _valid(path: Path, meta: Path) -> dict[str, Any] | None:
+    """The sidecar of a checkpoint whose content matches it, else None (missing, or to be trained again)."""
+    if not (path.exists() and meta.exists()):
+        return None
+    try:
+        info = json.loads(meta.read_text())
+    except ValueError:
+        return None
+    return info if info.get("sha256") == sha256(path) else None
+
+
+def _train_source(src: RunConfig, key: str, device: torch.device, path: Path, meta: Path) -> dict[str, Any]:
+    from ffbench.train import fit
+
+    t0 = time.perf_counter()
+    result = fit(src, device, keep_model=True)
+    if result.status != "done":
+        raise SourceError(f"the source run ({src.method} on {src.dataset}, seed {src.seed}) failed: {result.error}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in result.model.backbone.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a kill leaves no half-written checkpoint under the real name
+    info = {"key": key, "sha256": sha256(path), "seed": src.seed, "config": src.to_dict(),
+            "val_acc": result.metrics.get("val_acc"), "test_acc": result.metrics.get("test_acc"),
+            "epochs": src.epochs, "train_time_s": result.compute.get("train_time_s"),
+            "wall_s": time.perf_counter() - t0}
+    tmp = meta.with_name(meta.name + ".tmp")
+    tmp.write_text(json.dumps(info, indent=1, default=str))
+    os.replace(tmp, meta)
+    return info
+
+
+# ---------------------------------------------------------------- ImageNet weights (online)
+def imagenet_file(backbone: str) -> tuple[str, Path]:
+    """(the download URL, where torch's hub cache keeps it) of ``backbone``'s ImageNet weights."""
+    import torchvision
+
+    weights = torchvision.models.get_weight(IMAGENET_WEIGHTS[backbone])
+    return weights.url, Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
+def fetch_imagenet(backbone: str) -> Path:
+    """The cached weights file, downloaded if missing; SourceError naming the file and URL when it cannot be."""
+    if backbone not in IMAGENET_WEIGHTS:
+        raise SourceError(f"ImageNet weights exist for {', '.join(IMAGENET_WEIGHTS)} only, not {backbone}")
+    url, path = imagenet_file(backbone)
+    if not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(path), progress=False)
+        except Exception as exc:
+            raise SourceError(f"ImageNet weights of {backbone} are missing: {path} does not exist and {url} could "
+                              f"not be downloaded ({type(exc).__name__}: {str(exc)[:120]}). Put the file there, or "
+                              f"choose a dataset as the [transfer] source") from None
+    return path
+
+
+def imagenet_state(backbone: str) -> dict[str, torch.Tensor]:
+    return torch.load(fetch_imagenet(backbone), map_location="cpu", weights_only=True)
+
+
+# ---------------------------------------------------------------- checked when a suite is planned
+def check_sources(suite, cells) -> None:
+    """Every source of the design can start its target runs: ImageNet weights are here (or download), and a
+    dataset source gives the backbone the same shapes as the target (image size; on cnn.cfse the class
+    count). SuiteError naming [transfer] otherwise, before anything trains."""
+    from ffbench import backbones
+    from ffbench.config import canonical_json
+    from ffbench.datasets import load
+    from ffbench.suite import SuiteError
+
+    done: set[str] = set()
+    for cell in cells:
+        c = cell.config
+        if not c.source:
+            continue
+        key = canonical_json([c.dataset, c.backbone, c.backbone_options, c.keep_classes, c.classes, c.source])
+        if key in done:
+            continue
+        done.add(key)
+        if c.source.get("weights") == IMAGENET:
+            try:
+                fetch_imagenet(c.backbone)
+            except SourceError as exc:
+                raise SuiteError(f"{suite.path}: [transfer].dataset = {IMAGENET!r}: {exc}") from None
+            continue
+        src = source_config(c)
+        ends = []
+        for run, where in ((src, "[transfer]"), (c, "the target")):
+            raw = load(run.dataset, run.dataset_options.get("root"))
+            bad = [x for x in run.keep_classes or [] if x >= raw.num_classes]
+            if bad:
+                raise SuiteError(f"{suite.path}: {where} classes {run.keep_classes}: {run.dataset} has classes "
+                                 f"0..{raw.num_classes - 1}; {bad} are not among them")
+            k = len(run.keep_classes) if run.keep_classes else run.classes or raw.num_classes
+            ends.append((raw.shape, k, run))
+        (s_shape, s_k, _), (t_shape, t_k, _) = ends
+        a = backbones.build(c.backbone, s_shape, s_k, c.backbone_options).state_dict()
+        b = backbones.build(c.backbone, t_shape, t_k, c.backbone_options).state_dict()
+        differ = sorted(n for n in b if n not in a or a[n].shape != b[n].shape)
+        if s_shape != t_shape or differ:
+            raise SuiteError(
+                f"{suite.path}: [transfer]: the source {src.dataset} (images {s_shape}, {s_k} classes) cannot start "
+                f"{c.backbone} on the target {c.dataset} (images {t_shape}, {t_k} classes): "
+                + (f"the image sizes differ" if s_shape != t_shape else f"parameter shapes differ ({', '.join(differ[:3])})")
+                + "; allowed: a source with the target's image size and, on class-grouped backbones, its class count")
+
+
+# ---------------------------------------------------------------- adapting a built method
+def freeze(module: nn.Module) -> None:
+    """No parameter of ``module`` trains, and its BatchNorm layers keep their running statistics (eval mode,
+    whatever ``train()`` the method calls later)."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.train = types.MethodType(lambda self, mode=True: nn.Module.train(self, False), m)
+            m.eval()
+
+
+def load_backbone(method: nn.Module, state: dict[str, torch.Tensor], source: dict[str, Any]) -> list[str]:
+    """Copy the source weights into the method's backbone; return the names left at their initialisation
+    (ImageNet weights only: the small-image stem and the classifier, whose shapes differ)."""
+    backbone = method.backbone
+    if source.get("weights") != IMAGENET:
+        backbone.load_state_dict(state, strict=True)
+        return []
+    model = backbone.source  # the wrapped torchvision model: its names are the weights' names
+    own = model.state_dict()
+    take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(take, strict=False)
+    return sorted(k for k in own if k not in take)
+
+
+def start(method, config: RunConfig, state: dict[str, torch.Tensor], info: dict[str, Any]) -> dict[str, Any]:
+    """Put a freshly built method on its source backbone (``pretrained``'s state and record) in ``config.adapt``
+    mode; the manifest's record."""
+    kept = load_backbone(method, state, config.source)
+    method.adapt(config.adapt, config.adapt_units)
+    trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
+    return {**info, "mode": config.adapt, "adapt_units": config.adapt_units, "not_loaded": kept,
+            "trainable_params": trainable}
