@@ -463,6 +463,10 @@ def check_cells(suite: Suite, cells: list) -> None:
             sizes[key] = _dataset_sizes(c.dataset, root)
         n_train, k = sizes[key]["n_train"], sizes[key]["num_classes"]
         kept = c.classes
+        if c.keep_classes is not None and c.classes is not None:
+            raise SuiteError(f"{suite.path}: {_where_set(suite, cell, 'keep_classes')} and "
+                             f"{_where_set(suite, cell, 'classes')} are both set (cell {cell.label}); allowed: one of "
+                             f"them (keep_classes: exactly these labels; classes: this many, drawn per seed)")
         if c.keep_classes is not None:
             bad = [x for x in c.keep_classes if x >= k]
             if bad:

@@ -189,6 +189,8 @@ def test_suite_mistakes_are_named_before_anything_trains(tmp_path):
         load(str(write(tmp_path, SUITE + '\n[transfer]\ndataset = "digits"\nepochs = 1\nmethod = "spf"\n')))
     with pytest.raises(SuiteError, match=r"\[transfer\]\.train_subset: unknown key"):
         load(str(write(tmp_path, SUITE + '\n[transfer]\ndataset = "digits"\nepochs = 1\ntrain_subset = 5\n')))
+    with pytest.raises(SuiteError, match=r"\[train\]\.keep_classes and \[methods.\"bp\"\]\.classes are both set"):
+        runner.prepare(str(write(tmp_path, SUITE + '\n[methods."bp"]\nclasses = 3\n')), tmp_path / "out")
     design = expand(load(str(write(tmp_path, SUITE + TRANSFER))))
     assert any("bp does not offer adapt=local-heads-only" in why for _, why in design.dropped)
 
