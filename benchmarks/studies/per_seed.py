@@ -1,8 +1,11 @@
-"""Write a finished study's per-seed results as a small CSV beside this script (``<suite>.csv``): one row per
-evaluation run with its factors, seed, status, test and validation accuracy (%), best epoch and training time.
+"""Write a finished study's per-seed results as a small CSV (``<suite>.csv`` beside this script, or in ``--dest``):
+one row per evaluation run with its factors, seed, status, test accuracy of every inference rule and validation
+accuracy (%), best epoch and training time.
 
     .venv/bin/ffbench run small-data --workers 2 && .venv/bin/python benchmarks/studies/per_seed.py small-data
     .venv/bin/ffbench run transfer --workers 2 && .venv/bin/python benchmarks/studies/per_seed.py transfer
+    .venv/bin/python benchmarks/studies/per_seed.py repro-ff-mnist --out ffbench-out/reproduction/repro-ff-mnist \
+        --dest benchmarks/reproduction
 
 The output folder defaults to ffbench-out/<suite> (``--out`` to change it).
 """
@@ -21,11 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("suite")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--dest", default=None, help="folder of the CSV (default: beside this script)")
     args = ap.parse_args(argv)
     runs = load(args.out or f"ffbench-out/{args.suite}", args.suite, percent=True)["runs"]
+    runs = runs[runs["status"].isin(["done", "failed", "pruned"])]  # finished runs (failures kept)
     factors = [c for c in ("method", "dataset", "backbone", "train_size", "adapt") if c in runs]
-    table = runs[[*factors, "seed", "suite_version", *[c for c in KEEP if c in runs]]].sort_values([*factors, "seed"])
-    path = Path(__file__).with_name(f"{args.suite}.csv")
+    rules = [c for c in runs if c.startswith("test_acc.") and not c.startswith("test_acc.unit")]
+    table = runs[[*factors, "seed", "suite_version", *[c for c in KEEP if c in runs], *rules]].sort_values([*factors, "seed"])
+    path = (Path(args.dest) if args.dest else Path(__file__).parent) / f"{args.suite}.csv"
     table.to_csv(path, index=False, float_format="%.4f")
     print(f"{path} ({len(table)} runs)")
     return 0
