@@ -139,6 +139,13 @@ def split_sizes(val_size: float | int, train_subset: int | None, classes: int | 
     return n_val, left
 
 
+def class_problem(keep_classes: list[int] | None, num_classes: int, dataset: str = "the dataset") -> str | None:
+    """Why ``keep_classes`` cannot be kept from ``dataset``'s ``num_classes`` classes, or None: the one rule for
+    the planner (a suite's target and source) and ``data.prepare``."""
+    bad = [c for c in keep_classes or [] if not 0 <= c < num_classes]
+    return f"{dataset} has classes 0..{num_classes - 1}; {bad} are not among them" if bad else None
+
+
 def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 

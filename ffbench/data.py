@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ffbench.config import SplitError, split_sizes
+from ffbench.config import SplitError, class_problem, split_sizes
 from ffbench.datasets import DataError, RawData, load
 from ffbench.seeds import Streams
 
@@ -82,10 +82,9 @@ def prepare(name: str, streams: Streams, device: torch.device, *, val_size: floa
     if classes is not None and keep_classes is not None:
         raise DataError("classes and keep_classes are both set; allowed: one of them")
     if keep_classes is not None:
-        bad = [c for c in keep_classes if not 0 <= c < raw.num_classes]
-        if bad:
-            raise DataError(f"keep_classes = {keep_classes}: {name} has classes 0..{raw.num_classes - 1}; "
-                            f"{bad} are not among them")
+        why = class_problem(keep_classes, raw.num_classes, name)
+        if why:
+            raise DataError(f"keep_classes = {keep_classes}: {why}")
         kept = list(keep_classes)
     elif classes is not None:
         _split(val_size, None, classes, len(try_), raw.num_classes, name)  # the class count, before drawing

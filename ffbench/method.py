@@ -95,10 +95,11 @@ class Method(nn.Module, ABC):
     def default_rule(self) -> str:
         """The rule reported as the run's accuracy: the card's ``rule_option`` value, else its first rule."""
         card = self.card
-        return (getattr(self, "report_rule", None)
+        return (self.report_rule
                 or (self.options.get(card.rule_option) if card.rule_option else None) or card.rules[0])  # unset: first
 
     max_eval_batch: int | None = None  # a cap on the harness's evaluation batch (e.g. one row per label)
+    report_rule: str | None = None  # set by adapt(): the rule a mode reports instead of the card's default
 
     # ------------------------------------------------------------ transfer (a suite's [transfer] source)
     adapt_modes: ClassVar[tuple[str, ...]] = ("linear-probe", "last-k-units", "fine-tune")
@@ -229,7 +230,6 @@ class LocalMethod(Method):
         for u in range(len(self.windows)):
             if not any(p.requires_grad for p in self.unit_params(u)):
                 self.windows[u] = (0, 0)
-        self.start_epoch(0)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         stats: dict[str, torch.Tensor] = {}

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ffbench.config import DATASET_SIZES, TRAIN_FIELDS, SplitError, canonical_json, split_sizes
+from ffbench.config import DATASET_SIZES, TRAIN_FIELDS, SplitError, canonical_json, class_problem, split_sizes
 from ffbench.options import Option, type_ok
 from ffbench.registry import BACKBONES, DATASETS, METHODS, Card
 from ffbench.tuning import REPEAT_SEED_STRIDE, TuningSpec
@@ -468,10 +468,9 @@ def check_cells(suite: Suite, cells: list) -> None:
                              f"{_where_set(suite, cell, 'classes')} are both set (cell {cell.label}); allowed: one of "
                              f"them (keep_classes: exactly these labels; classes: this many, drawn per seed)")
         if c.keep_classes is not None:
-            bad = [x for x in c.keep_classes if x >= k]
-            if bad:
-                raise SuiteError(f"{suite.path}: {_where_set(suite, cell, 'keep_classes')}: {c.dataset} has classes "
-                                 f"0..{k - 1}; {bad} are not among them (cell {cell.label})")
+            why = class_problem(c.keep_classes, k, c.dataset)
+            if why:
+                raise SuiteError(f"{suite.path}: {_where_set(suite, cell, 'keep_classes')}: {why} (cell {cell.label})")
             kept = len(c.keep_classes)
         if kept is not None and kept <= k:
             n_train = n_train * kept // k  # the kept classes' share (balanced classes assumed)

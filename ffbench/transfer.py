@@ -14,6 +14,7 @@ backbone (online, or from torch's hub cache), checked when the suite is planned.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
@@ -53,11 +54,8 @@ def source_key(source: RunConfig) -> str:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """A checkpoint file's hash, as its sidecar records it."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # ---------------------------------------------------------------- the pretraining stage
@@ -71,27 +69,30 @@ def pretrained(config: RunConfig, device: torch.device, weights_dir: str | Path 
     folder = Path(weights_dir) if weights_dir else default_weights_dir()
     path, meta = folder / f"{key}.pt", folder / f"{key}.json"
     with file_lock(folder / f"{key}.lock"):
-        info = _valid(path, meta)
+        data, info = _verified(path, meta)
         reused = info is not None
         if info is None:
-            info = _train_source(src, key, device, path, meta)
-    state = torch.load(path, map_location=device, weights_only=True)
+            data, info = _train_source(src, key, device, path, meta)
+    state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)  # the bytes that were hashed
     return state, {k: info[k] for k in ("key", "sha256", "seed", "val_acc", "test_acc", "train_time_s", "epochs")
                    } | {"reused": reused}
 
 
-def _valid(path: Path, meta: Path) -> dict[str, Any] | None:
-    """The sidecar of a checkpoint whose content matches it, else None (missing, or to be trained again)."""
+def _verified(path: Path, meta: Path) -> tuple[bytes | None, dict[str, Any] | None]:
+    """(a checkpoint's bytes, its sidecar) when the content matches the sidecar's hash, else (None, None):
+    missing, or to be trained again."""
     if not (path.exists() and meta.exists()):
-        return None
+        return None, None
     try:
         info = json.loads(meta.read_text())
     except ValueError:
-        return None
-    return info if info.get("sha256") == sha256(path) else None
+        return None, None
+    data = path.read_bytes()
+    return (data, info) if info.get("sha256") == hashlib.sha256(data).hexdigest() else (None, None)
 
 
-def _train_source(src: RunConfig, key: str, device: torch.device, path: Path, meta: Path) -> dict[str, Any]:
+def _train_source(src: RunConfig, key: str, device: torch.device, path: Path, meta: Path
+                  ) -> tuple[bytes, dict[str, Any]]:
     from ffbench.train import fit
 
     t0 = time.perf_counter()
@@ -99,18 +100,20 @@ def _train_source(src: RunConfig, key: str, device: torch.device, path: Path, me
     if result.status != "done":
         raise SourceError(f"the source run ({src.method} on {src.dataset}, seed {src.seed}) failed: {result.error}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in result.model.backbone.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in result.model.backbone.state_dict().items()}, buffer)
+    data = buffer.getvalue()
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    tmp.write_bytes(data)
     os.replace(tmp, path)  # a kill leaves no half-written checkpoint under the real name
-    info = {"key": key, "sha256": sha256(path), "seed": src.seed, "config": src.to_dict(),
+    info = {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "seed": src.seed, "config": src.to_dict(),
             "val_acc": result.metrics.get("val_acc"), "test_acc": result.metrics.get("test_acc"),
             "epochs": src.epochs, "train_time_s": result.compute.get("train_time_s"),
             "wall_s": time.perf_counter() - t0}
     tmp = meta.with_name(meta.name + ".tmp")
     tmp.write_text(json.dumps(info, indent=1, default=str))
     os.replace(tmp, meta)
-    return info
+    return data, info
 
 
 # ---------------------------------------------------------------- ImageNet weights (online)
@@ -148,7 +151,7 @@ def check_sources(suite, cells) -> None:
     dataset source gives the backbone the same shapes as the target (image size; on cnn.cfse the class
     count). SuiteError naming [transfer] otherwise, before anything trains."""
     from ffbench import backbones
-    from ffbench.config import canonical_json
+    from ffbench.config import canonical_json, class_problem
     from ffbench.datasets import load
     from ffbench.suite import SuiteError
 
@@ -171,10 +174,9 @@ def check_sources(suite, cells) -> None:
         ends = []
         for run, where in ((src, "[transfer]"), (c, "the target")):
             raw = load(run.dataset, run.dataset_options.get("root"))
-            bad = [x for x in run.keep_classes or [] if x >= raw.num_classes]
-            if bad:
-                raise SuiteError(f"{suite.path}: {where} classes {run.keep_classes}: {run.dataset} has classes "
-                                 f"0..{raw.num_classes - 1}; {bad} are not among them")
+            why = class_problem(run.keep_classes, raw.num_classes, run.dataset)
+            if why:
+                raise SuiteError(f"{suite.path}: {where} classes {run.keep_classes}: {why}")
             k = len(run.keep_classes) if run.keep_classes else run.classes or raw.num_classes
             ends.append((raw.shape, k, run))
         (s_shape, s_k, _), (t_shape, t_k, _) = ends
