@@ -19,9 +19,10 @@ import math
 import sys
 import traceback
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable
 
-from ffbench import studies, tracking
+from ffbench import checkpoint, studies, tracking
 from ffbench.config import RunConfig
 from ffbench.design import TUNING, Cell, Design
 from ffbench.lease import LEASE_S, POLL_S, Heartbeat, LeaseLost, heartbeat_interval
@@ -48,6 +49,8 @@ class Env:
     # told after every epoch: (the claimed row, epochs done in it, its epochs in all), e.g. a progress bar
     progress: Callable[[dict[str, Any], int, int], None] | None = None
     weights_dir: str | None = None  # where pretrained source backbones are kept (transfer suites)
+    checkpoint_dir: str | None = None  # where unfinished evaluation runs keep their state (ffbench.checkpoint)
+    told_unbatched: set[str] = field(default_factory=set)  # cells whose seeds could not train together (said once)
     cells: dict[str, Cell] = field(default_factory=dict)
     _storage: Any = None
 
@@ -139,24 +142,32 @@ def _failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}"
 
 
-def run_evaluation(env: Env, row: dict[str, Any]) -> str | None:
-    """One evaluation run: train on its seed, record the result (if this worker still holds the row), mirror."""
+def run_info(env: Env, row: dict[str, Any], config: RunConfig, dev) -> dict[str, Any]:
+    """An evaluation run's manifest before training: the machine, its streams, its code, tuned values."""
     from ffbench.seeds import Streams
-    from ffbench.train import fit, resolve_device
 
-    store, worker, run_id = env.store, env.worker, row["run_id"]
-    config = RunConfig.from_dict(row["config"])
-    dev = resolve_device(env.device)
     info = manifest(str(dev))
     info["streams"] = Streams(config.seed).as_dict()
     info["code"] = env.cells[row["cell_id"]].code if row["cell_id"] in env.cells else row.get("code")
     if row.get("params"):
         info["tuned_params"] = row["params"]
+    return info
+
+
+def run_evaluation(env: Env, row: dict[str, Any]) -> str | None:
+    """One evaluation run: train on its seed, record the result (if this worker still holds the row), mirror."""
+    from ffbench.train import fit, resolve_device
+
+    store, worker, run_id = env.store, env.worker, row["run_id"]
+    config = RunConfig.from_dict(row["config"])
+    dev = resolve_device(env.device)
+    info = run_info(env, row, config, dev)
     live = live_run(env, row)
+    saved = str(checkpoint.path_for(env.checkpoint_dir, run_id)) if env.checkpoint_dir else None
     try:
         with Heartbeat(store, run_id, worker, heartbeat_interval(env.lease_s)) as hb:
             result = fit(config, dev, on_epoch=epoch_callback(env, row, live, hb.check, config.epochs),
-                         weights_dir=env.weights_dir)
+                         weights_dir=env.weights_dir, checkpoint=saved)
         status, error = result.status, result.error
         info.update(result.manifest)
         payload = dict(metrics=result.metrics, curves=result.curves, compute=result.compute)
@@ -174,8 +185,106 @@ def run_evaluation(env: Env, row: dict[str, Any]) -> str | None:
         payload = dict(metrics={}, curves=[], compute={})
     if not _finish(env, run_id, status, manifest=info, error=error, **payload):
         return None  # our lease expired and someone else took the run over; their result counts
+    if saved:
+        Path(saved).unlink(missing_ok=True)  # recorded: nothing left to resume
     _mirror(env, run_id)
     return status
+
+
+BATCH_MAX_IMAGES = 500_000  # "auto" batches runs of at most this many training images (epochs x train size)
+
+
+def batch_problem(env: Env, configs: list[RunConfig]) -> str | None:
+    """Why the suite's ``batch_seeds`` setting keeps these runs apart (they may still be unbatchable)."""
+    mode = env.suite.batch_seeds
+    if mode is False:
+        return "the suite sets batch_seeds = false"
+    if mode == "auto":
+        from ffbench.registry import DATASETS
+
+        c = configs[0]
+        images = c.epochs * (c.train_subset or DATASETS.get(c.dataset).card.defaults.get("n_train") or 0)
+        if images > BATCH_MAX_IMAGES:
+            return (f"long runs ({images:,} training images each) train alone and keep epoch checkpoints; "
+                    f"batch_seeds = true batches them")
+    return None
+
+
+def run_batch(env: Env, rows: list[dict[str, Any]]) -> list[str | None]:
+    """Evaluation runs of one cell that differ only in their seed, claimed together: trained as one stacked
+    model (``ffbench.batched``), each recorded and mirrored as its own run. Runs that cannot be batched are
+    given back but the first, which runs alone (said once per cell)."""
+    from ffbench.batched import Unbatchable, why_not
+    from ffbench.train import resolve_device
+
+    configs = [RunConfig.from_dict(r["config"]) for r in rows]
+    why = why_not(configs) or batch_problem(env, configs)
+    if why is None:
+        try:
+            return _run_batch(env, rows, configs, resolve_device(env.device))
+        except Unbatchable as exc:
+            why = str(exc)
+    for r in rows[1:]:
+        env.store.release(r["run_id"], env.worker)
+    if rows[0]["cell_id"] not in env.told_unbatched and len(rows) > 1:
+        env.told_unbatched.add(rows[0]["cell_id"])
+        print(f"note: {_label(env, rows[0])}: seeds train one at a time ({why})", file=sys.stderr)
+    return [run_evaluation(env, rows[0])]
+
+
+def _label(env: Env, row: dict[str, Any]) -> str:
+    cell = env.cells.get(row["cell_id"])
+    return cell.label if cell is not None else row["cell_id"]
+
+
+def _run_batch(env: Env, rows: list[dict[str, Any]], configs: list[RunConfig], dev) -> list[str | None]:
+    from contextlib import ExitStack
+
+    from ffbench.batched import Unbatchable, fit_seeds
+
+    store, worker = env.store, env.worker
+    infos = [run_info(env, r, c, dev) for r, c in zip(rows, configs)]
+    lives = [live_run(env, r) for r in rows]
+    try:
+        with ExitStack() as held:
+            beats = [held.enter_context(Heartbeat(store, r["run_id"], worker, heartbeat_interval(env.lease_s)))
+                     for r in rows]
+            told = [epoch_callback(env, r, live, hb.check, c.epochs)
+                    for r, live, hb, c in zip(rows, lives, beats, configs)]
+            results = fit_seeds(configs, dev, on_epoch=lambda i, row: told[i](row))
+        outcomes = [(res.status, res.error, dict(metrics=res.metrics, curves=res.curves, compute=res.compute),
+                     res.manifest) for res in results]
+    except LeaseLost:  # another worker took one of them over: give the rest back, they run again
+        for r in rows:
+            store.release(r["run_id"], worker)
+        return [None] * len(rows)
+    except KeyboardInterrupt:
+        for r, live in zip(rows, lives):
+            store.release(r["run_id"], worker)
+            if live is not None:
+                live.stop()
+        raise
+    except Exception as exc:
+        if infrastructure(exc):
+            for r in rows[1:]:
+                store.release(r["run_id"], worker)
+            raise _stop(env, rows[0]["run_id"], exc) from exc
+        for live in lives:
+            if live is not None:
+                live.stop()
+        if isinstance(exc, Unbatchable):
+            raise
+        # a method's exception: which seeds it belongs to is only known alone, so they run alone
+        raise Unbatchable(f"training them together raised {type(exc).__name__}: {str(exc)[:200]}") from exc
+    statuses: list[str | None] = []
+    for r, info, (status, error, payload, extra) in zip(rows, infos, outcomes):
+        info.update(extra)
+        if not _finish(env, r["run_id"], status, manifest=info, error=error, **payload):
+            statuses.append(None)
+            continue
+        _mirror(env, r["run_id"])
+        statuses.append(status)
+    return statuses
 
 
 def run_trial(env: Env, row: dict[str, Any]) -> str | None:
@@ -217,7 +326,8 @@ def run_trial(env: Env, row: dict[str, Any]) -> str | None:
                                                 offset=base.epochs * i,
                                                 shown=lambda r, seed=seed: _no_test(dict(r, seed=seed)))
 
-            train_trial(out, base, seeds, dev, on_epoch_for, env.weights_dir)
+            batch = batch_problem(env, [replace(base, seed=s) for s in seeds]) is None
+            train_trial(out, base, seeds, dev, on_epoch_for, env.weights_dir, batch=batch)
     except LeaseLost:
         return None  # the new holder marks this Optuna trial failed
     except KeyboardInterrupt:
@@ -249,19 +359,38 @@ def run_trial(env: Env, row: dict[str, Any]) -> str | None:
 
 
 def train_trial(out: dict[str, Any], base: RunConfig, seeds: list[int], dev,
-                on_epoch_for: Callable[[int, int], tuple[Any, Callable]], weights_dir: str | None = None) -> None:
+                on_epoch_for: Callable[[int, int], tuple[Any, Callable]], weights_dir: str | None = None,
+                batch: bool = False) -> None:
     """Train one tuning trial's configuration on every tuning seed. ``on_epoch_for(i, seed)`` gives the
     pruner's reporter for seed i and the per-epoch callback. Fills ``out`` (status, error, metrics, curves,
     compute) as it goes, so a caller that catches a method's exception keeps what was trained; a pruned
-    trial ends as PRUNED with the best validation value seen."""
+    trial ends as PRUNED with the best validation value seen. With ``batch`` the seeds train as one stacked
+    model (``ffbench.batched``) and their epochs are then told to the pruner seed after seed, in the order
+    and with the steps of training them one after another, so the pruner decides as it would have."""
+    from ffbench.batched import Unbatchable, fit_seeds
     from ffbench.train import fit
 
     out.update(status=DONE, error=None, metrics={"n_tuning_seeds": len(seeds)}, curves=[], compute={})
     metrics, curves, values, reporter = out["metrics"], out["curves"], [], None
+    trained = None
+    if batch and len(seeds) > 1:
+        try:
+            trained = fit_seeds([replace(base, seed=s) for s in seeds], dev)
+            out.setdefault("manifest", {})["batched"] = {"seeds": list(seeds)}
+        except Unbatchable:
+            trained = None
+
+    def run(i: int, seed: int, on_epoch):
+        if trained is None:
+            return fit(replace(base, seed=seed), dev, on_epoch=on_epoch, weights_dir=weights_dir)
+        for row in trained[i].curves:  # replayed: the pruner sees what training them in turn shows it
+            on_epoch(row)
+        return trained[i]
+
     try:
         for i, seed in enumerate(seeds):
             reporter, on_epoch = on_epoch_for(i, seed)
-            result = fit(replace(base, seed=seed), dev, on_epoch=on_epoch, weights_dir=weights_dir)
+            result = run(i, seed, on_epoch)
             curves += [_no_test(dict(r, seed=seed)) for r in result.curves]
             if result.manifest.get("source"):
                 out.setdefault("manifest", {}).setdefault("sources", []).append(result.manifest["source"])

@@ -2,7 +2,8 @@
 
 The harness owns data, seeds, evaluation, timing and logging. A method owns only:
   * ``__init__``: how it builds its trainable parts around a backbone, with optimizers from ``ctx``;
-  * ``train_step(x, y)``: one mini-batch, returning scalar tensors to log (``loss`` at least);
+  * ``train_step(x, y)``: one mini-batch, returning tensors to log (``loss`` at least): scalars, or one
+    value per seed when seeds train together (below);
   * ``evaluate(x)``: ``({rule: class scores}, [class scores per unit])``, the one inference hook; the
     harness puts the card's default rule first;
   * optionally ``start_epoch(epoch)`` (layer schedules) and the class method ``skip(config)`` (why a
@@ -10,8 +11,17 @@ The harness owns data, seeds, evaluation, timing and logging. A method owns only
 It never sees the validation or test labels, the clock or the tracker.
 
 ``LocalMethod`` owns the unit loop of every method trained unit by unit (one optimizer per unit,
-forward -> head -> loss -> backward -> step -> hand-off, one unit's graph alive at a time); a local method
-supplies its head per unit, its unit loss, its hand-off and its inference rules.
+forward -> head -> loss -> backward -> step -> hand-off, one unit's graph alive at a time; or, with
+``joint_step``, one optimizer and one step of the summed losses per batch); a local method supplies its
+head per unit, its unit loss, its hand-off and its inference rules.
+
+Seeds trained together (``ffbench.batched``): the harness stacks ``ctx.seeds`` copies of a method, each
+built from its own seed, into one model whose layers hold a leading seed dimension, and folds their
+mini-batches into one (seed 0's rows, then seed 1's, ...). Code that is row-wise needs nothing; what
+reduces over rows or draws random numbers goes through ``ctx.per_seed`` (a loss or statistic: one value
+per seed, each computed on that seed's rows alone) and ``ctx.per_seed_rows`` (draws from each seed's own
+stream), and ``step`` back-propagates the sum of the seeds' losses, so every seed gets the gradient it
+would get alone. With one seed both helpers are exactly the plain call.
 """
 from __future__ import annotations
 
@@ -40,16 +50,47 @@ class Context:
     momentum: float = 0.9
     epochs: int = 1
     optimizers: list[torch.optim.Optimizer] = field(default_factory=list)
+    seeds: int = 1  # seeds trained together in one stacked model (ffbench.batched); 1: the run alone
+    generators: list[torch.Generator] = field(default_factory=list)  # each seed's `method` stream
 
-    def make_optimizer(self, params: Iterable[nn.Parameter], **overrides: Any) -> torch.optim.Optimizer:
-        """The run's optimizer over ``params``; ``overrides`` (lr, weight_decay, momentum, optimizer) are
-        for parts the method's paper trains differently (e.g. a softmax read-out). The harness applies the
-        learning-rate schedule to every optimizer made here."""
+    def __post_init__(self):
+        if not self.generators:
+            self.generators = [self.generator]
+
+    def per_seed(self, fn: Callable[..., torch.Tensor], *rows: torch.Tensor, **kw: Any) -> torch.Tensor:
+        """``fn`` reduces over the batch's rows (a mean loss, an accuracy): its value for each seed, computed
+        on that seed's block of rows alone, shape (seeds,), so each value and its gradient are the ones the
+        seed would get alone. With one seed, ``fn(*rows, **kw)`` itself."""
+        if self.seeds == 1:
+            return fn(*rows, **kw)
+        return torch.stack([fn(*block, **kw) for block in self._blocks(rows)])
+
+    def per_seed_rows(self, fn: Callable[..., torch.Tensor], *rows: torch.Tensor | None) -> torch.Tensor:
+        """Row-wise random draws: ``fn(generator, *rows)`` on each seed's rows with that seed's stream,
+        concatenated (rows may include None). With one seed, ``fn(self.generator, *rows)``."""
+        if self.seeds == 1:
+            return fn(self.generator, *rows)
+        return torch.cat([fn(g, *block) for g, block in zip(self.generators, self._blocks(rows))])
+
+    def _blocks(self, rows) -> list[tuple]:
+        split = [r.chunk(self.seeds) if r is not None else [None] * self.seeds for r in rows]
+        return list(zip(*split))
+
+    def make_optimizer(self, params: Iterable[nn.Parameter] | Iterable[dict[str, Any]],
+                       **overrides: Any) -> torch.optim.Optimizer:
+        """The run's optimizer over ``params``: parameters, or parameter groups (dicts of ``params`` and
+        the group's own lr, weight_decay or momentum); ``overrides`` (lr, weight_decay, momentum,
+        optimizer) are for parts the method's paper trains differently (e.g. a softmax read-out). The
+        harness applies the learning-rate schedule to every group of every optimizer made here."""
         kind = overrides.pop("optimizer", self.optimizer)
         lr = overrides.pop("lr", self.lr)
         wd = overrides.pop("weight_decay", self.weight_decay)
         momentum = overrides.pop("momentum", self.momentum)
-        params = [p for p in params if p.requires_grad]
+        params = list(params)
+        if params and isinstance(params[0], dict):
+            params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
+        else:
+            params = [p for p in params if p.requires_grad]
         if kind == "sgd":
             opt = torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=momentum, **overrides)
         elif kind == "adam":
@@ -138,7 +179,7 @@ class Method(nn.Module, ABC):
 
 
 class LocalMethod(Method):
-    """A method trained unit by unit, step-and-free: no gradient crosses a unit boundary.
+    """A method trained unit by unit, step-and-free (unless ``joint_step``): no gradient crosses a unit boundary.
 
     Per batch, for each unit k the harness-owned loop runs ``forward_unit`` (unit -> head: class scores
     and the hand-off), ``unit_loss``, backward and the unit's optimizer step (its graph is freed before
@@ -147,12 +188,22 @@ class LocalMethod(Method):
     hand-off's transformation, which an architecture-matched BP baseline runs inside its graph; ``hand_off``
     applies it to the detached output without a graph), ``unit_outputs``, ``unit_params``, ``windows`` (a
     layer schedule) and ``train_readouts``.
+
+    With ``joint_step`` the units' losses and the read-outs' (``train_readouts`` then returns them with
+    their graphs and does not step) are summed and stepped once per batch by one optimizer, ``self.opt``,
+    which the subclass makes with ``make_joint_optimizer`` once its read-outs exist. Each unit's input is
+    still detached, so each unit's gradient is its own loss's; every graph is alive until the step. A unit
+    that does not train (outside its window, or frozen) runs without a graph and gets no gradient, so the
+    optimizer leaves it as it is.
     """
+
+    joint_step: ClassVar[bool] = False  # one optimizer step of the summed losses per batch (above)
 
     def __init__(self, backbone: Backbone, num_classes: int, options: dict[str, Any], ctx: Context):
         super().__init__(backbone, num_classes, options, ctx)
         self.heads = nn.ModuleList(self.make_head(k, shape) for k, shape in enumerate(self.head_shapes()))
-        self.opts = [ctx.make_optimizer(self.unit_params(k)) for k in range(len(backbone.units))]
+        if not self.joint_step:
+            self.opts = [ctx.make_optimizer(self.unit_params(k)) for k in range(len(backbone.units))]
         self.windows = [(0, ctx.epochs)] * len(backbone.units)  # the epochs [start, end) each unit trains in
         self.active = [True] * len(backbone.units)  # which units train this epoch (frozen ones run without grad)
 
@@ -168,6 +219,12 @@ class LocalMethod(Method):
     def unit_params(self, k: int) -> list[nn.Parameter]:
         """What unit k's optimizer trains (default: the unit and its head)."""
         return [*self.backbone.units[k].parameters(), *self.heads[k].parameters()]
+
+    def make_joint_optimizer(self, *readouts: dict[str, Any]) -> None:
+        """Under ``joint_step``: ``self.opt``, one parameter group of every unit's parameters (the run's
+        settings), then ``readouts`` (parameter groups with their own settings, ``Context.make_optimizer``)."""
+        units = [p for k in range(len(self.backbone.units)) for p in self.unit_params(k)]
+        self.opt = self.ctx.make_optimizer([{"params": units}, *readouts])
 
     def unit_outputs(self, k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(what the head reads, what is handed on) for unit k on its input; both the unit output by default."""
@@ -187,10 +244,16 @@ class LocalMethod(Method):
 
     @abstractmethod
     def unit_loss(self, k: int, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Unit k's loss on its class scores."""
+        """Unit k's loss on its class scores: a mean over the rows (with seeds trained together the loop
+        calls it on each seed's rows, ``unit_losses``)."""
+
+    def unit_losses(self, k: int, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Unit k's loss, one per seed (a scalar for one seed): ``unit_loss`` on each seed's rows."""
+        return self.ctx.per_seed(lambda s, t: self.unit_loss(k, s, t), scores, y)
 
     def train_readouts(self, features: list[torch.Tensor], y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Train read-outs on the detached per-unit features (head inputs); return their losses."""
+        """Train read-outs on the detached per-unit features (head inputs); return their losses (under
+        ``joint_step`` with their graphs: the loop steps them)."""
         return {}
 
     @abstractmethod
@@ -243,20 +306,26 @@ class LocalMethod(Method):
                 features.append(feat if keep else None)
                 continue
             scores, feat, x = self.forward_unit(k, x)
-            loss = self.unit_loss(k, scores, y)
-            step(self.opts[k], loss)  # unit k's graph is freed before unit k+1 runs
+            loss = self.unit_losses(k, scores, y)
+            if not self.joint_step:
+                step(self.opts[k], loss)  # unit k's graph is freed before unit k+1 runs
+                loss = loss.detach()
             features.append(feat.detach() if keep else None)
-            stats[f"loss.unit{k + 1}"] = loss.detach()
+            stats[f"loss.unit{k + 1}"] = loss
         stats.update(self.train_readouts(features, y))
         parts = list(stats.values())
-        total = parts[0] if parts else torch.zeros((), device=y.device)
+        total = parts[0] if parts else torch.zeros(() if self.ctx.seeds == 1 else self.ctx.seeds, device=y.device)
         for part in parts[1:]:
             total = total + part
+        if self.joint_step:  # the logged total is the stepped sum
+            if total.requires_grad:
+                step(self.opt, total)
+            total, stats = total.detach(), {k: v.detach() for k, v in stats.items()}
         return {"loss": total, **stats}
 
     def evaluate(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         scores, features = [], []
-        for k in range(len(self.opts)):
+        for k in range(len(self.backbone.units)):
             s, feat, x = self.forward_unit(k, x)
             scores.append(s)
             features.append(feat)
@@ -398,10 +467,23 @@ def make_head(kind: str, shape: tuple[int, ...], num_classes: int, kernel: int =
 
 
 def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-    """Backward and update; the graph behind ``loss`` is freed here (step-and-free)."""
+    """Backward and update; the graph behind ``loss`` is freed here (step-and-free). A loss per seed
+    (seeds trained together) back-propagates its sum: each seed's parameters get their own loss's gradient."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss if loss.dim() == 0 else loss.sum()).backward()
     optimizer.step()
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` for a method that reads a layer's weight itself; a stacked weight (seeds, out, in)
+    applies seed i's matrix to seed i's block of rows."""
+    if weight.dim() == 2:
+        return F.linear(x, weight, bias)
+    n = weight.shape[0]
+    y = torch.bmm(x.reshape(n, -1, x.shape[-1]), weight.transpose(1, 2))
+    if bias is not None:
+        y = y + bias.unsqueeze(1)
+    return y.reshape(*x.shape[:-1], weight.shape[1])
 
 
 def accuracy_of(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

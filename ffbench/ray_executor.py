@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ffbench import pool, runner, studies, tracking
+from ffbench import checkpoint, pool, runner, studies, tracking
 from ffbench.config import RunConfig
 from ffbench.design import TUNING, Cell
 from ffbench.execute import InfrastructureError, _failure, infrastructure, train_trial
@@ -219,7 +219,7 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
     try:
         weights = payload.get("weights_dir")
         out = (_trial(payload, config, dev, weights) if payload["role"] == TUNING
-               else _evaluation(config, dev, weights))
+               else _evaluation(config, dev, weights, payload.get("checkpoint")))
     except Exception as exc:
         if infrastructure(exc) or _is_ray_error(exc):
             return {"infrastructure": _node_problem(host, payload, exc)}
@@ -228,10 +228,10 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _evaluation(config: RunConfig, dev, weights_dir: str | None) -> dict[str, Any]:
+def _evaluation(config: RunConfig, dev, weights_dir: str | None, saved: str | None) -> dict[str, Any]:
     from ffbench.train import fit
 
-    r = fit(config, dev, weights_dir=weights_dir)
+    r = fit(config, dev, weights_dir=weights_dir, checkpoint=saved)
     return {"status": r.status, "error": r.error, "metrics": r.metrics, "curves": r.curves, "compute": r.compute,
             "manifest": r.manifest}
 
@@ -457,7 +457,8 @@ class Driver:
             payload = {"run_id": row["run_id"], "role": row["role"], "config": flight.row["config"],
                        "device": self.task_device, "threads": self.opts.cpus_per_run,
                        "code": flight.cell.code if flight.cell is not None else row.get("code"),
-                       "manifest": flight.extras, "weights_dir": str(self.s.paths.weights.resolve())}
+                       "manifest": flight.extras, "weights_dir": str(self.s.paths.weights.resolve()),
+                       "checkpoint": str(checkpoint.path_for(self.s.paths.checkpoints.resolve(), row["run_id"]))}
             if flight.trial is not None:
                 payload.update(seeds=flight.extras["tuning_seeds"], board=self.board)
             self.flights[self.remote.remote(payload)] = flight
@@ -539,6 +540,7 @@ class Driver:
                                    f"({type(exc).__name__}: {_first_line(exc)})")
             raise
         self.recorded.add(run_id)
+        checkpoint.path_for(self.s.paths.checkpoints, run_id).unlink(missing_ok=True)  # recorded: nothing to resume
         if not ok:  # our lease ran out and another worker took the run over: its result counts
             if flight.trial is not None:
                 self._tell(flight, FAILED, None)

@@ -56,6 +56,10 @@ class Paths:
     def weights(self) -> Path:
         return self.out / "pretrained"  # transfer suites' source backbones
 
+    @property
+    def checkpoints(self) -> Path:
+        return self.out / "checkpoints"  # unfinished runs' training state (ffbench.checkpoint)
+
 
 def default_out(suite: Suite) -> Path:
     return Path("ffbench-out") / suite.name
@@ -185,7 +189,8 @@ class Session:
     def env(self, device: str) -> Env:
         """This process's worker."""
         return Env(self.suite, self.design, self.store, worker_name(), device, self.tracker, self.optuna_url,
-                   self.lease_s, self.poll_s, weights_dir=str(self.paths.weights))
+                   self.lease_s, self.poll_s, weights_dir=str(self.paths.weights),
+                   checkpoint_dir=str(self.paths.checkpoints))
 
     def spawn(self, n: int, device: str) -> list:
         """``n`` local worker processes on this session's store, studies and tracking (none: untracked)."""

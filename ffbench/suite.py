@@ -60,7 +60,7 @@ class SuiteError(ValueError):
 SUITE_DIRS = [Path.cwd() / "suites", Path(__file__).resolve().parent.parent / "suites"]
 
 _SECTIONS = {
-    "suite": "name, version, description, control",
+    "suite": "name, version, description, control, batch_seeds",
     "design": "methods, datasets, backbones, seeds",
     "train": "training fields",
     "methods": "per-method settings",
@@ -70,7 +70,8 @@ _SECTIONS = {
     "tuning": "Optuna tuning: trials, seeds, sampler, pruner, space",
     "transfer": "the source task runs with adapt set start from: dataset (or imagenet), classes, epochs, method",
 }
-_SUITE_KEYS = {"name": str, "version": int, "description": str, "control": str}
+_SUITE_KEYS = {"name": str, "version": int, "description": str, "control": str, "batch_seeds": (str, bool)}
+BATCH_SEEDS = ("auto", True, False)  # train a cell's pending seeds as one stacked model (ffbench.batched)
 _DESIGN_KEYS = ("methods", "datasets", "backbones", "seeds")
 _DESIGN_OPTIONAL = ("plan", "only", "exclude")
 PLANS = ("full", "one-at-a-time")
@@ -105,6 +106,7 @@ class Suite:
     # [transfer]: the source task per target dataset ("*": every target); None: no run adapts
     transfer: dict[str, dict[str, Any]] | None = None
     warnings: list[str] = field(default_factory=list)  # said at planning; the suite is usable as it is
+    batch_seeds: str | bool = "auto"  # [suite].batch_seeds: train a cell's seeds together (ffbench.batched)
 
     @property
     def axis_names(self) -> list[str]:
@@ -214,7 +216,8 @@ def load(name_or_path: str) -> Suite:
     ck.keys("[suite]", head, _SUITE_KEYS)
     for k, kind in _SUITE_KEYS.items():
         if k in head and not type_ok(head[k], kind):
-            ck.fail(f"[suite].{k}", f"expected {kind.__name__}, got {type(head[k]).__name__}")
+            ck.fail(f"[suite].{k}", f"expected {getattr(kind, '__name__', 'a string or a boolean')}, "
+                                    f"got {type(head[k]).__name__}")
     for k in ("name", "version"):
         if k not in head:
             ck.fail(f"[suite].{k}", "missing (required)")
@@ -279,6 +282,10 @@ def load(name_or_path: str) -> Suite:
 
     transfer = _parse_transfers(ck, raw["transfer"], datasets) if "transfer" in raw else None
 
+    batch_seeds = head.get("batch_seeds", "auto")
+    if batch_seeds not in BATCH_SEEDS or (isinstance(batch_seeds, int) and not isinstance(batch_seeds, bool)):
+        ck.fail("[suite].batch_seeds", f"{batch_seeds!r}; allowed: \"auto\" (batch where the cell allows), true "
+                                       f"(batch even where auto would not), false (one seed at a time)")
     control = head.get("control", "bp")  # the default may be absent from the suite: the report says so
     if "control" in head and control not in methods:
         ck.fail("[suite].control", f"{control!r} is not one of [design].methods; allowed: {', '.join(methods)}")
@@ -286,7 +293,7 @@ def load(name_or_path: str) -> Suite:
                  control=control, methods=methods, datasets=datasets, backbones=backbones, seeds=list(seeds),
                  train=train, method_settings=method_settings, backbone_options=backbone_options,
                  dataset_settings=dataset_settings, raw=raw, axes=axes, plan=plan, only=only, exclude=exclude,
-                 tuning=tuning, transfer=transfer, warnings=warnings)
+                 tuning=tuning, transfer=transfer, warnings=warnings, batch_seeds=batch_seeds)
 
 
 _GENERIC_KEYS = {"method_option": "method", "backbone_option": "backbone", "train_field": "train"}

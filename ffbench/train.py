@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 
 from ffbench import backbones
+from ffbench.checkpoint import Checkpoint, generator_states, global_rng_state, restore_global_rng
 from ffbench.config import RunConfig, TRAIN_FIELDS
 from ffbench.data import Data, DeviceLoader, Split, prepare
 from ffbench.method import Context, Method
@@ -190,6 +191,104 @@ def evaluate(method: Method, split: Split, batch_size: int,
     return {k: rule_hits[k].item() / n for k in order}, [v.item() / n for v in unit_hits]
 
 
+def describe(method: Method, data: Data, device: torch.device) -> dict[str, Any]:
+    """A run's compute record before training: device, sizes, units."""
+    return {"device": str(device), "n_params": sum(p.numel() for p in method.parameters()),
+            "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
+            "num_classes": data.num_classes, "units": list(method.backbone.unit_names)}
+
+
+class StepSums:
+    """The epoch's sums of the steps' logged values, float64 on the device (no host sync per step). While
+    every step logs the same keys, shapes and dtypes, a step's values are stacked and added at once (a few
+    kernels, not one per key); each sum equals adding its key's values one by one."""
+
+    def __init__(self):
+        self.layout: tuple | None = None  # the steps' (key, shape, dtype) while they stay the same
+        self.groups: list[tuple[list[str], torch.Tensor]] = []  # keys of one shape and dtype, their stacked sums
+        self.each: dict[str, torch.Tensor] = {}  # per key, once the steps differ
+
+    @torch.no_grad()
+    def add(self, stats: dict[str, torch.Tensor]) -> None:
+        layout = tuple((k, v.shape, v.dtype) for k, v in stats.items())
+        if layout == self.layout:
+            for keys, total in self.groups:
+                total.add_(torch.stack([stats[k] for k in keys]))
+        elif self.layout is None and not self.each:  # the first step
+            self.layout, kinds = layout, {}
+            for k, shape, dtype in layout:
+                kinds.setdefault((shape, dtype), []).append(k)
+            self.groups = [(keys, torch.stack([stats[k] for k in keys]).double()) for keys in kinds.values()]
+        else:  # the keys changed: each is summed alone from here on
+            self.each, self.layout, self.groups = dict(self.totals()), None, []
+            for k, v in stats.items():
+                if k in self.each:
+                    self.each[k].add_(v)
+                else:
+                    self.each[k] = v.detach().clone().double()
+
+    def totals(self) -> dict[str, torch.Tensor]:
+        """Each key's sum, in the order the keys were first logged."""
+        if self.layout is None:
+            return self.each
+        sums = {k: total[i] for keys, total in self.groups for i, k in enumerate(keys)}
+        return {k: sums[k] for k, _, _ in self.layout}
+
+
+class Record:
+    """What one run writes as it trains: a row per epoch, the metrics of the epoch with the best validation
+    accuracy, its training time and the divergence reference (the first step's loss)."""
+
+    def __init__(self, config: RunConfig, result: RunResult):
+        self.config, self.result = config, result
+        self.best_val, self.train_time = -1.0, 0.0
+        self.initial_loss: float | None = None
+
+    def train_row(self, epoch: int, seconds: float, sums: dict[str, float], steps: int) -> dict[str, Any]:
+        """The epoch's row from its training time and summed logged values; raises Diverged."""
+        self.train_time += seconds
+        row: dict[str, Any] = {"epoch": epoch + 1, "epoch_time_s": seconds}
+        row.update({f"train_{k}": v / steps for k, v in sums.items()})
+        why = divergence(row.get("train_loss"), self.initial_loss)
+        if why:
+            raise Diverged(f"{why} in epoch {epoch + 1}")
+        return row
+
+    def evaluates(self, epoch: int) -> bool:
+        return not (epoch + 1) % self.config.eval_every or epoch + 1 == self.config.epochs
+
+    def evaluated(self, row: dict[str, Any], epoch: int,
+                  scored: dict[str, tuple[dict[str, float], list[float]]], test_correct: list[torch.Tensor]) -> None:
+        """Add the splits' accuracies (every rule, every unit) to ``row``; keep the metrics if validation is best."""
+        for split_name, (rules, units) in scored.items():
+            default = next(iter(rules))
+            row[f"{split_name}_acc"] = rules[default]
+            row.update({f"{split_name}_acc.{k}": v for k, v in rules.items()})
+            row.update({f"{split_name}_acc.unit{k + 1}": v for k, v in enumerate(units)})
+        if row["val_acc"] > self.best_val:
+            self.best_val = row["val_acc"]
+            correct = torch.cat(test_correct)
+            self.result.metrics = {"best_epoch": epoch + 1,
+                                   **{k: v for k, v in row.items() if k.startswith(("val_acc", "test_acc"))},
+                                   "test_correct_bits": encode_correct(correct.cpu().numpy()),
+                                   "n_test": len(correct)}
+
+    def close(self, steps: int, saved_bytes: int, memory_peak: int | None) -> None:
+        result = self.result
+        last = next((r for r in reversed(result.curves) if "val_acc" in r), {})
+        result.metrics["test_acc_last"] = last.get("test_acc", float("nan"))
+        result.metrics["val_acc_last"] = last.get("val_acc", float("nan"))
+        n_epochs = len(result.curves)
+        images = n_epochs * steps * self.config.batch_size
+        result.compute.update({
+            "train_time_s": self.train_time,
+            "epoch_time_s": self.train_time / n_epochs if n_epochs else float("nan"),
+            "images_per_s": images / self.train_time if self.train_time else float("nan"),
+            "saved_bytes_per_step": saved_bytes,
+            "peak_mem_bytes": memory_peak,  # training steps, above the data and parameters
+        })
+
+
 def build(config: RunConfig, data: Data, streams: Streams, device: torch.device) -> Method:
     entry = METHODS.get(config.method)
     with streams.torch_scope("init"):
@@ -204,11 +303,12 @@ def build(config: RunConfig, data: Data, streams: Streams, device: torch.device)
 
 def fit(config: RunConfig, device: torch.device | str = "auto",
         on_epoch: Callable[[dict[str, Any]], None] | None = None, data: Data | None = None,
-        weights_dir: str | None = None, keep_model: bool = False) -> RunResult:
+        weights_dir: str | None = None, keep_model: bool = False, checkpoint: str | None = None) -> RunResult:
     """Train and evaluate one run. Exceptions from bad input propagate; divergence is a failed result.
     A run that adapts from a source (``config.adapt``) starts from its pretrained backbone, trained first if
     ``weights_dir`` (default: ``transfer.default_weights_dir()``) does not hold it yet; that time is not the
-    run's training time."""
+    run's training time. With ``checkpoint`` (a file path) the run resumes from the state an earlier process
+    saved there and saves its own at epoch ends (``ffbench.checkpoint``)."""
     device = resolve_device(device) if isinstance(device, str) else device
     pretrained = None
     if config.adapt is not None:  # first, so a run reads the same random state whether it trained its source or not
@@ -227,22 +327,38 @@ def fit(config: RunConfig, device: torch.device | str = "auto",
     loader = DeviceLoader(data.train, config.batch_size, order_gen=streams.torch("order", device),
                           augment_gen=streams.torch("augment", device), crop_padding=config.crop_padding,
                           flip=config.flip)
-    params = list(method.parameters())
-    meter = SavedTensorMeter(params)
+    meter = SavedTensorMeter(list(method.parameters()))
     memory = TrainingPeak.for_cuda(device) if device.type == "cuda" else None
 
     result = RunResult(status="done", manifest={"source": source} if source else {})
-    result.compute = {"device": str(device), "n_params": sum(p.numel() for p in params),
-                      "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
-                      "num_classes": data.num_classes, "units": list(method.backbone.unit_names)}
-    best_val, train_time = -1.0, 0.0
-    initial_loss: float | None = None  # the first step's loss: the reference of the divergence rule
+    result.compute = describe(method, data, device)
+    rec = Record(config, result)
+    gens = {"order": loader.order_gen, "augment": loader.augment_gen, "method": method.ctx.generator}
+    saver = Checkpoint(checkpoint, config.to_dict()) if checkpoint else None
+    state = saver.load() if saver else None
+    first_epoch, resumed = 0, []
+    if state is not None:
+        method.load_state_dict(state["method"])
+        for opt, opt_state in zip(method.ctx.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(opt_state)
+        for name, g_state in state["generators"].items():
+            gens[name].set_state(g_state)
+        restore_global_rng(state["global_rng"])
+        result.curves, result.metrics = state["curves"], state["metrics"]
+        rec.best_val, rec.train_time, rec.initial_loss = state["best_val"], state["train_time"], state["initial_loss"]
+        meter.peak = state["saved_bytes_peak"]
+        if memory:
+            memory.peak = state["memory_peak"] or 0
+        first_epoch = state["epoch"]
+        resumed = [*state["resumed"], {"after_epoch": first_epoch, "threads": torch.get_num_threads(),
+                                       "saved_with_threads": state["threads"]}]
+        result.manifest["resumed"] = resumed
     method.train()
     try:
-        for epoch in range(config.epochs):
+        for epoch in range(first_epoch, config.epochs):
             method.ctx.set_lr_factor(lr_factor(config.schedule, epoch, config.epochs))
             method.start_epoch(epoch)
-            sums: dict[str, torch.Tensor] = {}
+            sums = StepSums()
             sync(device)
             if memory:
                 memory.start()
@@ -252,61 +368,36 @@ def fit(config: RunConfig, device: torch.device | str = "auto",
                     with meter.hooks():
                         stats = method.train_step(x, y)
                     if i == 0 and "loss" in stats:
-                        initial_loss = float(stats["loss"])
+                        rec.initial_loss = float(stats["loss"])
                 else:
                     stats = method.train_step(x, y)
-                for k, v in stats.items():
-                    if k in sums:
-                        sums[k].add_(v)
-                    else:
-                        sums[k] = v.detach().clone().double()
+                sums.add(stats)
             sync(device)
             seconds = time.perf_counter() - t0
             if memory:
                 memory.stop()
-            train_time += seconds
-            row: dict[str, Any] = {"epoch": epoch + 1, "epoch_time_s": seconds}
-            row.update({f"train_{k}": v.item() / len(loader) for k, v in sums.items()})
-            why = divergence(row.get("train_loss"), initial_loss)
-            if why:
-                raise Diverged(f"{why} in epoch {epoch + 1}")
-            if (epoch + 1) % config.eval_every and epoch + 1 < config.epochs:  # not an evaluated epoch
-                result.curves.append(row)
-                if on_epoch is not None:
-                    on_epoch(row)
-                continue
-            test_correct: list[torch.Tensor] = []  # the test-set sampling variance is estimated from it
-            for split_name, split in (("val", data.val), ("test", data.test)):
-                rules, units = evaluate(method, split, config.eval_batch_size,
-                                        test_correct if split_name == "test" else None)
-                default = next(iter(rules))
-                row[f"{split_name}_acc"] = rules[default]
-                row.update({f"{split_name}_acc.{k}": v for k, v in rules.items()})
-                row.update({f"{split_name}_acc.unit{k + 1}": v for k, v in enumerate(units)})
+            row = rec.train_row(epoch, seconds, {k: v.item() for k, v in sums.totals().items()}, len(loader))
+            if rec.evaluates(epoch):
+                test_correct: list[torch.Tensor] = []  # the test-set sampling variance is estimated from it
+                scored = {name: evaluate(method, split, config.eval_batch_size,
+                                         test_correct if name == "test" else None)
+                          for name, split in (("val", data.val), ("test", data.test))}
+                rec.evaluated(row, epoch, scored, test_correct)
             result.curves.append(row)
-            if row["val_acc"] > best_val:
-                best_val = row["val_acc"]
-                result.metrics = {"best_epoch": epoch + 1,
-                                  **{k: v for k, v in row.items() if k.startswith(("val_acc", "test_acc"))},
-                                  "test_correct_bits": encode_correct(torch.cat(test_correct).cpu().numpy()),
-                                  "n_test": len(data.test)}
+            if saver is not None and epoch + 1 < config.epochs and saver.due():
+                saver.save({
+                    "epoch": epoch + 1, "method": method.state_dict(),
+                    "optimizers": [opt.state_dict() for opt in method.ctx.optimizers],
+                    "generators": generator_states(gens), "global_rng": global_rng_state(),
+                    "curves": result.curves, "metrics": result.metrics, "best_val": rec.best_val,
+                    "train_time": rec.train_time, "initial_loss": rec.initial_loss, "saved_bytes_peak": meter.peak,
+                    "memory_peak": memory.peak if memory else None, "resumed": resumed,
+                    "threads": torch.get_num_threads()})
             if on_epoch is not None:
                 on_epoch(row)
     except Diverged as exc:
         result.status, result.error = "failed", DIVERGED + str(exc)
-
-    last = next((r for r in reversed(result.curves) if "val_acc" in r), {})
-    result.metrics["test_acc_last"] = last.get("test_acc", float("nan"))
-    result.metrics["val_acc_last"] = last.get("val_acc", float("nan"))
-    n_epochs = len(result.curves)
-    images = n_epochs * len(loader) * config.batch_size
-    result.compute.update({
-        "train_time_s": train_time,
-        "epoch_time_s": train_time / n_epochs if n_epochs else float("nan"),
-        "images_per_s": images / train_time if train_time else float("nan"),
-        "saved_bytes_per_step": meter.peak,
-        "peak_mem_bytes": memory.peak if memory else None,  # training steps, above the data and parameters
-    })
+    rec.close(len(loader), meter.peak, memory.peak if memory else None)
     if source:
         result.compute["trainable_params"] = source["trainable_params"]
     if keep_model:

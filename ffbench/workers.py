@@ -29,7 +29,7 @@ import time
 from typing import Any
 
 from ffbench.design import TUNING, Design
-from ffbench.execute import Env, execute_row
+from ffbench.execute import Env, execute_row, run_batch
 from ffbench.selection import register_evaluation
 from ffbench.store import FINISHED, PENDING, RUNNING, Store, process_exists
 from ffbench.suite import Suite
@@ -154,10 +154,12 @@ def _work(env: Env, bar, wait: bool, max_runs: int | None) -> int:
         for s in candidates:
             if store.claim(s["run_id"], env.worker, env.lease_s):
                 row = store.rows(run_id=s["run_id"])[0]
+                room = None if max_runs is None else max_runs - executed
+                rows = [row, *claim_seeds(env, row, candidates, room)]
                 if shown is not None:
                     shown.start(row)
-                if execute_row(env, row) is not None:
-                    executed += 1
+                done = run_batch(env, rows) if len(rows) > 1 else [execute_row(env, row)]
+                executed += sum(status is not None for status in done)
                 took = True
                 break
         if took:
@@ -166,6 +168,21 @@ def _work(env: Env, bar, wait: bool, max_runs: int | None) -> int:
             return executed
         time.sleep(env.poll_s)
     return executed
+
+
+def claim_seeds(env: Env, row: dict[str, Any], candidates: list[dict[str, Any]], room: int | None) -> list[dict[str, Any]]:
+    """The other pending evaluation runs of ``row``'s cell, claimed with it so that its seeds can train as
+    one batch (none for a tuning trial, or when the suite sets batch_seeds = false)."""
+    if row["role"] == TUNING or env.suite.batch_seeds is False:
+        return []
+    out = []
+    for s in candidates:
+        if room is not None and len(out) + 1 >= room:
+            break
+        if (s["run_id"] != row["run_id"] and s["cell_id"] == row["cell_id"] and s["role"] != TUNING
+                and env.store.claim(s["run_id"], env.worker, env.lease_s)):
+            out.append(env.store.rows(run_id=s["run_id"])[0])
+    return out
 
 
 def describe(row: dict[str, Any], cells: dict[str, Any] | None = None) -> str:

@@ -218,7 +218,7 @@ class ASGE(LocalMethod):
         return F.cross_entropy(scores, y)
 
     def train_readouts(self, features, y):
-        loss = F.cross_entropy(self.readout(torch.cat(features, 1)), y)
+        loss = self.ctx.per_seed(F.cross_entropy, self.readout(torch.cat(features, 1)), y)
         step(self.readout_opt, loss)
         return {"loss.readout": loss.detach()}
 

@@ -112,8 +112,8 @@ class BP(Method):
 
     def train_step(self, x, y):
         scores = self._scores(x)
-        loss = (F.cross_entropy(scores, y) if self.local is None
-                else self.local.unit_loss(len(self.backbone.units) - 1, scores, y))
+        loss = (self.ctx.per_seed(F.cross_entropy, scores, y) if self.local is None
+                else self.local.unit_losses(len(self.backbone.units) - 1, scores, y))
         step(self.opt, loss)
         return {"loss": loss.detach()}
 
@@ -166,9 +166,9 @@ class BPDeepSup(Method):
     def train_step(self, x, y):
         scores, features = self._all(x)
         if self.local is None:
-            loss = sum(F.cross_entropy(s, y) for s in scores)
+            loss = sum(self.ctx.per_seed(F.cross_entropy, s, y) for s in scores)
         else:
-            loss = sum(self.local.unit_loss(k, s, y) for k, s in enumerate(scores))
+            loss = sum(self.local.unit_losses(k, s, y) for k, s in enumerate(scores))
         step(self.opt, loss)
         stats = {"loss": loss.detach()}
         if self.local is not None:

@@ -228,7 +228,7 @@ class CwC(LocalMethod):
         logits = self.head(features[-1].flatten(1))
         if self.options["sf_double_softmax"]:  # the reference's defect (§3.6.2), kept as a switch
             logits = logits.softmax(1)
-        loss = F.cross_entropy(logits, y)
+        loss = self.ctx.per_seed(F.cross_entropy, logits, y)
         step(self.head_opt, loss)
         return {"loss.head": loss.detach()}
 

@@ -3,7 +3,8 @@
 
 Per layer: RMS-normalise the (detached) input -> linear -> ReLU; goodness g = sum h^2; loss = BCE-with-logits
 on g - theta (positives 1, negatives 0, mean over the 2B rows) + peer normalisation on the positive half.
-Each layer steps on its own loss before the next layer's forward (step-and-free).
+The layers' losses and the softmax read-out's are summed and stepped once per batch (loeweX); each layer's
+input is detached, so each layer's gradient is its own loss's.
 
 Efficiency: the label lives in the first K inputs, and normalisation only rescales the input vector, so
 layer 1 on ``overlay(x, labels)`` equals ``(W x_rest + W[:, :K] labels) / norm + b`` with the norm computed
@@ -16,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ffbench.method import LocalMethod, method_card, step
+from ffbench.method import LocalMethod, linear, method_card
 from ffbench.options import Option
 from ffbench.registry import ByDataset
 
@@ -38,6 +39,19 @@ class _StraightReLU(torch.autograd.Function):
         return grad
 
 
+class _DenseGrad(torch.autograd.Function):
+    """Identity whose backward hands on a contiguous gradient: a seed's block of a concatenation then sums
+    its bias gradient over the same memory layout as its run alone (a strided sum rounds differently)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
 def ff_loss(g_pos: torch.Tensor, g_neg: torch.Tensor, theta: float) -> torch.Tensor:
     """BCE-with-logits on g - theta, target 1 for positives and 0 for negatives, mean over the 2B rows."""
     return F.softplus(torch.cat([theta - g_pos, g_neg - theta])).mean()
@@ -57,9 +71,9 @@ def sample_negatives(y: torch.Tensor, k: int, kind: str, gen: torch.Generator,
         return (y + torch.randint(1, k, y.shape, generator=gen, device=y.device)) % k
     if kind == "permutation":
         return y[torch.randperm(len(y), generator=gen, device=y.device)]
-    if kind == "hard":
+    if kind == "hard":  # torch.multinomial's one-sample draw, argmax p / Exp(1), without its checks' host syncs
         probs = logits.float().scatter(1, y[:, None], float("-inf")).softmax(1)
-        return torch.multinomial(probs, 1, generator=gen).squeeze(1)
+        return (probs / torch.empty_like(probs).exponential_(generator=gen)).argmax(1)
     raise AssertionError(kind)  # options are validated before the method is built
 
 
@@ -143,7 +157,8 @@ _REFERENCE = {
 @method_card(
     name="ff.hinton", family="ff", recipes={"reference": _REFERENCE},
     summary="Original forward-forward: label in the first K inputs, RMS norm between layers, sum-of-squares "
-            "goodness with theta = N, logistic loss, peer normalisation, per-layer step-and-free; inference "
+            "goodness with theta = N, logistic loss, peer normalisation, per-layer losses on detached inputs "
+            "summed and stepped once; inference "
             "by goodness per label (default) and by a neutral-label softmax read-out",
     paper="Hinton 2022, arXiv 2212.13345 (methods.md §2)",
     code="official ffcode.zip via jesper-olsen/ff-py main.py; loeweX/Forward-Forward src/ff_model.py",
@@ -155,7 +170,7 @@ _REFERENCE = {
     notes="scale: sum-rms (goodness sum h^2, RMS norm, theta=N, official) or mean-l2 (mean h^2, L2 norm, "
           "theta=2, mpezeshki); goodness/norm may restate it, a mixed pair is an error; theta = theta_scale x "
           "the convention's threshold. vote: layers summed by the goodness rule and fed to the softmax head "
-          "(skip-first = official). training: simultaneous (each layer steps on its own loss every batch) or "
+          "(skip-first = official). training: simultaneous (each layer trains on its own loss every batch) or "
           "greedy (layer l trains in epochs [l*E/L, (l+1)*E/L)). Neutral label = label_value/K per slot "
           "(0.1 for 10 classes). pixels unit-range: each image min-max scaled to [0, 1] (the recipes' "
           "pixel range; for MNIST it exactly undoes the harness standardisation), as-given: the harness's input. "
@@ -165,6 +180,7 @@ class FF(LocalMethod):
     for layer l > 1 the normalised activity of layer l-1. Class scores of a unit are its goodness per label
     row: (B, 2) [positive, negative] in training, (B, K) [one per label] in evaluation."""
     adapt_modes = ("linear-probe", "last-k-units", "fine-tune")  # no head has parameters
+    joint_step = True  # the layers' and the read-out's losses summed, one step (loeweX)
     probe_rule = "softmax"
 
     @classmethod
@@ -174,18 +190,16 @@ class FF(LocalMethod):
 
     def __init__(self, backbone, num_classes, options, ctx):
         o, k = options, num_classes
-        self.linears = []
         for unit in backbone.units:
             lin = [m for m in unit.modules() if isinstance(m, nn.Linear)]
             if backbone.is_conv or len(lin) != 1:
                 kind = "convolutional units" if backbone.is_conv else "units that are not one linear layer each"
                 raise ValueError(f"ff.hinton trains fully connected layers on the flattened image; this backbone "
                                  f"has {kind}. Allowed backbones: mlp")
-            self.linears.append(lin[0])
-        self.in_dim = self.linears[0].in_features
+        widths = [lin.out_features for lin in self._linears(backbone)]
+        self.in_dim = self._linears(backbone)[0].in_features
         if self.in_dim < k:
             raise ValueError(f"ff.hinton writes the label over the first {k} inputs, but the input has {self.in_dim}")
-        widths = [lin.out_features for lin in self.linears]
         why = _problem(o, len(widths), ctx.epochs)
         if why:
             raise ValueError(why)
@@ -205,14 +219,24 @@ class FF(LocalMethod):
             self.register_buffer(f"peer_mean{i}", torch.zeros(n))
         self.head = nn.Linear(sum(widths[i] for i in self.vote), k, bias=False)
         nn.init.zeros_(self.head.weight)
-        self.head_opt = ctx.make_optimizer(self.head.parameters(), lr=o["head_lr"],
-                                           weight_decay=o["head_weight_decay"])
+        self.make_joint_optimizer({"params": list(self.head.parameters()), "lr": o["head_lr"],
+                                   "weight_decay": o["head_weight_decay"]})
+        self._label_consts = None  # _label_rows' tensors and the (device, dtype) they are for
         self.label_value = o["label_value"]
         if o["training"] == "greedy":  # layer l trains in epochs [l*E/L, (l+1)*E/L)
             self.windows = [(i * ctx.epochs // n_layers, (i + 1) * ctx.epochs // n_layers) for i in range(n_layers)]
 
     def make_head(self, k, shape):
         return nn.Identity()  # a layer's class scores are its goodness per label row
+
+    @staticmethod
+    def _linears(backbone):
+        """Each unit's linear layer (looked up each time: seeds trained together replace it by a stacked one)."""
+        return [next(m for m in unit.modules() if hasattr(m, "in_features")) for unit in backbone.units]
+
+    @property
+    def linears(self):
+        return self._linears(self.backbone)
 
     # ---------------------------------------------------------------- pieces
     def _normalise(self, h):
@@ -232,62 +256,104 @@ class FF(LocalMethod):
         else:
             xr = xr.clone()
         xr[:, :self.num_classes] = 0
-        return xr.pow(2).sum(1), F.linear(xr, self.linears[0].weight)
+        return xr.pow(2).sum(1), linear(xr, self.linears[0].weight)
 
-    def _first(self, ssq, base, labels):
-        """Layer-1 pre-activations of overlay(x, labels); labels (V, B or 1, K) -> (V, B, N)."""
+    def _label_rows(self, like):
+        """(a one-hot label row's squared norm, the neutral row (1, 1, K), its squared norm), made once per
+        device and dtype: the same for every row, and computed as the per-row arithmetic computes them."""
+        if self._label_consts is None or self._label_consts[0] != (like.device, like.dtype):
+            k, lv = self.num_classes, self.label_value
+            neutral = like.new_full((1, 1, k), lv / k)
+            one_hot = like.new_full((1,), lv).pow(2)  # its one non-zero slot squared; the zeros add nothing
+            self._label_consts = (like.device, like.dtype), (one_hot, neutral, neutral.pow(2).sum(-1))
+        return self._label_consts[1]
+
+    def _first(self, ssq, base, labels, label_ssq=None):
+        """Layer-1 pre-activations of overlay(x, labels); labels (V, B or 1, K) -> (V, B, N). ``label_ssq``: the
+        labels' squared norm where every row has the same (``_label_rows``), else computed from them."""
         lin = self.linears[0]
-        total = ssq + labels.pow(2).sum(-1)
+        if lin.weight.dim() == 2:
+            return self._overlay(ssq, base, labels, label_ssq, lin.weight, lin.bias)
+        # seeds trained together: each seed's rows with its own weights, by the kernels of its run alone
+        # (a broadcast over seeds would sum the bias gradient in another order, and FF amplifies such bits)
+        n = lin.weight.shape[0]
+        rows = labels.chunk(n, 1) if labels.shape[1] > 1 else [labels] * n
+        return torch.cat([_DenseGrad.apply(self._overlay(s, b, lab, label_ssq, w, bias)) for s, b, lab, w, bias
+                          in zip(ssq.chunk(n), base.chunk(n), rows, lin.weight, lin.bias)], 1)
+
+    def _overlay(self, ssq, base, labels, label_ssq, weight, bias):
+        total = ssq + (labels.pow(2).sum(-1) if label_ssq is None else label_ssq)
         denom = (total / self.in_dim if self.norm == "rms" else total).sqrt() + EPS
-        return (base + labels @ lin.weight[:, :self.num_classes].t()) / denom[..., None] + lin.bias
+        return (base + labels @ weight[:, :self.num_classes].t()) / denom[..., None] + bias
 
     def _neutral(self, ssq, base):
-        """Normalised activities of every layer for the neutral label (no grad)."""
-        k = self.num_classes
-        z = self._first(ssq, base.detach(), base.new_full((1, 1, k), self.label_value / k))[0]
+        """Normalised activities of every layer for the neutral label (called without grad)."""
+        _, neutral, neutral_ssq = self._label_rows(base)
+        z = self._first(ssq, base, neutral, neutral_ssq)[0]
         feats = []
         for i, lin in enumerate(self.linears):
             if i:
-                z = F.linear(feats[-1], lin.weight, lin.bias)
+                z = lin(feats[-1])
             feats.append(self._normalise(z.relu()))
         return feats
+
+    def _layer(self, k, state):
+        """Layer k > 0 on label-major rows (V label blocks of R rows); with seeds trained together each label
+        block holds every seed's rows, so they are regrouped seed-major for the stacked layer and back."""
+        lin, n = self.linears[k], self.ctx.seeds
+        if n == 1:
+            return lin(state)
+        v, width = self._rows, state.shape[-1]
+        z = lin(state.reshape(v, n, -1, width).transpose(0, 1).reshape(-1, width))
+        return z.reshape(n, v, -1, z.shape[-1]).transpose(0, 1).reshape(-1, z.shape[-1])
 
     # ---------------------------------------------------------------- the unit, its loss, the read-out
     def forward_unit(self, k, state):
         if k == 0:
-            ssq, base, labels = state
+            ssq, base, labels = state  # one-hot label rows
             self._rows = labels.shape[0]
-            z = self._first(ssq, base, labels).flatten(0, 1)  # (V*B, N), label-major
+            z = self._first(ssq, base, labels, self._label_rows(base)[0]).flatten(0, 1)  # (V*B, N), label-major
         else:
-            z = F.linear(state, self.linears[k].weight, self.linears[k].bias)
+            z = self._layer(k, state)
         h = self._activity = _StraightReLU.apply(z) if torch.is_grad_enabled() else z.relu()  # peer term reads it
-        return self._good(h).view(self._rows, -1).t(), h, self._normalise(h.detach())
+        last = k + 1 == len(self.backbone.units)  # nothing reads the last layer's hand-off
+        return self._good(h).view(self._rows, -1).t(), h, None if last else self._normalise(h.detach())
 
     def unit_loss(self, k, scores, y):
-        o, h = self.options, self._activity
-        loss = ff_loss(scores[:, 0], scores[:, 1], self.thetas[k])
+        return self.unit_losses(k, scores, y)
+
+    def unit_losses(self, k, scores, y):
+        """The FF loss on a seed's rows plus peer normalisation of its positive rows' mean activity (with
+        seeds trained together each has its own running mean: a (seeds, units) buffer)."""
+        o, h, ctx = self.options, self._activity, self.ctx
+        loss = ctx.per_seed(lambda s: ff_loss(s[:, 0], s[:, 1], self.thetas[k]), scores)
         if o["peer_weight"]:
             peer = getattr(self, f"peer_mean{k}")
-            m = o["peer_momentum"] * peer + (1 - o["peer_momentum"]) * h[:len(y)].mean(0)
-            loss = loss + o["peer_weight"] * peer_loss(m)
+            if ctx.seeds == 1:
+                m = o["peer_momentum"] * peer + (1 - o["peer_momentum"]) * h[:len(y)].mean(0)
+                loss = loss + o["peer_weight"] * peer_loss(m)
+            else:  # each seed's mean and term with the kernels of its run alone (same sums, same order)
+                mean = torch.stack([block.mean(0) for block in h[:len(y)].chunk(ctx.seeds)])
+                m = o["peer_momentum"] * peer + (1 - o["peer_momentum"]) * mean
+                loss = loss + o["peer_weight"] * torch.stack([peer_loss(row) for row in m])
             peer.copy_(m.detach())  # the buffer is not saved for backward: updating it now is safe
         g = scores.detach() / self.thetas[k]
-        self._goodness[f"goodness_pos.unit{k + 1}"] = g[:, 0].mean()
-        self._goodness[f"goodness_neg.unit{k + 1}"] = g[:, 1].mean()
+        self._goodness[f"goodness_pos.unit{k + 1}"] = ctx.per_seed(lambda t: t[:, 0].mean(), g)
+        self._goodness[f"goodness_neg.unit{k + 1}"] = ctx.per_seed(lambda t: t[:, 1].mean(), g)
         return loss
 
     def train_readouts(self, features, y):
-        loss = F.cross_entropy(self.head(self._neutral_feats), y)  # after the layers: no graph held meanwhile
-        step(self.head_opt, loss)
-        return {"loss.head": loss.detach()}
+        return {"loss.head": self.ctx.per_seed(F.cross_entropy, self._logits, y)}  # stepped with the layers'
 
     def train_step(self, x, y):
         with torch.set_grad_enabled(self.active[0]):
             ssq, base = self._image(x)
         with torch.no_grad():
-            self._neutral_feats = torch.cat([f for i, f in enumerate(self._neutral(ssq, base)) if i in self.vote], 1)
-            logits = self.head(self._neutral_feats) if self.options["negatives"] == "hard" else None
-        y_neg = sample_negatives(y, self.num_classes, self.options["negatives"], self.ctx.generator, logits)
+            feats = torch.cat([f for i, f in enumerate(self._neutral(ssq, base)) if i in self.vote], 1)
+        self._logits = self.head(feats)  # the read-out's loss reads it, and so do hard negatives (detached)
+        logits = self._logits.detach() if self.options["negatives"] == "hard" else None
+        y_neg = self.ctx.per_seed_rows(lambda g, t, s: sample_negatives(t, self.num_classes, self.options["negatives"],
+                                                                        g, s), y, logits)
         labels = F.one_hot(torch.stack([y, y_neg]), self.num_classes).to(x.dtype) * self.label_value
         self._goodness = {}
         stats = super().train_step((ssq, base, labels), y)

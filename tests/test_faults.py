@@ -156,15 +156,17 @@ def test_interrupted_run_gives_back_its_run_and_resumes(tmp_path, sig, status):
 def test_sigkilled_worker_is_resumed_at_once_despite_the_default_lease(tmp_path):
     path, out = suite_file(tmp_path, epochs=400), tmp_path / "out"
     proc = ffbench("worker", path, "--out", out, "--no-progress", "--device", "cpu", "--no-tracking")
-    (run_id, worker, host, pid), = wait_running(out / "results.db", proc)
-    assert host == socket.gethostname() and pid == proc.pid and worker == f"{host}:{pid}"
+    held = wait_running(out / "results.db", proc, n=2)  # a cell's two seeds, claimed together (one batch)
+    for _, worker, host, pid in held:
+        assert host == socket.gethostname() and pid == proc.pid and worker == f"{host}:{pid}"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     store = Store(out / "results.db")
-    assert store.rows(run_id=run_id)[0]["status"] == RUNNING
+    ids = sorted(r[0] for r in held)
+    assert {store.rows(run_id=i)[0]["status"] for i in ids} == {RUNNING}
     t0 = time.time()
-    assert store.release_dead("faults") == [run_id]  # its process is gone: back at once, lease or not
-    assert time.time() - t0 < 2 and store.rows(run_id=run_id)[0]["status"] == PENDING
+    assert sorted(store.release_dead("faults")) == ids  # its process is gone: back at once, lease or not
+    assert time.time() - t0 < 2 and {store.rows(run_id=i)[0]["status"] for i in ids} == {PENDING}
 
 
 def test_launcher_sigterm_stops_its_workers_and_resumes(tmp_path):
@@ -275,7 +277,10 @@ def test_infrastructure_errors_stop_the_suite_and_leave_the_run_pending(tmp_path
     def disk_full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    import ffbench.batched
+
     monkeypatch.setattr(ffbench.train, "fit", disk_full)
+    monkeypatch.setattr(ffbench.batched, "fit_seeds", disk_full)  # the cell's seeds train together by default
     code = main(["run", str(path), "--out", str(out), "--no-progress", "--device", "cpu", "--no-tracking"])
     err = capsys.readouterr().err
     assert code == 3 and "the disk is full" in err and "stays pending" in err and "Traceback" not in err

@@ -1,11 +1,12 @@
-"""ff.hinton: loss formulas, layer-1 overlay algebra, negatives, stop-gradient, step-and-free memory,
-option checks, and that it learns digits."""
+"""ff.hinton: loss formulas, layer-1 overlay algebra, negatives, stop-gradient, the joint step (memory,
+frozen layers, learning rates), option checks, and that it learns digits."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import ffbench.method
 import methods.ff as ff
 from ffbench import backbones
 from ffbench.config import RunConfig
@@ -18,9 +19,9 @@ def sp(u):
     return math.log1p(math.exp(u))
 
 
-def make(widths=(16, 16, 16), in_shape=(1, 8, 8), k=10, epochs=2, backbone="mlp", **opts):
+def make(widths=(16, 16, 16), in_shape=(1, 8, 8), k=10, epochs=2, backbone="mlp", optimizer="sgd", **opts):
     bb = backbones.build(backbone, in_shape, k, {"widths": list(widths)} if backbone == "mlp" else {})
-    ctx = Context(device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), optimizer="sgd",
+    ctx = Context(device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), optimizer=optimizer,
                   lr=1e-3, epochs=epochs)
     options = method_options(RunConfig(method="ff.hinton", dataset="digits", backbone=backbone, method_options=opts))
     return METHODS.get("ff.hinton").obj(bb, k, options, ctx)
@@ -54,6 +55,9 @@ def test_layer_one_overlay_algebra_matches_the_plain_overlay():
         for v in range(2):
             plain = torch.cat([labels[v], xr[:, 10:]], 1)
             assert torch.allclose(fast[v], m.linears[0](m._normalise(plain)), atol=1e-5)
+        one_hot, neutral, neutral_ssq = m._label_rows(base)  # the squared norms every row shares, exactly
+        assert torch.equal(m._first(ssq, base, labels, one_hot), fast)
+        assert torch.equal(m._first(ssq, base, neutral, neutral_ssq), m._first(ssq, base, neutral.clone()))
 
 
 def test_goodness_and_threshold_per_scale():
@@ -80,25 +84,90 @@ def test_negatives_never_true_label_by_default():
     assert make().options["negatives"] == "uniform"
 
 
-def test_no_gradient_crosses_a_layer_boundary(record_steps):
+def test_hard_negatives_draw_what_multinomial_draws():
+    y, logits = torch.arange(10).repeat(30), torch.randn(300, 10) * 3
+    a, b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    probs = logits.scatter(1, y[:, None], float("-inf")).softmax(1)
+    for _ in range(3):  # the same labels, and the stream left in the same state
+        want = torch.multinomial(probs, 1, generator=b)[:, 0]
+        assert torch.equal(ff.sample_negatives(y, 10, "hard", a, logits), want)
+
+
+def test_no_gradient_crosses_a_layer_boundary(monkeypatch):
+    """One step of the summed losses, and each loss reaches its own layer (or the read-out) alone."""
     m = make(widths=(16, 16, 16))
-    touched = record_steps(ff, m)
-    x, y = torch.randn(8, 1, 8, 8), torch.arange(8)
-    stats = m.train_step(x, y)
-    assert touched == [{"0"}, {"1"}, {"2"}, {"head"}]  # one unit per loss, in order, then the read-out
+    losses, touched, steps = [], [], []
+    unit_losses, readouts, real_step = m.unit_losses, m.train_readouts, ffbench.method.step
+
+    def recording_losses(k, scores, y):
+        losses.append(unit_losses(k, scores, y))
+        return losses[-1]
+
+    def recording_readouts(features, y):
+        out = readouts(features, y)
+        losses.append(out["loss.head"])
+        return out
+
+    def recording_step(opt, loss):
+        names, params = zip(*m.named_parameters())
+        for part in losses:
+            grads = torch.autograd.grad(part, params, retain_graph=True, allow_unused=True)
+            touched.append({n.split(".")[2] if n.startswith("backbone") else "head"
+                            for n, g in zip(names, grads) if g is not None and g.abs().sum() > 0})
+        steps.append(opt)
+        real_step(opt, loss)
+
+    monkeypatch.setattr(m, "unit_losses", recording_losses)
+    monkeypatch.setattr(m, "train_readouts", recording_readouts)
+    monkeypatch.setattr(ffbench.method, "step", recording_step)
+    stats = m.train_step(torch.randn(8, 1, 8, 8), torch.arange(8))
+    assert touched == [{"0"}, {"1"}, {"2"}, {"head"}] and steps == [m.opt]
     assert {"loss", "loss.unit1", "loss.unit2", "loss.unit3", "loss.head"} <= set(stats)
     assert all(not v.requires_grad and v.dim() == 0 for v in stats.values())
+    assert stats["loss"] == stats["loss.unit1"] + stats["loss.unit2"] + stats["loss.unit3"] + stats["loss.head"]
 
 
-def test_step_and_free_keeps_one_layer_of_activations():
+def test_joint_step_holds_every_layer_until_the_step():
     def peak(n_layers):
         m = make(widths=[64] * n_layers, vote="last")  # the read-out's input then has the same width
         meter = SavedTensorMeter(list(m.parameters()))
         with meter.hooks():
             m.train_step(torch.randn(32, 1, 8, 8), torch.arange(32) % 10)
+        assert meter.current == 0  # every graph is freed by the step
         return meter.peak
 
-    assert peak(6) == peak(2)  # graphs are freed unit by unit: depth adds nothing
+    assert peak(6) - peak(4) == peak(4) - peak(2) > 0  # each layer's graph adds its own bytes
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_layers_that_do_not_train_stay_as_they_are(optimizer):
+    """A layer outside its greedy window, or frozen by adaptation, gets no gradient and no update (Adam's
+    zero-gradient update would move it); the others and the read-out train."""
+    def step_changes(m, epoch):
+        m.start_epoch(epoch)
+        before = {n: p.detach().clone() for n, p in m.named_parameters()}
+        x, y = torch.randn(8, 1, 8, 8), torch.arange(8)
+        for _ in range(2):
+            m.train_step(x, y)
+        return {n.split(".")[2] if n.startswith("backbone") else n for n, p in m.named_parameters()
+                if not torch.equal(before[n], p)}
+
+    m = make(widths=(16, 16, 16), epochs=6, training="greedy", optimizer=optimizer)
+    step_changes(m, 0)  # layer 1 trains first: its optimizer state exists when it stops training
+    assert step_changes(m, 2) == {"1", "head.weight"}
+    m = make(widths=(16, 16, 16), optimizer=optimizer)
+    step_changes(m, 0)
+    m.adapt("last-k-units", 1)
+    assert step_changes(m, 0) == {"2", "head.weight"}
+
+
+def test_one_optimizer_keeps_the_read_out_settings_and_the_schedule():
+    m = make(head_lr=0.5, head_weight_decay=0.25)
+    layers, head = m.opt.param_groups
+    assert (layers["lr"], head["lr"], layers["weight_decay"], head["weight_decay"]) == (1e-3, 0.5, 0.0, 0.25)
+    assert {id(p) for p in head["params"]} == {id(m.head.weight)} and len(layers["params"]) == 6
+    m.ctx.set_lr_factor(0.5)
+    assert (layers["lr"], head["lr"]) == (5e-4, 0.25) and m.ctx.optimizers == [m.opt]
 
 
 def test_greedy_trains_one_layer_per_epoch_block():

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from ffbench.config import RunConfig
 from ffbench.method import LocalMethod, Method, make_head, method_card
 from ffbench.seeds import Streams
-from ffbench.train import SavedTensorMeter, fit
+from ffbench.train import SavedTensorMeter, StepSums, fit
 
 
 @method_card(name="test.nan", summary="test-only: its loss is NaN", rules=("head",),
@@ -105,3 +105,20 @@ def test_meter_counts_a_storage_once_and_frees_it():
     loss.backward()
     del h, loss
     assert meter.current == 0
+
+
+def test_step_sums_equal_adding_each_key_alone():
+    """Stacked sums are the per-key float64 sums bit for bit, also for values per seed, mixed shapes and
+    dtypes, and keys that change mid-epoch."""
+    gen = torch.Generator().manual_seed(0)
+    steps = [{"loss": torch.rand((), generator=gen) * 1e3, "seeds": torch.rand(3, generator=gen),
+              "part": torch.rand((), generator=gen, dtype=torch.float64), "n": torch.tensor(i)} for i in range(50)]
+    steps[30] = {"part": steps[30]["part"], "loss": steps[30]["loss"], "extra": torch.tensor(2.5)}
+    sums, each = StepSums(), {}
+    for i, stats in enumerate(steps):
+        sums.add(stats)
+        for k, v in stats.items():
+            each[k] = each[k] + v.double() if k in each else v.double()
+        got = sums.totals()
+        assert list(got) == list(each)  # first-logged order
+        assert all(torch.equal(got[k], each[k]) for k in each), i

@@ -94,9 +94,10 @@ def _start_worker(path: Path, out: Path, lease: float) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
 
 
-def _kill_when_running(proc: subprocess.Popen, store: Store, suite: str, role: str, timeout: float = 90) -> str:
+def _kill_when_running(proc: subprocess.Popen, store: Store, suite: str, role: str,
+                       timeout: float = 90) -> list[str]:
     """SIGKILL the worker while it holds a row of ``role`` (a tuning slot: once its Optuna trial is asked);
-    return that row's id."""
+    return the ids of every row it held when it died (a cell's evaluation seeds are claimed together)."""
     end = time.time() + timeout
     while time.time() < end:
         held = [s for s in store.states(suite) if s["status"] == RUNNING and s["role"] == role
@@ -106,7 +107,8 @@ def _kill_when_running(proc: subprocess.Popen, store: Store, suite: str, role: s
         if held:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            return held[0]["run_id"]
+            return sorted(s["run_id"] for s in store.states(suite) if s["status"] == RUNNING
+                          and s["worker"] and s["worker"].endswith(f":{proc.pid}"))
         assert proc.poll() is None, "the worker exited before it could be killed"
         time.sleep(0.02)
     proc.kill()
@@ -120,9 +122,9 @@ def test_killed_workers_then_restart_lose_and_duplicate_nothing(tmp_path, write)
     out = tmp_path / "out"
     store = Store(out / "results.db")
     # a worker dies (SIGKILL) in the middle of a tuning trial, another in the middle of an evaluation run
-    killed_trial = _kill_when_running(_start_worker(path, out, lease), store, "k", "tuning")
-    killed_eval = _kill_when_running(_start_worker(path, out, lease), store, "k", "evaluation")
-    assert store.rows(run_id=killed_eval)[0]["status"] == RUNNING
+    killed_trial, = _kill_when_running(_start_worker(path, out, lease), store, "k", "tuning")
+    killed_evals = _kill_when_running(_start_worker(path, out, lease), store, "k", "evaluation")
+    assert killed_evals and {store.rows(run_id=r)[0]["status"] for r in killed_evals} == {RUNNING}
     # the suite is run again: only what is missing runs, the dead workers' runs are redone
     s = runner.run_suite(str(path), out, device="cpu", progress=False, track=False, lease_s=lease)
     suite, design = s["suite"], s["design"]
@@ -130,7 +132,7 @@ def test_killed_workers_then_restart_lose_and_duplicate_nothing(tmp_path, write)
     assert sorted(r["run_id"] for r in rows) == sorted(r.run_id for r in design.trials + design.runs)
     assert all(r["status"] == DONE for r in rows)
     attempts = {r["run_id"]: r["attempts"] for r in rows}
-    assert attempts.pop(killed_trial) == 2 and attempts.pop(killed_eval) == 2
+    assert attempts.pop(killed_trial) == 2 and [attempts.pop(r) for r in killed_evals] == [2] * len(killed_evals)
     assert set(attempts.values()) == {1}
     # Optuna: the killed trial was marked failed; the budget (store slots) is still exactly 2
     import optuna

@@ -1,0 +1,342 @@
+"""Seeds trained together (``ffbench.batched``): each seed's results equal its run alone, a seed that diverges
+fails alone, each seed sees its own streams, what cannot be stacked runs alone, and the runner batches a cell's
+seeds by default."""
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ffbench.batched import Unbatchable, fit_seeds, why_not
+from ffbench.cli import main
+from ffbench.config import RunConfig
+from ffbench.data import prepare
+from ffbench.execute import batch_problem
+from ffbench.method import Method, make_head, method_card, step
+from ffbench.options import Option
+from ffbench.seeds import Streams
+from ffbench.store import Store
+from ffbench.train import DIVERGED, build, fit
+
+# A seed trained with others equals its run alone bit for bit: every stacked kernel is used only where it gives
+# each seed's result exactly, weight gradients are summed seed by seed (ffbench.batched). So every value, the
+# training losses included, is compared exactly (NaN equal to NaN).
+
+SEEDS = [0, 1, 2]
+MLP = {"widths": [32, 32]}
+CNN = {"channels": [8, 16], "pool": [1]}
+CFSE = {"channels": [10, 20, 20, 40]}
+CASES = {  # id: (method, backbone, backbone options, method options, training fields)
+    "bp-mlp": ("bp", "mlp", MLP, {}, {}),
+    "bp-cnn": ("bp", "cnn", CNN, {}, {}),
+    "deepsup-mlp": ("bp.deepsup", "mlp", MLP, {}, {}),
+    "deepsup-cnn": ("bp.deepsup", "cnn", CNN, {}, {}),
+    "deepsup-match-sff": ("bp.deepsup", "cnn", CNN, {"head": "match:sff"}, {}),
+    "deepsup-match-cwc": ("bp.deepsup", "cnn.cfse", CFSE, {"head": "match:cwc"}, {"batch_size": 128}),
+    "deepsup-match-asge": ("bp.deepsup", "vgg.asge", CNN, {"head": "match:asge"}, {}),
+    "ff": ("ff.hinton", "mlp", MLP, {}, {}),
+    "ff-hard": ("ff.hinton", "mlp", MLP, {"negatives": "hard"}, {}),
+    "ff-permutation": ("ff.hinton", "mlp", MLP, {"negatives": "permutation"}, {}),
+    "cwc": ("cwc", "cnn.cfse", CFSE, {}, {"batch_size": 128}),
+    "sff-mlp": ("sff", "mlp", MLP, {}, {}),
+    "sff-cnn-augmented": ("sff", "cnn", CNN, {}, {"crop_padding": 1, "flip": True}),
+    "asge": ("asge", "vgg.asge", CNN, {}, {}),
+}
+
+
+def configs(method, backbone="mlp", backbone_options=MLP, method_options=None, seeds=SEEDS, epochs=2, **train):
+    return [RunConfig(method=method, dataset="digits", backbone=backbone, seed=s, epochs=epochs,
+                      backbone_options=backbone_options, method_options=method_options or {}, **train)
+            for s in seeds]
+
+
+def same(a, b) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+
+
+def assert_same(alone, together, seeds):
+    """``together`` (one seed of a batch) is ``alone``, bit for bit: status, every curve value, every metric."""
+    assert (together.status, together.error) == (alone.status, alone.error)
+    assert together.manifest == {"batched": {"seeds": seeds}}
+    assert len(together.curves) == len(alone.curves)
+    for a, b in zip(alone.curves, together.curves):
+        assert a.keys() == b.keys()
+        for k in a:
+            if k != "epoch_time_s":
+                assert same(a[k], b[k]), (a["epoch"], k, a[k], b[k])
+    assert together.metrics.keys() == alone.metrics.keys()
+    for k, v in alone.metrics.items():  # accuracies, the best epoch, each test example's correctness
+        assert together.metrics[k] == v or (math.isnan(v) and math.isnan(together.metrics[k])), k
+    for k in ("n_params", "n_train", "n_val", "n_test", "num_classes", "units"):
+        assert together.compute[k] == alone.compute[k], k
+    assert together.compute["epoch_time_s"] > 0
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_batched_seeds_equal_their_runs_alone(case):
+    method, backbone, bopts, mopts, train = CASES[case]
+    runs = configs(method, backbone, bopts, mopts, **train)
+    alone = [fit(c, "cpu") for c in runs]
+    together = fit_seeds(runs, "cpu")
+    assert [r.status for r in alone] == ["done"] * len(SEEDS)
+    for a, b in zip(alone, together):
+        assert_same(a, b, SEEDS)
+
+
+# ---------------------------------------------------------------- one seed diverges, the others go on
+@method_card(name="test.seednan", summary="test-only: from the second epoch its loss is NaN where its draw at "
+             "initialisation is above a bar", rules=("head",), capabilities=frozenset({"any-backbone"}))
+class SeedNaN(Method):
+    bar = 2.0  # the test sets it between the seeds' draws
+
+    def __init__(self, backbone, num_classes, options, ctx):
+        super().__init__(backbone, num_classes, options, ctx)
+        self.head = make_head("linear", backbone.out_shapes[-1], num_classes)
+        self.register_buffer("draw", torch.rand(()))  # from the run's init stream: one per seed
+        self.opt = ctx.make_optimizer(self.parameters())
+        self.epoch = 0
+
+    def start_epoch(self, epoch):
+        self.epoch = epoch
+
+    def train_step(self, x, y):
+        loss = self.ctx.per_seed(F.cross_entropy, self.head(self.backbone(x)), y)
+        if self.epoch:  # NaN gradients too: that seed's parameters and BatchNorm statistics turn NaN
+            loss = loss * torch.where(self.draw > self.bar, torch.nan, 1.0)
+        step(self.opt, loss)
+        return {"loss": loss.detach()}
+
+    def evaluate(self, x):
+        return {"head": self.head(self.backbone(x))}, []
+
+
+def test_a_diverging_seed_fails_alone_and_the_others_are_unchanged(monkeypatch):
+    runs = configs("test.seednan", "cnn", {"channels": [4, 8], "pool": [1]})
+    draws = []
+    for c in runs:
+        streams = Streams(c.seed)
+        draws.append(float(build(c, prepare("digits", streams, "cpu", val_size=c.val_size), streams, "cpu").draw))
+    top, second = sorted(draws)[-1], sorted(draws)[-2]
+    monkeypatch.setattr(SeedNaN, "bar", (top + second) / 2)
+    bad = draws.index(top)
+    alone = [fit(c, "cpu") for c in runs]
+    together = fit_seeds(runs, "cpu")
+    assert [r.status for r in together] == ["failed" if s == bad else "done" for s in range(len(runs))]
+    assert together[bad].error.startswith(DIVERGED) and "non-finite" in together[bad].error
+    assert len(together[bad].curves) == 1  # its first epoch stands
+    for a, b in zip(alone, together):
+        assert_same(a, b, SEEDS)
+
+
+# ---------------------------------------------------------------- each seed's streams
+SEEN: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (x, y, draw) per training step
+
+
+@method_card(name="test.recorder", summary="test-only: records its mini-batches and a draw per row from its "
+             "method stream", rules=("head",), capabilities=frozenset({"any-backbone"}))
+class Recorder(Method):
+    def __init__(self, backbone, num_classes, options, ctx):
+        super().__init__(backbone, num_classes, options, ctx)
+        self.head = make_head("linear", backbone.out_shapes[-1], num_classes)
+        self.opt = ctx.make_optimizer(self.parameters())
+
+    def train_step(self, x, y):
+        draw = self.ctx.per_seed_rows(lambda g, t: torch.rand(len(t), generator=g, device=t.device), y)
+        SEEN.append((x.clone(), y.clone(), draw))
+        loss = self.ctx.per_seed(F.cross_entropy, self.head(self.backbone(x)), y)
+        step(self.opt, loss)
+        return {"loss": loss.detach()}
+
+    def evaluate(self, x):
+        return {"head": self.head(self.backbone(x))}, []
+
+
+def _seen(run) -> list[tuple[torch.Tensor, ...]]:
+    SEEN.clear()
+    run()
+    return list(SEEN)
+
+
+@pytest.mark.parametrize("augment", [{}, {"crop_padding": 1, "flip": True}], ids=["plain", "augmented"])
+def test_each_seed_gets_its_own_batches_augmentation_and_draws(augment):
+    runs = configs("test.recorder", backbone_options={"widths": [16]}, seeds=[0, 1], **augment)
+    alone = [_seen(lambda c=c: fit(c, "cpu")) for c in runs]
+    together = _seen(lambda: fit_seeds(runs, "cpu"))
+    assert len(together) == len(alone[0]) == len(alone[1]) > 2
+    for i, step_seen in enumerate(together):
+        for s, blocks in enumerate(zip(*(t.chunk(2) for t in step_seen))):
+            for got, want in zip(blocks, alone[s][i]):
+                assert torch.equal(got, want), (i, s)
+    assert not torch.equal(alone[0][0][2], alone[1][0][2])  # the seeds' method streams differ
+    if augment:  # the augmentation is in play: the same seed's batches without it differ
+        plain = _seen(lambda: fit(configs("test.recorder", backbone_options={"widths": [16]}, seeds=[0])[0], "cpu"))
+        assert torch.equal(plain[0][1], alone[0][0][1]) and not torch.equal(plain[0][0], alone[0][0][0])
+
+
+# ---------------------------------------------------------------- what is not batched
+class Tangled(nn.Module):
+    """A layer that holds a tensor of its own and a sub-layer: the stacking cannot split it."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(n))
+        self.inner = nn.Linear(n, n)
+
+    def forward(self, h):
+        return self.inner(h) * self.scale
+
+
+@method_card(name="test.unstackable", summary="test-only: a layer the seed stacking cannot express",
+             options={"layer": Option(str, "tangled", "tangled (a tensor and a sub-layer in one module) or "
+                                                      "reflect (a reflect-padded convolution on the input)",
+                                      choices=("tangled", "reflect"))},
+             rules=("head",), capabilities=frozenset({"any-backbone"}))
+class Unstackable(Method):
+    def __init__(self, backbone, num_classes, options, ctx):
+        super().__init__(backbone, num_classes, options, ctx)
+        c = backbone.in_shape[0]
+        self.extra = (Tangled(num_classes) if options["layer"] == "tangled"
+                      else nn.Conv2d(c, c, 3, padding=1, padding_mode="reflect"))
+        self.head = make_head("linear", backbone.out_shapes[-1], num_classes)
+        self.opt = ctx.make_optimizer(self.parameters())
+
+    def _scores(self, x):
+        if isinstance(self.extra, Tangled):
+            return self.extra(self.head(self.backbone(x)))
+        return self.head(self.backbone(self.extra(x)))
+
+    def train_step(self, x, y):
+        loss = self.ctx.per_seed(F.cross_entropy, self._scores(x), y)
+        step(self.opt, loss)
+        return {"loss": loss.detach()}
+
+    def evaluate(self, x):
+        return {"head": self._scores(x)}, []
+
+
+@method_card(name="test.pooledloss", summary="test-only: one loss over the whole mini-batch, not ctx.per_seed",
+             rules=("head",), capabilities=frozenset({"any-backbone"}))
+class PooledLoss(Method):
+    def __init__(self, backbone, num_classes, options, ctx):
+        super().__init__(backbone, num_classes, options, ctx)
+        self.head = make_head("linear", backbone.out_shapes[-1], num_classes)
+        self.opt = ctx.make_optimizer(self.parameters())
+
+    def train_step(self, x, y):
+        loss = F.cross_entropy(self.head(self.backbone(x)), y)
+        step(self.opt, loss)
+        return {"loss": loss.detach()}
+
+    def evaluate(self, x):
+        return {"head": self.head(self.backbone(x))}, []
+
+
+def test_a_loss_not_per_seed_is_unbatchable():
+    runs = configs("test.pooledloss", backbone_options={"widths": [8]}, seeds=[0, 1], epochs=1)
+    with pytest.raises(Unbatchable, match="not one value per seed"):
+        fit_seeds(runs, "cpu")
+
+
+def test_why_not_batch():
+    two = configs("bp", seeds=[0, 1])
+    assert why_not(two) is None
+    assert why_not(two[:1]) == "one seed"
+    assert why_not([two[0], configs("bp", seeds=[1], lr=0.01)[0]]) == "the runs differ in more than their seed"
+    assert why_not([two[0], configs("bp", seeds=[1], epochs=3)[0]]) == "the runs differ in more than their seed"
+    assert why_not([two[0], two[0]]) == "a seed appears twice"
+    assert "adapt a pretrained source" in why_not(configs("bp", seeds=[0, 1], adapt="fine-tune"))
+    with pytest.raises(Unbatchable, match="a seed appears twice"):
+        fit_seeds([two[0], two[0]], "cpu")
+
+
+@pytest.mark.parametrize("layer, why", [("tangled", "Tangled holds its own tensors and sub-layers"),
+                                        ("reflect", "Conv2d with padding .*'reflect'")])
+def test_a_layer_the_stacking_cannot_express_is_unbatchable(layer, why):
+    runs = configs("test.unstackable", "cnn", {"channels": [4], "pool": []}, {"layer": layer}, seeds=[0, 1], epochs=1)
+    with pytest.raises(Unbatchable, match=why):
+        fit_seeds(runs, "cpu")
+    assert fit(runs[0], "cpu").status == "done"  # alone it trains
+
+
+def test_auto_leaves_out_long_runs():
+    def problem(mode, dataset, epochs):
+        env = SimpleNamespace(suite=SimpleNamespace(batch_seeds=mode))
+        return batch_problem(env, [RunConfig(method="bp", dataset=dataset, backbone="mlp", epochs=epochs)])
+
+    assert problem("auto", "digits", 100) is None  # 143,700 training images
+    assert "600,000 training images" in problem("auto", "mnist", 10)
+    assert problem(True, "mnist", 10) is None
+    assert problem(False, "digits", 1) == "the suite sets batch_seeds = false"
+
+
+SUITE = """
+[suite]
+name = "{name}"
+version = 1
+{head}
+[design]
+methods = {methods}
+datasets = ["digits"]
+backbones = ["mlp"]
+seeds = [0, 1, 2]
+
+[train]
+epochs = {epochs}
+
+[backbones.mlp]
+widths = [16]
+"""
+
+
+def run_suite(write_suite, tmp_path, name, methods, epochs=1, head="", where=None):
+    """Run a suite into ``tmp_path / out-<where>`` (default: its name); (exit code, its stored rows)."""
+    where = where or name
+    path = write_suite(SUITE.format(name=name, methods=methods, epochs=epochs, head=head), name=where)
+    out = tmp_path / f"out-{where}"
+    code = main(["run", str(path), "--out", str(out), "--no-progress", "--device", "cpu", "--no-tracking"])
+    return code, Store(out / "results.db").rows(name) if code == 0 else None
+
+
+def test_runner_batches_what_it_can_and_runs_the_rest_alone(write_suite, tmp_path, capsys):
+    code, rows = run_suite(write_suite, tmp_path, "mixed", '["bp", "test.unstackable"]')
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"done"}
+    assert err.count("seeds train one at a time") == 1, err
+    assert "test.unstackable" in err and "Tangled holds its own tensors and sub-layers" in err
+    for r in rows:
+        batched = r["manifest"].get("batched")
+        if r["factors"]["method"] == "bp":
+            assert batched == {"seeds": [0, 1, 2]}
+        else:
+            assert batched is None
+
+
+def test_an_unknown_batch_seeds_is_refused(write_suite, tmp_path, capsys):
+    code, _ = run_suite(write_suite, tmp_path, "maybe", '["bp"]', head='batch_seeds = "maybe"')
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "[suite].batch_seeds" in err and "'maybe'" in err
+    assert all(v in err for v in ('"auto"', "true", "false")), err
+    assert not (tmp_path / "out-maybe").exists()
+
+
+def test_runner_batches_by_default_with_the_results_of_one_at_a_time(write_suite, tmp_path, capsys):
+    code, batched = run_suite(write_suite, tmp_path, "both", '["bp", "sff"]', epochs=2, where="default")
+    assert code == 0, capsys.readouterr().err
+    code, alone = run_suite(write_suite, tmp_path, "both", '["bp", "sff"]', epochs=2, head="batch_seeds = false",
+                            where="apart")
+    assert code == 0, capsys.readouterr().err
+    assert "seeds train one at a time" not in capsys.readouterr().err  # false is a choice, not a fallback
+    by_id = {r["run_id"]: r for r in alone}
+    assert len(batched) == len(alone) == 6 and by_id.keys() == {r["run_id"] for r in batched}
+    for b in batched:
+        a = by_id[b["run_id"]]
+        assert a["status"] == b["status"] == "done"
+        assert b["manifest"]["batched"] == {"seeds": [0, 1, 2]} and "batched" not in a["manifest"]
+        assert a["metrics"] == b["metrics"]
+        for ra, rb in zip(a["curves"], b["curves"], strict=True):
+            assert {k: v for k, v in ra.items() if k != "epoch_time_s"} == {k: v for k, v in rb.items()
+                                                                           if k != "epoch_time_s"}, b["run_id"]
