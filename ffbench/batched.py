@@ -346,7 +346,12 @@ def why_not(configs: list[RunConfig]) -> str | None:
         return "the runs differ in more than their seed"
     if len({c.seed for c in configs}) != len(configs):
         return "a seed appears twice"
-    if configs[0].adapt is not None:
+    return config_problem(configs[0])
+
+
+def config_problem(config: RunConfig) -> str | None:
+    """Why runs of this configuration cannot train together, whatever their seeds, or None."""
+    if config.adapt is not None:
         return "runs that adapt a pretrained source train one at a time"
     return None
 

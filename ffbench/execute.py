@@ -50,7 +50,7 @@ class Env:
     progress: Callable[[dict[str, Any], int, int], None] | None = None
     weights_dir: str | None = None  # where pretrained source backbones are kept (transfer suites)
     checkpoint_dir: str | None = None  # where unfinished evaluation runs keep their state (ffbench.checkpoint)
-    told_unbatched: set[str] = field(default_factory=set)  # cells whose seeds could not train together (said once)
+    told_unbatched: set[str] = field(default_factory=set)  # why seeds could not train together (each said once)
     cells: dict[str, Cell] = field(default_factory=dict)
     _storage: Any = None
 
@@ -195,10 +195,16 @@ BATCH_MAX_IMAGES = 500_000  # "auto" batches runs of at most this many training 
 
 
 def batch_problem(env: Env, configs: list[RunConfig]) -> str | None:
-    """Why the suite's ``batch_seeds`` setting keeps these runs apart (they may still be unbatchable)."""
+    """Why the suite's ``batch_seeds`` setting, or the runs' kind, keeps these runs apart (decided before
+    their seeds are claimed together; the stacking may still refuse them, ``batched.Unbatchable``)."""
     mode = env.suite.batch_seeds
     if mode is False:
         return "the suite sets batch_seeds = false"
+    from ffbench.batched import config_problem
+
+    why = config_problem(configs[0])
+    if why:
+        return why
     if mode == "auto":
         from ffbench.registry import DATASETS
 
@@ -226,10 +232,17 @@ def run_batch(env: Env, rows: list[dict[str, Any]]) -> list[str | None]:
             why = str(exc)
     for r in rows[1:]:
         env.store.release(r["run_id"], env.worker)
-    if rows[0]["cell_id"] not in env.told_unbatched and len(rows) > 1:
-        env.told_unbatched.add(rows[0]["cell_id"])
-        print(f"note: {_label(env, rows[0])}: seeds train one at a time ({why})", file=sys.stderr)
+    tell_unbatched(env, rows[0], why)
     return [run_evaluation(env, rows[0])]
+
+
+def tell_unbatched(env: Env, row: dict[str, Any], why: str) -> None:
+    """Say once why a cell's seeds train one at a time (once per reason: a transfer suite's many cells that
+    adapt share one line)."""
+    if why not in env.told_unbatched:
+        env.told_unbatched.add(why)
+        print(f"note: {_label(env, row)} (and any cell like it): seeds train one at a time ({why})",
+              file=sys.stderr)
 
 
 def _label(env: Env, row: dict[str, Any]) -> str:

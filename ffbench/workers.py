@@ -29,7 +29,8 @@ import time
 from typing import Any
 
 from ffbench.design import TUNING, Design
-from ffbench.execute import Env, execute_row, run_batch
+from ffbench.config import RunConfig
+from ffbench.execute import Env, batch_problem, execute_row, run_batch, tell_unbatched
 from ffbench.selection import register_evaluation
 from ffbench.store import FINISHED, PENDING, RUNNING, Store, process_exists
 from ffbench.suite import Suite
@@ -172,15 +173,20 @@ def _work(env: Env, bar, wait: bool, max_runs: int | None) -> int:
 
 def claim_seeds(env: Env, row: dict[str, Any], candidates: list[dict[str, Any]], room: int | None) -> list[dict[str, Any]]:
     """The other pending evaluation runs of ``row``'s cell, claimed with it so that its seeds can train as
-    one batch (none for a tuning trial, or when the suite sets batch_seeds = false)."""
+    one batch (none for a tuning trial, or where ``batch_problem`` keeps them apart: said once per cell)."""
     if row["role"] == TUNING or env.suite.batch_seeds is False:
         return []
+    siblings = [s for s in candidates if s["run_id"] != row["run_id"] and s["cell_id"] == row["cell_id"]
+                and s["role"] != TUNING]
+    why = batch_problem(env, [RunConfig.from_dict(row["config"])]) if siblings else None
+    if why:
+        tell_unbatched(env, row, why)
+        return []
     out = []
-    for s in candidates:
+    for s in siblings:
         if room is not None and len(out) + 1 >= room:
             break
-        if (s["run_id"] != row["run_id"] and s["cell_id"] == row["cell_id"] and s["role"] != TUNING
-                and env.store.claim(s["run_id"], env.worker, env.lease_s)):
+        if env.store.claim(s["run_id"], env.worker, env.lease_s):
             out.append(env.store.rows(run_id=s["run_id"])[0])
     return out
 

@@ -340,3 +340,38 @@ def test_runner_batches_by_default_with_the_results_of_one_at_a_time(write_suite
         for ra, rb in zip(a["curves"], b["curves"], strict=True):
             assert {k: v for k, v in ra.items() if k != "epoch_time_s"} == {k: v for k, v in rb.items()
                                                                            if k != "epoch_time_s"}, b["run_id"]
+
+
+TUNED = """
+[tuning]
+trials = 3
+seeds = [100, 101]
+sampler = "TPESampler"
+sampler_args = { seed = 0, n_startup_trials = 2 }
+pruner = "ThresholdPruner"
+pruner_args = { lower = 0.75, n_warmup_steps = 3 }  # steps 3+: the second tuning seed's epochs
+
+[tuning.space."bp"]
+lr = ["log", 1e-3, 3e-1]
+"""
+
+
+def test_a_trial_s_tuning_seeds_train_together_and_the_pruner_decides_as_one_at_a_time(write_suite, tmp_path):
+    """A trial's tuning seeds are batched, and their epochs are told to the pruner seed after seed: every
+    trial's parameters, value and outcome (pruned or not) are those of training the seeds in turn."""
+    outs = {}
+    for where, head in (("together", ""), ("apart", "batch_seeds = false")):
+        text = SUITE.format(name="tuned", methods='["bp"]', epochs=3, head=head) + TUNED
+        out = tmp_path / f"out-{where}"
+        assert main(["run", str(write_suite(text, name=where)), "--out", str(out), "--no-progress", "--device",
+                     "cpu", "--no-tracking"]) == 0
+        outs[where] = {r["run_id"]: r for r in Store(out / "results.db").rows("tuned")}
+    together, apart = outs["together"], outs["apart"]
+    assert together.keys() == apart.keys()
+    trials = [r for r in apart.values() if r["role"] == "tuning"]
+    assert len(trials) == 3 and {r["status"] for r in trials} == {"done", "pruned"}  # the pruner acted
+    for k, a in apart.items():
+        b = together[k]
+        assert (b["status"], b["params"], b["metrics"]) == (a["status"], a["params"], a["metrics"]), k
+        if a["role"] == "tuning" and a["status"] == "done":
+            assert b["manifest"]["batched"] == {"seeds": [100, 101]} and "batched" not in a["manifest"]
