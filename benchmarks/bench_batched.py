@@ -41,9 +41,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from ffbench.batched import fit_seeds, stack
 from ffbench.config import RunConfig
-from ffbench.data import DeviceLoader, prepare
 from ffbench.seeds import Streams
-from ffbench.train import build, fit, lr_factor, resolve_device
+from ffbench.train import build, fit, lr_factor, resolve_device, run_data, run_loader
 
 BEFORE = Path(__file__).resolve().parent / "ops_per_step_36a83fa.json"
 
@@ -127,15 +126,10 @@ def ops_per_step(config: RunConfig, n: int, device: torch.device, warmup: int = 
     """Ops of one training step of seeds 0..n-1, stacked as ``fit_seeds`` stacks them (n = 1: the run alone)."""
     configs = [replace(config, seed=s) for s in range(n)]
     streams = [Streams(c.seed) for c in configs]
-    datas = [prepare(c.dataset, s, device, val_size=c.val_size, train_subset=c.train_subset, classes=c.classes,
-                     root=c.dataset_options.get("root"), normalize=c.dataset_options.get("normalize"),
-                     val_split=c.dataset_options.get("val_split"), keep_classes=c.keep_classes)
-             for c, s in zip(configs, streams)]
+    datas = [run_data(c, s, device) for c, s in zip(configs, streams)]
     copies = [build(c, d, s, device) for c, d, s in zip(configs, datas, streams)]
     method = copies[0] if n == 1 else stack(copies)
-    loaders = [iter(DeviceLoader(d.train, c.batch_size, order_gen=s.torch("order", device),
-                                 augment_gen=s.torch("augment", device), crop_padding=c.crop_padding, flip=c.flip))
-               for c, d, s in zip(configs, datas, streams)]
+    loaders = [iter(run_loader(c, d, s, device)) for c, d, s in zip(configs, datas, streams)]
     method.train()
     method.ctx.set_lr_factor(lr_factor(config.schedule, 0, config.epochs))
     method.start_epoch(0)

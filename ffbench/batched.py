@@ -23,7 +23,6 @@ runs keep no checkpoint: a killed batch starts again.
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
 
 import torch
@@ -31,11 +30,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ffbench.config import RunConfig
-from ffbench.data import Data, DeviceLoader, Split, prepare
+from ffbench.data import Data
 from ffbench.method import Method
 from ffbench.seeds import Streams
-from ffbench.train import (DIVERGED, Diverged, Record, RunResult, SavedTensorMeter, StepSums, TrainingPeak,
-                           build, describe, lr_factor, resolve_device, sync)
+from ffbench.train import (DIVERGED, Diverged, Record, RunResult, SavedTensorMeter, TrainingPeak, build, describe,
+                           evaluate_seeds, resolve_device, run_data, run_loader, train_epoch)
 
 
 class Unbatchable(Exception):
@@ -301,41 +300,6 @@ def _path(root: nn.Module, target: nn.Module) -> str:
     return next(name for name, m in root.named_modules() if m is target)
 
 
-# ---------------------------------------------------------------- evaluation of every seed at once
-@torch.no_grad()
-def evaluate(method: Method, splits: list[Split], batch_size: int, correct: list[list[torch.Tensor]] | None = None
-             ) -> list[tuple[dict[str, float], list[float]]]:
-    """``train.evaluate`` for N seeds: seed i scored on ``splits[i]`` (equal lengths), in one pass per batch."""
-    n = len(splits)
-    method.eval()
-    rule_hits: list[dict[str, torch.Tensor]] = [{} for _ in range(n)]
-    unit_hits: list[list[torch.Tensor]] = [[] for _ in range(n)]
-    batch_size = max(1, min(batch_size, (method.max_eval_batch or batch_size * n) // n))
-    size = len(splits[0])
-    for i in range(0, size, batch_size):
-        x = torch.cat([s.x[i:i + batch_size] for s in splits])
-        ys = [s.y[i:i + batch_size] for s in splits]
-        rules, units = method.evaluate(x)
-        for name, scores in rules.items():
-            for s, (part, y) in enumerate(zip(scores.chunk(n), ys)):
-                hit = part.argmax(1) == y
-                rule_hits[s][name] = rule_hits[s].get(name, 0) + hit.sum()
-                if correct is not None and name == method.default_rule:
-                    correct[s].append(hit)
-        for k, scores in enumerate(units):
-            for s, (part, y) in enumerate(zip(scores.chunk(n), ys)):
-                if k == len(unit_hits[s]):
-                    unit_hits[s].append(torch.zeros((), device=y.device))
-                unit_hits[s][k] += (part.argmax(1) == y).sum()
-    method.train()
-    first = method.default_rule
-    out = []
-    for s in range(n):
-        order = [first, *(r for r in rule_hits[s] if r != first)]
-        out.append(({k: rule_hits[s][k].item() / size for k in order}, [v.item() / size for v in unit_hits[s]]))
-    return out
-
-
 # ---------------------------------------------------------------- the loop
 def why_not(configs: list[RunConfig]) -> str | None:
     """Why these runs cannot train as one batch (decided before anything is built), or None."""
@@ -367,11 +331,7 @@ def fit_seeds(configs: list[RunConfig], device: torch.device | str = "auto",
     device = resolve_device(device) if isinstance(device, str) else device
     config, n = configs[0], len(configs)
     streams = [Streams(c.seed) for c in configs]
-    datas: list[Data] = [prepare(c.dataset, s, device, val_size=c.val_size, train_subset=c.train_subset,
-                                 classes=c.classes, root=c.dataset_options.get("root"),
-                                 normalize=c.dataset_options.get("normalize"),
-                                 val_split=c.dataset_options.get("val_split"), keep_classes=c.keep_classes)
-                         for c, s in zip(configs, streams)]
+    datas: list[Data] = [run_data(c, s, device) for c, s in zip(configs, streams)]
     for split in ("train", "val", "test"):
         if len({len(getattr(d, split)) for d in datas}) > 1:
             raise Unbatchable(f"the seeds' {split} splits differ in size")
@@ -381,48 +341,33 @@ def fit_seeds(configs: list[RunConfig], device: torch.device | str = "auto",
     results = [RunResult(status="done", manifest={"batched": {"seeds": [c.seed for c in configs]}},
                          compute=describe(m, d, device)) for m, d in zip(copies, datas)]
     method = stack(copies)
-    loaders = [DeviceLoader(d.train, c.batch_size, order_gen=s.torch("order", device),
-                            augment_gen=s.torch("augment", device), crop_padding=c.crop_padding, flip=c.flip)
-               for c, d, s in zip(configs, datas, streams)]
+    loaders = [run_loader(c, d, s, device) for c, d, s in zip(configs, datas, streams)]
     steps = len(loaders[0])
     records = [Record(c, r) for c, r in zip(configs, results)]
     alive = list(range(n))
     meter = SavedTensorMeter(list(method.parameters()))
     memory = TrainingPeak.for_cuda(device) if device.type == "cuda" else None
+    def first_losses(stats: dict[str, torch.Tensor]) -> None:
+        if "loss" not in stats:
+            return
+        if stats["loss"].numel() != n:  # one loss over every seed's rows: their gradients mix
+            raise Unbatchable("the method's loss is not one value per seed (ctx.per_seed)")
+        for s in range(n):
+            records[s].initial_loss = float(stats["loss"].reshape(n)[s])
+
     method.train()
     try:
         for epoch in range(config.epochs):
-            method.ctx.set_lr_factor(lr_factor(config.schedule, epoch, config.epochs))
-            method.start_epoch(epoch)
-            sums = StepSums()
-            sync(device)
-            if memory:
-                memory.start()
-            t0 = time.perf_counter()
-            for i, batches in enumerate(zip(*loaders)):
-                x = torch.cat([b[0] for b in batches])
-                y = torch.cat([b[1] for b in batches])
-                if epoch == 0 and i < 2:
-                    with meter.hooks():
-                        stats = method.train_step(x, y)
-                    if i == 0 and "loss" in stats:
-                        if stats["loss"].numel() != n:  # one loss over every seed's rows: their gradients mix
-                            raise Unbatchable("the method's loss is not one value per seed (ctx.per_seed)")
-                        for s in range(n):
-                            records[s].initial_loss = float(stats["loss"].reshape(n)[s])
-                else:
-                    stats = method.train_step(x, y)
-                sums.add(stats)
-            sync(device)
-            seconds = (time.perf_counter() - t0) / n  # each seed's share of the batch's time
-            if memory:
-                memory.stop()
+            folded = ((torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
+                      for batches in zip(*loaders))
+            seconds, sums = train_epoch(method, folded, config, epoch, meter, memory, device, first_losses)
+            seconds /= n  # each seed's share of the batch's time
             values = {k: v.reshape(-1).expand(n).tolist() for k, v in sums.totals().items()}
             evaluated = records[0].evaluates(epoch)
             if evaluated:
                 correct: list[list[torch.Tensor]] = [[] for _ in range(n)]
-                val = evaluate(method, [d.val for d in datas], config.eval_batch_size)
-                test = evaluate(method, [d.test for d in datas], config.eval_batch_size, correct)
+                val = evaluate_seeds(method, [d.val for d in datas], config.eval_batch_size)
+                test = evaluate_seeds(method, [d.test for d in datas], config.eval_batch_size, correct)
             for s in list(alive):
                 try:
                     row = records[s].train_row(epoch, seconds, {k: v[s] for k, v in values.items()}, steps)

@@ -409,21 +409,15 @@ def probe(config, device: str = "auto") -> float:
     step (nothing is recorded)."""
     import time
 
-    from ffbench.data import DeviceLoader, prepare as prepare_data
     from ffbench.seeds import Streams
-    from ffbench.train import build, resolve_device, sync
+    from ffbench.train import build, resolve_device, run_data, run_loader, sync
 
     dev = resolve_device(device)
     streams = Streams(config.seed)
-    data = prepare_data(config.dataset, streams, dev, val_size=config.val_size, train_subset=config.train_subset,
-                        classes=config.classes, root=config.dataset_options.get("root"),
-                        normalize=config.dataset_options.get("normalize"),
-                        val_split=config.dataset_options.get("val_split"))
+    data = run_data(config, streams, dev)  # keep_classes too: the probe trains the run's own class count
     method = build(config, data, streams, dev)
     method.train()
-    loader = DeviceLoader(data.train, config.batch_size, order_gen=streams.torch("order", dev),
-                          augment_gen=streams.torch("augment", dev), crop_padding=config.crop_padding,
-                          flip=config.flip)
+    loader = run_loader(config, data, streams, dev)
     method.start_epoch(0)
     times = []
     for i, (x, y) in enumerate(loader):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -163,32 +163,90 @@ def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
     return 1.0
 
 
-@torch.no_grad()
 def evaluate(method: Method, split: Split, batch_size: int,
              correct: list[torch.Tensor] | None = None) -> tuple[dict[str, float], list[float]]:
     """Accuracy of every inference rule and of every unit's scores on ``split``; ``correct``, when given,
     receives the default rule's per-example correctness, batch by batch."""
+    return evaluate_seeds(method, [split], batch_size, None if correct is None else [correct])[0]
+
+
+@torch.no_grad()
+def evaluate_seeds(method: Method, splits: list[Split], batch_size: int,
+                   correct: list[list[torch.Tensor]] | None = None) -> list[tuple[dict[str, float], list[float]]]:
+    """``evaluate`` for seeds trained together (``ffbench.batched``): seed i scored on ``splits[i]`` (equal
+    lengths), their batches folded into one pass; one seed is the run alone."""
+    n = len(splits)
     method.eval()
-    rule_hits: dict[str, torch.Tensor] = {}
-    unit_hits: list[torch.Tensor] = []
-    batch_size = min(batch_size, method.max_eval_batch or batch_size)
-    for i in range(0, len(split), batch_size):
-        x, y = split.x[i:i + batch_size], split.y[i:i + batch_size]
+    rule_hits: list[dict[str, torch.Tensor]] = [{} for _ in range(n)]
+    unit_hits: list[list[torch.Tensor]] = [[] for _ in range(n)]
+    batch_size = max(1, min(batch_size, (method.max_eval_batch or batch_size * n) // n))
+    size = len(splits[0])
+    for i in range(0, size, batch_size):
+        x = splits[0].x[i:i + batch_size] if n == 1 else torch.cat([s.x[i:i + batch_size] for s in splits])
+        ys = [s.y[i:i + batch_size] for s in splits]
         rules, units = method.evaluate(x)
         for name, scores in rules.items():
-            hit = scores.argmax(1) == y
-            rule_hits[name] = rule_hits.get(name, 0) + hit.sum()
-            if correct is not None and name == method.default_rule:
-                correct.append(hit)
+            for s, (part, y) in enumerate(zip(scores.chunk(n), ys)):
+                hit = part.argmax(1) == y
+                rule_hits[s][name] = rule_hits[s].get(name, 0) + hit.sum()
+                if correct is not None and name == method.default_rule:
+                    correct[s].append(hit)
         for k, scores in enumerate(units):
-            if k == len(unit_hits):
-                unit_hits.append(torch.zeros((), device=y.device))
-            unit_hits[k] += (scores.argmax(1) == y).sum()
-    n = len(split)
+            for s, (part, y) in enumerate(zip(scores.chunk(n), ys)):
+                if k == len(unit_hits[s]):
+                    unit_hits[s].append(torch.zeros((), device=y.device))
+                unit_hits[s][k] += (part.argmax(1) == y).sum()
     method.train()
     first = method.default_rule  # the harness puts the card's default rule first
-    order = [first, *(r for r in rule_hits if r != first)]
-    return {k: rule_hits[k].item() / n for k in order}, [v.item() / n for v in unit_hits]
+    out = []
+    for s in range(n):
+        order = [first, *(r for r in rule_hits[s] if r != first)]
+        out.append(({k: rule_hits[s][k].item() / size for k in order}, [v.item() / size for v in unit_hits[s]]))
+    return out
+
+
+def run_data(config: RunConfig, streams: Streams, device: torch.device) -> Data:
+    """The run's train / validation / test splits on the device, as its configuration asks."""
+    return prepare(config.dataset, streams, device, val_size=config.val_size, train_subset=config.train_subset,
+                   classes=config.classes, root=config.dataset_options.get("root"),
+                   normalize=config.dataset_options.get("normalize"),
+                   val_split=config.dataset_options.get("val_split"), keep_classes=config.keep_classes)
+
+
+def run_loader(config: RunConfig, data: Data, streams: Streams, device: torch.device) -> DeviceLoader:
+    """The run's training batches: its order and augmentation streams over its training split."""
+    return DeviceLoader(data.train, config.batch_size, order_gen=streams.torch("order", device),
+                        augment_gen=streams.torch("augment", device), crop_padding=config.crop_padding,
+                        flip=config.flip)
+
+
+def train_epoch(method: Method, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], config: RunConfig, epoch: int,
+                meter: SavedTensorMeter, memory: TrainingPeak | None, device: torch.device,
+                first: Callable[[dict[str, torch.Tensor]], None]) -> tuple[float, StepSums]:
+    """One epoch's training steps: (their seconds, timed with the device synchronised; their logged sums).
+    Activation memory is metered on epoch 0's first two steps, and ``first`` sees the run's first step's
+    values (the divergence reference)."""
+    method.ctx.set_lr_factor(lr_factor(config.schedule, epoch, config.epochs))
+    method.start_epoch(epoch)
+    sums = StepSums()
+    sync(device)
+    if memory:
+        memory.start()
+    t0 = time.perf_counter()
+    for i, (x, y) in enumerate(batches):
+        if epoch == 0 and i < 2:  # measure activation memory on the first steps only
+            with meter.hooks():
+                stats = method.train_step(x, y)
+            if i == 0:
+                first(stats)
+        else:
+            stats = method.train_step(x, y)
+        sums.add(stats)
+    sync(device)
+    seconds = time.perf_counter() - t0
+    if memory:
+        memory.stop()
+    return seconds, sums
 
 
 def describe(method: Method, data: Data, device: torch.device) -> dict[str, Any]:
@@ -318,15 +376,10 @@ def fit(config: RunConfig, device: torch.device | str = "auto",
             pretrained = transfer.pretrained(config, device, weights_dir)
     streams = Streams(config.seed)
     if data is None:
-        data = prepare(config.dataset, streams, device, val_size=config.val_size,
-                       train_subset=config.train_subset, classes=config.classes,
-                       root=config.dataset_options.get("root"), normalize=config.dataset_options.get("normalize"),
-                       val_split=config.dataset_options.get("val_split"), keep_classes=config.keep_classes)
+        data = run_data(config, streams, device)
     method = build(config, data, streams, device)
     source = transfer.start(method, config, *pretrained) if pretrained else None
-    loader = DeviceLoader(data.train, config.batch_size, order_gen=streams.torch("order", device),
-                          augment_gen=streams.torch("augment", device), crop_padding=config.crop_padding,
-                          flip=config.flip)
+    loader = run_loader(config, data, streams, device)
     meter = SavedTensorMeter(list(method.parameters()))
     memory = TrainingPeak.for_cuda(device) if device.type == "cuda" else None
 
@@ -356,26 +409,9 @@ def fit(config: RunConfig, device: torch.device | str = "auto",
     method.train()
     try:
         for epoch in range(first_epoch, config.epochs):
-            method.ctx.set_lr_factor(lr_factor(config.schedule, epoch, config.epochs))
-            method.start_epoch(epoch)
-            sums = StepSums()
-            sync(device)
-            if memory:
-                memory.start()
-            t0 = time.perf_counter()
-            for i, (x, y) in enumerate(loader):
-                if epoch == 0 and i < 2:  # measure activation memory on the first steps only
-                    with meter.hooks():
-                        stats = method.train_step(x, y)
-                    if i == 0 and "loss" in stats:
-                        rec.initial_loss = float(stats["loss"])
-                else:
-                    stats = method.train_step(x, y)
-                sums.add(stats)
-            sync(device)
-            seconds = time.perf_counter() - t0
-            if memory:
-                memory.stop()
+            seconds, sums = train_epoch(method, loader, config, epoch, meter, memory, device,
+                                        lambda stats: setattr(rec, "initial_loss", float(stats["loss"]))
+                                        if "loss" in stats else None)
             row = rec.train_row(epoch, seconds, {k: v.item() for k, v in sums.totals().items()}, len(loader))
             if rec.evaluates(epoch):
                 test_correct: list[torch.Tensor] = []  # the test-set sampling variance is estimated from it
