@@ -77,13 +77,14 @@ def format_table(table: pd.DataFrame) -> str:
             f"Δ vs {control} pp [decision CI]", "verdict", "s/epoch", "saved MB/step"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table.to_dict("records"):
-        acc = f"{r['test_acc_mean']:.2f} ± {r['test_acc_sd']:.2f}" if r["n"] else "—"
+        sd = r["test_acc_sd"]  # one seed has no spread: shown as '—', never 'nan'
+        acc = (f"{r['test_acc_mean']:.2f} ± " + (f"{sd:.2f}" if math.isfinite(sd) else "—")) if r["n"] else "—"
         d = r.get("delta_vs_control", math.nan)
         delta = "—" if r.get("verdict") == "control" or not math.isfinite(d) else (
             f"{d:+.2f} {_interval(r['delta_ci_low_vs_control'], r['delta_ci_high_vs_control'])}")
         cells = [r["dataset"], r["backbone"], r["method"], *(r[a] for a in axes), r["n"], r["failed"], acc,
                  _interval(r.get("test_acc_ci_low", math.nan), r.get("test_acc_ci_high", math.nan)), delta,
-                 r.get("verdict") or "—", f"{r['epoch_time_s']:.3f}", f"{r['saved_MB_per_step']:.2f}"]
+                 r.get("verdict") if isinstance(r.get("verdict"), str) else "—", f"{r['epoch_time_s']:.3f}", f"{r['saved_MB_per_step']:.2f}"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 

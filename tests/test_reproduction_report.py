@@ -24,10 +24,13 @@ seeds = [0, 1, 2]
 # (method, dataset, backbone) -> per-seed accuracy of the metric the published number refers to
 RUNS = {
     ("ff.hinton", "mnist", "mlp"): ("test_acc.softmax", [0.9851, 0.9856, 0.9859]),  # around 98.55: inside
-    ("cwc", "mnist", "cnn.cfse"): ("test_acc", [0.990, 0.991, 0.989]),  # published 99.42 lies above
+    ("cwc", "mnist", "cnn.cfse"): ("test_acc.avg", [0.990, 0.991, 0.989]),  # published 99.42 lies above
     ("sff", "cifar10", "resnet18"): ("test_acc", [0.50, 0.52, 0.51]),
     ("bp", "cifar10", "resnet18"): ("test_acc", [0.45, 0.46, 0.44]),  # SFF - BP = 6 pp: published 9 pp above
 }
+CWC_SF = [0.9940, 0.9945, 0.9950]  # CwC's Sf predictor: 99.42 lies inside its interval
+# each CwC seed's test curve of the Sf rule: its best epoch is 0.3 pp above the validation-selected one
+CWC_CURVES = [[{"epoch": 1, "test_acc.sf": v - 0.01}, {"epoch": 2, "test_acc.sf": v + 0.003}] for v in CWC_SF]
 
 
 @pytest.fixture(scope="module")
@@ -44,35 +47,41 @@ def store_dir(tmp_path_factory):
             rows.append(dict(run_id=run_id, suite="repro-test", suite_version=1, cell_id=f"{method}{dataset}",
                              role="evaluation", seed=seed, trial=None, config=cfg,
                              factors={"method": method, "dataset": dataset, "backbone": backbone}))
-            outcomes[run_id] = ({"test_acc": v, metric: v, "val_acc": v}, {"epoch_time_s": 2.0 + seed,
-                                                                             "n_train": 50000})
+            metrics, curves = {"test_acc": v, metric: v, "val_acc": v}, []
+            if method == "cwc":
+                metrics["test_acc.sf"], curves = CWC_SF[seed], CWC_CURVES[seed]
+            outcomes[run_id] = (metrics, curves, {"epoch_time_s": 2.0 + seed, "n_train": 50000})
     store.add_runs(rows)
-    for run_id, (metrics, compute) in outcomes.items():
+    for run_id, (metrics, curves, compute) in outcomes.items():
         assert store.claim(run_id, "test", 600)
-        assert store.finish(run_id, "test", "done", metrics=metrics, curves=[], compute=compute)
+        assert store.finish(run_id, "test", "done", metrics=metrics, curves=curves, compute=compute)
     return out
 
 
 def test_rows_place_the_published_number_against_the_interval(store_dir):
     frame = Store(store_dir / "results.db").frame("repro-test")
     frame["status"] = frame["status"].fillna("done")
-    table = reproduction_rows(frame).set_index(["row", "dataset", "backbone"])
+    table = reproduction_rows(frame).set_index(["row", "dataset", "backbone", "metric"]).reset_index("metric")
     ff = table.loc[("ff.hinton", "mnist", "mlp")]
     ci = stats.t_interval(RUNS[("ff.hinton", "mnist", "mlp")][1])
     assert ff["published"] == pytest.approx(0.9855) and ff["metric"] == "test_acc.softmax"
     assert (ff["ci_low"], ff["ci_high"]) == pytest.approx((ci.low, ci.high))
     assert ff["published_vs_ci"] == "inside" and ff["n"] == 3 and ff["recipe"] == "reference"
     assert ff["budget"] == "4 epochs, batch 100, 50000 training images" and ff["epoch_time_s"] == pytest.approx(3.0)
-    assert table.loc[("cwc", "mnist", "cnn.cfse"), "published_vs_ci"] == "above"
+    cwc = table.loc[("cwc", "mnist", "cnn.cfse")].set_index("metric")  # the source names no predictor: both rules
+    assert list(cwc.index) == ["test_acc.avg", "test_acc.sf"] and "not stated" in cwc["source"].iloc[0]
+    assert cwc.loc["test_acc.avg", "published_vs_ci"] == "above" and cwc.loc["test_acc.sf", "published_vs_ci"] == "inside"
+    assert cwc.loc["test_acc.sf", "best_on_test"] == pytest.approx(np.mean(CWC_SF) + 0.003)  # test-set selection
+    assert np.isnan(cwc.loc["test_acc.avg", "best_on_test"]) and np.isnan(ff["best_on_test"])  # no curves: none
     diff = table.loc[("sff − bp", "cifar10", "resnet18")]
     assert diff["mean"] == pytest.approx(0.06) and diff["published"] == 0.09 and diff["published_vs_ci"] == "above"
-    assert len(table) == 3  # no row for published numbers without runs (mobilenetv3, asge, ...)
+    assert len(table) == 4  # no row for published numbers without runs (mobilenetv3, asge, ...)
     assert where(0.5, 0.4, 0.45) == "above" and where(0.3, 0.4, 0.45) == "below" and where(0.5, np.nan, 1) == "—"
 
 
 def test_every_published_number_has_a_source_and_a_plausible_value():
     for key, pub in PUBLISHED.items():
-        assert pub.source and ("§" in pub.source)
+        assert pub.source and ("§" in pub.source) and pub.metrics
         assert (0 < pub.value < 1) if pub.versus is None else (-1 < pub.value < 1), key
 
 
@@ -98,3 +107,15 @@ def test_a_study_that_only_shares_a_published_row_gets_no_reproduction_page(tmp_
     paths = build_report(tmp_path, "study", n_resamples=50)
     assert not any(p.name == "reproduction.html" for p in paths)
     assert any(p.name == "comparison.html" for p in paths)
+
+
+def test_a_row_whose_runs_are_unfinished_counts_no_seed():
+    import pandas as pd
+    frame = pd.DataFrame({  # a finished MNIST seed gives the column; Fashion-MNIST's runs are still going
+        "method": ["cwc"] * 3, "dataset": ["mnist", "fashion-mnist", "fashion-mnist"], "backbone": ["cnn.cfse"] * 3,
+        "seed": [0, 0, 1], "status": ["done", "running", "pending"], "test_acc.avg": [0.99, np.nan, np.nan],
+        "test_acc.sf": [0.994, np.nan, np.nan], "curves": [[], [], []]})
+    table = reproduction_rows(frame).set_index(["dataset", "metric"])
+    assert table.loc[("mnist", "test_acc.sf"), "n"] == 1
+    assert (table.loc["fashion-mnist", "n"] == 0).all() and table.loc["fashion-mnist", "mean"].isna().all()
+    assert (table.loc["fashion-mnist", "runs"] == 2).all() and (table.loc["fashion-mnist", "published_vs_ci"] == "—").all()

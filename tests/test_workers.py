@@ -189,3 +189,14 @@ def test_launcher_gives_back_the_runs_of_a_dead_local_worker(tmp_path, write):
     assert store.release_worker("vm:4242") == 1
     row = store.rows(run_id=run_id)[0]
     assert row["status"] == "pending" and row["worker"] is None
+
+
+def test_a_one_seed_cell_shows_no_spread_rather_than_nan():
+    import pandas as pd
+
+    row = dict(dataset="mnist", backbone="cnn", method="cwc", n=1, failed=0, test_acc_mean=91.4, test_acc_sd=float("nan"),
+               test_acc_ci_low=float("nan"), test_acc_ci_high=float("nan"), verdict="control", epoch_time_s=457.7,
+               saved_MB_per_step=114.9)
+    two = {**row, "method": "bp", "n": 2, "test_acc_sd": 0.25, "verdict": None}
+    text = results.format_table(pd.DataFrame([row, two]))
+    assert "| 91.40 ± — | — |" in text and "| 91.40 ± 0.25 |" in text and "nan" not in text
