@@ -25,7 +25,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         common = dict(device=args.device, tracking_uri=args.tracking_uri, progress=not args.no_progress,
                       track=not args.no_tracking, workers=args.workers, store_url=args.store,
-                      optuna_storage=args.optuna_storage, lease_s=args.lease, rerun=args.rerun)
+                      optuna_storage=args.optuna_storage, lease_s=args.lease, rerun=args.rerun, cells=args.cells,
+                      seeds=args.seeds)
         if args.executor == "ray":
             from ffbench import ray_executor
 
@@ -127,7 +128,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         r = runner.run_worker(args.suite, args.out, device=args.device, workers=args.workers, store_url=args.store,
                               optuna_storage=args.optuna_storage, tracking_uri=args.tracking_uri,
                               track=not args.no_tracking, lease_s=args.lease, poll_s=args.poll,
-                              init=not args.no_init, progress=not args.no_progress)
+                              init=not args.no_init, progress=not args.no_progress, cells=args.cells,
+                              seeds=args.seeds)
     except BaseException as exc:  # interrupted (its run was given back), a refused store, unusable data
         code = runner.stopped(exc)
         if code is None:
@@ -172,7 +174,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def dry_run(args: argparse.Namespace) -> int:
     from ffbench import runner
 
-    suite, design, paths = runner.prepare(args.suite, args.out)
+    suite, design, paths = runner.prepare(args.suite, args.out, args.cells, args.seeds)
     print(f"suite {suite.name} (version {suite.version}) from {suite.path}")
     if suite.description:
         print(f"  {suite.description}")
@@ -187,8 +189,9 @@ def dry_run(args: argparse.Namespace) -> int:
               + (f"; exclude {suite.exclude}" if suite.exclude else ""))
     _print_design_notes(design)
     t = suite.tuning
-    print(f"{len(design.cells)} cells x {len(suite.seeds)} evaluation seeds {suite.seeds} = {len(design.runs)} "
-          f"evaluation runs")
+    seeds = args.seeds or suite.seeds
+    print(f"{len(design.cells)} cells x {len(seeds)} evaluation seeds {list(seeds)} = {len(design.runs)} "
+          f"evaluation runs" + (" (the part asked for by --cells / --seeds)" if args.cells or args.seeds else ""))
     if t:
         print(f"tuning: {t.trials} trials per method per cell ({len(design.trials)} in all), tuning seeds "
               f"{list(t.seeds)}, {t.sampler}({_args(t.sampler_args)}), {t.pruner}({_args(t.pruner_args)}); "
@@ -481,6 +484,29 @@ def _shared_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-tracking", action="store_true", help="do not mirror runs to MLflow")
 
 
+def parse_seeds(text: str) -> list[int]:
+    """'0,1,2', '0-2' or a mix ('0-2,7'): the evaluation seeds of ``--seeds``."""
+    seeds: list[int] = []
+    for part in filter(None, (t.strip() for t in text.split(","))):
+        low, dash, high = part.partition("-")
+        try:
+            seeds += list(range(int(low), int(high) + 1)) if dash else [int(part)]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected seeds such as 0,1,2 or 0-2") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seeds such as 0,1,2 or 0-2")
+    return sorted(set(seeds))
+
+
+def _part_options(p: argparse.ArgumentParser) -> None:
+    """--cells / --seeds: work on part of a suite; the results go where the whole suite's do."""
+    p.add_argument("--cells", action="append", metavar="PATTERN", default=[],
+                   help="only the cells whose label (method/dataset/backbone/axis=level) or method matches this "
+                        "wildcard (repeatable)")
+    p.add_argument("--seeds", type=parse_seeds, default=[], metavar="SEEDS",
+                   help="only these evaluation seeds of the suite (0,1,2 or 0-2)")
+
+
 def parse_rope(values: Sequence[str] | None) -> float | dict[str, float] | None:
     """'--rope-pp 0.5' (all datasets) and/or '--rope-pp mnist=0.2' (one dataset), in percentage points."""
     if not values:
@@ -611,7 +637,8 @@ EXAMPLES = {
   ffbench run my-suite.toml --out results/    # a suite file, into results/
   ffbench run quick --dry-run                 # cells, runs, budget and a time estimate; trains nothing
   ffbench run quick --workers 2 --device cuda # two worker processes, one GPU each
-  ffbench run quick --rerun 'ff*'             # train the ff* cells again (old results kept as superseded)""",
+  ffbench run quick --rerun 'ff*'             # train the ff* cells again (old results kept as superseded)
+  ffbench run repro-cwc --cells 'cwc/mnist/*' --seeds 0-2  # part of a suite now, the rest later""",
     "worker": """examples:
   ffbench worker quick --store postgresql://host/db --optuna-storage postgresql://host/db \\
       --tracking-uri http://host:5000         # on each further machine of a shared suite
@@ -680,6 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerun", action="append", metavar="PATTERN",
                    help="execute again the cells whose label (method/dataset/backbone/axis=level) or method matches "
                         "this wildcard (repeatable); the old results are kept as superseded")
+    _part_options(p)
     from ffbench.ray_executor import add_ray_arguments
 
     add_ray_arguments(p)
@@ -698,6 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-init", action="store_true",
                    help="do not initialise the store, studies and MLflow (the launcher did)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _part_options(p)
     p.set_defaults(func=cmd_worker)
 
     p = command("report", "statistical reports (HTML + markdown) of a suite's results, and their headline")

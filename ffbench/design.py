@@ -20,6 +20,7 @@ Enumeration: the full factorial of the axes' levels (or one axis at a time from 
 """
 from __future__ import annotations
 
+import fnmatch
 import functools
 import hashlib
 import importlib
@@ -28,7 +29,7 @@ import itertools
 import sys
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Sequence
 
 from ffbench import __version__
 from ffbench.config import ADAPT_MODES, TRAIN_FIELDS, RunConfig, canonical_json, content_hash
@@ -51,6 +52,10 @@ class Cell:
     def label(self) -> str:
         return "/".join(f"{v}" if k in ("method", "dataset", "backbone") else f"{k}={v}"
                         for k, v in self.factors.items() if v is not None)
+
+    def matches(self, pattern: str) -> bool:
+        """A wildcard over the label (method/dataset/backbone/axis=level) or the method's name."""
+        return fnmatch.fnmatchcase(self.label, pattern) or fnmatch.fnmatchcase(self.factors["method"], pattern)
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,26 @@ class Design:
         """What the store gets when the suite starts: the tuning slots of tuned cells, and the evaluation
         runs of untuned ones (a tuned cell's evaluation runs come when its tuning is complete)."""
         return self.trials + [r for r in self.runs if r.cell.tuning is None]
+
+    def select(self, cells: Sequence[str] = (), seeds: Sequence[int] = ()) -> Design:
+        """The part a command asks for: the cells matching any wildcard of ``cells`` (``Cell.matches``) and,
+        of their evaluation runs, those of ``seeds``. Run IDs are the full design's, so the results land
+        where the whole suite's do and a later run of the whole suite trains only the rest. A tuned cell
+        keeps all its tuning slots (their seeds are the tuning's)."""
+        if not cells and not seeds:
+            return self
+        keep = [c for c in self.cells if not cells or any(c.matches(p) for p in cells)]
+        if not keep:
+            raise SuiteError(f"--cells {' '.join(cells)}: no cell matches; the cells are "
+                             f"{', '.join(c.label for c in self.cells)} (a wildcard matches a cell's label or its method)")
+        known = sorted({r.seed for r in self.runs if r.role == EVALUATION})
+        unknown = sorted(set(seeds) - set(known))
+        if unknown:
+            raise SuiteError(f"--seeds {','.join(map(str, unknown))}: not an evaluation seed of this suite; "
+                             f"allowed: {','.join(map(str, known))}")
+        ids = {c.cell_id for c in keep}
+        runs = [r for r in self.runs if r.cell.cell_id in ids and (not seeds or r.role != EVALUATION or r.seed in seeds)]
+        return replace(self, cells=keep, runs=runs, trials=[r for r in self.trials if r.cell.cell_id in ids])
 
     def dropped_summary(self) -> list[tuple[str, int]]:
         return Counter(reason for _, reason in self.dropped).most_common()

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Sequence
 
 from ffbench.design import Design
 from ffbench.lease import LEASE_S, POLL_S
@@ -38,8 +39,10 @@ def assign_devices(device: str, n: int) -> list[str]:
 
 
 def spawn(n: int, suite_path: Path, out: Path, store_url: str, optuna_url: str | None, tracking_uri: str | None,
-          device: str = "auto", lease_s: float = LEASE_S, poll_s: float = POLL_S) -> list[subprocess.Popen]:
-    """Start ``n`` ``ffbench worker`` processes on this machine (logs under ``out/logs``)."""
+          device: str = "auto", lease_s: float = LEASE_S, poll_s: float = POLL_S,
+          part: Sequence[str] = ()) -> list[subprocess.Popen]:
+    """Start ``n`` ``ffbench worker`` processes on this machine (logs under ``out/logs``); ``part``: the
+    ``--cells`` / ``--seeds`` arguments of the part of the suite they work on."""
     devices = assign_devices(device, n)
     logs = Path(out) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -50,7 +53,7 @@ def spawn(n: int, suite_path: Path, out: Path, store_url: str, optuna_url: str |
     procs = []
     for i, dev in enumerate(devices):
         cmd = [sys.executable, "-m", "ffbench.cli", "worker", str(suite_path), "--out", str(out), "--store", store_url,
-               "--device", dev, "--lease", str(lease_s), "--poll", str(poll_s), "--no-init", "--no-progress"]
+               "--device", dev, "--lease", str(lease_s), "--poll", str(poll_s), "--no-init", "--no-progress", *part]
         cmd += ["--optuna-storage", optuna_url] if optuna_url else []
         cmd += ["--tracking-uri", tracking_uri] if tracking_uri else ["--no-tracking"]
         log = open(logs / f"worker-{i}.log", "ab")

@@ -34,7 +34,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ffbench import checkpoint, pool, runner, studies, tracking
 from ffbench.config import RunConfig
@@ -620,7 +620,8 @@ def execute(s: runner.Session, opts: RayOptions, device: str = "auto", bar=None)
 def run_suite(suite_ref: str, out: str | Path | None = None, device: str = "auto",
               tracking_uri: str | None = None, progress: bool = True, track: bool = True, workers: int = 1,
               store_url: str | None = None, optuna_storage: str | None = None, lease_s: float | None = None,
-              poll_s: float | None = None, rerun: list[str] | None = None, *, address: str | None = None,
+              poll_s: float | None = None, rerun: list[str] | None = None, cells: Sequence[str] = (),
+              seeds: Sequence[int] = (), *, address: str | None = None,
               cpus_per_run: int = 1, max_retries: int = MAX_RETRIES, data_dir: str | None = None) -> dict[str, Any]:
     """``runner.run_suite`` with the runs executed as Ray tasks (same arguments, same summary), on the
     cluster at ``address`` or on a Ray runtime started here. SIGINT / SIGTERM raise ``pool.Interrupted``
@@ -633,7 +634,8 @@ def run_suite(suite_ref: str, out: str | Path | None = None, device: str = "auto
     import_ray()
     with pool.interrupts():
         s = runner.open_session(suite_ref, out, store_url=store_url, optuna_storage=optuna_storage,
-                                tracking_uri=tracking_uri, track=track, lease_s=lease_s, poll_s=poll_s, rerun=rerun)
+                                tracking_uri=tracking_uri, track=track, lease_s=lease_s, poll_s=poll_s, rerun=rerun,
+                                cells=cells, seeds=seeds)
         before = progress_of(s)["finished"]
         bar = _bar(s, before) if progress else None
         started = False

@@ -19,12 +19,11 @@ rows as superseded. The runner computes no statistics (``results.py`` reads them
 """
 from __future__ import annotations
 
-import fnmatch
 import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ffbench import pool
 from ffbench.config import canonical_json
@@ -65,11 +64,14 @@ def default_out(suite: Suite) -> Path:
     return Path("ffbench-out") / suite.name
 
 
-def prepare(suite_ref: str, out: str | Path | None = None) -> tuple[Suite, Design, Paths]:
+def prepare(suite_ref: str, out: str | Path | None = None, cells: Sequence[str] = (),
+            seeds: Sequence[int] = ()) -> tuple[Suite, Design, Paths]:
+    """The suite, its design (only the ``cells`` and ``seeds`` asked for, when given: ``Design.select``) and
+    where its outputs go; the suite's warnings and the checks of its cells come first."""
     suite = load(suite_ref)
     for line in suite.warnings:  # usable as it is, but probably not what was meant
         print(f"warning: {line}", file=sys.stderr)
-    design = expand(suite)
+    design = expand(suite).select(cells, seeds)
     for line in design.warnings:  # a suite value that meets a method's recipe: never silently
         print(f"warning: {line}", file=sys.stderr)
     check_cells(suite, design.cells)  # against the datasets' sizes, before any run is claimed
@@ -154,10 +156,7 @@ def code_notes(store: Store, suite: Suite, design: Design) -> list[str]:
 
 def matching_cells(design: Design, patterns: list[str]) -> list:
     """Cells whose label (method/dataset/backbone/axis=level) or method name matches a wildcard pattern."""
-    def hit(cell, p: str) -> bool:
-        return fnmatch.fnmatchcase(cell.label, p) or fnmatch.fnmatchcase(cell.factors["method"], p)
-
-    return [c for c in design.cells if any(hit(c, p) for p in patterns)]
+    return [c for c in design.cells if any(c.matches(p) for p in patterns)]
 
 
 def rerun_cells(store: Store, suite: Suite, design: Design, patterns: list[str]) -> tuple[int, int]:
@@ -185,6 +184,8 @@ class Session:
     optuna_url: str | None
     lease_s: float
     poll_s: float
+    cells: Sequence[str] = ()  # the part of the suite asked for (Design.select); spawned workers get it too
+    seeds: Sequence[int] = ()
 
     def env(self, device: str) -> Env:
         """This process's worker."""
@@ -195,22 +196,26 @@ class Session:
     def spawn(self, n: int, device: str) -> list:
         """``n`` local worker processes on this session's store, studies and tracking (none: untracked)."""
         uri = self.tracker.uri if self.tracker is not None else None
+        part = [a for p in self.cells for a in ("--cells", p)]
+        part += ["--seeds", ",".join(map(str, self.seeds))] if self.seeds else []
         return pool.spawn(n, self.suite.path.resolve(), self.paths.out.resolve(), self.store.url, self.optuna_url,
-                          uri, device, self.lease_s, self.poll_s)
+                          uri, device, self.lease_s, self.poll_s, part)
 
 
 def open_session(suite_ref: str, out: str | Path | None = None, *, store_url: str | None = None,
                  optuna_storage: str | None = None, tracking_uri: str | None = None, track: bool = True,
                  parallel: bool = False, lease_s: float | None = None, poll_s: float | None = None,
-                 init: bool = True, rerun: list[str] | None = None) -> Session:
+                 init: bool = True, rerun: list[str] | None = None, cells: Sequence[str] = (),
+                 seeds: Sequence[int] = ()) -> Session:
     """Load and expand the suite, check its datasets, open the store (``store_url``, default
     ``<out>/results.db``; a broken or foreign file is refused), choose the Optuna storage (``parallel``:
     several workers share it, so SQLite is refused), open the tracker (unless not ``track``), and unless
     not ``init``: say which cells are new because their code changed, supersede the ``rerun`` cells' runs,
-    add the runs, studies and MLflow parents, and copy into MLflow what earlier processes could not."""
+    add the runs, studies and MLflow parents, and copy into MLflow what earlier processes could not.
+    ``cells`` / ``seeds``: work on that part of the suite only (``Design.select``)."""
     from ffbench import tracking
 
-    suite, design, paths = prepare(suite_ref, out)
+    suite, design, paths = prepare(suite_ref, out, cells, seeds)
     verify_data(design)
     paths.out.mkdir(parents=True, exist_ok=True)
     pool.set_threads()
@@ -230,7 +235,7 @@ def open_session(suite_ref: str, out: str | Path | None = None, *, store_url: st
         init_suite(suite, design, store, tracker, ourl)
         if tracker is not None:
             tracking.sync(store, suite.name, tracker)
-    return Session(suite, design, paths, store, tracker, ourl, lease, poll)
+    return Session(suite, design, paths, store, tracker, ourl, lease, poll, tuple(cells), tuple(seeds))
 
 
 def aggregates(s: Session, control: str | None = None, rope=None) -> Callable[[], None]:
@@ -294,8 +299,10 @@ def _bar(s: Session, desc: str, initial: int = 0):
 def run_suite(suite_ref: str, out: str | Path | None = None, device: str = "auto",
               tracking_uri: str | None = None, progress: bool = True, track: bool = True, workers: int = 1,
               store_url: str | None = None, optuna_storage: str | None = None, lease_s: float | None = None,
-              poll_s: float | None = None, rerun: list[str] | None = None) -> dict[str, Any]:
-    """Execute every run of the suite that is not finished yet; return a summary.
+              poll_s: float | None = None, rerun: list[str] | None = None, cells: Sequence[str] = (),
+              seeds: Sequence[int] = ()) -> dict[str, Any]:
+    """Execute every run of the suite (or of its ``cells`` and ``seeds``) that is not finished yet; return a
+    summary.
 
     workers: 1 runs in this process; N > 1 spawns N ``ffbench worker`` processes (one device each).
     store_url / optuna_storage / tracking_uri: shared locations for several machines (default: files
@@ -306,7 +313,7 @@ def run_suite(suite_ref: str, out: str | Path | None = None, device: str = "auto
     with pool.interrupts():
         s = open_session(suite_ref, out, store_url=store_url, optuna_storage=optuna_storage,
                          tracking_uri=tracking_uri, track=track, parallel=workers > 1, lease_s=lease_s,
-                         poll_s=poll_s, rerun=rerun)
+                         poll_s=poll_s, rerun=rerun, cells=cells, seeds=seeds)
         before = _progress(s)["finished"]
         bar = _bar(s, s.suite.name, before) if progress else None
         exit_codes: list[int] = []
@@ -336,14 +343,14 @@ def _progress(s: Session) -> dict[str, int]:
 def run_worker(suite_ref: str, out: str | Path | None = None, *, device: str = "auto", workers: int = 1,
                store_url: str | None = None, optuna_storage: str | None = None, tracking_uri: str | None = None,
                track: bool = True, lease_s: float | None = None, poll_s: float | None = None, init: bool = True,
-               progress: bool = True) -> dict[str, Any]:
+               progress: bool = True, cells: Sequence[str] = (), seeds: Sequence[int] = ()) -> dict[str, Any]:
     """A worker against a shared store (one per machine or device), or ``workers`` local ones. Ctrl-C or
     SIGTERM gives the run in hand back and raises ``pool.Interrupted``. Returns {worker, executed,
     progress, exit_codes, suite, store, tracker}."""
     with pool.interrupts():
         s = open_session(suite_ref, out, store_url=store_url, optuna_storage=optuna_storage,
                          tracking_uri=tracking_uri, track=track, parallel=True, lease_s=lease_s, poll_s=poll_s,
-                         init=init)
+                         init=init, cells=cells, seeds=seeds)
         common = {"suite": s.suite, "store": s.store, "tracker": s.tracker}
         if workers > 1:
             try:

@@ -200,3 +200,29 @@ def test_a_one_seed_cell_shows_no_spread_rather_than_nan():
     two = {**row, "method": "bp", "n": 2, "test_acc_sd": 0.25, "verdict": None}
     text = results.format_table(pd.DataFrame([row, two]))
     assert "| 91.40 ± — | — |" in text and "| 91.40 ± 0.25 |" in text and "nan" not in text
+
+
+def test_part_of_a_suite_now_and_the_rest_later(tmp_path, write):
+    """--cells / --seeds run part of a suite into the same store (the same run IDs); the whole suite then
+    trains only what is left, and a bad pattern or seed is refused naming the allowed values."""
+    path, out = write(methods='["bp", "bp.deepsup"]', epochs=1), tmp_path / "out"
+    whole = runner.prepare(str(path))[1]
+    part = runner.run_suite(str(path), out, device="cpu", progress=False, track=False, cells=["bp.*"], seeds=[1])
+    assert part["executed"] == 1 and [c.label for c in part["design"].cells] == ["bp.deepsup/synthetic/mlp"]
+    done = {r["run_id"] for r in part["store"].states("w", 1) if r["status"] == DONE}
+    assert done == {r.run_id for r in whole.runs if r.cell.factors["method"] == "bp.deepsup" and r.seed == 1}
+    rest = runner.run_suite(str(path), out, device="cpu", progress=False, track=False)
+    assert rest["executed"] == 3 and rest["progress"]["finished"] == 4
+    with pytest.raises(runner.SuiteError, match=r"--cells cnn\*: no cell matches; the cells are bp/synthetic/mlp"):
+        runner.prepare(str(path), cells=["cnn*"])
+    with pytest.raises(runner.SuiteError, match=r"--seeds 5: not an evaluation seed of this suite; allowed: 0,1"):
+        runner.prepare(str(path), seeds=[1, 5])
+
+
+def test_spawned_workers_keep_to_the_part_asked_for(tmp_path, write, capsys):
+    path, out = write(methods='["bp", "bp.deepsup"]', epochs=1), tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--workers", "2", "--cells", "bp", "--seeds", "0-1",
+                 "--no-tracking", "--no-progress"]) == 0
+    states = Store(out / "results.db").states("w", 1)
+    assert sorted((r["run_id"].endswith(("-s0", "-s1")), r["status"]) for r in states) == [(True, DONE)] * 2
+    assert "ran 2 of 2 runs" in capsys.readouterr().out
