@@ -82,9 +82,10 @@ def format_table(table: pd.DataFrame) -> str:
         d = r.get("delta_vs_control", math.nan)
         delta = "—" if r.get("verdict") == "control" or not math.isfinite(d) else (
             f"{d:+.2f} {_interval(r['delta_ci_low_vs_control'], r['delta_ci_high_vs_control'])}")
+        verdict = r.get("verdict") if isinstance(r.get("verdict"), str) else "—"  # a missing one reads NaN
         cells = [r["dataset"], r["backbone"], r["method"], *(r[a] for a in axes), r["n"], r["failed"], acc,
                  _interval(r.get("test_acc_ci_low", math.nan), r.get("test_acc_ci_high", math.nan)), delta,
-                 r.get("verdict") if isinstance(r.get("verdict"), str) else "—", f"{r['epoch_time_s']:.3f}", f"{r['saved_MB_per_step']:.2f}"]
+                 verdict, f"{r['epoch_time_s']:.3f}", f"{r['saved_MB_per_step']:.2f}"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
