@@ -60,8 +60,8 @@ _KEYS = ("method", "dataset", "backbone")
 
 
 def _ok(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    if metric not in df:
-        return df.iloc[:0]
+    if metric not in df:  # no run has finished with it yet
+        return df.iloc[:0].assign(_v=np.nan)
     values = pd.to_numeric(df[metric], errors="coerce").astype(float)
     keep = ((df["status"] == "done") & np.isfinite(values)).to_numpy(dtype=bool)  # a plain mask: never a reindex
     return df[keep].assign(_v=values[keep])
@@ -132,7 +132,8 @@ def reproduction_rows(frame: pd.DataFrame, confidence: float = stats.CONFIDENCE)
                 "recipe": _recipe(sel), "budget": _budget(sel),
                 "epoch_time_s": float(pd.to_numeric(sel.get("epoch_time_s"), errors="coerce").mean())
                 if "epoch_time_s" in sel else np.nan,
-                "published_vs_ci": where(pub.value, ci.low, ci.high),
+                # seeds that agree to the last digit give a point, which says nothing about where a number lies
+                "published_vs_ci": where(pub.value, ci.low, ci.high) if ci.method == "t" else "—",
             })
     return pd.DataFrame(rows)
 

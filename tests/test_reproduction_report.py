@@ -119,3 +119,7 @@ def test_a_row_whose_runs_are_unfinished_counts_no_seed():
     assert table.loc[("mnist", "test_acc.sf"), "n"] == 1
     assert (table.loc["fashion-mnist", "n"] == 0).all() and table.loc["fashion-mnist", "mean"].isna().all()
     assert (table.loc["fashion-mnist", "runs"] == 2).all() and (table.loc["fashion-mnist", "published_vs_ci"] == "—").all()
+    unfinished = frame.iloc[1:].drop(columns=["test_acc.avg", "test_acc.sf"])  # no run has the metric yet
+    assert list(reproduction_rows(unfinished)["n"]) == [0, 0]
+    same = frame.assign(dataset="mnist", status="done", **{"test_acc.sf": 0.9937})  # three seeds, one value
+    assert reproduction_rows(same).set_index("metric").loc["test_acc.sf", "published_vs_ci"] == "—"
