@@ -83,6 +83,8 @@ def test_every_published_number_has_a_source_and_a_plausible_value():
     for key, pub in PUBLISHED.items():
         assert pub.source and ("§" in pub.source) and pub.metrics
         assert (0 < pub.value < 1) if pub.versus is None else (-1 < pub.value < 1), key
+    from methods.asge import PREDICTIONS  # ASGE's strategy is not stated (§5.3): every rule the method logs
+    assert PUBLISHED[("asge", "mnist", "vgg.asge")].metrics == tuple(f"test_acc.{r}" for r in PREDICTIONS)
 
 
 def test_the_report_kind_renders(store_dir):
