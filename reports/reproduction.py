@@ -5,10 +5,10 @@ the number and its source, ffbench's mean with a t interval over the seeds, the 
 (epochs, batch, training images), seconds per epoch, and where the published number lies: inside, above or
 below the interval. A published difference (SFF against BP on 1000 images) is compared with the mean
 paired difference over seeds. Where the source does not say which predictor its number refers to (CwC's
-Avg or Sf; ASGE's three strategies), there is one row per candidate predictor. Beside ffbench's number (the test accuracy at the
-best-validation epoch) each row gives the mean of each seed's best test accuracy over its evaluated epochs:
-the selection CwC's reference code makes (§3.6.1), optimistic by construction, shown so a gap can be read
-as selection or as training.
+Avg or Sf; ASGE's three strategies), there is one row per candidate predictor. Beside ffbench's number
+(the test accuracy at the best-validation epoch) each row gives the mean of each seed's best test accuracy
+over its evaluated epochs: the selection CwC's reference code makes (§3.6.1), optimistic by construction,
+shown so a gap can be read as selection or as training.
 """
 from __future__ import annotations
 
