@@ -32,32 +32,29 @@ class Published:
     versus: str | None = None  # a difference against this method, paired by seed
 
 
-_CWC_RULES = ("test_acc.avg", "test_acc.sf")
-_CWC_RULE = "; the predictor (Avg or Sf) is not stated, so both are compared"
-_ASGE_RULES = ("test_acc.last", "test_acc.sum", "test_acc.linear")  # methods.md §5.3's three candidates
-_ASGE_RULE = "; which of the three prediction strategies is not stated (§5.3), so each is compared"
+def _any_rule(rules: tuple[str, ...], why: str):
+    """A published number whose source does not name its predictor: one row per candidate rule."""
+    return lambda value, source: Published(value, f"{source}; {why}", rules)
+
+
+_cwc = _any_rule(("test_acc.avg", "test_acc.sf"), "the predictor (Avg or Sf) is not stated, so both are compared")
+_asge = _any_rule(("test_acc.last", "test_acc.sum", "test_acc.linear"),  # methods.md §5.3's three candidates
+                  "which of the three prediction strategies is not stated (§5.3), so each is compared")
 
 # (method, dataset, backbone) -> the published number (methods.md, section and tag in the source)
 PUBLISHED: dict[tuple[str, str, str], Published] = {
     ("ff.hinton", "mnist", "mlp"): Published(
         1 - 0.0145, "loeweX/Forward-Forward README: 1.45% error, 3x1000, 100 epochs, softmax read-out "
                     "(methods.md §2.3, §7) [README]", ("test_acc.softmax",)),
-    ("cwc", "mnist", "cnn.cfse"): Published(1 - 0.0058, "CwC-FF abstract/README: 0.58% error (methods.md §3.5) "
-                                                        "[ABS]" + _CWC_RULE, _CWC_RULES),
-    ("cwc", "fashion-mnist", "cnn.cfse"): Published(1 - 0.0769, "CwC-FF abstract/README: 7.69% error (§3.5) [ABS]"
-                                                    + _CWC_RULE, _CWC_RULES),
-    ("cwc", "cifar10", "cnn.cfse"): Published(1 - 0.2189, "CwC-FF abstract/README: 21.89% error (§3.5) [ABS]"
-                                              + _CWC_RULE, _CWC_RULES),
-    ("cwc", "cifar100", "cnn.cfse"): Published(1 - 0.4877, "CwC-FF abstract/README: 48.77% error, class-group "
-                                                           "model (§3.5) [ABS]" + _CWC_RULE, _CWC_RULES),
-    ("asge", "mnist", "vgg.asge"): Published(0.9965, "ASGE abstract v1/v2: 99.65% (methods.md §5.4) [ABS]" + _ASGE_RULE,
-                                             _ASGE_RULES),
-    ("asge", "fashion-mnist", "vgg.asge"): Published(0.9341, "ASGE abstract v1/v2: 93.41% (§5.4) [ABS]" + _ASGE_RULE,
-                                                     _ASGE_RULES),
-    ("asge", "cifar10", "vgg.asge"): Published(0.9062, "ASGE abstract v1/v2: 90.62% (§5.4) [ABS]" + _ASGE_RULE,
-                                               _ASGE_RULES),
-    ("asge", "cifar100", "vgg.asge"): Published(0.6542, "ASGE abstract v1/v2: 65.42% (§5.4) [ABS]" + _ASGE_RULE,
-                                                _ASGE_RULES),
+    ("cwc", "mnist", "cnn.cfse"): _cwc(1 - 0.0058, "CwC-FF abstract/README: 0.58% error (methods.md §3.5) [ABS]"),
+    ("cwc", "fashion-mnist", "cnn.cfse"): _cwc(1 - 0.0769, "CwC-FF abstract/README: 7.69% error (§3.5) [ABS]"),
+    ("cwc", "cifar10", "cnn.cfse"): _cwc(1 - 0.2189, "CwC-FF abstract/README: 21.89% error (§3.5) [ABS]"),
+    ("cwc", "cifar100", "cnn.cfse"): _cwc(1 - 0.4877, "CwC-FF abstract/README: 48.77% error, class-group model "
+                                                      "(§3.5) [ABS]"),
+    ("asge", "mnist", "vgg.asge"): _asge(0.9965, "ASGE abstract v1/v2: 99.65% (methods.md §5.4) [ABS]"),
+    ("asge", "fashion-mnist", "vgg.asge"): _asge(0.9341, "ASGE abstract v1/v2: 93.41% (§5.4) [ABS]"),
+    ("asge", "cifar10", "vgg.asge"): _asge(0.9062, "ASGE abstract v1/v2: 90.62% (§5.4) [ABS]"),
+    ("asge", "cifar100", "vgg.asge"): _asge(0.6542, "ASGE abstract v1/v2: 65.42% (§5.4) [ABS]"),
     **{("sff", "cifar10", b): Published(
         0.09, "SFF paper, small-data experiment (1000 images): SFF about 9 pp above BP; the table itself is "
               "not in methods.md (§4.3 [NOT FOUND])", versus="bp") for b in ("resnet18", "mobilenetv3")},
