@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from ffbench.batched import fit_seeds, stack
+from ffbench.batched import Unbatchable, fit_seeds, stack
 from ffbench.config import RunConfig
 from ffbench.seeds import Streams
 from ffbench.train import build, fit, lr_factor, resolve_device, run_data, run_loader
@@ -80,7 +80,12 @@ def time_cell(config: RunConfig, ns: list[int], device: torch.device) -> list[di
         seq = sum(r.compute["train_time_s"] for r in alone[:n]) / config.epochs
         row = {"n": n, "seq": seq, "seq_wall": sum(walls[:n]), "one": one}
         if n > 1:
-            batch, wall = timed(lambda: fit_seeds([replace(config, seed=s) for s in range(n)], device))
+            try:
+                batch, wall = timed(lambda: fit_seeds([replace(config, seed=s) for s in range(n)], device))
+            except Unbatchable as exc:  # not exact here (or not stackable): the runner trains them alone
+                row["why"] = str(exc)
+                rows.append(row)
+                continue
             if any(r.status != "done" for r in batch):
                 raise RuntimeError(f"{config.method} batched {n}: {[(r.status, r.error) for r in batch]}")
             row.update(bat=n * batch[0].compute["epoch_time_s"], bat_wall=wall,
@@ -103,6 +108,8 @@ def print_times(results: dict[str, list[dict]], epochs: int) -> None:
             else:
                 bat, tail = f"{'(alone)':>13} {'':>14} {r['seq'] / r['one']:14.2f}x", f"{'-':>15} {'-':>8}"
             print(f"{cell:<22} {r['n']:>3} {r['seq']:11.3f} {bat} {r['seq_wall']:13.2f} {tail}")
+            if "why" in r:
+                print(f"{'':<22}     not batched here: {r['why']}")
 
 
 # ---------------------------------------------------------------- 2. dispatched ops per step

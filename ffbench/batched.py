@@ -11,18 +11,23 @@ parameters; Adam and SGD are elementwise, so each seed's update is its own. Loss
 per seed (``Context.per_seed``), and ``step`` back-propagates their sum, so each seed's gradient is the one
 it gets alone; a seed whose loss diverges fails alone, the others go on.
 
-Bit for bit: kernels sum in an order that depends on their shapes, and chaotic training (FF on the quick
-suite) turns a last-bit difference at one step into other accuracies a few epochs later. So a batched
-kernel is used only for shapes where it gives each seed's result exactly (checked on its first call,
-``exact``), else the layer computes seed by seed; weight gradients are always summed seed by seed. A seed
-trained with others then equals its run alone bit for bit at the same thread count (tested per method).
-Each is stored as its own run, with ``batched`` in its manifest. Not batched: runs that adapt a pretrained
-source, a method or layer the stacking cannot express, or copies that do not fit in memory together
+Bit for bit: kernels sum in an order that depends on their shapes, memory layout and the processor, and
+chaotic training (FF on the quick suite) turns a last-bit difference at one step into other accuracies a few
+epochs later. So a batched kernel is used only for shapes where it gives each seed's result exactly (checked
+on its first call, ``exact``; in the layout the seed alone gets), else the layer computes seed by seed;
+weight gradients are always summed seed by seed. And since what is exact depends on the machine (oneDNN's
+AVX-512 convolutions sum otherwise than its AVX2 ones), the first training step of a configuration is run
+stacked and alone on fresh copies and compared bit for bit before its seeds train together
+(``first_step_problem``). A seed trained with others then equals its run alone bit for bit at the same thread
+count (tested per method, at each oneDNN instruction-set level). Each is stored as its own run, with
+``batched`` in its manifest. Not batched: runs that adapt a pretrained source, a method or layer the stacking
+cannot express, a first step that is not exact here, or copies that do not fit in memory together
 (``Unbatchable``, raised before anything is stored): the caller runs those seeds one after another. Batched
 runs keep no checkpoint: a killed batch starts again.
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 import torch
@@ -34,7 +39,7 @@ from ffbench.data import Data
 from ffbench.method import Method
 from ffbench.seeds import Streams
 from ffbench.train import (DIVERGED, Diverged, Record, RunResult, SavedTensorMeter, TrainingPeak, build, describe,
-                           evaluate_seeds, resolve_device, run_data, run_loader, train_epoch)
+                           evaluate_seeds, lr_factor, resolve_device, run_data, run_loader, train_epoch)
 
 
 class Unbatchable(Exception):
@@ -58,19 +63,26 @@ def _stack(tensors: list[torch.Tensor], param: bool) -> torch.Tensor:
     return nn.Parameter(t, requires_grad=tensors[0].requires_grad) if param else t
 
 
-_EXACT: dict[tuple, bool] = {}  # (kernel, shapes) -> whether the batched kernel gives each seed's result exactly
+_EXACT: dict[tuple, bool | tuple[int, ...]] = {}  # (kernel, shapes) -> batched kernel exact (True), exact in
+# values but laid out otherwise (the seed-by-seed result's strides), or not exact (False)
 
 
 def exact(key: tuple, batched: Callable[[], torch.Tensor], alone: Callable[[], torch.Tensor]) -> torch.Tensor:
     """The batched kernel's result where, for these shapes, it equals the seed-by-seed one bit for bit (checked
     on the first call, then remembered), else the seed-by-seed one. Kernels sum in an order that depends on
     the shapes (e.g. 10 output channels): a seed trained with others must compute what it computes alone, or
-    chaotic training (FF) turns the last bits into other results."""
-    if key not in _EXACT:
+    chaotic training (FF) turns the last bits into other results. Equal values in another memory layout (a
+    grouped convolution's NCHW output where the seed alone gets channels-last) are copied into the seed-by-seed
+    layout: the next kernels (a pooling, a convolution's backward) sum in a layout-dependent order too."""
+    mode = _EXACT.get(key)
+    if mode is None:
         out, ref = batched(), alone()
-        _EXACT[key] = torch.equal(out, ref)
-        return out if _EXACT[key] else ref
-    return batched() if _EXACT[key] else alone()
+        _EXACT[key] = mode = (True if out.stride() == ref.stride() else ref.stride()) if torch.equal(out, ref) else False
+        return ref
+    if mode is False:
+        return alone()
+    out = batched()
+    return out if mode is True else torch.empty_strided(out.shape, mode, dtype=out.dtype, device=out.device).copy_(out)
 
 
 class _SeedLinear(torch.autograd.Function):
@@ -320,6 +332,90 @@ def config_problem(config: RunConfig) -> str | None:
     return None
 
 
+_VERIFIED: dict[str, str | None] = {}  # a configuration (seed aside) -> why its batched step is not exact here
+
+
+def first_step_problem(configs: list[RunConfig], datas: list[Data], device: torch.device) -> str | None:
+    """Why, on this machine, one training step of these seeds stacked differs from their steps alone, or None.
+
+    Kernels choose their code by the processor and the memory layout (oneDNN's AVX2 and AVX-512 convolutions
+    sum in other orders), so exactness is verified where the seeds train, not assumed: the first step
+    (forward, backward, optimizer step) runs both ways on fresh copies, and every logged value, parameter,
+    buffer and optimizer state is compared bit for bit. The copies are built from the runs' own streams and
+    the global random state is restored, so the runs that follow are untouched. A verdict holds for the
+    configuration (its shapes and kernels) for the rest of the process."""
+    key = json.dumps(configs[0].without_seed(), sort_keys=True, default=str)
+    if key in _VERIFIED:
+        return _VERIFIED[key]
+    n = len(configs)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        methods, batches = [], []
+        for c, d in zip(configs, datas):
+            streams = Streams(c.seed)
+            methods.append(build(c, d, streams, device))
+            batches.append(next(iter(run_loader(c, d, streams, device))))
+        together = stack(methods)
+        stats = _first_step(together, configs[0], torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
+        why = _mixed_loss(stats, n)
+        if why:
+            _VERIFIED[key] = why
+            return why
+        for s, (c, d, (x, y)) in enumerate(zip(configs, datas, batches)):
+            alone = build(c, d, Streams(c.seed), device)
+            why = _first_difference(alone, _first_step(alone, c, x, y), together, stats, s, n)
+            if why:
+                why = (f"on this machine a stacked training step differs from seed {c.seed}'s step alone in {why} "
+                       f"(the kernels chosen here sum in another order)")
+                break
+    _VERIFIED[key] = why
+    return why
+
+
+def _mixed_loss(stats: dict[str, torch.Tensor], n: int) -> str | None:
+    if "loss" in stats and stats["loss"].numel() != n:  # one loss over every seed's rows: their gradients mix
+        return "the method's loss is not one value per seed (ctx.per_seed)"
+    return None
+
+
+def _first_step(method: Method, config: RunConfig, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The first training step as ``train_epoch`` takes it."""
+    method.train()
+    method.ctx.set_lr_factor(lr_factor(config.schedule, 0, config.epochs))
+    method.start_epoch(0)
+    return method.train_step(x, y)
+
+
+def _first_difference(alone: Method, stats_alone: dict[str, torch.Tensor], together: Method,
+                      stats_together: dict[str, torch.Tensor], s: int, n: int) -> str | None:
+    """Where seed ``s`` of ``together`` differs from ``alone`` after the same step: a logged value, a tensor
+    of the state (parameters and buffers, matched in order: the stacking keeps it), or optimizer state."""
+    if stats_alone.keys() != stats_together.keys():
+        return "the logged values' names"
+    for k, v in stats_alone.items():
+        if not _same(v, stats_together[k].reshape(-1).expand(n)[s].reshape(v.shape)):
+            return f"the logged value {k!r}"
+    mine, ours = alone.state_dict(), list(together.state_dict().values())
+    if len(mine) != len(ours):
+        return "the number of state tensors"
+    for (name, a), b in zip(mine.items(), ours):
+        if b.shape != (n, *a.shape) or not _same(a, b[s]):
+            return f"{name!r}"
+    for i, (opt_a, opt_b) in enumerate(zip(alone.ctx.optimizers, together.ctx.optimizers, strict=True)):
+        for j, (state_a, state_b) in enumerate(zip(opt_a.state_dict()["state"].values(),
+                                                   opt_b.state_dict()["state"].values(), strict=True)):
+            for k, a in state_a.items():
+                b = state_b[k]
+                if isinstance(a, torch.Tensor) and a.dim() and not _same(a, b[s]):
+                    return f"optimizer {i}'s state {k!r} of its parameter {j}"
+    return None
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal bit for bit as values (NaN equal to NaN), shapes and dtypes included."""
+    return a.shape == b.shape and a.dtype == b.dtype and bool(((a == b) | (a != a) & (b != b)).all())
+
+
 def fit_seeds(configs: list[RunConfig], device: torch.device | str = "auto",
               on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> list[RunResult]:
     """Train and evaluate runs that differ only in their seed as one stacked model; one result per seed, in
@@ -337,6 +433,9 @@ def fit_seeds(configs: list[RunConfig], device: torch.device | str = "auto",
             raise Unbatchable(f"the seeds' {split} splits differ in size")
     if len({d.num_classes for d in datas}) > 1:
         raise Unbatchable("the seeds keep different numbers of classes")
+    why = first_step_problem(configs, datas, device)
+    if why:
+        raise Unbatchable(why)
     copies = [build(c, d, s, device) for c, d, s in zip(configs, datas, streams)]
     results = [RunResult(status="done", manifest={"batched": {"seeds": [c.seed for c in configs]}},
                          compute=describe(m, d, device)) for m, d in zip(copies, datas)]
@@ -350,8 +449,9 @@ def fit_seeds(configs: list[RunConfig], device: torch.device | str = "auto",
     def first_losses(stats: dict[str, torch.Tensor]) -> None:
         if "loss" not in stats:
             return
-        if stats["loss"].numel() != n:  # one loss over every seed's rows: their gradients mix
-            raise Unbatchable("the method's loss is not one value per seed (ctx.per_seed)")
+        why = _mixed_loss(stats, n)
+        if why:
+            raise Unbatchable(why)
         for s in range(n):
             records[s].initial_loss = float(stats["loss"].reshape(n)[s])
 
