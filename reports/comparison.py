@@ -49,7 +49,9 @@ def tests_display(comp: pd.DataFrame) -> pd.DataFrame:
         "p_t": [fmt_p(p) for p in comp["p_t"]],
         "p adj": [f"{fmt_p(p)} ({c})" for p, c in zip(comp["p_adj"], comp["correction"])],
         "equiv. p adj": [fmt_p(p) for p in comp["p_equiv_adj"]],
-        "Wilcoxon p": [fmt_p(p) + (" *" if note else "") for p, note in zip(comp["p_wilcoxon"], comp["wilcoxon_note"])],
+        "Wilcoxon p": [fmt_p(p) + (" *" if note else "") + (" (Monte Carlo)" if str(how).startswith("Monte") else "")
+                       for p, note, how in zip(comp["p_wilcoxon"], comp["wilcoxon_note"],
+                                               comp.get("wilcoxon_method", [""] * len(comp)))],
         "Hedges' g [CI]": [fmt_ci(g, lo, hi, scale=1) for g, lo, hi in
                            zip(comp["hedges_g"], comp["g_ci_low"], comp["g_ci_high"])],
         "P(m>ref) [CI]": [fmt_ci(g, lo, hi, scale=1) for g, lo, hi in
@@ -122,7 +124,10 @@ class Comparison(ReportKind):
                  "McNemar's exact test on seed pairs (Holm over the comparisons with a discordant seed; "
                  "'less reliable' when significant), and a worst-case sensitivity analysis that scores every failed "
                  "run at chance accuracy (1/classes) and decides the family again; a verdict that does not survive "
-                 "it is flagged. P(worse / ROPE / better): Bayesian correlated t-test on the per-seed differences "
+                 "it is flagged. A seed whose difference lies far outside the others' is flagged beside the "
+                 "verdict with the verdict without it (leave-one-out residual t-test, p < α / seeds): the t interval "
+                 "assumes roughly normal differences, and one collapsed seed breaks its coverage. "
+                 "P(worse / ROPE / better): Bayesian correlated t-test on the per-seed differences "
                  f"(Corani & Benavoli 2015) with ρ = {stats.RHO:g}: the seeds are independent training runs on a "
                  "fixed split, whose shared test-set variance is in the variance-sources table.")
         sec.table("comparisons", conf, verdicts_display(conf),
@@ -134,7 +139,8 @@ class Comparison(ReportKind):
                           f"{o.confidence:.0%} interval of the mean paired difference ({conf['ci_method'].iloc[0]}); "
                           "p_t: paired t-test; p adj: Holm-corrected difference claim; equiv. p adj: Holm-corrected "
                           "claim 'the interval lies inside ±ROPE' (2 × the TOST p); paired P(Δ>0): share of seeds the "
-                          f"method wins, exact CI; Wilcoxon signed-rank p, * = fewer than {stats.WILCOXON_FLOOR} pairs "
+                          f"method wins, exact CI; Wilcoxon signed-rank p (exact: the sign-flip distribution, tied "
+                          f"differences at mid-ranks, zeros dropped), * = fewer than {stats.WILCOXON_FLOOR} pairs "
                           "(cannot reach p < 0.05); McNemar p adj: exact test of the failure rates on seed pairs (Holm).")
         sec.figure("differences", F.paired_differences(conf),
                    caption=f"Paired difference to the control with its uncorrected {o.confidence:.0%} CI; shaded: "
