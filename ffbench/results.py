@@ -128,7 +128,8 @@ def format_table(table: pd.DataFrame) -> str:
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     if "executed" in table and table["executed"].str.contains("batched").any():
         lines.append("\ns/epoch of a 'batched ×N' cell is its seeds' share of one stacked step (the step ÷ N), not "
-                     "a seed's time alone: compare times between cells executed alike.")
+                     "a seed's time alone (a cell run both ways shows its runs alone): compare times between cells "
+                     "executed alike.")
     if "no_backward" in table and table["no_backward"].any():
         lines.append("backward activations '—': the method keeps no tensor for a backward pass (not a memory figure).")
     return "\n".join(lines)
@@ -216,6 +217,8 @@ def cell_aggregates(store: Store, suite: Suite, design: Design, control: str | N
         summary.update({f"test_acc_{k}": st[k] for k in ("median", "ci_low", "ci_high") if k in st})
         summary.update({f"{k}_vs_control": st[k] for k in ("delta", "delta_ci_low", "delta_ci_high", "p_adj",
                                                           "verdict") if k in st})
+        if st.get("one_seed"):  # the verdict's flag: one seed lies outside the others
+            summary["one_seed_vs_control"] = st["one_seed"]
         if st:
             summary["control"] = st["control"]
         curve = []

@@ -460,3 +460,15 @@ def test_a_collapsed_seed_is_flagged_beside_the_verdict():
     assert cells["x"]["one_seed"] == r["one_seed"]
     clean = S.compare(_frame({"x": 0.01 + rng.normal(0, 0.002, 10)}, base), n_resamples=200).iloc[0]
     assert clean["one_seed"] == "" and clean["verdict"] == "better"
+
+
+def test_the_end_of_run_table_shows_the_flag_beside_the_verdict():
+    from ffbench import results
+
+    row = dict(dataset="digits", backbone="mlp", method="x", n=10, failed=0, test_acc_mean=91.0, test_acc_sd=3.0,
+               test_acc_ci_low=89.0, test_acc_ci_high=93.0, delta_vs_control=-0.2, delta_ci_low_vs_control=-2.0,
+               delta_ci_high_vs_control=1.6, verdict="insufficient evidence",
+               one_seed="seed 7 outlying (p 2e-09 < 0.05/10), without it: better", executed="alone",
+               epoch_time_s=0.5, saved_MB_per_step=1.0, no_backward=False)
+    line = next(ln for ln in results.format_table(pd.DataFrame([row])).splitlines() if ln.startswith("| digits"))
+    assert "| insufficient evidence (seed 7 outlying (p 2e-09 < 0.05/10), without it: better) |" in line
