@@ -752,11 +752,8 @@ def seed_influence(d: Sequence[float], seeds: Sequence[Any], rope: float, confid
 
 
 def _t_bounds(d: np.ndarray, confidence: float) -> tuple[float, float]:
-    n = len(d)
-    if n < 2:
-        return math.nan, math.nan
-    h = stats.t.ppf(0.5 + confidence / 2, n - 1) * d.std(ddof=1) / math.sqrt(n)
-    return float(d.mean() - h), float(d.mean() + h)
+    ci = t_interval(d, confidence)
+    return ci.low, ci.high
 
 
 def decide(n_pairs: np.ndarray, delta: np.ndarray, sd: np.ndarray, p_t: np.ndarray, p_equiv: np.ndarray,
