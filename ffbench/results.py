@@ -123,7 +123,8 @@ def format_table(table: pd.DataFrame) -> str:
         t = r["epoch_time_s"]
         cells = [r["dataset"], r["backbone"], r["method"], *(r[a] for a in axes), r["n"], r["failed"], acc,
                  _interval(r.get("test_acc_ci_low", math.nan), r.get("test_acc_ci_high", math.nan)), delta,
-                 verdict, r.get("executed", "—"), f"{t:.3f}" if math.isfinite(t) else "—", _mb(r["saved_MB_per_step"]),
+                 verdict, r.get("executed", "—"), f"{t:.3f}" if math.isfinite(t) else "—",
+                 _mb(r["saved_MB_per_step"]),
                  *([_mb(r["peak_MB_per_step"])] if peak else [])]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     if "executed" in table and table["executed"].str.contains("batched").any():
@@ -131,7 +132,8 @@ def format_table(table: pd.DataFrame) -> str:
                      "a seed's time alone (a cell run both ways shows its runs alone): compare times between cells "
                      "executed alike.")
     if "no_backward" in table and table["no_backward"].any():
-        lines.append("backward activations '—': the method keeps no tensor for a backward pass (not a memory figure).")
+        lines.append("backward activations '—': the method keeps no tensor for a backward pass (not a memory "
+                     "figure).")
     return "\n".join(lines)
 
 
