@@ -128,3 +128,26 @@ def test_the_report_compares_time_like_for_like(ran):
     assert "not like for like" in sec and "peak" not in header  # CPU runs: no peak-memory column
     table = pd.read_csv(report_dir(out, "alike") / "tables" / "comparison" / "compute.csv")
     assert set(table["executed"]) == {"alone", "batched ×3"}
+
+
+def test_intervals_count_batches_not_seeds_and_peak_memory_shows_where_measured():
+    """Two batches of three seeds and three runs alone in one cell (as CUDA would record them): two
+    measurements for the batched row, three for the row alone, never pooled; the peak column appears."""
+    from ffbench import results
+
+    rows = [{"method": "bp", "seed": s, "status": "done", "batched_seeds": b, "epoch_time_s": t,
+             "peak_mem_bytes": 2**20 * m} for b, t, m in (("0,1,2", 0.10, 30), ("3,4,5", 0.12, 31)) for s in range(3)]
+    rows += [{"method": "bp", "seed": 6 + i, "status": "done", "batched_seeds": None, "epoch_time_s": t,
+              "peak_mem_bytes": 2**20 * 12} for i, t in enumerate((0.20, 0.22, 0.21))]
+    long = stats.compute_table(pd.DataFrame(rows), ["epoch_time_s", "peak_mem_bytes"], ["method"])
+    t = long[long["quantity"] == "epoch_time_s"].set_index("executed")
+    assert t.loc["batched ×3", "measurements"] == 2 and t.loc["batched ×3", "ci_method"] == "t over batches"
+    assert t.loc["batched ×3", "mean"] == pytest.approx(0.11)
+    assert stats.t_interval([0.10, 0.12]).low == pytest.approx(t.loc["batched ×3", "ci_low"])
+    assert t.loc["alone", "measurements"] == 3 and t.loc["alone", "mean"] == pytest.approx(0.21)
+    row = dict(dataset="d", backbone="mlp", method="bp", n=9, failed=0, test_acc_mean=90.0, test_acc_sd=1.0,
+               test_acc_ci_low=89.0, test_acc_ci_high=91.0, verdict="control", executed="alone + batched ×3",
+               epoch_time_s=0.21, saved_MB_per_step=1.5, no_backward=False, peak_MB_per_step=12.0)
+    text = results.format_table(pd.DataFrame([row]))
+    assert "| peak GPU MB/step |" in text and text.splitlines()[2].endswith("| 12.00 |")
+    assert "a cell run both ways shows its runs alone" in text
