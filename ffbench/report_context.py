@@ -53,9 +53,12 @@ def fail_rate(k, n, lo, hi) -> str:
 
 
 def verdict_label(r: Mapping[str, Any]) -> str:
-    """The verdict with its flags: reliability (exact test of the failure rates) and the sensitivity of
-    the verdict to failures scored as chance accuracy."""
+    """The verdict with its flags: reliability (exact test of the failure rates), the sensitivity of
+    the verdict to failures scored as chance accuracy, and a seed outlying from the others
+    (``stats.seed_influence``: the interval behind the verdict then under-covers)."""
     flags = [r["reliability_flag"]] if r.get("reliability_flag") else []
+    if r.get("one_seed"):
+        flags.append(r["one_seed"])
     if not r.get("survives_failures", True):
         flags.append(f"failures as chance: {r['sens_verdict']}")
     return r["verdict"] + (f" ({'; '.join(flags)})" if flags else "")
@@ -96,7 +99,7 @@ class Options:
     split: str = "test"  # per-layer diagnostics
     delay_fraction: float = 0.9
     power: float = stats.POWER
-    deltas: Sequence[float] = (0.002, 0.005, 0.01)
+    deltas: Sequence[float] | None = None  # the seed advisor's effects; None: multiples of the ROPE
 
 
 class ReportContext:

@@ -20,7 +20,7 @@ from ffbench.tuning import METRIC as TUNING_METRIC
 
 METRIC = "test_acc"
 NOT_APPLICABLE = "—"  # the level shown in the results table where an axis does not apply to a method
-COMPUTE_MEANS = ("epoch_time_s", "saved_bytes_per_step")
+COMPUTE = ("epoch_time_s", "saved_bytes_per_step", "peak_mem_bytes")
 
 
 # ---------------------------------------------------------------- the end-of-run table
@@ -39,7 +39,8 @@ def results_table(store: Store, suite: Suite, design: Design) -> tuple[pd.DataFr
     keys = ["dataset", "backbone", "method", *axes]
     for a in axes:  # None (the axis does not apply) stays a group of its own
         frame[a] = frame[a].map(lambda v: NOT_APPLICABLE if v is None or (isinstance(v, float) and v != v) else v)
-    cells = stats.cell_table(frame, METRIC, keys, means=COMPUTE_MEANS)
+    cells = stats.cell_table(frame, METRIC, keys)
+    compute = _compute(frame, keys, cells)
     cell_of = {tuple(map(str, k)): c for k, c in zip(frame[keys].itertuples(index=False), frame["cell_id"])}
     per = [summaries.get(cell_of.get(tuple(map(str, k)), ""), {}) for k in cells[keys].itertuples(index=False)]
     table = pd.DataFrame({**{k: cells[k] for k in keys}, "n": cells["n"], "failed": cells["failures"],
@@ -48,8 +49,7 @@ def results_table(store: Store, suite: Suite, design: Design) -> tuple[pd.DataFr
                           **{f"{k}_vs_control": [s.get(k, math.nan) * 100 for s in per]
                              for k in ("delta", "delta_ci_low", "delta_ci_high")},
                           "verdict": [s.get("verdict", "") for s in per],
-                          "epoch_time_s": cells["mean.epoch_time_s"],
-                          "saved_MB_per_step": cells["mean.saved_bytes_per_step"] / 2**20})
+                          "one_seed": [s.get("one_seed", "") for s in per], **compute})
     table.attrs["control"] = suite.control
     order = {"dataset": suite.datasets, "backbone": suite.backbones, "method": suite.methods,
              **{a.name: [NOT_APPLICABLE] + list(a.levels) for a in suite.axes}}
@@ -61,9 +61,41 @@ def results_table(store: Store, suite: Suite, design: Design) -> tuple[pd.DataFr
     return table.sort_values(keys, key=rank).reset_index(drop=True), frame
 
 
+def _compute(frame: pd.DataFrame, keys: list[str], cells: pd.DataFrame) -> dict[str, list]:
+    """Per cell of ``cells``: how its runs were executed ('alone', 'batched ×3', or both), s/epoch (of the
+    runs alone where there are any, else the per-seed share of the batched step; never the two mixed),
+    activations saved for backward in MB/step (NaN, and ``no_backward`` True: the method has no backward
+    pass, its 0 saved bytes say nothing of its memory), and peak GPU MB/step only where
+    some run measured one (CUDA). From ``stats.compute_table``."""
+    comp = stats.compute_table(frame, COMPUTE, keys)
+    modes: dict[tuple, dict[str, dict[str, float]]] = {}
+    for r in comp.to_dict("records"):
+        fig = modes.setdefault(tuple(map(str, (r[k] for k in keys))), {}).setdefault(r["executed"], {})
+        fig[r["quantity"]] = r["mean"]
+        fig["no_backward"] = fig.get("no_backward", 0) + r["no_backward"]
+    out: dict[str, list] = {"executed": [], "epoch_time_s": [], "saved_MB_per_step": [], "no_backward": [],
+                            "peak_MB_per_step": []}
+    for k in cells[keys].itertuples(index=False):
+        m = modes.get(tuple(map(str, k)), {})
+        timed = "alone" if "alone" in m else next(iter(sorted(m)), None)  # like for like: one execution's figures
+        fig = m.get(timed, {})
+        out["executed"].append(" + ".join(sorted(m)) or "—")
+        out["epoch_time_s"].append(fig.get("epoch_time_s", math.nan))
+        out["saved_MB_per_step"].append(fig.get("saved_bytes_per_step", math.nan) / 2**20)
+        out["no_backward"].append(bool(fig.get("no_backward")) and not math.isfinite(out["saved_MB_per_step"][-1]))
+        out["peak_MB_per_step"].append(fig.get("peak_mem_bytes", math.nan) / 2**20)
+    if not any(math.isfinite(v) for v in out["peak_MB_per_step"]):
+        del out["peak_MB_per_step"]  # not measured on the CPU
+    return out
+
+
 _NOT_AXES = ("dataset", "backbone", "method", "n", "failed", "test_acc_mean", "test_acc_sd", "test_acc_ci_low",
              "test_acc_ci_high", "delta_vs_control", "delta_ci_low_vs_control", "delta_ci_high_vs_control", "verdict",
-             "epoch_time_s", "saved_MB_per_step")
+             "one_seed", "executed", "epoch_time_s", "saved_MB_per_step", "no_backward", "peak_MB_per_step")
+
+
+def _mb(v: float) -> str:
+    return f"{v:.2f}" if math.isfinite(v) else "—"
 
 
 def _interval(low: float, high: float) -> str:
@@ -71,10 +103,13 @@ def _interval(low: float, high: float) -> str:
 
 
 def format_table(table: pd.DataFrame) -> str:
+    """The end-of-run table in Markdown, with a note under it on how to read the compute columns."""
     axes = [c for c in table.columns if c not in _NOT_AXES]
     control = table.attrs.get("control", "the control")
+    peak = "peak_MB_per_step" in table
     head = ["dataset", "backbone", "method", *axes, "n", "failed", "test acc % (mean ± SD)", "95% CI",
-            f"Δ vs {control} pp [decision CI]", "verdict", "s/epoch", "saved MB/step"]
+            f"Δ vs {control} pp [decision CI]", "verdict", "executed", "s/epoch", "backward activations MB/step",
+            *(["peak GPU MB/step"] if peak else [])]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table.to_dict("records"):
         sd = r["test_acc_sd"]  # one seed has no spread: shown as '—', never 'nan'
@@ -83,10 +118,22 @@ def format_table(table: pd.DataFrame) -> str:
         delta = "—" if r.get("verdict") == "control" or not math.isfinite(d) else (
             f"{d:+.2f} {_interval(r['delta_ci_low_vs_control'], r['delta_ci_high_vs_control'])}")
         verdict = r.get("verdict") if isinstance(r.get("verdict"), str) else "—"  # a missing one reads NaN
+        if r.get("one_seed"):
+            verdict += f" ({r['one_seed']})"
+        t = r["epoch_time_s"]
         cells = [r["dataset"], r["backbone"], r["method"], *(r[a] for a in axes), r["n"], r["failed"], acc,
                  _interval(r.get("test_acc_ci_low", math.nan), r.get("test_acc_ci_high", math.nan)), delta,
-                 verdict, f"{r['epoch_time_s']:.3f}", f"{r['saved_MB_per_step']:.2f}"]
+                 verdict, r.get("executed", "—"), f"{t:.3f}" if math.isfinite(t) else "—",
+                 _mb(r["saved_MB_per_step"]),
+                 *([_mb(r["peak_MB_per_step"])] if peak else [])]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    if "executed" in table and table["executed"].str.contains("batched").any():
+        lines.append("\ns/epoch of a 'batched ×N' cell is its seeds' share of one stacked step (the step ÷ N), not "
+                     "a seed's time alone (a cell run both ways shows its runs alone): compare times between cells "
+                     "executed alike.")
+    if "no_backward" in table and table["no_backward"].any():
+        lines.append("backward activations '—': the method keeps no tensor for a backward pass (not a memory "
+                     "figure).")
     return "\n".join(lines)
 
 
@@ -172,6 +219,8 @@ def cell_aggregates(store: Store, suite: Suite, design: Design, control: str | N
         summary.update({f"test_acc_{k}": st[k] for k in ("median", "ci_low", "ci_high") if k in st})
         summary.update({f"{k}_vs_control": st[k] for k in ("delta", "delta_ci_low", "delta_ci_high", "p_adj",
                                                           "verdict") if k in st})
+        if st.get("one_seed"):  # the verdict's flag: one seed lies outside the others
+            summary["one_seed_vs_control"] = st["one_seed"]
         if st:
             summary["control"] = st["control"]
         curve = []

@@ -39,7 +39,10 @@ N_RESAMPLES = 10_000
 SEED = 0
 ROPE = 0.005  # 0.5 percentage points of accuracy, on each side of 0
 POWER = 0.8
+EFFECT_MULTIPLES = (1.0, 2.0)  # the seed advisor's default effects: the ROPE and twice it (smaller are never 'better')
 WILCOXON_FLOOR = 6  # fewer pairs: the two-sided exact p cannot fall below 0.05 (smallest p at n=5 is 0.0625)
+WILCOXON_EXACT_MAX_N = 400  # up to here the signed-rank p is exact (the whole sign-flip distribution, counted)
+WILCOXON_DRAWS = 200_000  # beyond it: this many seeded random sign flips (Monte Carlo SE of p below 0.0012)
 MIN_PAIRS = 3  # fewer paired seeds: no verdict ('insufficient evidence')
 MIN_BOOTSTRAP_N = 3  # fewer values: no bootstrap interval
 METRIC = "test_acc"
@@ -56,7 +59,7 @@ BOOKKEEPING = ("run_id", "suite", "suite_version", "cell_id", "role", "seed", "t
                "params", "manifest", "task", "group")
 NOT_FACTOR_PREFIXES = ("cfg.", "param.", "_")
 COMPUTE = ("device", "n_params", "n_train", "n_val", "n_test", "num_classes", "units", "train_time_s",
-           "epoch_time_s", "images_per_s", "saved_bytes_per_step", "peak_mem_bytes")
+           "epoch_time_s", "images_per_s", "saved_bytes_per_step", "peak_mem_bytes", "batched_seeds")
 METRIC_PREFIXES = ("val_", "test_", "train_", "best_")
 BASE_FACTORS = ("method", "dataset", "backbone")
 
@@ -303,6 +306,53 @@ def mcnemar_exact(fail_a: Sequence[bool], fail_b: Sequence[bool]) -> dict[str, A
     return {"pairs": len(fa), "only_a_failed": b, "only_b_failed": c, "p": p, "test": "McNemar exact"}
 
 
+def wilcoxon_signed_rank(d: Sequence[float], *, exact_max_n: int = WILCOXON_EXACT_MAX_N,
+                         n_draws: int = WILCOXON_DRAWS, rng: int | np.random.Generator | None = SEED
+                         ) -> dict[str, Any]:
+    """Two-sided Wilcoxon signed-rank test of the finite differences ``d`` by its permutation distribution.
+
+    Zero differences are dropped (Wilcoxon's rule, scipy's default) and tied |d| share their mid-rank.
+    Under H0 each of the 2^n sign assignments of the n nonzero differences is equally likely; with
+    W+ the rank sum of the positive ones, p = P(|W+ − E| ≥ |w+ − E|) over them. Up to ``exact_max_n``
+    nonzero differences the distribution is counted exactly (a convolution over the doubled mid-ranks,
+    which are integers: the same numbers as enumerating every assignment, at any n and with ties), so p
+    is exact where scipy's ``method='auto'`` falls back to the normal approximation (ties or zeros, or
+    n > 50). Beyond it: ``n_draws`` random sign flips from ``rng``, p = (hits + 1) / (draws + 1).
+    Returns W = min(W+, W−) (scipy's statistic), p, n_nonzero, zeros and ``method`` ('exact', 'Monte
+    Carlo (… sign flips, seed …)', or 'none (…)' with p NaN when every difference is 0)."""
+    d = np.asarray(d, float)
+    d = d[np.isfinite(d)]
+    nz = d[d != 0]
+    n = len(nz)
+    out: dict[str, Any] = {"W": math.nan, "p": math.nan, "n_nonzero": n, "zeros": len(d) - n,
+                           "method": "none (no nonzero difference)"}
+    if not n:
+        return out
+    r2 = np.rint(2 * stats.rankdata(np.abs(nz))).astype(np.int64)  # mid-ranks are halves: doubled, integers
+    total, w2 = int(r2.sum()), int(r2[nz > 0].sum())
+    observed = abs(2 * w2 - total)  # 4 |W+ − E|, an integer
+    out["W"] = min(w2, total - w2) / 2
+    if n <= exact_max_n:
+        dist = np.zeros(total + 1)
+        dist[0] = 1.0
+        for r in r2:  # each rank joins W+ with probability 1/2
+            shifted = np.zeros_like(dist)
+            shifted[r:] = dist[:total + 1 - r]
+            dist = 0.5 * (dist + shifted)
+        sums = np.arange(total + 1)
+        p = float(dist[np.abs(2 * sums - total) >= observed].sum())
+        out.update(p=min(1.0, p), method="exact")
+        return out
+    gen, hits, left = make_rng(rng), 0, n_draws
+    while left:
+        k = min(left, max(1, 2_000_000 // n))
+        flips = gen.integers(0, 2, size=(k, n), dtype=np.int8)
+        hits += int((np.abs(2 * (flips @ r2) - total) >= observed).sum())
+        left -= k
+    out.update(p=(hits + 1) / (n_draws + 1), method=f"Monte Carlo ({n_draws} sign flips, seed {_seed_of(rng)})")
+    return out
+
+
 # ====================================================================== one sample, one cell
 def iqm(x: np.ndarray, axis: int | None = None) -> np.ndarray | float:
     """Interquartile mean: the mean of the middle 50% (``scipy.stats.trim_mean`` at 0.25, as rliable)."""
@@ -347,6 +397,49 @@ def cell_table(frame: pd.DataFrame, metric: str = METRIC, by: Sequence[str] | No
     if len(out):
         out.attrs.update(metric=metric, confidence=confidence, n_resamples=n_resamples, seed=_seed_of(rng))
     return out
+
+
+def executed(batched_seeds: Any) -> str:
+    """How a run was executed, from its ``batched_seeds`` ('0,1,2': trained stacked with those seeds):
+    'alone' or 'batched ×N'."""
+    if batched_seeds is None or (isinstance(batched_seeds, float) and batched_seeds != batched_seeds):
+        return "alone"
+    return f"batched ×{len(str(batched_seeds).split(','))}"
+
+
+def compute_table(frame: pd.DataFrame, columns: Sequence[str], by: Sequence[str], *,
+                  confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Compute figures per group of ``by`` *and per way of execution* ('executed': 'alone' or 'batched
+    ×N', ``executed``), so a row only ever averages runs measured alike: seeds trained stacked share one
+    step, and each is given the batch's time (and memory) ÷ N, its per-seed share, which is not the time
+    of a seed alone. Over the finished runs, per column of ``columns``: the mean and a t interval over
+    the *independent* measurements only, one per run alone and one per batch (its seeds' equal shares
+    are one measurement, not N), with ``ci_method`` saying so; one measurement gives no interval.
+    ``saved_bytes_per_step`` 0 (no tensor saved for a backward pass: the method trains without one) is
+    not a measurement of memory and counts as missing ('no_backward' counts such runs). Long format:
+    by…, executed, quantity, runs, measurements, mean, ci_low, ci_high, ci_method, no_backward."""
+    df = frame[frame["status"] == "done"].copy() if "status" in frame else frame.copy()
+    batch = df["batched_seeds"] if "batched_seeds" in df else pd.Series(None, index=df.index, dtype=object)
+    df["executed"] = [executed(b) for b in batch]
+    df["_unit"] = [f"batch {b}" if e != "alone" else f"run {i}" for i, b, e in zip(df.index, batch, df["executed"])]
+    rows = []
+    for col in columns:
+        if col not in df:
+            continue
+        v = pd.to_numeric(df[col], errors="coerce").astype(float)
+        no_backward = v == 0 if col == "saved_bytes_per_step" else pd.Series(False, index=df.index)
+        df["_v"] = v.where(~no_backward)
+        df["_nb"] = no_backward
+        for key, g in df.groupby([*by, "executed"], sort=True, dropna=False):
+            units = g.dropna(subset=["_v"]).groupby("_unit")["_v"].mean().to_numpy(float)
+            ci = t_interval(units, confidence)
+            method = ("t over " + ("runs" if key[-1] == "alone" else "batches") if ci.method == "t" else
+                      "none (one measurement)" if len(units) == 1 else ci.method)
+            rows.append({**dict(zip([*by, "executed"], _key(key))), "quantity": col, "runs": len(g),
+                         "measurements": len(units), "mean": float(units.mean()) if len(units) else math.nan,
+                         "ci_low": ci.low, "ci_high": ci.high, "ci_method": method,
+                         "no_backward": int(g["_nb"].sum())})
+    return pd.DataFrame(rows)
 
 
 # ====================================================================== two samples
@@ -447,7 +540,7 @@ def bayes_correlated_t(d: Sequence[float], rope: float = ROPE, rho: float = RHO)
 def paired_comparison(a: Sequence[float], b: Sequence[float], *, rope: float = ROPE,
                       confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
                       rng: int | np.random.Generator | None = SEED, interval: str = "t", rho: float = RHO,
-                      effects: bool = True) -> dict[str, Any]:
+                      effects: bool = True, higher_is_better: bool = True) -> dict[str, Any]:
     """Everything about ``a`` vs ``b`` measured on the same seeds (``a[i]``, ``b[i]`` share seed i).
 
     Pairs where either value is not finite are dropped (counted in ``dropped``). Returns n_pairs, means,
@@ -461,6 +554,11 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], *, rope: float = R
     and d_z. When every difference is the same (SD 0) the tests are undefined: ``degenerate`` is True and
     the p-values are NaN (no significance claim from identical differences).
     p-values here are uncorrected; ``compare`` corrects them across a family.
+
+    Direction: delta, its intervals, t, Hedges' g and d_z are signed, a − b in the metric's units. Every
+    quantity that says *better* follows ``higher_is_better`` (False for a loss): P(worse / ROPE / better),
+    the paired share of seeds on which ``a`` is better (``ps_paired``) and the unpaired P(a better than b)
+    (``ps``); with a lower-is-better metric they equal those of the negated metric.
     """
     a, b = np.asarray(a, float), np.asarray(b, float)
     keep = np.isfinite(a) & np.isfinite(b)
@@ -482,28 +580,25 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], *, rope: float = R
     tt = paired_tests(d, rope)
     out.update(t=float(tt["t"]), df=n - 1, p_t=float(tt["p_t"]), t_ci_low=tci.low, t_ci_high=tci.high,
                p_tost=float(tt["p_tost"]), p_equiv=float(tt["p_equiv"]))
-    w = p_w = nan
     note = ""
     if n < WILCOXON_FLOOR:
         note = f"n={n} < {WILCOXON_FLOOR}: two-sided p cannot fall below 0.05"
-    if n >= 1 and np.any(d != 0):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res = stats.wilcoxon(d)
-        w, p_w = float(res.statistic), float(res.pvalue)
-    elif n >= 1:
+    wil = wilcoxon_signed_rank(d, rng=seed if seed is not None else SEED)
+    if n >= 1 and not np.any(d != 0):
         note = (note + "; " if note else "") + "all differences are 0"
-    out.update(wilcoxon_W=w, p_wilcoxon=p_w, wilcoxon_note=note)
-    bay = bayes_correlated_t(d, rope, rho)
+    out.update(wilcoxon_W=wil["W"], p_wilcoxon=wil["p"], wilcoxon_note=note, wilcoxon_method=wil["method"])
+    gain = d if higher_is_better else -d  # positive: a is better
+    bay = bayes_correlated_t(gain, rope, rho)
     out.update(bayes_p_worse=bay["p_worse"], bayes_p_rope=bay["p_rope"], bayes_p_better=bay["p_better"],
                bayes_rho=rho)
-    ps_p, ps_p_lo, ps_p_hi = paired_superiority(d, confidence)
+    ps_p, ps_p_lo, ps_p_hi = paired_superiority(gain, confidence)
     out.update(ps_paired=ps_p, ps_paired_ci_low=ps_p_lo, ps_paired_ci_high=ps_p_hi, d_z=float(_d_z(d)) if n > 1 else nan)
     if effects:
         g = float(hedges_g(a, b)) if n > 1 else nan
         g_ci = bootstrap_ci((a, b), hedges_g, paired=True, confidence=confidence, n_resamples=n_resamples, rng=gen)
-        ps = float(prob_superiority(a, b)) if n else nan
-        ps_ci = bootstrap_ci((a, b), prob_superiority, paired=True, confidence=confidence,
+        first, second = (a, b) if higher_is_better else (b, a)  # P(a better than b)
+        ps = float(prob_superiority(first, second)) if n else nan
+        ps_ci = bootstrap_ci((first, second), prob_superiority, paired=True, confidence=confidence,
                              n_resamples=n_resamples, rng=gen)
         out.update(hedges_g=g, g_ci_low=g_ci.low, g_ci_high=g_ci.high, g_ci_method=g_ci.method, ps=ps,
                    ps_ci_low=ps_ci.low, ps_ci_high=ps_ci.high, ps_ci_method=ps_ci.method)
@@ -597,6 +692,70 @@ def verdict(n_pairs: int, dec_low: float, dec_high: float, p_adj: float, p_equiv
     return VERDICTS[3], "the decision interval includes 0 and extends beyond the ROPE"
 
 
+def interval_verdict(low: float, high: float, rope: float, higher_is_better: bool = True) -> str:
+    """The verdict rule of ``verdict`` read off an interval alone: equivalent inside ±rope, better / worse
+    when it excludes 0, otherwise insufficient evidence."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return VERDICTS[3]
+    if -rope <= low and high <= rope:
+        return VERDICTS[1]
+    if low > 0 or high < 0:
+        return VERDICTS[0] if (low > 0) == higher_is_better else VERDICTS[2]
+    return VERDICTS[3]
+
+
+def outlying(x: Sequence[float], alpha: float = ALPHA) -> tuple[np.ndarray, np.ndarray]:
+    """Which values lie far outside the others, by the leave-one-out (externally studentised) residual:
+    t_i = (x_i − mean of the others) / (SD of the others · √(1 + 1/(n − 1))), Student t on n − 2 degrees
+    of freedom when the values are normal; a value is outlying when its two-sided p < alpha / n
+    (Bonferroni over the n values), so normal values are flagged in at most ``alpha`` of samples at any n.
+    The value itself never enters its own yardstick, so one collapsed seed cannot hide itself (a
+    median/MAD rule at 3-10 values flags 13-29% of normal samples). Returns (mask, p per value); nothing
+    is outlying below 3 values or when the others do not vary."""
+    x = np.asarray(x, float)
+    n = len(x)
+    if n < 3:
+        return np.zeros(n, bool), np.full(n, np.nan)
+    others = np.array([np.delete(x, i) for i in range(n)])
+    sd = others.std(axis=1, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (x - others.mean(axis=1)) / (sd * math.sqrt(1 + 1 / (n - 1)))
+        p = np.where(sd > 0, 2 * stats.t.sf(np.abs(t), n - 2), np.nan)
+    return np.nan_to_num(p, nan=1.0) < alpha / n, p
+
+
+def seed_influence(d: Sequence[float], seeds: Sequence[Any], rope: float, confidence: float, *,
+                   higher_is_better: bool = True, alpha: float = ALPHA) -> dict[str, Any]:
+    """Does one seed decide this comparison? The t interval behind a verdict assumes roughly normal
+    per-seed differences; one collapsed or exceptional seed breaks that and with it the interval's
+    coverage. Over the paired differences ``d`` (one per seed): the ``outlying`` seeds (leave-one-out
+    residual test at alpha / n), and for each the verdict without it (``interval_verdict`` of the t
+    interval at ``confidence``, the family's decision level), and ``deciding``: the seeds whose removal
+    alone changes the verdict (leave one seed out, when n − 1 ≥ MIN_PAIRS). ``flag`` names the outlying
+    seeds and their leave-out verdicts ('' when no seed is outlying): the flag shown beside a verdict."""
+    d = np.asarray(d, float)
+    seeds = list(seeds)
+    n = len(d)
+    out: dict[str, Any] = {"deciding": [], "outlying": [], "flag": ""}
+    if n < MIN_PAIRS:
+        return out
+    full = interval_verdict(*_t_bounds(d, confidence), rope, higher_is_better)
+    without = [interval_verdict(*_t_bounds(np.delete(d, i), confidence), rope, higher_is_better)
+               if n - 1 >= MIN_PAIRS else None for i in range(n)]
+    out["deciding"] = [seeds[i] for i in range(n) if without[i] is not None and without[i] != full]
+    mask, p = outlying(d, alpha)
+    far = np.flatnonzero(mask)
+    out["outlying"] = [seeds[i] for i in far]
+    out["flag"] = "; ".join(f"seed {seeds[i]} outlying (p {p[i]:.1g} < {alpha:g}/{n})"
+                            + ("" if without[i] is None else f", without it: {without[i]}") for i in far)
+    return out
+
+
+def _t_bounds(d: np.ndarray, confidence: float) -> tuple[float, float]:
+    ci = t_interval(d, confidence)
+    return ci.low, ci.high
+
+
 def decide(n_pairs: np.ndarray, delta: np.ndarray, sd: np.ndarray, p_t: np.ndarray, p_equiv: np.ndarray,
            rope: np.ndarray, degenerate: np.ndarray, *, alpha: float = ALPHA, correction: str = "holm",
            higher_is_better: bool = True) -> dict[str, Any]:
@@ -688,6 +847,20 @@ def chance_level(frame: pd.DataFrame, chance: float | Mapping[str, float] | None
     return float(1 / k.iloc[0]) if len(k) and k.iloc[0] > 0 else 0.0
 
 
+def failure_score(frame: pd.DataFrame, metric: str, chance: float | Mapping[str, float] | None = None,
+                  higher_is_better: bool = True) -> float:
+    """The value a failed run is scored at in the worst-case sensitivity analysis of a stratum: ``chance``
+    where it gives one (in the metric's units); else, for a higher-is-better metric, chance accuracy
+    (``chance_level``); for a lower-is-better one (a loss, whose chance level is not known here), the worst
+    usable value of the stratum, its maximum."""
+    given = chance is not None and not (isinstance(chance, Mapping) and (
+        "dataset" not in frame or not len(frame) or frame["dataset"].iloc[0] not in chance))
+    if higher_is_better or given:
+        return chance_level(frame, chance)
+    values = frame.loc[ok_mask(frame, metric), metric].astype(float)
+    return float(values.max()) if len(values) else math.nan
+
+
 def _both_outcomes(outcomes_a: pd.DataFrame, outcomes_b: pd.DataFrame) -> pd.DataFrame:
     """Seeds with an outcome (ok or failed) on both sides: value_a, outcome_a, value_b, outcome_b."""
     both = outcomes_a.add_suffix("_a").join(outcomes_b.add_suffix("_b"), how="inner")
@@ -764,9 +937,16 @@ def compare(frame: pd.DataFrame, metric: str = METRIC, *, control: str = "bp", f
     * ``reliability``: failure rates with exact intervals, McNemar's exact test on seed pairs (p_fail;
       p_fail_adj corrected within the family by the same method), and ``reliability_flag`` 'less
       reliable' (or 'more reliable') when the corrected test is significant;
-    * a worst-case sensitivity analysis: every failed run scored as chance accuracy (``chance_level``,
-      1/classes), the whole family decided again: sens_delta, sens_verdict, and ``survives_failures``
-      (the verdict is unchanged; always True when neither side failed).
+    * ``one_seed``: the flag of ``seed_influence`` (a seed outlying by the leave-one-out residual test,
+      with the verdict without it; '' when none), and the seeds whose removal alone changes the verdict
+      (``deciding_seeds``) and the outlying ones (``outlying_seeds``);
+    * a worst-case sensitivity analysis: every failed run scored at ``failure_score`` (chance accuracy,
+      1/classes; for a lower-is-better metric ``chance`` or the stratum's worst value), the whole family
+      decided again: sens_delta, sens_verdict, and ``survives_failures`` (the verdict is unchanged; always
+      True when neither side failed).
+
+    ``higher_is_better`` (False for a loss) turns every directional quantity: the verdicts, P(worse / ROPE
+    / better), the paired and unpaired probabilities of superiority, and the failure score.
 
     Each comparison's bootstrap (if any) uses a fresh Generator seeded ``rng``.
     """
@@ -784,7 +964,7 @@ def compare(frame: pd.DataFrame, metric: str = METRIC, *, control: str = "bp", f
             if frozenset((m, ref)) not in seen:
                 pairs.append((ref, m, "exploratory") if ref == control else (m, ref, "exploratory"))
     strata = {m: _strata(df[df[method_col] == m], strata_cols) for m in methods}
-    rows, sens_rows = [], []
+    rows, sens_rows, diffs = [], [], []
     for m, ref, family in pairs:
         for sa, ga in strata[m]:
             for sb, gb in strata[ref]:
@@ -796,14 +976,17 @@ def compare(frame: pd.DataFrame, metric: str = METRIC, *, control: str = "bp", f
                 ca, cb = status_counts(ga, metric), status_counts(gb, metric)
                 r = resolve_rope(rope, stratum.get("dataset"))
                 res = paired_comparison(pv["a"].to_numpy(), pv["b"].to_numpy(), rope=r, confidence=confidence,
-                                        n_resamples=n_resamples, rng=rng, interval=interval, rho=rho)
+                                        n_resamples=n_resamples, rng=rng, interval=interval, rho=rho,
+                                        higher_is_better=higher_is_better)
+                diffs.append((pv["a"].to_numpy(float) - pv["b"].to_numpy(float), list(pv["seed"]), r))
                 oa, ob = seed_outcomes(ga, metric), seed_outcomes(gb, metric)
                 rel = reliability(oa, ob, confidence)
-                ch = chance_level(g, chance)
+                ch = failure_score(g, metric, chance, higher_is_better)
                 both = _both_outcomes(oa, ob)
                 sa_v = np.where(both["outcome_a"] == "failed", ch, both["value_a"])
                 sb_v = np.where(both["outcome_b"] == "failed", ch, both["value_b"])
-                sens = paired_comparison(sa_v, sb_v, rope=r, interval="t", effects=False)
+                sens = paired_comparison(sa_v, sb_v, rope=r, interval="t", effects=False,
+                                         higher_is_better=higher_is_better)
                 sens_rows.append({"family": family, **{k: sens[k] for k in
                                                        ("n_pairs", "delta", "sd_diff", "p_t", "p_equiv", "rope",
                                                         "degenerate")}})
@@ -837,6 +1020,11 @@ def compare(frame: pd.DataFrame, metric: str = METRIC, *, control: str = "bp", f
     sig = out["p_fail_adj"] < alpha
     out["reliability_flag"] = np.where(sig & (out["fail_rate_method"] > out["fail_rate_reference"]), "less reliable",
                                        np.where(sig, "more reliable", ""))
+    influence = [seed_influence(d, seeds, r, conf, higher_is_better=higher_is_better, alpha=alpha)
+                 for (d, seeds, r), conf in zip(diffs, out["decision_confidence"])]
+    out["one_seed"] = [i["flag"] for i in influence]
+    out["outlying_seeds"] = [",".join(map(str, i["outlying"])) for i in influence]
+    out["deciding_seeds"] = [",".join(map(str, i["deciding"])) for i in influence]
     out["alpha"] = alpha
     out.attrs.update(metric=metric, alpha=alpha, confidence=confidence, n_resamples=n_resamples, seed=rng,
                      control=control, interval=interval, rho=rho)
@@ -943,15 +1131,20 @@ def seeds_needed_equivalence(rope: float, sd_diff: float, *, alpha: float = ALPH
     return _smallest_n(lambda n: power_equivalence(rope / sd_diff, n, a, true_delta / sd_diff), power, max_n)
 
 
-def seed_advice(comparisons: pd.DataFrame, deltas: Sequence[float] = (0.002, 0.005, 0.01), *,
-                alpha: float = ALPHA, power: float = POWER, confidence: float = CONFIDENCE) -> pd.DataFrame:
+def seed_advice(comparisons: pd.DataFrame, deltas: Sequence[float] | None = None, *,
+                multiples: Sequence[float] = EFFECT_MULTIPLES, alpha: float = ALPHA, power: float = POWER,
+                confidence: float = CONFIDENCE) -> pd.DataFrame:
     """For every comparison with ≥2 pairs: the observed SD of the paired differences, its upper
     confidence bound (chi-square, one-sided at ``confidence``), and the paired seeds needed at ``power``
     (both at the observed SD and at the upper bound: a small pilot underestimates the SD about as often
-    as not) for: a difference claim for each Δ in ``deltas`` and the comparison's ROPE (kind
-    'difference'), and the equivalence claim within the ROPE when the true difference is 0 (kind
-    'equivalence'). The level is α / (the number of hypotheses in the comparison's confirmatory family,
-    2 per comparison: Holm's worst case); exploratory comparisons use α."""
+    as not) for a difference claim (kind 'difference') and for the equivalence claim within the ROPE when
+    the true difference is 0 (kind 'equivalence'). The level is α / (the number of hypotheses in the
+    comparison's confirmatory family, 2 per comparison: Holm's worst case); exploratory comparisons use α.
+
+    The effects advised for are those the verdict rule can call better or worse: a true difference inside
+    the ROPE ends 'equivalent' as seeds grow, never 'better'. So the default effects are ``multiples`` of
+    each comparison's ROPE (the ROPE itself and twice it); ``deltas``, when given, are absolute
+    differences, and one smaller than the ROPE gets no seed count (``below_rope`` True)."""
     rows = []
     cols = list(comparisons.columns)
     strata = cols[:cols.index("method")] if "method" in cols else []
@@ -962,19 +1155,24 @@ def seed_advice(comparisons: pd.DataFrame, deltas: Sequence[float] = (0.002, 0.0
         sd_hi = sd * math.sqrt((n - 1) / stats.chi2.ppf(1 - confidence, n - 1))
         fam = r.get("family_hypotheses", 2 * (r.get("family_size", 1) or 1))
         m = int(fam or 1) if r.get("family") == "confirmatory" else 1
+        rope = r["rope"]
         base = {**{k: r[k] for k in strata}, "method": r["method"], "reference": r["reference"], "n_pairs": n,
-                "sd_diff": sd, "sd_diff_upper": sd_hi, "comparisons": m}
-        targets = list(deltas) + ([r["rope"]] if r["rope"] not in deltas else [])
+                "sd_diff": sd, "sd_diff_upper": sd_hi, "comparisons": m, "rope": rope}
+        targets = [rope * k for k in multiples] if deltas is None else sorted(set(deltas) | {rope})
         for delta in targets:
-            rows.append({**base, "kind": "difference", "delta": delta, "is_rope": delta == r["rope"],
-                         "seeds_needed": seeds_needed(delta, sd, alpha=alpha, power=power, comparisons=m),
-                         "seeds_needed_upper_sd": seeds_needed(delta, sd_hi, alpha=alpha, power=power, comparisons=m)})
-        rows.append({**base, "kind": "equivalence", "delta": r["rope"], "is_rope": True,
-                     "seeds_needed": seeds_needed_equivalence(r["rope"], sd, alpha=alpha, power=power, comparisons=m),
-                     "seeds_needed_upper_sd": seeds_needed_equivalence(r["rope"], sd_hi, alpha=alpha, power=power,
+            below = abs(delta) < rope * (1 - 1e-9)
+            rows.append({**base, "kind": "difference", "delta": delta, "is_rope": math.isclose(delta, rope),
+                         "below_rope": below,
+                         "seeds_needed": None if below else seeds_needed(delta, sd, alpha=alpha, power=power,
+                                                                         comparisons=m),
+                         "seeds_needed_upper_sd": None if below else seeds_needed(delta, sd_hi, alpha=alpha,
+                                                                                  power=power, comparisons=m)})
+        rows.append({**base, "kind": "equivalence", "delta": rope, "is_rope": True, "below_rope": False,
+                     "seeds_needed": seeds_needed_equivalence(rope, sd, alpha=alpha, power=power, comparisons=m),
+                     "seeds_needed_upper_sd": seeds_needed_equivalence(rope, sd_hi, alpha=alpha, power=power,
                                                                        comparisons=m)})
     out = pd.DataFrame(rows)
-    out.attrs.update(alpha=alpha, power=power)
+    out.attrs.update(alpha=alpha, power=power, multiples=tuple(multiples))
     return out
 
 
@@ -1011,7 +1209,7 @@ def cell_summaries(frame: pd.DataFrame, control: str = "bp", rope: float | Mappi
                      decision_confidence=r["decision_confidence"], n_pairs=r["n_pairs"],
                      p_adj=r["p_adj"], verdict=r["verdict"], reason=r["reason"],
                      reliability=r["reliability_flag"], survives_failures=bool(r["survives_failures"]),
-                     verdict_failures_as_chance=r["sens_verdict"], p_worse=r["bayes_p_worse"],
+                     verdict_failures_as_chance=r["sens_verdict"], one_seed=r["one_seed"], p_worse=r["bayes_p_worse"],
                      p_rope=r["bayes_p_rope"], p_better=r["bayes_p_better"])
         elif hits:
             s.update(delta=math.nan, verdict=f"{len(hits)} comparisons (see the report)",
@@ -1348,17 +1546,13 @@ def friedman(matrix: pd.DataFrame, alpha: float = ALPHA, higher_is_better: bool 
 
 def wilcoxon_across(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
     """Wilcoxon signed-rank test of x − y across datasets (Demšar 2006's test for two methods over N
-    datasets; exact p for small N, zero differences dropped), with a note below its floor of 6."""
+    datasets; ``wilcoxon_signed_rank``: exact p, zero differences dropped), with a note below its floor of 6."""
     d = np.asarray(x, float) - np.asarray(y, float)
     d = d[np.isfinite(d)]
-    out = {"N": len(d), "W": math.nan, "p": math.nan, "note": ""}
+    w = wilcoxon_signed_rank(d)
+    out = {"N": len(d), "W": w["W"], "p": w["p"], "method": w["method"], "note": ""}
     if len(d) < WILCOXON_FLOOR:
         out["note"] = f"N={len(d)} < {WILCOXON_FLOOR}: two-sided p cannot fall below 0.05"
-    if np.any(d != 0):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res = stats.wilcoxon(d)
-        out.update(W=float(res.statistic), p=float(res.pvalue))
     return out
 
 

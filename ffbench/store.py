@@ -447,7 +447,8 @@ class Store:
 
     def frame(self, suite: str | None = None, role: str | None = "evaluation", version: int | None = None):
         """The tidy table: one row per run, factors, metrics and compute flattened into columns
-        (tuned parameters as ``param.<name>``). ``version``: only rows of that suite version."""
+        (tuned parameters as ``param.<name>``; ``batched_seeds``: the seeds a run trained stacked with,
+        e.g. '0,1,2', None when it trained alone). ``version``: only rows of that suite version."""
         import pandas as pd
 
         where: dict[str, Any] = {"role": role} if role else {}
@@ -463,6 +464,8 @@ class Store:
                         for k, v in r["config"].items()})
             rec.update(r["metrics"] or {})
             rec.update({k: v for k, v in (r["compute"] or {}).items() if not isinstance(v, (list, dict))})
+            batch = ((r["manifest"] or {}).get("batched") or {}).get("seeds")  # trained stacked with these seeds
+            rec["batched_seeds"] = ",".join(map(str, batch)) if batch else None
             rec["curves"] = r["curves"] or []
             records.append(rec)
         return pd.DataFrame.from_records(records)

@@ -12,7 +12,7 @@ import pandas as pd
 
 from ffbench import figures as F
 from ffbench import stats
-from ffbench.document import Section, fmt_ci, fmt_num, fmt_p, fmt_pct
+from ffbench.document import Section, fmt_ci, fmt_num, fmt_p, fmt_pct, fmt_sig
 from ffbench.report import ReportKind, report_kind
 from ffbench.report_context import ReportContext, fail_rate, verdicts_display
 
@@ -49,7 +49,9 @@ def tests_display(comp: pd.DataFrame) -> pd.DataFrame:
         "p_t": [fmt_p(p) for p in comp["p_t"]],
         "p adj": [f"{fmt_p(p)} ({c})" for p, c in zip(comp["p_adj"], comp["correction"])],
         "equiv. p adj": [fmt_p(p) for p in comp["p_equiv_adj"]],
-        "Wilcoxon p": [fmt_p(p) + (" *" if note else "") for p, note in zip(comp["p_wilcoxon"], comp["wilcoxon_note"])],
+        "Wilcoxon p": [fmt_p(p) + (" *" if note else "") + (" (Monte Carlo)" if str(how).startswith("Monte") else "")
+                       for p, note, how in zip(comp["p_wilcoxon"], comp["wilcoxon_note"],
+                                               comp.get("wilcoxon_method", [""] * len(comp)))],
         "Hedges' g [CI]": [fmt_ci(g, lo, hi, scale=1) for g, lo, hi in
                            zip(comp["hedges_g"], comp["g_ci_low"], comp["g_ci_high"])],
         "P(m>ref) [CI]": [fmt_ci(g, lo, hi, scale=1) for g, lo, hi in
@@ -122,7 +124,10 @@ class Comparison(ReportKind):
                  "McNemar's exact test on seed pairs (Holm over the comparisons with a discordant seed; "
                  "'less reliable' when significant), and a worst-case sensitivity analysis that scores every failed "
                  "run at chance accuracy (1/classes) and decides the family again; a verdict that does not survive "
-                 "it is flagged. P(worse / ROPE / better): Bayesian correlated t-test on the per-seed differences "
+                 "it is flagged. A seed whose difference lies far outside the others' is flagged beside the "
+                 "verdict with the verdict without it (leave-one-out residual t-test, p < α / seeds): the t interval "
+                 "assumes roughly normal differences, and one collapsed seed breaks its coverage. "
+                 "P(worse / ROPE / better): Bayesian correlated t-test on the per-seed differences "
                  f"(Corani & Benavoli 2015) with ρ = {stats.RHO:g}: the seeds are independent training runs on a "
                  "fixed split, whose shared test-set variance is in the variance-sources table.")
         sec.table("comparisons", conf, verdicts_display(conf),
@@ -134,7 +139,8 @@ class Comparison(ReportKind):
                           f"{o.confidence:.0%} interval of the mean paired difference ({conf['ci_method'].iloc[0]}); "
                           "p_t: paired t-test; p adj: Holm-corrected difference claim; equiv. p adj: Holm-corrected "
                           "claim 'the interval lies inside ±ROPE' (2 × the TOST p); paired P(Δ>0): share of seeds the "
-                          f"method wins, exact CI; Wilcoxon signed-rank p, * = fewer than {stats.WILCOXON_FLOOR} pairs "
+                          f"method wins, exact CI; Wilcoxon signed-rank p (exact: the sign-flip distribution, tied "
+                          f"differences at mid-ranks, zeros dropped), * = fewer than {stats.WILCOXON_FLOOR} pairs "
                           "(cannot reach p < 0.05); McNemar p adj: exact test of the failure rates on seed pairs (Holm).")
         sec.figure("differences", F.paired_differences(conf),
                    caption=f"Paired difference to the control with its uncorrected {o.confidence:.0%} CI; shaded: "
@@ -294,8 +300,10 @@ class Comparison(ReportKind):
                    "Holm m": r0["comparisons"]}
             for r in g.to_dict("records"):
                 label = ("equivalence (true Δ=0, ±ROPE)" if r.get("kind") == "equivalence" else
-                         f"Δ={r['delta'] * 100:g}pp" + (" (ROPE)" if r["is_rope"] else ""))
-                row[label] = " / ".join(_n(r[k]) for k in ("seeds_needed", "seeds_needed_upper_sd"))
+                         f"Δ={r['delta'] * 100:g}pp" + (" (ROPE)" if r["is_rope"] else
+                                                        f" ({r['delta'] / r['rope']:g}×ROPE)"))
+                row[label] = ("below the ROPE: never 'better'" if r.get("below_rope") else
+                              " / ".join(_n(r[k]) for k in ("seeds_needed", "seeds_needed_upper_sd")))
             rows.append(row)
         sec.text(f"Paired seeds needed for {o.power:.0%} power to detect a true difference Δ with the two-sided "
                  f"paired t-test at α/m (m = the hypotheses in the Holm family, 2 per comparison: its worst case), and "
@@ -305,7 +313,9 @@ class Comparison(ReportKind):
                  "at the observed SD / at its "
                  f"{o.confidence:.0%} upper confidence bound (a pilot of a few seeds estimates the SD poorly). "
                  "ffbench's convention: 3 seeds for smoke tests, 5 for exploratory grids, ≥10 or "
-                 "this number for a headline claim.")
+                 "this number for a headline claim. The effects are the ROPE and twice it (unless set): a true "
+                 "difference smaller than the ROPE ends 'equivalent' as seeds are added, never 'better', so no "
+                 "seed count makes the verdict call it better.")
         sec.table("seed_advice", adv, pd.DataFrame(rows), caption="Seed-count advisor.")
         return sec
 
@@ -347,33 +357,51 @@ class Comparison(ReportKind):
     def compute(self, ctx: ReportContext) -> Section:
         o = ctx.options
         sec = Section("Time and memory")
-        df = ctx.frame.copy()
-        quantities = {"s / epoch": "epoch_time_s", "images / s": "images_per_s",
-                      "saved activations MiB / step": "saved_bytes_per_step", "peak GPU memory MiB": "peak_mem_bytes"}
-        tables, rows = {}, {}
-        for label, col in quantities.items():
-            if col not in df:
-                continue
-            v = pd.to_numeric(df[col], errors="coerce").astype(float)
-            if "bytes" in col:
-                v = v / 2**20
-            df[f"_{col}"] = v
-            t = stats.cell_table(df, f"_{col}", ["task", "method"], confidence=o.confidence, n_resamples=o.n_resamples,
-                                 rng=o.seed)
-            tables[label] = t
-            for r in t.to_dict("records"):
-                rows.setdefault((r["task"], r["method"]), {"task": r["task"], "method": r["method"], "n": r["n"]})[label] = (
-                    fmt_ci(r["mean"], r["ci_low"], r["ci_high"], 3, 1, sig=True))
-        if not tables:
+        quantities = {"epoch_time_s": "s / epoch", "images_per_s": "images / s",
+                      "saved_bytes_per_step": "activations saved for backward, MiB / step",
+                      "peak_mem_bytes": "peak GPU memory of a step, MiB"}
+        long = stats.compute_table(ctx.frame, list(quantities), ["task", "method"], confidence=o.confidence)
+        if len(long):
+            long = long[(long["measurements"] > 0) | (long["no_backward"] > 0)]  # e.g. no peak memory on CPU
+        if not len(long):
             return sec.note("No compute measurements recorded.")
-        sec.table("compute", pd.concat([t.assign(quantity=k) for k, t in tables.items()]), pd.DataFrame(rows.values()),
-                  caption="Mean [bootstrap CI] over the finished runs. Training time excludes evaluation and is "
-                          "device-synchronised; saved activations are the peak bytes held for backward over the first "
-                          "steps (autograd saved-tensor hooks); peak GPU memory is measured on CUDA only.")
-        sec.figure("compute", F.compute_plot(tables), caption="Time and memory per method (mean and CI); each panel "
-                                                              "is a different quantity on its own scale.")
-        if "peak_mem_bytes" in df and not np.isfinite(pd.to_numeric(df["peak_mem_bytes"], errors="coerce")).any():
-            sec.note("Peak GPU memory is empty: these runs were on the CPU.")
+        mib = long["quantity"].str.endswith("_bytes") | (long["quantity"] == "saved_bytes_per_step")
+        for c in ("mean", "ci_low", "ci_high"):
+            long.loc[mib, c] = long.loc[mib, c] / 2**20
+        keys = ["task", "method", "executed"]
+        rows: dict[tuple, dict] = {}
+        for r in long.to_dict("records"):
+            row = rows.setdefault(tuple(r[k] for k in keys), {**{k: r[k] for k in keys}, "runs": r["runs"],
+                                                              "independent measurements": r["measurements"]})
+            row[quantities[r["quantity"]]] = (
+                "— (no backward pass)" if not r["measurements"] and r["no_backward"] else
+                fmt_ci(r["mean"], r["ci_low"], r["ci_high"], 3, 1, sig=True) if np.isfinite(r["ci_low"]) else
+                fmt_sig(r["mean"], 3) + " (no interval: one measurement)")
+        batched = long["executed"] != "alone"
+        sec.table("compute", long, pd.DataFrame(rows.values()).fillna("—"),
+                  caption="Mean [t CI] over the independent measurements of the finished runs: one per run trained "
+                          "alone, one per batch of seeds trained stacked (its seeds share one step, so their equal "
+                          "figures are one measurement). 'executed' says how: a batched row's time and memory are "
+                          "its per-seed share (the stacked step's ÷ its seeds) and its images / s the stacked "
+                          "step's throughput over all its seeds, neither a seed's figure alone, so compare them "
+                          "only between rows executed alike. Training time excludes evaluation and is "
+                          "device-synchronised. Activations saved for backward: the peak bytes autograd holds for "
+                          "the backward pass over the first steps (saved-tensor hooks), not the whole memory; '—' "
+                          "for a method without a backward pass. Peak GPU memory: the device's peak during the "
+                          "training steps above the resident data and parameters (CUDA only; absent on the CPU).")
+        tables = {}
+        for col, label in quantities.items():
+            t = long[(long["quantity"] == col) & (long["measurements"] > 0)]
+            if len(t):  # the figure tells executions apart by the panel label of each bar
+                tables[label] = t.assign(task=[f"{k} · {e}" for k, e in zip(t["task"], t["executed"])])
+        sec.figure("compute", F.compute_plot(tables),
+                   caption="Time and memory per method (mean and CI over independent measurements); each bar is "
+                           "labelled with its task and how it was executed (batched: the per-seed share); each panel "
+                           "is a different quantity on its own scale.")
+        if batched.any():
+            sec.note("Some cells trained their seeds stacked (seed batching) and others alone: their times are "
+                     "not like for like. A batched row gives each seed's share of a stacked step; set `[suite] "
+                     "batch_seeds = false` to time every seed alone.")
         return sec
 
     def failures(self, ctx: ReportContext) -> Section:

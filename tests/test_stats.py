@@ -356,3 +356,119 @@ def test_expected_max_and_budget_curves():
     b = S.budget_curves(tun)
     assert list(b["best_so_far"]) == [0.5, 0.5, 0.7, 0.7] and (b["failures"] == 1).all()
     assert b["expected_max"].iloc[0] == pytest.approx(0.6)
+
+
+# ---------------------------------------------------------------- Wilcoxon signed-rank: exact with ties and zeros
+def _enumerated_wilcoxon_p(d) -> float:
+    """Brute force: every sign assignment of the nonzero differences' mid-ranks, equally likely."""
+    import itertools
+
+    nz = np.asarray(d, float)[np.asarray(d) != 0]
+    r = ss.rankdata(np.abs(nz))
+    e, w = r.sum() / 2, r[nz > 0].sum()
+    hits = [abs(np.dot(r, s) - e) >= abs(w - e) - 1e-9 for s in itertools.product([0, 1], repeat=len(nz))]
+    return float(np.mean(hits))
+
+
+@pytest.mark.parametrize("n", [6, 15, 30, 60])
+def test_wilcoxon_matches_scipy_exact_without_ties(n):
+    d = np.random.default_rng(n).normal(0.3, 1, n)
+    got, ref = S.wilcoxon_signed_rank(d), ss.wilcoxon(d, method="exact")
+    assert got["method"] == "exact" and got["W"] == ref.statistic
+    assert got["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+
+
+@pytest.mark.parametrize("d", [[0, -2, 0, 0, 1, 0, -1, 0, 0, 0, -1, 0, -1, 1],  # n = 14, 8 zeros, tied ranks
+                               [0, 0, 1, 1, 1, 2, 2, -1, 3, 3, -2, 1, 2, 0, 4, -1, 2, 1],
+                               [1, 1, 1, -1, 2, 2, -2, 3]])
+def test_wilcoxon_with_ties_and_zeros_equals_enumeration(d):
+    d = np.asarray(d, float) / 1000
+    got = S.wilcoxon_signed_rank(d)
+    assert got["method"] == "exact" and got["zeros"] == int((d == 0).sum())
+    assert got["p"] == pytest.approx(_enumerated_wilcoxon_p(d), abs=1e-12)
+    r = S.paired_comparison(d + 0.9, np.full(len(d), 0.9), n_resamples=200)  # what the comparisons report
+    assert r["p_wilcoxon"] == pytest.approx(got["p"], abs=1e-9) and r["wilcoxon_method"] == "exact"
+
+
+def test_wilcoxon_beyond_the_exact_limit_is_a_seeded_monte_carlo():
+    d = np.random.default_rng(4).integers(-3, 5, 16).astype(float)  # ties and zeros
+    exact = S.wilcoxon_signed_rank(d)["p"]
+    mc = S.wilcoxon_signed_rank(d, exact_max_n=10, n_draws=50_000, rng=3)
+    assert mc["method"] == "Monte Carlo (50000 sign flips, seed 3)"
+    assert mc["p"] == pytest.approx(exact, abs=4 * math.sqrt(exact * (1 - exact) / 50_000) + 1e-4)
+    assert S.wilcoxon_signed_rank(d, exact_max_n=10, n_draws=50_000, rng=3)["p"] == mc["p"]  # reproducible
+    assert math.isnan(S.wilcoxon_signed_rank(np.zeros(5))["p"])
+
+
+# ---------------------------------------------------------------- direction: a loss, lower is better
+def _acc_with_a_failure() -> pd.DataFrame:
+    rng = np.random.default_rng(8)
+    base = 0.9 + rng.normal(0, 0.01, 6)
+    rows = [{"method": m, "dataset": "d", "backbone": "mlp", "seed": s, "status": "done", "test_acc": v,
+             "num_classes": 10} for m, vals in (("bp", base), ("x", base + 0.008 + rng.normal(0, 0.004, 6)))
+            for s, v in enumerate(vals)]
+    rows[-1]["status"] = "failed"  # x's seed 5
+    return pd.DataFrame(rows)
+
+
+def test_every_directional_quantity_follows_higher_is_better():
+    acc = _acc_with_a_failure()
+    loss = acc.assign(test_acc=-acc["test_acc"])  # the same data as a loss: lower is better
+    a = S.compare(acc, n_resamples=500, chance=0.1).iloc[0]
+    b = S.compare(loss, n_resamples=500, chance=-0.1, higher_is_better=False).iloc[0]
+    for k in ("verdict", "bayes_p_worse", "bayes_p_rope", "bayes_p_better", "ps_paired", "ps_paired_ci_low",
+              "ps_paired_ci_high", "ps", "sens_verdict", "survives_failures", "p_t", "p_wilcoxon", "one_seed"):
+        assert a[k] == pytest.approx(b[k], abs=1e-12) if isinstance(a[k], float) else a[k] == b[k], k
+    assert a["bayes_p_better"] > 0.5 and a["ps_paired"] > 0.5  # x is better on accuracy, and on the loss
+    for k in ("delta", "sens_delta", "hedges_g"):  # signed differences, method − reference, in the metric's units
+        assert b[k] == pytest.approx(-a[k])
+    assert (b["dec_low"], b["dec_high"]) == pytest.approx((-a["dec_high"], -a["dec_low"]))
+
+
+def test_a_failed_run_of_a_loss_scores_the_stratum_s_worst_value():
+    acc = _acc_with_a_failure()
+    loss = acc.assign(test_acc=1 - acc["test_acc"])  # an error rate, chance level not given
+    r = S.compare(loss, n_resamples=200, higher_is_better=False).iloc[0]
+    done = loss[loss["status"] == "done"]["test_acc"]
+    assert r["chance"] == pytest.approx(done.max())  # not accuracy's 1/classes, which reads as a good loss
+    assert S.failure_score(loss, "test_acc", 0.9, higher_is_better=False) == 0.9  # a given level wins
+    assert S.failure_score(acc, "test_acc") == pytest.approx(0.1)  # accuracy: chance, 1/classes
+
+
+# ---------------------------------------------------------------- a verdict that one seed decides
+def test_outlying_is_the_leave_one_out_residual_test():
+    x = np.array([0.010, 0.012, 0.009, 0.011, 0.013, 0.010, 0.012, 0.011, 0.010, -0.08])
+    mask, p = S.outlying(x)
+    others = x[:-1]
+    t = (x[-1] - others.mean()) / (others.std(ddof=1) * math.sqrt(1 + 1 / 9))
+    assert p[-1] == pytest.approx(2 * ss.t.sf(abs(t), 8)) and mask.tolist() == [False] * 9 + [True]
+    assert not S.outlying(x[:-1])[0].any() and not S.outlying(x[:2])[0].any()
+
+
+def test_a_collapsed_seed_is_flagged_beside_the_verdict():
+    from ffbench.report_context import verdict_label
+
+    rng = np.random.default_rng(2)
+    base = 0.9 + rng.normal(0, 0.01, 10)
+    d = 0.01 + rng.normal(0, 0.002, 10)
+    d[7] = -0.09  # seed 7 collapses
+    frame = _frame({"x": d}, base)
+    r = S.compare(frame, n_resamples=200).iloc[0]
+    assert r["outlying_seeds"] == "7" and r["one_seed"].startswith("seed 7 outlying")
+    assert "without it: better" in r["one_seed"] and r["one_seed"] in verdict_label(r)
+    cells = S.cell_summaries(frame.assign(cell_id=frame["method"]))
+    assert cells["x"]["one_seed"] == r["one_seed"]
+    clean = S.compare(_frame({"x": 0.01 + rng.normal(0, 0.002, 10)}, base), n_resamples=200).iloc[0]
+    assert clean["one_seed"] == "" and clean["verdict"] == "better"
+
+
+def test_the_end_of_run_table_shows_the_flag_beside_the_verdict():
+    from ffbench import results
+
+    row = dict(dataset="digits", backbone="mlp", method="x", n=10, failed=0, test_acc_mean=91.0, test_acc_sd=3.0,
+               test_acc_ci_low=89.0, test_acc_ci_high=93.0, delta_vs_control=-0.2, delta_ci_low_vs_control=-2.0,
+               delta_ci_high_vs_control=1.6, verdict="insufficient evidence",
+               one_seed="seed 7 outlying (p 2e-09 < 0.05/10), without it: better", executed="alone",
+               epoch_time_s=0.5, saved_MB_per_step=1.0, no_backward=False)
+    line = next(ln for ln in results.format_table(pd.DataFrame([row])).splitlines() if ln.startswith("| digits"))
+    assert "| insufficient evidence (seed 7 outlying (p 2e-09 < 0.05/10), without it: better) |" in line

@@ -334,3 +334,30 @@ def test_a_run_stores_its_per_example_test_correctness():
                            **m} for s in range(3)])
     vt = S.variance_table(frame)
     assert len(vt) == 1 and vt["n_seeds"].iloc[0] == 3 and vt["sd_seed"].iloc[0] == 0
+
+
+# ---------------------------------------------------------------- the seed advisor advises what a verdict can reach
+def test_seed_advice_is_for_effects_the_verdict_can_call_better():
+    rng = np.random.default_rng(5)
+    base = 0.9 + rng.normal(0, 0.01, 5)
+    comp = S.compare(_frame({"bp": base, "x": base + rng.normal(0, 0.003, 5)}), control="bp", n_resamples=200)
+    adv = S.seed_advice(comp)
+    diff = adv[adv["kind"] == "difference"]
+    rope = comp["rope"].iloc[0]
+    assert list(diff["delta"]) == pytest.approx([rope * k for k in S.EFFECT_MULTIPLES]) and diff["delta"].min() >= rope
+    sd = comp["sd_diff"].iloc[0]
+    n = int(diff["seeds_needed"].iloc[0])  # for a true difference of one ROPE
+    verdicts = _verdicts([rope], n, sd, 2000, np.random.default_rng(6), rope)[:, 0]
+    assert (verdicts == "better").mean() >= 0.75  # the advised power (0.8), less what falls inside the ROPE
+    below = S.seed_advice(comp, deltas=[0.002])
+    assert below.loc[below["delta"] == 0.002, "below_rope"].all() and below.loc[below["delta"] == 0.002,
+                                                                                   "seeds_needed"].isna().all()
+
+
+def test_one_seed_flag_is_rare_on_normal_seeds_and_frequent_when_one_collapses():
+    rng = np.random.default_rng(7)
+    normal = np.mean([S.outlying(rng.normal(0, 1, 5))[0].any() for _ in range(2000)])
+    assert normal <= 0.065  # at most α = 0.05 (Bonferroni over the seeds), plus simulation noise
+    collapsed = rng.normal(0, 1, (500, 10))
+    collapsed[:, 3] = -12
+    assert np.mean([S.outlying(x)[0][3] for x in collapsed]) > 0.95
