@@ -73,20 +73,20 @@ def write_idx(path: Path, dims: list[int], body: bytes | None = None) -> None:
 # ---------------------------------------------------------------- the suite, checked before anything trains
 # (extra TOML, edit of the base, what the message must name)
 CASES = [
-    ("", ("widths = [16]", "widths = [-5]"), ['[backbones."mlp"].widths', "-5", "a positive integer"]),
+    ("", ("widths = [16]", "widths = [-5]"), ['[backbones."mlp"].widths', "-5", "an integer in [1, 1048576]"]),
     ("", [('backbones = ["mlp"]', 'backbones = ["cnn"]'), ("mlp]\nwidths = [16]", "cnn]\nchannels = [0, 0]")],
-     ['[backbones."cnn"].channels', "element 0", "a positive integer"]),
+     ['[backbones."cnn"].channels', "element 0", "an integer in [1, 1048576]"]),
     ("", ("epochs = 1", "epochs = 1\nclasses = 11"), ["[train].classes", "digits has 10 classes", "2..10"]),
-    ("", ("epochs = 1", "epochs = 1\ntrain_subset = 1000000"), ["[train].train_subset", "1000000", "1..1293"]),
-    ("", ("epochs = 1", "epochs = 1\nval_size = 100000"), ["[train].val_size", "100000", "1..1436"]),
+    ("", ("epochs = 1", "epochs = 1\ntrain_subset = 1000000"), ["[train].train_subset", "1000000", "10..1293"]),
+    ("", ("epochs = 1", "epochs = 1\nval_size = 100000"), ["[train].val_size", "100000", "1..1427"]),
     ("", ("epochs = 1", "epochs = 1\nval_size = 1.5"), ["[train].val_size", "1.5", "a fraction in (0, 1)"]),
     ("", ("epochs = 1", "epochs = 1\nval_size = 0.0001"), ["[train].val_size", "gives 0 validation images"]),
     ("", ("epochs = 1", "lr = inf\nepochs = 1"), ["[train].lr", "inf", "finite"]),
     ("", ("epochs = 1", "epochs = 1e9"), ["[train].epochs", "expected int"]),
     ("", ("epochs = 1", "epochs = 1000000000"), ["[train].epochs", "[1, 100000]"]),
-    ('[methods.bp]\ntrain_subset = 1300\n', None, ['[methods."bp"].train_subset', "1..1293"]),
-    ('[datasets.digits]\nval_size = 2000\n', None, ['[datasets."digits"].val_size', "1..1436"]),
-    ('[axes]\ntrain_size = [100, 5000]\n', None, ["[axes].train_size (level 5000)", "1..1293"]),
+    ('[methods.bp]\ntrain_subset = 1300\n', None, ['[methods."bp"].train_subset', "10..1293"]),
+    ('[datasets.digits]\nval_size = 2000\n', None, ['[datasets."digits"].val_size', "1..1427"]),
+    ('[axes]\ntrain_size = [100, 5000]\n', None, ["[axes].train_size (level 5000)", "10..1293"]),
     ('[datasets.digits]\nroot = 5\n', None, ['[datasets."digits"].root', "5", "a string"]),
     ('[datasets.digits]\nroot = "no/such/folder"\n', None, ['[datasets."digits"].root', "does not exist"]),
     ("", ('version = 1', 'version = 1\ncontrol = "nonexistent"'), ["[suite].control", "nonexistent", "allowed: bp"]),
@@ -96,6 +96,53 @@ CASES = [
     ("", ('name = "t"', 'name = ".."'), ["[suite].name", "'..'"]),
     ('[methods."bp.depsup"]\nlr = 0.1\n', None, ['bp.depsup', "not in [design].methods", "allowed: bp"]),
 ]
+# Values that used to end in a traceback, a method failure recorded for good, or a run that read them wrongly.
+TUNING = '[tuning]\ntrials = {trials}\nseeds = [100]\nsampler = "TPESampler"\nsampler_args = {{ {sampler_args} }}\n' \
+         'pruner = "{pruner}"\npruner_args = {{ {pruner_args} }}\n'
+
+
+def tuning(trials=2, sampler_args="seed = 0", pruner="NopPruner", pruner_args="") -> str:
+    return TUNING.format(trials=trials, sampler_args=sampler_args, pruner=pruner, pruner_args=pruner_args)
+
+
+def generic_axis(name: str, levels: str = "[0.001, 0.01]") -> str:
+    return f'[axes."{name}"]\ntrain_field = "lr"\nlevels = {levels}\n'
+
+
+HOSTILE = [
+    ("", ("seeds = [0]", f"seeds = [{2**63}]"), ["[design].seeds", "0..2147483647"]),
+    ("", ("version = 1", f"version = {2**63}"), ["[suite].version", str(2**63), "1..2147483647"]),
+    ("x = " + "[" * 5000 + "]" * 5000 + "\n", None, ["not valid TOML", "nested too deeply"]),
+    (tuning(trials=10**7), None, ["[tuning].trials", "10000000", "1..10,000"]),
+    (tuning(sampler_args='seed = 0, n_startup_trials = "x"'), None,
+     ["[tuning].sampler_args.n_startup_trials", "expected int, got str 'x'"]),
+    (tuning(sampler_args="seed = 0, gamma = 3"), None, ["[tuning].sampler_args.gamma", "cannot be given in a suite"]),
+    (tuning(pruner="MedianPruner", pruner_args="n_startup_trials = -1"), None,
+     ["[tuning].pruner_args", "refused by Optuna", "n_startup_trials"]),
+    (tuning(pruner="MedianPruner", pruner_args='n_warmup_steps = "x"'), None,
+     ["[tuning].pruner_args.n_warmup_steps", "expected int"]),
+    ("", ("epochs = 1", "epochs = 1\nlr = 1e308"), ["[train].lr", "1e+308", "a number in (0, 10]"]),
+    ("", ("epochs = 1", f"epochs = 1\nlr = {10**50}"), ["[train].lr", "a number in (0, 10]"]),
+    ("", ("epochs = 1", "epochs = 1\nweight_decay = 1e300"), ["[train].weight_decay", "a number in [0, 1]"]),
+    (generic_axis("lr_level", "[0.001, 1e300]"), None, ["[axes].lr_level", "1e+300", "a number in (0, 10]"]),
+    ("", ("epochs = 1", "epochs = 1\ncrop_padding = 100000"), ["[train].crop_padding", "[0, 1024]"]),
+    ("", ("epochs = 1", "epochs = 1\ncrop_padding = 9"), ["[train].crop_padding", "8-pixel side of digits", "0..8"]),
+    ("", ("widths = [16]", "widths = []"), ['[backbones."mlp"].widths', "a non-empty list", "[1, 1048576]"]),
+    ("", ("widths = [16]", "widths = [4e9]"), ['[backbones."mlp"].widths', "expected int"]),
+    ("", ("widths = [16]", "widths = [4000000000]"), ['[backbones."mlp"].widths', "[1, 1048576]"]),
+    ("", ("epochs = 1", "epochs = 1\nval_size = 1436"), ["[train].val_size", "leaving 1 to train 10 classes",
+                                                         "1..1427"]),
+    ("", ("epochs = 1", "epochs = 1\ntrain_subset = 3"), ["[train].train_subset", "fewer than the 10 classes",
+                                                          "10..1293"]),
+    ("", ('name = "t"', f'name = "t"\ndescription = "{"x" * 25_000}"'), ["[suite].description", "25,000",
+                                                                           "at most 5,000"]),
+    (generic_axis("it's"), None, ["[axes]", '"it\'s" is not allowed', "letters, digits"]),
+    (generic_axis("../x"), None, ["[axes]", "'../x' is not allowed", "MLflow key"]),
+    (generic_axis("seed"), None, ["[axes].seed", "reserved", "run_id, suite, suite_version"]),
+    (generic_axis("status"), None, ["[axes].status", "reserved", "names starting with val_acc"]),
+    (generic_axis("test_acc.rule"), None, ["[axes].test_acc.rule", "reserved"]),
+]
+CASES += HOSTILE
 
 
 @pytest.mark.parametrize("extra, edit, expected", CASES, ids=[" ".join(c[2][:2]) for c in CASES])
