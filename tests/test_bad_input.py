@@ -1,7 +1,10 @@
 """Bad input is refused before anything trains, with one clear line and no traceback; plugins that fail to
 import, interrupts, divergence and the MLflow UI's server are handled as outcomes, not crashes."""
 import errno
+import gzip
 import os
+import resource
+import shutil
 import signal
 import socket
 import sqlite3
@@ -173,6 +176,133 @@ def test_sizes_come_from_the_cards_without_loading_data(tmp_path, capsys, monkey
     assert code == 2 and "[train].train_subset" in err and "55000 training images of fashion-mnist" in err, err
 
 
+# ---------------------------------------------------------------- the same in processes of their own
+ROOT = Path(__file__).resolve().parent.parent
+LIMIT_S = 120
+MEMORY_LIMIT = 6 << 30  # a file read without end fails fast instead of filling the machine
+
+
+def ffbench_process(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`ffbench ARGV` in a process of its own, under `timeout` (a hang fails the case, never the CI) and an
+    address-space limit."""
+    cmd = [sys.executable, "-m", "ffbench.cli", *argv]
+    if shutil.which("timeout"):
+        cmd = ["timeout", "-k", "5", str(LIMIT_S), *cmd]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "FFBENCH_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=LIMIT_S + 30,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT)))
+
+
+def fifo(path: Path) -> None:
+    os.mkfifo(path)  # opened for reading, it waits for a writer that never comes
+
+
+def dev_zero(path: Path) -> None:
+    path.symlink_to("/dev/zero")  # read to the end, it never ends
+
+
+def too_large(path: Path) -> None:
+    path.write_text(GOOD + "#" * 1_000_001 + "\n")
+
+
+def idx_bomb(path: Path) -> None:
+    """A suite on mnist whose root holds a gzipped IDX file that inflates to 4 GB behind a header announcing
+    60000 28x28 images (47 MB): many gzip members of 16 MB of zeros each."""
+    root = path.parent / "bomb"
+    root.mkdir()
+    write_idx(root / "train-labels-idx1-ubyte", [60000])
+    write_idx(root / "t10k-images-idx3-ubyte", [10000, 28, 28])
+    write_idx(root / "t10k-labels-idx1-ubyte", [10000])
+    zeros = gzip.compress(bytes(16 << 20), compresslevel=1)
+    header = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (60000, 28, 28))
+    with open(root / "train-images-idx3-ubyte.gz", "wb") as f:
+        f.write(gzip.compress(header, compresslevel=1))
+        for _ in range(256):
+            f.write(zeros)
+    suite_file(path.parent, f'[datasets.mnist]\nroot = "{root}"\n', ('datasets = ["digits"]', 'datasets = ["mnist"]'),
+               name=path.name)
+
+
+# (what, make(suite path), what the message must name)
+SUITE_FILES = [
+    ("a named pipe (FIFO) as the suite", fifo, ["is a named pipe (FIFO), not a regular file"]),
+    ("a link to /dev/zero as the suite", dev_zero, ["is a device or socket, not a regular file"]),
+    ("a 1 MB suite file", too_large, ["larger than 1,000,000 bytes", "at most 1 MB"]),
+    ("a gzip bomb as an IDX file", idx_bomb, ["train-images-idx3-ubyte.gz", "holds more than 47040000",
+                                             "trailing bytes"]),
+]
+
+
+@pytest.mark.parametrize("what, make, expected", SUITE_FILES, ids=[c[0] for c in SUITE_FILES])
+def test_suite_files_that_are_not_plain_suites(tmp_path, what, make, expected):
+    path = tmp_path / "s.toml"
+    make(path)
+    out = tmp_path / "out"
+    r = ffbench_process("run", str(path), "--out", str(out), "--no-tracking", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 2 and all(e in r.stderr for e in expected), (r.returncode, r.stderr[-2000:])
+    assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) <= 2, r.stderr
+    assert not out.exists() and claimed(out) == 0
+
+
+def test_idx_headers_that_do_not_fit_the_dataset_are_refused_before_their_data(tmp_path):
+    from ffbench.datasets import DataError, read_idx
+
+    f = tmp_path / "train-images-idx3-ubyte.gz"
+    with gzip.open(f, "wb") as g:
+        g.write(bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (4_000_000_000, 28, 28)))
+    with pytest.raises(DataError, match="4,000,000,000 items; allowed: at most 1,000,000"):
+        read_idx(f, ndim=3, item_shape=(28, 28))
+    write_idx(tmp_path / "x", [10, 32, 32])
+    with pytest.raises(DataError, match="header says 10x32x32; expected N x 28x28"):
+        read_idx(tmp_path / "x", ndim=3, item_shape=(28, 28))
+
+
+try:
+    import torch
+
+    CUDA = torch.cuda.is_available()
+except ImportError:
+    CUDA = False
+# command-line values: (arguments after the suite, what the message must name); "report" cases run on a store
+OPTIONS = [
+    (("run", "--device", "gpu"), ["--device 'gpu': not a device", "allowed: auto", "cuda:N"]),
+    (("run", "--device", "foo"), ["--device 'foo': not a device"]),
+    (("run", "--device", "cuda:99"), ["--device 'cuda:99'", "allowed: auto"]),
+    *([] if CUDA else [(("run", "--device", "cuda"), ["--device 'cuda': this machine has no CUDA device"])]),
+    (("run", "--workers", "0"), ["--workers 0", "allowed: 1..256"]),
+    (("report", "--resamples", "0"), ["--resamples 0", "100..1,000,000"]),
+    (("report", "--suite-version", "99"), ["--suite-version 99", "no runs of that version", "versions there: 1"]),
+    (("report", "--alpha", "2"), ["--alpha 2", "strictly between 0 and 1"]),
+    (("report", "--rope-pp", "-1"), ["--rope-pp '-1'", "[0, 100)"]),
+    (("report", "--metric", "foo"), ["--metric 'foo'", "no such metric", "metrics there:", "test_acc"]),
+]
+
+
+@pytest.fixture(scope="module")
+def finished_store(tmp_path_factory):
+    """GOOD run once (1 epoch on digits): a store for the report options."""
+    tmp = tmp_path_factory.mktemp("store")
+    path = suite_file(tmp)
+    assert main(["run", str(path), "--out", str(tmp / "out"), "--no-tracking", "--no-progress"]) == 0
+    return path, tmp / "out"
+
+
+@pytest.mark.parametrize("argv, expected", OPTIONS, ids=[" ".join(c[0]) for c in OPTIONS])
+def test_command_line_values_are_checked_first(tmp_path, capsys, finished_store, argv, expected):
+    command, *rest = argv
+    if command == "report":
+        path, out = finished_store
+        before = sorted(out.rglob("*"))
+        code, _, err = run_cli(capsys, "report", str(path), "--out", str(out), *rest)
+        assert sorted(out.rglob("*")) == before  # no report written
+    else:
+        path, out = suite_file(tmp_path), tmp_path / "out"
+        code, _, err = run_cli(capsys, "run", str(path), "--out", str(out), "--no-tracking", "--no-progress", *rest)
+        assert not out.exists() and claimed(out) == 0
+    assert code == 2 and err.startswith("error: ") and all(e in err for e in expected), err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_corrupt_idx_files_stop_the_planner(tmp_path, capsys):
     root = tmp_path / "idx"
     root.mkdir()
@@ -216,10 +346,14 @@ def test_a_folder_named_like_a_suite(tmp_path, capsys):
 def test_a_suite_file_without_permission(tmp_path, capsys, monkeypatch):
     path = suite_file(tmp_path)
 
-    def denied(self, *a, **k):  # chmod 000 does not stop root, so the refusal is simulated at the read
-        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+    real_open = os.open
 
-    monkeypatch.setattr(Path, "read_text", denied)
+    def denied(p, *a, **k):  # chmod 000 does not stop root, so the refusal is simulated at the open
+        if str(p) == str(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(p))
+        return real_open(p, *a, **k)
+
+    monkeypatch.setattr(os, "open", denied)
     code, _, err = run_cli(capsys, "run", str(path), "--dry-run")
     assert code == 2 and f"{path}: cannot be read (Permission denied)" in err
 
@@ -384,7 +518,7 @@ def test_an_exploding_loss_ends_the_run_as_diverged():
 
 
 def test_a_diverged_run_is_recorded_and_counted_as_failed(tmp_path, capsys):
-    path = suite_file(tmp_path, "", ("epochs = 1", "epochs = 1\nlr = 1000000.0"))
+    path = suite_file(tmp_path, "", [("epochs = 1", "epochs = 1\nlr = 10.0"), ("widths = [16]", "widths = [256, 256]")])
     out = tmp_path / "out"
     code, stdout, _ = run_cli(capsys, "run", str(path), "--out", str(out), "--no-tracking", "--no-progress")
     assert code == 0 and "1 failed runs" in stdout and "diverged:" in stdout, stdout
