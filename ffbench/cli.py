@@ -858,8 +858,8 @@ def stored_values_problem(store, name: str, suite_version: int | None, metric: s
         return (f"--suite-version {suite_version}: suite {name!r} has no runs of that version in {store.url}; "
                 f"versions there: {', '.join(map(str, versions))}")
     v = versions[-1] if suite_version is None else suite_version
-    metrics = sorted({k for r in rows if r["suite_version"] == v for k, x in {**(r["metrics"] or {}),
-                      **(r["compute"] or {})}.items() if isinstance(x, (int, float)) and not isinstance(x, bool)})
+    metrics = sorted({k for r in rows if r["suite_version"] == v for k, x in (r["metrics"] or {}).items()
+                      if isinstance(x, (int, float)) and not isinstance(x, bool)})
     if metric not in metrics:
         from ffbench.suite import did_you_mean
 

@@ -121,7 +121,8 @@ TABLE_COLUMNS = ("dataset", "backbone", "method", "n", "failed", "test_acc_mean"
                  "verdict", "epoch_time_s", "saved_MB_per_step")
 # An axis named like one of these columns (or an MLflow tag or param prefix, or a metric) would overwrite it in
 # the run table, results.csv, the export and the MLflow tags: the suite checker refuses such names.
-RESERVED_NAMES = (*BOOKKEEPING, *COMPUTE, *TABLE_COLUMNS[3:], "k", "best_epoch", "trainable_params")
+RESERVED_NAMES = tuple(dict.fromkeys((*BOOKKEEPING, *COMPUTE, *TABLE_COLUMNS[3:], "k", "best_epoch",
+                                     "trainable_params")))
 RESERVED_PREFIXES = ("val_acc", "test_acc", "param.", "cfg.", "ffbench.", "manifest.", "tuning.", "tuned.", "mlflow.")
 
 

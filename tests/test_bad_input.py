@@ -113,42 +113,42 @@ def generic_axis(name: str, levels: str = "[0.001, 0.01]") -> str:
 
 
 HOSTILE = [
-    ("", ("seeds = [0]", f"seeds = [{2**63}]"), ["[design].seeds", "0..2147483647"]),
-    ("", ("version = 1", f"version = {2**63}"), ["[suite].version", str(2**63), "1..2147483647"]),
-    ("x = " + "[" * 5000 + "]" * 5000 + "\n", None, ["not valid TOML", "nested too deeply"]),
-    (tuning(trials=10**7), None, ["[tuning].trials", "10000000", "1..10,000"]),
-    (tuning(sampler_args='seed = 0, n_startup_trials = "x"'), None,
+    ('seed 2**63', "", ("seeds = [0]", f"seeds = [{2**63}]"), ["[design].seeds", "0..2147483647"]),
+    ('version 2**63', "", ("version = 1", f"version = {2**63}"), ["[suite].version", str(2**63), "1..2147483647"]),
+    ('a TOML array nested 5,000 deep', "x = " + "[" * 5000 + "]" * 5000 + "\n", None, ["not valid TOML", "nested too deeply"]),
+    ('trials = 10**7', tuning(trials=10**7), None, ["[tuning].trials", "10000000", "1..10,000"]),
+    ('sampler_args n_startup_trials = "x"', tuning(sampler_args='seed = 0, n_startup_trials = "x"'), None,
      ["[tuning].sampler_args.n_startup_trials", "expected int, got str 'x'"]),
-    (tuning(sampler_args="seed = 0, gamma = 3"), None, ["[tuning].sampler_args.gamma", "cannot be given in a suite"]),
-    (tuning(pruner="MedianPruner", pruner_args="n_startup_trials = -1"), None,
+    ('sampler_args gamma = 3', tuning(sampler_args="seed = 0, gamma = 3"), None, ["[tuning].sampler_args.gamma", "cannot be given in a suite"]),
+    ('pruner_args n_startup_trials = -1', tuning(pruner="MedianPruner", pruner_args="n_startup_trials = -1"), None,
      ["[tuning].pruner_args", "refused by Optuna", "n_startup_trials"]),
-    (tuning(pruner="MedianPruner", pruner_args='n_warmup_steps = "x"'), None,
+    ('pruner_args n_warmup_steps = "x"', tuning(pruner="MedianPruner", pruner_args='n_warmup_steps = "x"'), None,
      ["[tuning].pruner_args.n_warmup_steps", "expected int"]),
-    ("", ("epochs = 1", "epochs = 1\nlr = 1e308"), ["[train].lr", "1e+308", "a number in (0, 10]"]),
-    ("", ("epochs = 1", f"epochs = 1\nlr = {10**50}"), ["[train].lr", "a number in (0, 10]"]),
-    ("", ("epochs = 1", "epochs = 1\nweight_decay = 1e300"), ["[train].weight_decay", "a number in [0, 1]"]),
-    (generic_axis("lr_level", "[0.001, 1e300]"), None, ["[axes].lr_level", "1e+300", "a number in (0, 10]"]),
-    ("", ("epochs = 1", "epochs = 1\ncrop_padding = 100000"), ["[train].crop_padding", "[0, 1024]"]),
-    ("", ("epochs = 1", "epochs = 1\ncrop_padding = 9"), ["[train].crop_padding", "8-pixel side of digits", "0..8"]),
-    ("", ("widths = [16]", "widths = []"), ['[backbones."mlp"].widths', "a non-empty list", "[1, 1048576]"]),
-    ("", ("widths = [16]", "widths = [4e9]"), ['[backbones."mlp"].widths', "expected int"]),
-    ("", ("widths = [16]", "widths = [4000000000]"), ['[backbones."mlp"].widths', "[1, 1048576]"]),
-    ("", ("epochs = 1", "epochs = 1\nval_size = 1436"), ["[train].val_size", "leaving 1 to train 10 classes",
+    ('lr = 1e308', "", ("epochs = 1", "epochs = 1\nlr = 1e308"), ["[train].lr", "1e+308", "a number in (0, 10]"]),
+    ('lr = 10**50', "", ("epochs = 1", f"epochs = 1\nlr = {10**50}"), ["[train].lr", "a number in (0, 10]"]),
+    ('weight_decay = 1e300', "", ("epochs = 1", "epochs = 1\nweight_decay = 1e300"), ["[train].weight_decay", "a number in [0, 1]"]),
+    ('an lr axis level of 1e300', generic_axis("lr_level", "[0.001, 1e300]"), None, ["[axes].lr_level", "1e+300", "a number in (0, 10]"]),
+    ('crop_padding = 100000', "", ("epochs = 1", "epochs = 1\ncrop_padding = 100000"), ["[train].crop_padding", "[0, 1024]"]),
+    ('crop_padding = 9 on 8x8 digits', "", ("epochs = 1", "epochs = 1\ncrop_padding = 9"), ["[train].crop_padding", "8-pixel side of digits", "0..8"]),
+    ('widths = []', "", ("widths = [16]", "widths = []"), ['[backbones."mlp"].widths', "a non-empty list", "[1, 1048576]"]),
+    ('widths = [4e9]', "", ("widths = [16]", "widths = [4e9]"), ['[backbones."mlp"].widths', "expected int"]),
+    ('widths = [4000000000]', "", ("widths = [16]", "widths = [4000000000]"), ['[backbones."mlp"].widths', "[1, 1048576]"]),
+    ('val_size = 1436 on digits', "", ("epochs = 1", "epochs = 1\nval_size = 1436"), ["[train].val_size", "leaving 1 to train 10 classes",
                                                          "1..1427"]),
-    ("", ("epochs = 1", "epochs = 1\ntrain_subset = 3"), ["[train].train_subset", "fewer than the 10 classes",
+    ('train_subset = 3 with 10 classes', "", ("epochs = 1", "epochs = 1\ntrain_subset = 3"), ["[train].train_subset", "fewer than the 10 classes",
                                                           "10..1293"]),
-    ("", ('name = "t"', f'name = "t"\ndescription = "{"x" * 25_000}"'), ["[suite].description", "25,000",
+    ('a 25,000-character description', "", ('name = "t"', f'name = "t"\ndescription = "{"x" * 25_000}"'), ["[suite].description", "25,000",
                                                                            "at most 5,000"]),
-    (generic_axis("it's"), None, ["[axes]", '"it\'s" is not allowed', "letters, digits"]),
-    (generic_axis("../x"), None, ["[axes]", "'../x' is not allowed", "MLflow key"]),
-    (generic_axis("seed"), None, ["[axes].seed", "reserved", "run_id, suite, suite_version"]),
-    (generic_axis("status"), None, ["[axes].status", "reserved", "names starting with val_acc"]),
-    (generic_axis("test_acc.rule"), None, ["[axes].test_acc.rule", "reserved"]),
+    ("an axis named it's", generic_axis("it's"), None, ["[axes]", '"it\'s" is not allowed', "letters, digits"]),
+    ('an axis named ../x', generic_axis("../x"), None, ["[axes]", "'../x' is not allowed", "MLflow key"]),
+    ('an axis named seed', generic_axis("seed"), None, ["[axes].seed", "reserved", "run_id, suite, suite_version"]),
+    ('an axis named status', generic_axis("status"), None, ["[axes].status", "reserved", "names starting with val_acc"]),
+    ('an axis named test_acc.rule', generic_axis("test_acc.rule"), None, ["[axes].test_acc.rule", "reserved"]),
 ]
-CASES += HOSTILE
 
 
-@pytest.mark.parametrize("extra, edit, expected", CASES, ids=[" ".join(c[2][:2]) for c in CASES])
+@pytest.mark.parametrize("extra, edit, expected", CASES + [c[1:] for c in HOSTILE],
+                         ids=[" ".join(c[2][:2]) for c in CASES] + [c[0] for c in HOSTILE])
 def test_bad_suite_exits_2_naming_file_field_and_allowed_values(tmp_path, capsys, extra, edit, expected):
     path = suite_file(tmp_path, extra, edit)
     out = tmp_path / "out"
@@ -182,14 +182,14 @@ LIMIT_S = 120
 MEMORY_LIMIT = 6 << 30  # a file read without end fails fast instead of filling the machine
 
 
-def ffbench_process(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
-    """`ffbench ARGV` in a process of its own, under `timeout` (a hang fails the case, never the CI) and an
-    address-space limit."""
+def ffbench_process(*argv: str, cwd: Path, root: Path = ROOT, limit_s: int = LIMIT_S) -> subprocess.CompletedProcess:
+    """`ffbench ARGV` (of the checkout ``root``) in a process of its own, under `timeout` (a hang fails the case,
+    never the CI) and an address-space limit."""
     cmd = [sys.executable, "-m", "ffbench.cli", *argv]
     if shutil.which("timeout"):
-        cmd = ["timeout", "-k", "5", str(LIMIT_S), *cmd]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "FFBENCH_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=LIMIT_S + 30,
+        cmd = ["timeout", "-k", "5", str(limit_s), *cmd]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "FFBENCH_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=limit_s + 30,
                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT)))
 
 
