@@ -12,7 +12,6 @@ not suffered.
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 import tempfile
 import time
@@ -22,17 +21,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import test_bad_input as corpus  # noqa: E402  (the cases are defined once, in the test corpus)
-
-
-def finished(out: Path) -> int:
-    """Runs of the store that reached an outcome (done, failed or pruned)."""
-    db = out / "results.db"
-    if not db.exists():
-        return 0
-    with sqlite3.connect(db) as c:
-        if not c.execute("select name from sqlite_master where name = 'runs'").fetchone():
-            return 0
-        return c.execute("select count(*) from runs where status in ('done', 'failed', 'pruned')").fetchone()[0]
 
 
 def outcome(r, claimed: int, done: int, expected: list[str], limit_s: int) -> tuple[str, str]:
@@ -76,7 +64,7 @@ def main() -> int:
                 cmd = ["run", str(path), "--out", str(out), "--no-tracking", "--no-progress", *argv[1:]]
             r = corpus.ffbench_process(*cmd, cwd=folder, root=args.root, limit_s=args.limit_s)
             claimed = corpus.claimed(out)
-            verdict, said = outcome(r, claimed, finished(out), expected, args.limit_s)
+            verdict, said = outcome(r, claimed, corpus.claimed(out, finished=True), expected, args.limit_s)
             verdicts.append(verdict)
             rows.append(row(n, label, verdict, r, claimed, said))
             print(rows[-1], flush=True)

@@ -48,15 +48,17 @@ def suite_file(tmp_path, extra="", edit=None, name="s.toml"):
     return path
 
 
-def claimed(out: Path) -> int:
-    """Rows of the store that any worker claimed or finished (0 when there is no store at all)."""
+def claimed(out: Path, finished: bool = False) -> int:
+    """Rows of the store that any worker claimed or finished (``finished``: that reached an outcome, done, failed
+    or pruned); 0 when there is no store at all."""
     db = out / "results.db"
     if not db.exists():
         return 0
     with sqlite3.connect(db) as c:
         if not c.execute("select name from sqlite_master where name = 'runs'").fetchone():
             return 0
-        return c.execute("select count(*) from runs where status != 'pending'").fetchone()[0]
+        where = "status in ('done', 'failed', 'pruned')" if finished else "status != 'pending'"
+        return c.execute(f"select count(*) from runs where {where}").fetchone()[0]
 
 
 def run_cli(capsys, *argv):
@@ -112,38 +114,50 @@ def generic_axis(name: str, levels: str = "[0.001, 0.01]") -> str:
     return f'[axes."{name}"]\ntrain_field = "lr"\nlevels = {levels}\n'
 
 
+def train(line: str) -> tuple[str, str]:
+    """The edit that adds ``line`` to GOOD's [train]."""
+    return "epochs = 1", f"epochs = 1\n{line}"
+
+
+# (case, extra TOML, edit of GOOD, what the message must name)
 HOSTILE = [
-    ('seed 2**63', "", ("seeds = [0]", f"seeds = [{2**63}]"), ["[design].seeds", "0..2147483647"]),
-    ('version 2**63', "", ("version = 1", f"version = {2**63}"), ["[suite].version", str(2**63), "1..2147483647"]),
-    ('a TOML array nested 5,000 deep', "x = " + "[" * 5000 + "]" * 5000 + "\n", None, ["not valid TOML", "nested too deeply"]),
-    ('trials = 10**7', tuning(trials=10**7), None, ["[tuning].trials", "10000000", "1..10,000"]),
+    ("seed 2**63", "", ("seeds = [0]", f"seeds = [{2**63}]"), ["[design].seeds", "0..2147483647"]),
+    ("version 2**63", "", ("version = 1", f"version = {2**63}"), ["[suite].version", str(2**63), "1..2147483647"]),
+    ("a TOML array nested 5,000 deep", "x = " + "[" * 5000 + "]" * 5000 + "\n", None,
+     ["not valid TOML", "nested too deeply"]),
+    ("trials = 10**7", tuning(trials=10**7), None, ["[tuning].trials", "10000000", "1..10,000"]),
     ('sampler_args n_startup_trials = "x"', tuning(sampler_args='seed = 0, n_startup_trials = "x"'), None,
      ["[tuning].sampler_args.n_startup_trials", "expected int, got str 'x'"]),
-    ('sampler_args gamma = 3', tuning(sampler_args="seed = 0, gamma = 3"), None, ["[tuning].sampler_args.gamma", "cannot be given in a suite"]),
-    ('pruner_args n_startup_trials = -1', tuning(pruner="MedianPruner", pruner_args="n_startup_trials = -1"), None,
+    ("sampler_args gamma = 3", tuning(sampler_args="seed = 0, gamma = 3"), None,
+     ["[tuning].sampler_args.gamma", "cannot be given in a suite"]),
+    ("pruner_args n_startup_trials = -1", tuning(pruner="MedianPruner", pruner_args="n_startup_trials = -1"), None,
      ["[tuning].pruner_args", "refused by Optuna", "n_startup_trials"]),
     ('pruner_args n_warmup_steps = "x"', tuning(pruner="MedianPruner", pruner_args='n_warmup_steps = "x"'), None,
      ["[tuning].pruner_args.n_warmup_steps", "expected int"]),
-    ('lr = 1e308', "", ("epochs = 1", "epochs = 1\nlr = 1e308"), ["[train].lr", "1e+308", "a number in (0, 10]"]),
-    ('lr = 10**50', "", ("epochs = 1", f"epochs = 1\nlr = {10**50}"), ["[train].lr", "a number in (0, 10]"]),
-    ('weight_decay = 1e300', "", ("epochs = 1", "epochs = 1\nweight_decay = 1e300"), ["[train].weight_decay", "a number in [0, 1]"]),
-    ('an lr axis level of 1e300', generic_axis("lr_level", "[0.001, 1e300]"), None, ["[axes].lr_level", "1e+300", "a number in (0, 10]"]),
-    ('crop_padding = 100000', "", ("epochs = 1", "epochs = 1\ncrop_padding = 100000"), ["[train].crop_padding", "[0, 1024]"]),
-    ('crop_padding = 9 on 8x8 digits', "", ("epochs = 1", "epochs = 1\ncrop_padding = 9"), ["[train].crop_padding", "8-pixel side of digits", "0..8"]),
-    ('widths = []', "", ("widths = [16]", "widths = []"), ['[backbones."mlp"].widths', "a non-empty list", "[1, 1048576]"]),
-    ('widths = [4e9]', "", ("widths = [16]", "widths = [4e9]"), ['[backbones."mlp"].widths', "expected int"]),
-    ('widths = [4000000000]', "", ("widths = [16]", "widths = [4000000000]"), ['[backbones."mlp"].widths', "[1, 1048576]"]),
-    ('val_size = 1436 on digits', "", ("epochs = 1", "epochs = 1\nval_size = 1436"), ["[train].val_size", "leaving 1 to train 10 classes",
-                                                         "1..1427"]),
-    ('train_subset = 3 with 10 classes', "", ("epochs = 1", "epochs = 1\ntrain_subset = 3"), ["[train].train_subset", "fewer than the 10 classes",
-                                                          "10..1293"]),
-    ('a 25,000-character description', "", ('name = "t"', f'name = "t"\ndescription = "{"x" * 25_000}"'), ["[suite].description", "25,000",
-                                                                           "at most 5,000"]),
+    ("lr = 1e308", "", train("lr = 1e308"), ["[train].lr", "1e+308", "a number in (0, 10]"]),
+    ("lr = 10**50", "", train(f"lr = {10**50}"), ["[train].lr", "a number in (0, 10]"]),
+    ("weight_decay = 1e300", "", train("weight_decay = 1e300"), ["[train].weight_decay", "a number in [0, 1]"]),
+    ("an lr axis level of 1e300", generic_axis("lr_level", "[0.001, 1e300]"), None,
+     ["[axes].lr_level", "1e+300", "a number in (0, 10]"]),
+    ("crop_padding = 100000", "", train("crop_padding = 100000"), ["[train].crop_padding", "[0, 1024]"]),
+    ("crop_padding = 9 on 8x8 digits", "", train("crop_padding = 9"),
+     ["[train].crop_padding", "8-pixel side of digits", "0..8"]),
+    ("widths = []", "", ("widths = [16]", "widths = []"),
+     ['[backbones."mlp"].widths', "a non-empty list", "[1, 1048576]"]),
+    ("widths = [4e9]", "", ("widths = [16]", "widths = [4e9]"), ['[backbones."mlp"].widths', "expected int"]),
+    ("widths = [4000000000]", "", ("widths = [16]", "widths = [4000000000]"),
+     ['[backbones."mlp"].widths', "[1, 1048576]"]),
+    ("val_size = 1436 on digits", "", train("val_size = 1436"),
+     ["[train].val_size", "leaving 1 to train 10 classes", "1..1427"]),
+    ("train_subset = 3 with 10 classes", "", train("train_subset = 3"),
+     ["[train].train_subset", "fewer than the 10 classes", "10..1293"]),
+    ("a 25,000-character description", "", ('name = "t"', f'name = "t"\ndescription = "{"x" * 25_000}"'),
+     ["[suite].description", "25,000", "at most 5,000"]),
     ("an axis named it's", generic_axis("it's"), None, ["[axes]", '"it\'s" is not allowed', "letters, digits"]),
-    ('an axis named ../x', generic_axis("../x"), None, ["[axes]", "'../x' is not allowed", "MLflow key"]),
-    ('an axis named seed', generic_axis("seed"), None, ["[axes].seed", "reserved", "run_id, suite, suite_version"]),
-    ('an axis named status', generic_axis("status"), None, ["[axes].status", "reserved", "names starting with val_acc"]),
-    ('an axis named test_acc.rule', generic_axis("test_acc.rule"), None, ["[axes].test_acc.rule", "reserved"]),
+    ("an axis named ../x", generic_axis("../x"), None, ["[axes]", "'../x' is not allowed", "MLflow key"]),
+    ("an axis named seed", generic_axis("seed"), None, ["[axes].seed", "reserved", "run_id, suite, suite_version"]),
+    ("an axis named status", generic_axis("status"), None, ["[axes].status", "reserved", "starting with val_acc"]),
+    ("an axis named test_acc.rule", generic_axis("test_acc.rule"), None, ["[axes].test_acc.rule", "reserved"]),
 ]
 
 
