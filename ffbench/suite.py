@@ -262,8 +262,8 @@ def load(name_or_path: str) -> Suite:
     if not 1 <= head["version"] <= INT_MAX:
         ck.fail("[suite].version", f"{head['version']} is out of range; allowed: an integer in 1..{INT_MAX}")
     if len(head.get("description", "")) > MAX_DESCRIPTION:
-        ck.fail("[suite].description", f"{len(head['description']):,} characters; allowed: at most {MAX_DESCRIPTION:,} "
-                                       f"(it is the MLflow experiment's description)")
+        ck.fail("[suite].description", f"{len(head['description']):,} characters; allowed: at most "
+                                       f"{MAX_DESCRIPTION:,} (it is the MLflow experiment's description)")
     if not _PLAIN_NAME.fullmatch(head["name"]) or head["name"] in (".", ".."):
         ck.fail("[suite].name", f"{head['name']!r} is not a plain name; allowed: {NAME_RULE} (the name is the "
                                 f"default output folder ffbench-out/<name>)")
@@ -591,7 +591,8 @@ def _parse_tuning(ck: _Checker, table: Any, methods: list[str], backbones: list[
                                      "pinned in the suite file)")
     trials = table["trials"]
     if not isinstance(trials, int) or isinstance(trials, bool) or not 1 <= trials <= MAX_TRIALS:
-        ck.fail("[tuning].trials", f"{trials!r}; allowed: an integer in 1..{MAX_TRIALS:,} (trials per method per cell)")
+        ck.fail("[tuning].trials", f"{trials!r}; allowed: an integer in 1..{MAX_TRIALS:,} (trials per method per "
+                                   f"cell)")
     seeds = table["seeds"]
     ck.seeds("[tuning].seeds", seeds)
     repeats = table.get("repeats", 1)
@@ -677,8 +678,9 @@ def _check_tuning_args(ck: _Checker, where: str, args: Any, cls: type, exclude: 
             ck.fail(f"{where}.{k}", f"not an argument of {cls.__name__}; allowed: {', '.join(params)}")
         kinds = _arg_kinds(params[k])
         if kinds in ((), (type(None),)) or isinstance(v, dict):
-            ck.fail(f"{where}.{k}", f"{cls.__name__}'s {k} cannot be given in a suite file (it takes "
-                                    f"{params[k].annotation or 'an object'}); leave it out")
+            takes = params[k].annotation if params[k].annotation is not inspect.Parameter.empty else "an object"
+            ck.fail(f"{where}.{k}", f"{cls.__name__}'s {k} cannot be given in a suite file (it takes {takes}); "
+                                    f"leave it out")
         if not type_ok(v, kinds):
             ck.fail(f"{where}.{k}", f"expected {' or '.join(t.__name__.replace('NoneType', 'none') for t in kinds)}, "
                                     f"got {type(v).__name__} {v!r} ({cls.__name__}'s {k})")
@@ -688,7 +690,7 @@ def _check_tuning_args(ck: _Checker, where: str, args: Any, cls: type, exclude: 
 def _build_tuning_objects(ck: _Checker, sampler: str, sampler_args: dict, pruner: str, pruner_args: dict,
                           space: dict) -> None:
     """Build the sampler and the pruner once, as every tuning run will (``studies.make_sampler`` /
-    ``make_pruner``), so that a value Optuna refuses (a negative count, a seed out of range) is found here."""
+    ``make_pruner``), so that a value Optuna refuses (a negative count, an unknown qmc_type) is found here."""
     from ffbench.studies import make_pruner, make_sampler
 
     spec = {"sampler": sampler, "sampler_args": sampler_args, "pruner": pruner, "pruner_args": pruner_args,
@@ -700,7 +702,8 @@ def _build_tuning_objects(ck: _Checker, sampler: str, sampler_args: dict, pruner
                 warnings.simplefilter("ignore")  # Optuna's experimental-feature warnings: said when tuning runs
                 build()
         except Exception as exc:  # Optuna's own check of a value: its words name the argument
-            ck.fail(where, f"refused by Optuna: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            ck.fail(where, f"refused by Optuna: {type(exc).__name__}: {first}")
 
 
 def _check_tuning_param(ck: _Checker, where: str, name: str, spec: Any, method: str, backbones: list[str]) -> tuple:

@@ -102,12 +102,13 @@ CASES = [
     ('[methods."bp.depsup"]\nlr = 0.1\n', None, ['bp.depsup', "not in [design].methods", "allowed: bp"]),
 ]
 # Values that used to end in a traceback, a method failure recorded for good, or a run that read them wrongly.
-TUNING = '[tuning]\ntrials = {trials}\nseeds = [100]\nsampler = "TPESampler"\nsampler_args = {{ {sampler_args} }}\n' \
+TUNING = '[tuning]\ntrials = {trials}\nseeds = [100]\nsampler = "{sampler}"\nsampler_args = {{ {sampler_args} }}\n' \
          'pruner = "{pruner}"\npruner_args = {{ {pruner_args} }}\n'
 
 
-def tuning(trials=2, sampler_args="seed = 0", pruner="NopPruner", pruner_args="") -> str:
-    return TUNING.format(trials=trials, sampler_args=sampler_args, pruner=pruner, pruner_args=pruner_args)
+def tuning(trials=2, sampler="TPESampler", sampler_args="seed = 0", pruner="NopPruner", pruner_args="") -> str:
+    return TUNING.format(trials=trials, sampler=sampler, sampler_args=sampler_args, pruner=pruner,
+                         pruner_args=pruner_args)
 
 
 def generic_axis(name: str, levels: str = "[0.001, 0.01]") -> str:
@@ -130,6 +131,8 @@ HOSTILE = [
      ["[tuning].sampler_args.n_startup_trials", "expected int, got str 'x'"]),
     ("sampler_args gamma = 3", tuning(sampler_args="seed = 0, gamma = 3"), None,
      ["[tuning].sampler_args.gamma", "cannot be given in a suite"]),
+    ('sampler_args qmc_type = "foo"', tuning(sampler="QMCSampler", sampler_args='seed = 0, qmc_type = "foo"'), None,
+     ["[tuning].sampler_args", "refused by Optuna", "qmc_type='foo'"]),
     ("pruner_args n_startup_trials = -1", tuning(pruner="MedianPruner", pruner_args="n_startup_trials = -1"), None,
      ["[tuning].pruner_args", "refused by Optuna", "n_startup_trials"]),
     ('pruner_args n_warmup_steps = "x"', tuning(pruner="MedianPruner", pruner_args='n_warmup_steps = "x"'), None,
