@@ -604,3 +604,12 @@ def test_ui_server_answers_before_the_address_and_its_whole_group_stops(tmp_path
     while not (_gone(server_pid) and _gone(child_pid)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _gone(server_pid) and _gone(child_pid)
+
+
+def test_seed_ranges_on_the_command_line_are_bounded():
+    import argparse
+
+    assert cli.parse_seeds("0-2,7") == [0, 1, 2, 7]
+    for text in ("0-99999999999", f"{2**63}", "5-3"):
+        with pytest.raises(argparse.ArgumentTypeError, match="allowed: seeds in 0..2147483647"):
+            cli.parse_seeds(text)
