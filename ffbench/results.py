@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from ffbench import stats
+from ffbench.config import TABLE_COLUMNS
 from ffbench.design import EVALUATION, TUNING, Design
 from ffbench.selection import choose_best
 from ffbench.store import DONE, FAILED, FINISHED, PRUNED, Store
@@ -89,9 +90,8 @@ def _compute(frame: pd.DataFrame, keys: list[str], cells: pd.DataFrame) -> dict[
     return out
 
 
-_NOT_AXES = ("dataset", "backbone", "method", "n", "failed", "test_acc_mean", "test_acc_sd", "test_acc_ci_low",
-             "test_acc_ci_high", "delta_vs_control", "delta_ci_low_vs_control", "delta_ci_high_vs_control", "verdict",
-             "one_seed", "executed", "epoch_time_s", "saved_MB_per_step", "no_backward", "peak_MB_per_step")
+_NOT_AXES = TABLE_COLUMNS
+
 
 
 def _mb(v: float) -> str:

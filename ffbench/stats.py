@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
+from ffbench.config import BOOKKEEPING, COMPUTE
 from ffbench.correctness import decode_correct
 
 CONFIDENCE = 0.95
@@ -54,12 +55,7 @@ INTERVALS = ("t", "BCa", "percentile", "auto")  # 'auto': t below BCA_MIN_N valu
 BCA_MIN_N = 30
 RHO = 0.0  # correlation of per-seed differences for the Bayesian correlated t-test (seeds on a fixed split)
 
-BOOKKEEPING = ("run_id", "suite", "suite_version", "cell_id", "role", "seed", "trial", "status", "error",
-               "attempts", "mlflow_run_id", "curves", "worker", "heartbeat", "started", "finished", "optuna_trial",
-               "params", "manifest", "task", "group")
 NOT_FACTOR_PREFIXES = ("cfg.", "param.", "_")
-COMPUTE = ("device", "n_params", "n_train", "n_val", "n_test", "num_classes", "units", "train_time_s",
-           "epoch_time_s", "images_per_s", "saved_bytes_per_step", "peak_mem_bytes", "batched_seeds")
 METRIC_PREFIXES = ("val_", "test_", "train_", "best_")
 BASE_FACTORS = ("method", "dataset", "backbone")
 

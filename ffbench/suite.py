@@ -41,13 +41,17 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+import os
 import re
+import stat
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ffbench.config import DATASET_SIZES, TRAIN_FIELDS, SplitError, canonical_json, class_problem, split_sizes
+from ffbench.config import (DATASET_SIZES, IMAGE_SIZE, RESERVED_NAMES, RESERVED_PREFIXES, TRAIN_FIELDS, SplitError,
+                            canonical_json, class_problem, split_sizes)
 from ffbench.options import Option, type_ok
 from ffbench.registry import BACKBONES, DATASETS, METHODS, Card
 from ffbench.tuning import REPEAT_SEED_STRIDE, TuningSpec
@@ -79,6 +83,15 @@ PLANS = ("full", "one-at-a-time")
 # it cannot point outside ffbench-out/.
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 NAME_RULE = "letters, digits, '.', '-' and '_' (1 to 100 characters, not '.' or '..')"
+# Axis names and the design's registered names become MLflow keys (tags, params) and parts of file names: what
+# MLflow accepts in a key, without '/', and not starting with '.' (so never '.' or '..').
+_KEY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_. -]{0,99}")
+KEY_RULE = ("letters, digits, '_', '-', '.' and spaces, starting with a letter, digit or '_' (1 to 100 characters; "
+            "it becomes an MLflow key and part of file names)")
+INT_MAX = 2**31 - 1  # seeds and versions: stored as integers by SQLite, PostgreSQL, Optuna and numpy alike
+MAX_DESCRIPTION = 5000  # [suite].description is the MLflow experiment's description tag
+MAX_TRIALS = 10_000  # [tuning].trials per method per cell
+SUITE_MAX_BYTES = 1_000_000  # a suite file is read whole: a few KB in practice
 _FACTOR_NAMES = ("method", "dataset", "backbone")
 
 
@@ -158,12 +171,19 @@ class _Checker:
                                  f"{', '.join(registry.names())}{why}")
         if len(set(value)) != len(value):
             self.fail(where, "contains duplicates")
+        for v in value:
+            self.key_name(where, v)
         return list(value)
+
+    def key_name(self, where: str, name: str) -> None:
+        """A name that becomes an MLflow key and part of file names."""
+        if not isinstance(name, str) or not _KEY_NAME.fullmatch(name):
+            self.fail(where, f"{name!r} is not allowed as a name; allowed: {KEY_RULE}")
 
     def seeds(self, where: str, seeds: Any) -> None:
         if (not isinstance(seeds, list) or not seeds or
-                not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
-            self.fail(where, "expected a non-empty list of non-negative integers")
+                not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= INT_MAX for s in seeds)):
+            self.fail(where, f"expected a non-empty list of integers in 0..{INT_MAX}")
         if len(set(seeds)) != len(seeds):
             self.fail(where, "contains duplicates")
 
@@ -192,9 +212,23 @@ EXTRA_SECTIONS: dict[str, str] = {}  # sections added by later capabilities (axe
 
 
 def read_text(path: Path) -> str:
-    """The suite file's text; a SuiteError saying why it cannot be read (a folder, no permission, not UTF-8)."""
+    """The suite file's text; a SuiteError saying why it cannot be read (a folder, a device, a pipe, too large,
+    no permission, not UTF-8). Opened without blocking (a FIFO would wait for a writer) and read as a regular
+    file of at most SUITE_MAX_BYTES (a link to /dev/zero never ends)."""
     try:
-        return path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError
+            if not stat.S_ISREG(mode):
+                kind = "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device or socket"
+                raise SuiteError(f"{path}: is {kind}, not a regular file; a suite file is a .toml file on disk")
+            data = f.read(SUITE_MAX_BYTES + 1)
+        if len(data) > SUITE_MAX_BYTES:
+            raise SuiteError(f"{path}: larger than {SUITE_MAX_BYTES:,} bytes; allowed: a suite file of at most "
+                             f"{SUITE_MAX_BYTES // 1_000_000} MB")
+        return data.decode("utf-8")
     except IsADirectoryError:
         raise SuiteError(f"{path}: is a folder, not a suite file; give the path of a .toml file") from None
     except UnicodeDecodeError as exc:
@@ -206,10 +240,14 @@ def read_text(path: Path) -> str:
 
 def load(name_or_path: str) -> Suite:
     path = find_suite(name_or_path)
+    text = read_text(path)
     try:
-        raw = tomllib.loads(read_text(path))
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SuiteError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise SuiteError(f"{path}: not valid TOML for ffbench: arrays or tables nested too deeply to read; a suite "
+                         f"file nests a few levels at most") from None
     ck = _Checker(path)
     ck.keys("file", raw, list(_SECTIONS) + list(EXTRA_SECTIONS))
     head = raw.get("suite", {})
@@ -221,8 +259,11 @@ def load(name_or_path: str) -> Suite:
     for k in ("name", "version"):
         if k not in head:
             ck.fail(f"[suite].{k}", "missing (required)")
-    if head["version"] < 1:
-        ck.fail("[suite].version", "expected a positive integer")
+    if not 1 <= head["version"] <= INT_MAX:
+        ck.fail("[suite].version", f"{head['version']} is out of range; allowed: an integer in 1..{INT_MAX}")
+    if len(head.get("description", "")) > MAX_DESCRIPTION:
+        ck.fail("[suite].description", f"{len(head['description']):,} characters; allowed: at most "
+                                       f"{MAX_DESCRIPTION:,} (it is the MLflow experiment's description)")
     if not _PLAIN_NAME.fullmatch(head["name"]) or head["name"] in (".", ".."):
         ck.fail("[suite].name", f"{head['name']!r} is not a plain name; allowed: {NAME_RULE} (the name is the "
                                 f"default output folder ffbench-out/<name>)")
@@ -311,6 +352,11 @@ def _parse_axes(ck: _Checker, table: Any, methods: list[str], backbones: list[st
         where = f"[axes].{name}"
         if name in _FACTOR_NAMES:
             ck.fail(where, f"{name!r} is a design factor, not an axis; choose another name")
+        ck.key_name("[axes]", name)
+        if name in RESERVED_NAMES or name.startswith(RESERVED_PREFIXES):
+            ck.fail(where, f"{name!r} is reserved (a column of the run table, results.csv or the MLflow tags); "
+                           f"choose another name; reserved: {', '.join(RESERVED_NAMES)}, and names starting with "
+                           f"{', '.join(RESERVED_PREFIXES)}")
         if isinstance(spec, list):
             spec = {"levels": spec}
         if not isinstance(spec, dict):
@@ -487,16 +533,23 @@ def check_cells(suite: Suite, cells: list) -> None:
         except SplitError as exc:
             raise SuiteError(f"{suite.path}: {_where_set(suite, cell, exc.field)}: {exc} (cell {cell.label})"
                              ) from None
+        side = sizes[key].get(IMAGE_SIZE)
+        if side is not None and c.crop_padding > side:
+            raise SuiteError(f"{suite.path}: {_where_set(suite, cell, 'crop_padding')}: crop_padding = "
+                             f"{c.crop_padding} exceeds the {side}-pixel side of {c.dataset}'s images (cell "
+                             f"{cell.label}); allowed: 0..{side}")
 
 
 def _dataset_sizes(name: str, root: Any) -> dict[str, int]:
+    """num_classes, n_train, n_test and, where known, image_size: from the card, else from the loaded data."""
     card = DATASETS.get(name).card
     if all(k in card.defaults for k in DATASET_SIZES):
-        return {k: int(card.defaults[k]) for k in DATASET_SIZES}
+        return {k: int(card.defaults[k]) for k in (*DATASET_SIZES, IMAGE_SIZE) if k in card.defaults}
     from ffbench.datasets import load as load_dataset
 
     raw = load_dataset(name, root)
-    return {"num_classes": raw.num_classes, "n_train": len(raw.train_y), "n_test": len(raw.test_y)}
+    return {"num_classes": raw.num_classes, "n_train": len(raw.train_y), "n_test": len(raw.test_y),
+            IMAGE_SIZE: int(raw.train_x.shape[-1])}
 
 
 def _where_set(suite: Suite, cell: Any, key: str) -> str:
@@ -537,8 +590,9 @@ def _parse_tuning(ck: _Checker, table: Any, methods: list[str], backbones: list[
             ck.fail(f"[tuning].{k}", "missing (required: the budget, the seeds and the sampler and pruner are "
                                      "pinned in the suite file)")
     trials = table["trials"]
-    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
-        ck.fail("[tuning].trials", "expected a positive integer (trials per method per cell)")
+    if not isinstance(trials, int) or isinstance(trials, bool) or not 1 <= trials <= MAX_TRIALS:
+        ck.fail("[tuning].trials", f"{trials!r}; allowed: an integer in 1..{MAX_TRIALS:,} (trials per method per "
+                                   f"cell)")
     seeds = table["seeds"]
     ck.seeds("[tuning].seeds", seeds)
     repeats = table.get("repeats", 1)
@@ -592,19 +646,64 @@ def _parse_tuning(ck: _Checker, table: Any, methods: list[str], backbones: list[
             if size != trials:
                 ck.fail("[tuning].trials", f"GridSampler: {m}'s grid has {size} points; trials must equal it "
                                            f"(got {trials})")
+    _build_tuning_objects(ck, sampler, sampler_args, pruner, pruner_args, next(iter(spaces.values())))
     return TuningSpec(trials, tuple(seeds), sampler, dict(sampler_args), pruner, dict(pruner_args), spaces, repeats)
 
 
+# The TOML value kinds an argument's annotation admits (the first word of each alternative of "int | None", ...).
+_ARG_KINDS = {"int": int, "float": float, "bool": bool, "str": str, "None": type(None), "list": list,
+              "Sequence": list, "tuple": list}
+
+
+def _arg_kinds(param: inspect.Parameter) -> tuple[type, ...]:
+    ann = param.annotation
+    text = ann if isinstance(ann, str) else getattr(ann, "__name__", "") if ann is not param.empty else ""
+    heads = (re.match(r"\s*([A-Za-z_.]+)", alt) for alt in re.split(r"\|(?![^\[]*\])", text))
+    kinds = tuple(dict.fromkeys(_ARG_KINDS[h[1].rsplit(".", 1)[-1]] for h in heads
+                                if h and h[1].rsplit(".", 1)[-1] in _ARG_KINDS))
+    if not kinds and param.default is not param.empty and param.default is not None:
+        kinds = (type(param.default),)
+    return kinds
+
+
 def _check_tuning_args(ck: _Checker, where: str, args: Any, cls: type, exclude: tuple = ()) -> dict:
+    """Keyword arguments of an Optuna sampler or pruner: each one of its parameters, with a value of a kind its
+    annotation admits (a callable or an object cannot be given in a suite file)."""
     if not isinstance(args, dict):
         ck.fail(where, "expected a table of keyword arguments")
-    params = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs", *exclude)]
+    params = {n: p for n, p in inspect.signature(cls).parameters.items()
+              if n not in ("self", "args", "kwargs", *exclude)}
     for k, v in args.items():
         if k not in params:
             ck.fail(f"{where}.{k}", f"not an argument of {cls.__name__}; allowed: {', '.join(params)}")
-        if isinstance(v, dict):
-            ck.fail(f"{where}.{k}", "expected a plain value (numbers, strings, booleans, lists)")
+        kinds = _arg_kinds(params[k])
+        if kinds in ((), (type(None),)) or isinstance(v, dict):
+            takes = params[k].annotation if params[k].annotation is not inspect.Parameter.empty else "an object"
+            ck.fail(f"{where}.{k}", f"{cls.__name__}'s {k} cannot be given in a suite file (it takes {takes}); "
+                                    f"leave it out")
+        if not type_ok(v, kinds):
+            ck.fail(f"{where}.{k}", f"expected {' or '.join(t.__name__.replace('NoneType', 'none') for t in kinds)}, "
+                                    f"got {type(v).__name__} {v!r} ({cls.__name__}'s {k})")
     return args
+
+
+def _build_tuning_objects(ck: _Checker, sampler: str, sampler_args: dict, pruner: str, pruner_args: dict,
+                          space: dict) -> None:
+    """Build the sampler and the pruner once, as every tuning run will (``studies.make_sampler`` /
+    ``make_pruner``), so that a value Optuna refuses (a negative count, an unknown qmc_type) is found here."""
+    from ffbench.studies import make_pruner, make_sampler
+
+    spec = {"sampler": sampler, "sampler_args": sampler_args, "pruner": pruner, "pruner_args": pruner_args,
+            "space": space}
+    for where, build in (("[tuning].sampler_args", lambda: make_sampler(spec, 0)),
+                         ("[tuning].pruner_args", lambda: make_pruner(spec))):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna's experimental-feature warnings: said when tuning runs
+                build()
+        except Exception as exc:  # Optuna's own check of a value: its words name the argument
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            ck.fail(where, f"refused by Optuna: {type(exc).__name__}: {first}")
 
 
 def _check_tuning_param(ck: _Checker, where: str, name: str, spec: Any, method: str, backbones: list[str]) -> tuple:
