@@ -70,7 +70,7 @@ def report_files(out_dir: str | Path, suite: str) -> list[Path]:
     """Every file of the suite's reports (HTML, markdown, PNG, CSV), for the tracker to attach as
     artifacts; artifact paths relative to ``report_dir(out_dir, suite)`` keep the layout."""
     d = report_dir(out_dir, suite)
-    return sorted(p for p in d.rglob("*") if p.is_file()) if d.exists() else []
+    return sorted(p for p in d.rglob("*") if p.is_file() and p.name != BUILT_FROM) if d.exists() else []
 
 
 def build_report(out_dir: str | Path, suite: str, kinds: Sequence[str] | None = None, control: str = "bp",
