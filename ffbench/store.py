@@ -11,7 +11,9 @@ pruned (tuning trials stopped by the pruner). Lease times use the database's clo
 machines with skewed clocks still agree on what is stale. A claim records the claiming process's host
 and PID, so a process on the same host can give back at once the runs of a process that no longer
 exists (across machines the lease stays the rule). A run executed again on purpose (``--rerun``) keeps
-its old row, renamed ``<run_id>~g<generation>`` and marked superseded; reads skip superseded rows.
+its old row, renamed ``<run_id>~g<generation>`` and marked superseded; reads skip superseded rows. The
+table ``designs`` remembers the cells each suite version was last planned with (``record_design``), the
+cells whose runs are the suite's results (``resultset``).
 
 A SQLite store is created whole (built under a temporary name, then linked into place), so a file at the
 store path that is empty, truncated or not ffbench's is refused with a ``StoreError`` naming it, instead

@@ -276,6 +276,9 @@ def test_the_results_table_and_the_headline_read_the_same_runs(tmp_path, capsys)
 
     suite = load_suite(str(path))
     design, store = expand(suite), Store(out / "results.db")
+    old = next(r for r in store.rows("same") if r["cell_id"] not in {c.cell_id for c in design.cells})
+    keys = ("suite", "suite_version", "cell_id", "role", "trial", "factors", "config", "code")
+    store.add_runs([{**{k: old[k] for k in keys}, "run_id": f"{old['cell_id']}-s9", "seed": 9}])  # left pending
     table, _ = results.results_table(store, suite, design)
     agg = results.cell_aggregates(store, suite, design)
     lines = results.headline(store, "same", "bp", n_resamples=200)
@@ -286,4 +289,5 @@ def test_the_results_table_and_the_headline_read_the_same_runs(tmp_path, capsys)
         if r["method"] != "bp":
             assert any(ln.startswith(f"  {r['method']} on synthetic / mlp: {r['verdict']}") and "(3 pairs)" in ln
                        for ln in lines), lines
-    assert any("6 runs of 2 superseded cells" in ln for ln in lines)
+    assert any("7 runs of 2 superseded cells" in ln for ln in lines)
+    assert any("All 6 evaluation runs finished" in ln for ln in lines) and not any("not finished" in ln for ln in lines)
