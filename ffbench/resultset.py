@@ -20,10 +20,10 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from ffbench import stats
 from ffbench.config import canonical_json, content_hash
 
-BASE_FACTORS = ("method", "dataset", "backbone")
-NA = "-"  # an axis that does not apply (as stats shows it)
+BASE_FACTORS, NA = stats.BASE_FACTORS, stats.NA
 
 
 def declared_cells(store: Any, suite: str, version: int) -> set[str]:
@@ -149,14 +149,14 @@ def fold_variants(frame: pd.DataFrame, factors: Sequence[str], control: str | No
     if not axes or not len(frame):
         return frame, list(factors)
     df = frame.copy()
-
-    def name(row) -> str:
-        if row[0] == control:
-            return row[0]
-        levels = [f"{a}={v}" for a, v in zip(axes, row[1:]) if _is_level(v)]
-        return f"{row[0]}[{', '.join(levels)}]" if levels else row[0]
-
-    df["method"] = [name(r) for r in df[["method", *axes]].itertuples(index=False)]
+    marked = df.assign(**{a: df[a].where(_applies(df[a]), NA) for a in axes})  # '-' where an axis does not apply
+    labels = stats.treatments(marked, "method", axes)
+    df["method"] = labels.where(df["method"] != control, df["method"])
     for a in axes:
         df[a] = None
     return df, [f for f in factors if f not in axes]
+
+
+def base_method(name: str) -> str:
+    """The method a variant label belongs to: 'pepita' for 'pepita[feedback_scale=0.5]'."""
+    return str(name).split("[", 1)[0]

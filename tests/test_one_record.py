@@ -212,16 +212,16 @@ def test_a_method_only_axis_is_a_variant_of_its_method_beside_the_control(tmp_pa
           tail='[axes.feedback_scale]\nmethod_option = "feedback_scale"\nlevels = [0.5, 1.0]\n')
     assert main(["run", str(path), "--out", str(out), "--no-progress", "--device", "cpu", "--no-tracking"]) == 0
     printed = capsys.readouterr().out
-    for variant in ("varplug[feedback_scale=0.5]", "varplug[feedback_scale=1.0]"):
+    for variant in ("varplug[feedback_scale=0.5]", "varplug[feedback_scale=1]"):
         row = next(ln for ln in printed.splitlines() if f"| {variant} |" in ln)
         assert "no control" not in row and "| 3 |" in row, row  # compared with bp like any method
     assert main(["report", "var", "--out", str(out), "--kind", "comparison", "--resamples", "200"]) == 0
     said = capsys.readouterr().out
     assert "synthetic / mlp: " in said and "feedback_scale=0.5:" not in said  # one task, not one per level
     assert "varplug[feedback_scale=0.5] on synthetic / mlp:" in said
-    assert "varplug[feedback_scale=1.0] on synthetic / mlp:" in said
+    assert "varplug[feedback_scale=1] on synthetic / mlp:" in said
     verdicts = pd.read_csv(report_dir(out, "var") / "tables" / "comparison" / "comparisons.csv")
-    assert set(verdicts["method"]) == {"varplug[feedback_scale=0.5]", "varplug[feedback_scale=1.0]"}
+    assert set(verdicts["method"]) == {"varplug[feedback_scale=0.5]", "varplug[feedback_scale=1]"}
     assert set(verdicts["reference"]) == {"bp"} and set(verdicts["n_pairs"]) == {3}
 
 
