@@ -67,7 +67,8 @@ def run_name(factors: dict[str, Any]) -> str:
     """A cell's MLflow run name, ``method[axis=level, ...]/dataset/backbone``: what tells cells apart comes
     first, so it stays visible where the UI cuts a long name short."""
     levels = ", ".join(f"{k}={v}" for k, v in _axis_levels(factors))
-    return f"{factors['method']}{f'[{levels}]' if levels else ''}/{factors['dataset']}/{factors['backbone']}"
+    head = f"{factors.get('method', '')}{f'[{levels}]' if levels else ''}"
+    return "/".join([head, *(str(factors[k]) for k in ("dataset", "backbone") if factors.get(k) is not None)])
 
 
 @dataclass(frozen=True)
