@@ -171,7 +171,8 @@ section.headline{background:#f5f8fb;border:1px solid #cfdbe6;border-radius:6px;p
 section.headline h2{margin-top:.6rem;border:none}
 code{background:#f4f4f4;padding:0 .2rem} nav ul{columns:2;font-size:.9rem}
 @media (max-width:700px){body{margin:1rem auto;padding:0 .6rem} nav ul{columns:1} table{font-size:.75rem}
-  figure{overflow-x:auto} figure img{max-width:none;width:auto} section.headline th,section.headline td{white-space:normal}
+  figure{overflow-x:auto} figure img{max-width:none;width:auto}
+  section.headline th,section.headline td{white-space:normal}
   figcaption{position:sticky;left:0;max-width:calc(100vw - 1.2rem)}}
 @page{size:A4;margin:12mm}
 @media print{

@@ -132,7 +132,7 @@ def build_report(out_dir: str | Path, suite: str, kinds: Sequence[str] | None = 
     titles = {slug(n): getattr(c, "title", n) for n, c in registered_kinds()}
     titles.update({slug(n): t for n, t in built})
     present = [(p.stem, titles.get(p.stem, p.stem)) for p in sorted(root.glob("*.html")) if p.stem != "index"]
-    written += _write_index(root, ctx, present, skipped)  # this build's kinds and those built before from the same results
+    written += _write_index(root, ctx, present, skipped)  # this build's kinds, and earlier ones of the same results
     return written
 
 

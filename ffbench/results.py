@@ -119,9 +119,9 @@ def budget_curves(store: Store, suite: Suite, design: Design | None = None) -> p
     trials among the completed ones), chosen (the trial whose configuration was evaluated) and the
     trial's parameters (param.*)."""
     rows = store.rows(suite.name, role=TUNING, suite_version=suite.version)
-    if design is not None:
-        cells = {c.cell_id for c in design.cells}
-        rows = [r for r in rows if r["cell_id"] in cells]
+    cells = ({c.cell_id for c in design.cells} if design is not None
+             else resultset.declared_cells(store, suite.name, suite.version))
+    rows = [r for r in rows if r["cell_id"] in cells]
     if not rows:
         return pd.DataFrame()
     curves = _curves(rows)

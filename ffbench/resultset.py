@@ -52,16 +52,14 @@ class Results:
     cells: set[str] = field(default_factory=set)  # the declared cell IDs
     older_versions: int = 0  # runs of other suite versions
 
-    def note(self) -> str | None:
-        """The one sentence that names what is left out (None when nothing is)."""
-        return superseded_note(self.superseded)
-
 
 def superseded_note(superseded: pd.DataFrame, included: bool = False) -> str | None:
+    """The one sentence that names the superseded runs (left out, or ``included`` apart); None if there are none."""
     if superseded is None or not len(superseded):
         return None
     runs, cells = len(superseded), superseded["cell_id"].nunique()
-    what = f"{runs} run{'s' * (runs != 1)} of {cells} superseded cell{'s' * (cells != 1)} (settings or code changed since)"
+    what = (f"{runs} run{'s' * (runs != 1)} of {cells} superseded cell{'s' * (cells != 1)} "
+            "(settings or code changed since)")
     if included:
         return f"{what} are shown apart, each labelled 'superseded' and never pooled with the current cells"
     return f"{what} are left out; `--include-superseded` to see them, `ffbench prune` to delete them"

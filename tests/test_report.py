@@ -146,7 +146,8 @@ def test_report_states_methods_n_family_rope_and_seed(built):
     assert "1 failed" in md and "Diverged: non-finite training loss" in md and "-s3 |" in md
     # one confirmatory comparison per class-count level, each with its verdict first: in the headline and in
     # the comparison section; the seed advisor's rows follow the same comparisons
-    verdict_rows = [ln for ln in md.splitlines() if re.search(r"\| bp\.deepsup \| [^|]+ \| bp \| digits / mlp / classes=", ln)]
+    row = re.compile(r"\| bp\.deepsup \| [^|]+ \| bp \| digits / mlp / classes=")
+    verdict_rows = [ln for ln in md.splitlines() if row.search(ln)]
     assert len(verdict_rows) == 4 and all(ln.split(" | ")[0][2:] in stats.VERDICTS for ln in verdict_rows)
     advisor = [ln for ln in md.splitlines() if ln.startswith("| digits / mlp / classes=") and "| bp.deepsup | bp |" in ln]
     assert len(advisor) == 2
