@@ -203,7 +203,7 @@ def summarize_cells(suite: Suite, design: Design, store: Store, tracker, control
     compares cells; a cell none of whose runs has started has no parent yet and is left out."""
     aggregates = cell_aggregates(store, suite, design, control, rope)
     current = resultset.declared_cells(store, suite.name, suite.version)
-    tracker.mark_superseded(set(store.cells(suite.name, suite.version)) - current)
+    tracker.mark_superseded(current, set(store.cells(suite.name, suite.version)) - current)
     for cell in design.cells:
         agg = aggregates[cell.cell_id]
         if agg["span"][0] is None:

@@ -412,15 +412,16 @@ class Tracker:
             if self.client.get_run(rid).info.status == "RUNNING":
                 self.client.set_terminated(rid, "FINISHED" if cell_id in complete else "KILLED")
 
-    def mark_superseded(self, cell_ids: Iterable[str]) -> None:
+    def mark_superseded(self, current: Iterable[str], superseded: Iterable[str]) -> None:
         """Tag the parents of cells the suite's design no longer declares ``ffbench.superseded = true`` (their
-        aggregates are history, not results); the current cells' parents are tagged ``false``."""
-        self._guard("tag superseded cells", self._mark_superseded, set(cell_ids))
+        aggregates are history, not results) and those of the ``current`` cells ``false``."""
+        self._guard("tag superseded cells", self._mark_superseded, set(current), set(superseded))
 
-    def _mark_superseded(self, superseded: set[str]) -> None:
+    def _mark_superseded(self, current: set[str], superseded: set[str]) -> None:
         self._load_parents()
         for cell_id, rid in self._parents.items():
-            self.client.set_tag(rid, SUPERSEDED, "true" if cell_id in superseded else "false")
+            if cell_id in current or cell_id in superseded:
+                self.client.set_tag(rid, SUPERSEDED, "true" if cell_id in superseded else "false")
 
     def delete_cells(self, cell_ids: Iterable[str]) -> int:
         """Delete (MLflow's soft delete) the parent and child runs of these cells; return how many runs."""
