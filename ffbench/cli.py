@@ -189,6 +189,7 @@ def dry_run(args: argparse.Namespace) -> int:
         print(f"plan: {suite.plan}" + (f"; only {suite.only}" if suite.only else "")
               + (f"; exclude {suite.exclude}" if suite.exclude else ""))
     _print_design_notes(design)
+    _print_code_notes(suite, design, paths, args.store)
     t = suite.tuning
     seeds = args.seeds or suite.seeds
     print(f"{len(design.cells)} cells x {len(seeds)} evaluation seeds {list(seeds)} = {len(design.runs)} "
@@ -224,6 +225,17 @@ def dry_run(args: argparse.Namespace) -> int:
         print(_estimate_line(runner.estimate(suite, design, paths, args.store, args.device)))
     print(f"output directory: {paths.out}")
     return 0
+
+
+def _print_code_notes(suite, design, paths, store_url: str | None) -> None:
+    """The planner's "cells are new: code changed in ..." lines, as `run` prints them (nothing is written)."""
+    from ffbench import runner
+    from ffbench.store import Store
+
+    location = store_url or (paths.store if paths.store.exists() else None)
+    if location is not None:
+        for line in runner.code_notes(Store(location), suite, design):
+            print(line)
 
 
 def _estimate_line(e: dict) -> str:
@@ -553,6 +565,8 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--suite-version", type=int, help="suite version to report (default: the latest)")
     parser.add_argument("--split", default="test", choices=("test", "val"), help="split for per-layer diagnostics")
     parser.add_argument("--store", help="results store location or SQLAlchemy URL (default OUT/results.db)")
+    parser.add_argument("--include-superseded", action="store_true",
+                        help="also show the runs of superseded cells (settings or code changed since), each apart")
     return parser
 
 
@@ -590,9 +604,10 @@ def main_report(args: argparse.Namespace) -> int:
     rope = parse_rope(args.rope_pp)
     paths = build_report(out, name, args.kind, control=control, rope=rope, metric=args.metric,
                          all_pairs=args.all_pairs, alpha=args.alpha, n_resamples=args.resamples, seed=args.seed,
-                         split=args.split, suite_version=args.suite_version, store=store)
-    print("\n".join(headline(store, name, control, rope, args.suite_version, metric=args.metric, alpha=args.alpha,
-                             n_resamples=args.resamples, seed=args.seed)))
+                         split=args.split, suite_version=args.suite_version, store=store,
+                         include_superseded=args.include_superseded)
+    print("\n".join(headline(store, name, control, rope, args.suite_version, args.include_superseded,
+                             metric=args.metric, alpha=args.alpha, n_resamples=args.resamples, seed=args.seed)))
     root = report_dir(out, name)
     pages = [p for p in paths if p.suffix == ".html" and p.parent == root]
     print(f"\nreports: {', '.join(p.name for p in pages)} and {len(paths) - len(pages)} more files under {root}")
@@ -779,6 +794,14 @@ def build_parser() -> argparse.ArgumentParser:
                                             "--to tables/ --percent")
     add_export_arguments(p)
     p.set_defaults(func=main_export)
+
+    from ffbench.prune import add_prune_arguments, main_prune
+
+    p = command("prune", "delete the runs of superseded cells (settings or code changed since) from the store "
+                         "and MLflow", epilog="examples:\n  ffbench prune quick          # lists what it would delete"
+                                              "\n  ffbench prune quick --yes    # deletes it")
+    add_prune_arguments(p)
+    p.set_defaults(func=main_prune)
 
     # further commands register here, before the shared flags below are added to every one
     for p in sub.choices.values():  # `ffbench run --debug ...` as well as `ffbench --debug run ...`

@@ -50,12 +50,25 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return "/".join(f"{v}" if k in ("method", "dataset", "backbone") else f"{k}={v}"
-                        for k, v in self.factors.items() if v is not None)
+        """``method/dataset/backbone/axis=level`` (what ``--cells`` matches)."""
+        base = [str(self.factors[k]) for k in ("method", "dataset", "backbone")]
+        return "/".join(base + [f"{k}={v}" for k, v in _axis_levels(self.factors)])
 
     def matches(self, pattern: str) -> bool:
         """A wildcard over the label (method/dataset/backbone/axis=level) or the method's name."""
         return fnmatch.fnmatchcase(self.label, pattern) or fnmatch.fnmatchcase(self.factors["method"], pattern)
+
+
+def _axis_levels(factors: dict[str, Any]) -> list[tuple[str, Any]]:
+    return [(k, v) for k, v in factors.items() if k not in ("method", "dataset", "backbone") and v is not None]
+
+
+def run_name(factors: dict[str, Any]) -> str:
+    """A cell's MLflow run name, ``method[axis=level, ...]/dataset/backbone``: what tells cells apart comes
+    first, so it stays visible where the UI cuts a long name short."""
+    levels = ", ".join(f"{k}={v}" for k, v in _axis_levels(factors))
+    head = f"{factors.get('method', '')}{f'[{levels}]' if levels else ''}"
+    return "/".join([head, *(str(factors[k]) for k in ("dataset", "backbone") if factors.get(k) is not None)])
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,7 @@ class Design:
     merged: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # (factors, why it merged)
     axes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # suite values that meet a method's recipe (printed at planning)
+    declared: list[str] = field(default_factory=list)  # every cell ID of the whole design (kept by select)
 
     @property
     def factors(self) -> list[str]:
@@ -462,4 +476,5 @@ def expand(suite: Suite) -> Design:
              for c in cells if c.tuning for r in range(1, repeats_of(c.tuning)) for seed in suite.seeds]
     trials = [Run(trial_run_id(c, k), c, tuning_seeds(c.tuning, repeat_of_slot(c.tuning, k))[0], role=TUNING, trial=k)
               for c in cells if c.tuning for k in range(c.tuning["trials"] * repeats_of(c.tuning))]
-    return Design(cells, runs, dropped, trials, merged, suite.axis_names, warnings=list(dict.fromkeys(warnings)))
+    return Design(cells, runs, dropped, trials, merged, suite.axis_names, warnings=list(dict.fromkeys(warnings)),
+                  declared=[c.cell_id for c in cells])

@@ -28,7 +28,7 @@ import pandas as pd
 # ====================================================================== document model
 @dataclass
 class Block:
-    kind: str  # text | note | table | figure
+    kind: str  # text | note | details | table | figure
     text: str = ""
     name: str = ""
     caption: str = ""
@@ -49,6 +49,11 @@ class Section:
 
     def note(self, md: str) -> "Section":
         self.blocks.append(Block("note", text=md.strip()))
+        return self
+
+    def details(self, summary: str, md: str) -> "Section":
+        """A collapsed note: what a reader may open but need not read (``<details>`` in HTML)."""
+        self.blocks.append(Block("details", text=md.strip(), caption=summary))
         return self
 
     def table(self, name: str, raw: pd.DataFrame, display: pd.DataFrame | None = None, caption: str = "") -> "Section":
@@ -161,10 +166,14 @@ section.headline td.t,section.headline td[class^="v-"]{white-space:normal}
 figure{margin:1rem 0} figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption,.caption{font-size:.85rem;color:#555}
 .note{background:#fff8e1;border-left:4px solid #f4a261;padding:.4rem .8rem;margin:.6rem 0}
+details.skipped{font-size:.85rem;color:#555;margin:.6rem 0} details.skipped summary{cursor:pointer}
 section.headline{background:#f5f8fb;border:1px solid #cfdbe6;border-radius:6px;padding:.2rem 1rem .6rem;margin:1rem 0}
 section.headline h2{margin-top:.6rem;border:none}
 code{background:#f4f4f4;padding:0 .2rem} nav ul{columns:2;font-size:.9rem}
-@media (max-width:700px){body{margin:1rem auto;padding:0 .6rem} nav ul{columns:1} table{font-size:.75rem}}
+@media (max-width:700px){body{margin:1rem auto;padding:0 .6rem} nav ul{columns:1} table{font-size:.75rem}
+  figure{overflow-x:auto} figure img{max-width:none;width:auto}
+  section.headline th,section.headline td{white-space:normal}
+  figcaption{position:sticky;left:0;max-width:calc(100vw - 1.2rem)}}
 @page{size:A4;margin:12mm}
 @media print{
   body{max-width:none;margin:0;padding:0;font-size:9.5pt}
@@ -267,6 +276,10 @@ def render(title: str, subtitle: str, sections: list[Section], *, kind: str, fig
             elif b.kind == "note":
                 body.append(f'<div class="note">{md_to_html(b.text)}</div>')
                 md += ["> " + b.text.replace("\n", "\n> "), ""]
+            elif b.kind == "details":
+                body.append(f'<details class="skipped"><summary>{_inline(b.caption)}</summary>{md_to_html(b.text)}'
+                            "</details>")
+                md += [f"{b.caption}:", "", b.text, ""]
             elif b.kind == "table":
                 if b.caption:
                     body.append(f'<p class="caption">{_inline(b.caption)}</p>')

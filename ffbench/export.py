@@ -3,7 +3,8 @@ Parquet.
 
 ``load(out_dir_or_store, suite)`` returns three DataFrames:
 
-- ``runs``: one row per run: identifiers, factors (method, dataset, backbone, axes), the resolved
+- ``runs``: one row per run: identifiers (``cell_id``, ``config_hash``, ``code_fingerprint``,
+  ``suite_version``, ``superseded``), factors (method, dataset, backbone, axes), the resolved
   configuration (``cfg.*``), tuned parameters (``param.*``), final metrics and compute;
 - ``curves``: one row per run × epoch × metric (tidy: columns ``metric`` and ``value``), every per-epoch
   series except the per-unit ones;
@@ -25,10 +26,13 @@ from typing import Any
 
 import pandas as pd
 
+from ffbench import resultset
+
 TABLES = ("runs", "curves", "units")
 FORMATS = ("csv", "parquet")
 ROLES = ("evaluation", "tuning", "all")
-ID_COLUMNS = ("run_id", "suite", "suite_version", "cell_id", "role", "seed", "trial", "status")
+ID_COLUMNS = ("run_id", "suite", "suite_version", "cell_id", "config_hash", "code_fingerprint", "superseded", "role",
+              "seed", "trial", "status")
 _ACCURACY = re.compile(r"(?:^|_)acc(?:$|\.)")  # val_acc, test_acc.softmax, best_val_acc, val_acc.unit3
 _UNIT = re.compile(r"^(?P<split>[a-z]+)_acc\.unit(?P<unit>\d+)$")
 
@@ -73,33 +77,44 @@ def _suite(store, suite: str | None) -> str:
 
 
 def load(out_dir_or_store: Any, suite: str | None = None, *, role: str = "evaluation",
-         suite_version: int | str | None = None, percent: bool = False) -> dict[str, pd.DataFrame]:
+         suite_version: int | str | None = None, percent: bool = False,
+         include_superseded: bool = False) -> dict[str, pd.DataFrame]:
     """The tables ``runs``, ``curves`` and ``units`` of one suite (the store's only suite when ``suite`` is
-    None). ``role``: 'evaluation' (the runs the reports use), 'tuning' or 'all'. ``suite_version``: the
-    latest when None, a number, or 'all'. ``percent``: accuracies in % instead of fractions."""
+    None): the suite's results (``resultset``: the runs of the cells its current design declares).
+    ``role``: 'evaluation' (the runs the reports use), 'tuning' or 'all'. ``suite_version``: the latest when
+    None, a number, or 'all'. ``percent``: accuracies in % instead of fractions. ``include_superseded``: also
+    the runs of superseded cells (settings or code changed since), flagged in the column ``superseded``."""
     if role not in ROLES:
         raise ExportError(f"role {role!r}: allowed values are {', '.join(ROLES)}")
     store = open_store(out_dir_or_store)
     name = _suite(store, suite)
-    frame = store.frame(name, role=None if role == "all" else role)
-    if not len(frame):
+    every = store.frame(name, role=None if role == "all" else role)
+    if not len(every):
         raise ExportError(f"suite {name!r} has no {role} runs in {store.url}")
-    if suite_version is None:
-        frame = frame[frame["suite_version"] == frame["suite_version"].max()]
-    elif suite_version != "all":
-        versions = sorted(int(v) for v in frame["suite_version"].unique())
-        if int(suite_version) not in versions:
-            raise ExportError(f"suite {name!r} has no version {suite_version}; versions: "
-                              f"{', '.join(map(str, versions))}")
-        frame = frame[frame["suite_version"] == int(suite_version)]
-    frame = frame.reset_index(drop=True)
+    versions = sorted(int(v) for v in every["suite_version"].unique())
+    if suite_version not in (None, "all") and int(suite_version) not in versions:
+        raise ExportError(f"suite {name!r} has no version {suite_version}; versions: {', '.join(map(str, versions))}")
+    wanted = versions if suite_version == "all" else [versions[-1] if suite_version is None else int(suite_version)]
+    parts, left_out = [], []
+    for v in wanted:
+        res = resultset.load(store, name, v, None if role == "all" else role, include_superseded=True)
+        parts.append(res.frame if include_superseded else res.frame[~res.frame["superseded"]])
+        left_out.append(res.superseded)
+    frame = pd.concat(parts, ignore_index=True)
+    if include_superseded:  # the statistics' labels aside: an export keeps each run's own method name
+        frame["method"] = frame["run_id"].map(dict(zip(every["run_id"], every["method"])))
+    ids = resultset.identity(store.rows(name))
+    frame = frame.merge(ids, on="run_id", how="left")
     factors = _factors(store, name)
     keys = [c for c in (*ID_COLUMNS, *factors) if c in frame]
     runs = frame.drop(columns=["curves"])
     runs = runs[keys + [c for c in runs.columns if c not in keys]]
     curves, units = _long(frame, keys)
     tables = {"runs": runs, "curves": curves, "units": units}
-    return {k: _to_percent(k, t) for k, t in tables.items()} if percent else tables
+    tables = {k: _to_percent(k, t) for k, t in tables.items()} if percent else tables
+    gone = pd.concat(left_out, ignore_index=True)
+    tables["runs"].attrs["superseded_note"] = resultset.superseded_note(gone, include_superseded)
+    return tables
 
 
 def _factors(store, suite: str) -> list[str]:
@@ -192,6 +207,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                         help="which runs: evaluation (default; what the reports use), tuning or all")
     parser.add_argument("--suite-version", help="suite version (default: the latest; 'all' for every version)")
     parser.add_argument("--percent", action="store_true", help="accuracies in %% (default: fractions, 0-1)")
+    parser.add_argument("--include-superseded", action="store_true",
+                        help="also the runs of superseded cells (settings or code changed since), flagged in the "
+                             "column 'superseded'")
     return parser
 
 
@@ -218,7 +236,8 @@ def main_export(args: argparse.Namespace) -> int:
             print(f"error: --suite-version {version!r}: a number or 'all'", file=sys.stderr)
             return 2
     try:
-        tables = load(args.store or out, name, role=args.role, suite_version=version, percent=args.percent)
+        tables = load(args.store or out, name, role=args.role, suite_version=version, percent=args.percent,
+                      include_superseded=args.include_superseded)
         dest = Path(args.to) if args.to else (out or Path(".")) / "export"
         paths = write(tables, dest, args.format)
     except ExportError as exc:
@@ -226,6 +245,9 @@ def main_export(args: argparse.Namespace) -> int:
         return 2
     for p, df in zip(paths, tables.values()):
         print(f"{p}  ({len(df)} rows)")
+    note = tables["runs"].attrs.get("superseded_note")
+    if note:
+        print(note[0].upper() + note[1:].replace("`", "") + ".")
     unit = "%" if args.percent else "fractions (0-1)"
     print(f"accuracies in {unit}; load them with pandas.read_{args.format}(...) or ffbench.export.load(...)")
     return 0

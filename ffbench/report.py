@@ -14,6 +14,7 @@ keys of ``report_context.REFERENCES``). The index opens with the same headline.
 from __future__ import annotations
 
 import html
+import json
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -21,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 
 from ffbench import stats
+from ffbench.config import content_hash
 from ffbench.document import Section, render, slug
 from ffbench.registry import Registry
 from ffbench.report_context import Options, ReportContext, load_tables, open_store, references_section
@@ -68,7 +70,7 @@ def report_files(out_dir: str | Path, suite: str) -> list[Path]:
     """Every file of the suite's reports (HTML, markdown, PNG, CSV), for the tracker to attach as
     artifacts; artifact paths relative to ``report_dir(out_dir, suite)`` keep the layout."""
     d = report_dir(out_dir, suite)
-    return sorted(p for p in d.rglob("*") if p.is_file()) if d.exists() else []
+    return sorted(p for p in d.rglob("*") if p.is_file() and p.name != BUILT_FROM) if d.exists() else []
 
 
 def build_report(out_dir: str | Path, suite: str, kinds: Sequence[str] | None = None, control: str = "bp",
@@ -78,27 +80,31 @@ def build_report(out_dir: str | Path, suite: str, kinds: Sequence[str] | None = 
                  confidence: float = stats.CONFIDENCE, n_resamples: int = stats.N_RESAMPLES,
                  seed: int = stats.SEED, split: str = "test", delay_fraction: float = 0.9,
                  suite_version: int | None = None, store: Any = None, frame: pd.DataFrame | None = None,
-                 tuning: pd.DataFrame | None = None) -> list[Path]:
+                 tuning: pd.DataFrame | None = None, include_superseded: bool = False) -> list[Path]:
     """Build the report kinds (all registered ones when ``kinds`` is None; those with nothing to show are
     skipped and listed in the index) for ``suite`` from the store at ``<out_dir>/results.db`` (or
     ``store``: a Store or a location; or ``frame``/``tuning`` directly, whose factors are then ``factors``,
     or inferred from the columns when not given). Writes
     ``<out_dir>/reports/<suite>/{index,<kind>}.{html,md}``, ``figures/<kind>/*.png`` and
     ``tables/<kind>/*.csv``; returns every path written. ``rope``: a number (fraction of accuracy, e.g.
-    0.005 = 0.5 pp) or {dataset: number, 'default': number}; None = 0.5 pp."""
+    0.005 = 0.5 pp) or {dataset: number, 'default': number}; None = 0.5 pp. The runs are the suite's results
+    (``resultset``); ``include_superseded`` shows superseded cells' runs too, each apart. A page built before
+    from other results (an earlier design or version, a kind that no longer applies) is removed, never linked."""
     out_dir = Path(out_dir)
-    older, repeats = 0, None
+    older, repeats, note = 0, None, None
     if frame is None:
-        tables = load_tables(open_store(out_dir, store), suite, suite_version)
+        tables = load_tables(open_store(out_dir, store), suite, suite_version, include_superseded)
         frame, tuning, older, repeats = tables.frame, tables.tuning, tables.older_versions, tables.repeats
-        factors = tables.factors if factors is None else factors
+        factors, note = (tables.factors if factors is None else factors), tables.superseded_note
     options = Options(metric=metric, control=control, rope=rope, all_pairs=all_pairs, confirmatory=confirmatory,
                       alpha=alpha, confidence=confidence, n_resamples=n_resamples, seed=seed, split=split,
                       delay_fraction=delay_fraction)
     ctx = ReportContext(suite, frame, tuning if tuning is not None else pd.DataFrame(), options, factors, older,
-                        repeats)
+                        repeats, superseded=note)
     root = report_dir(out_dir, suite)
     root.mkdir(parents=True, exist_ok=True)
+    results = _results_key(ctx, include_superseded)
+    built_from = _built_from(root)
     written: list[Path] = []
     built, skipped = [], []
     for name, cls in registered_kinds(kinds):
@@ -115,11 +121,44 @@ def build_report(out_dir: str | Path, suite: str, kinds: Sequence[str] | None = 
         sections.append(references_section(getattr(kind, "references", ())))
         written += _write_kind(root, name, kind, ctx, sections)
         built.append((name, kind.title))
+        built_from[slug(name)] = results
+    for name, _ in skipped:  # a kind that does not apply to these results keeps no page of earlier ones
+        built_from.pop(slug(name), None)
+    for page in sorted(root.glob("*.html")):  # pages of other results (another design or version): removed
+        if page.stem != "index" and built_from.get(page.stem) != results:
+            _remove_kind(root, page.stem)
+            built_from.pop(page.stem, None)
+    (root / BUILT_FROM).write_text(json.dumps(built_from, indent=1, sort_keys=True), encoding="utf-8")
     titles = {slug(n): getattr(c, "title", n) for n, c in registered_kinds()}
     titles.update({slug(n): t for n, t in built})
     present = [(p.stem, titles.get(p.stem, p.stem)) for p in sorted(root.glob("*.html")) if p.stem != "index"]
-    written += _write_index(root, ctx, present, skipped)  # this build's kinds and those built before
+    written += _write_index(root, ctx, present, skipped)  # this build's kinds, and earlier ones of the same results
     return written
+
+
+BUILT_FROM = ".built-from.json"  # kind -> the results its page was built from (``_results_key``)
+
+
+def _results_key(ctx: ReportContext, include_superseded: bool) -> str:
+    """What a page's numbers come from: the suite version and the cells of its runs."""
+    cells = sorted(ctx.frame["cell_id"].astype(str).unique()) if "cell_id" in ctx.frame else []
+    return f"v{ctx.suite_version}:" + content_hash(cells, bool(include_superseded))
+
+
+def _built_from(root: Path) -> dict[str, str]:
+    try:
+        return dict(json.loads((root / BUILT_FROM).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def _remove_kind(root: Path, stem: str) -> None:
+    """A kind's page, markdown, figures and tables."""
+    for ext in ("html", "md"):
+        (root / f"{stem}.{ext}").unlink(missing_ok=True)
+    for d in (root / "figures" / stem, root / "tables" / stem):
+        if d.is_dir():
+            shutil.rmtree(d)
 
 
 def _write_kind(root: Path, name: str, kind: ReportKind, ctx: ReportContext, sections: list[Section]) -> list[Path]:
@@ -157,7 +196,8 @@ def _write_index(root: Path, ctx: ReportContext, built: list[tuple[str, str]], s
     sec.text("\n".join(f"- **{t}**: [HTML]({slug(n)}.html) · [markdown]({slug(n)}.md)" for n, t in built)
              or "none built")
     if skipped:
-        sec.note("Skipped (nothing to show):\n\n" + "\n".join(f"- {n}: {why}" for n, why in skipped))
+        sec.details(f"{len(skipped)} kind{'s' * (len(skipped) != 1)} not applicable to this suite",
+                    "\n".join(f"- {n}: {why}" for n, why in skipped))
     sections = [ctx.headline(), sec, references_section(())]
     subtitle = (f"suite version {ctx.suite_version} · metric {ctx.options.metric} · control {ctx.options.control} · "
                 f"ROPE {ctx.rope_text()}")

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from ffbench import stats
+from ffbench import resultset, stats
 from ffbench.document import Section, fmt_ci, fmt_num, fmt_pct, natural_key
 
 # Papers the reports cite, by key: a reader can find each from what is printed.
@@ -48,8 +48,11 @@ def references_section(keys: Sequence[str]) -> Section:
 
 
 def fail_rate(k, n, lo, hi) -> str:
-    """'k/n [low, high]%' (the exact interval of a failure rate), or '—' without outcomes."""
-    return f"{int(k)}/{int(n)} [{fmt_pct(lo, 0)}, {fmt_pct(hi, 0)}]%" if n else "—"
+    """A failure count in words with the exact interval of its rate: 'none of 3', '1 of 3 (1–91%)'; '—'
+    without outcomes."""
+    if not n:
+        return "—"
+    return f"none of {int(n)}" if not k else f"{int(k)} of {int(n)} ({fmt_pct(lo, 0)}–{fmt_pct(hi, 0)}%)"
 
 
 def verdict_label(r: Mapping[str, Any]) -> str:
@@ -74,15 +77,23 @@ def verdicts_display(comp: pd.DataFrame, task: bool = True) -> pd.DataFrame:
     recs = comp.to_dict("records")
     return pd.DataFrame({
         "verdict": [verdict_label(r) for r in recs],
-        "method": comp["method"], "vs": comp["reference"],
-        **({"task": comp["task"]} if task and "task" in comp else {}),
+        "method": comp["method"],  # the difference next: in view on a phone before the table scrolls
         "Δ pp [decision CI]": [fmt_ci(d, lo, hi) for d, lo, hi in zip(comp["delta"], comp["dec_low"], comp["dec_high"])],
+        "vs": comp["reference"],
+        **({"task": comp["task"]} if task and "task" in comp else {}),
         "P(worse / ROPE / better)": [posterior(r) for r in recs],
         "pairs": comp["n_pairs"],
-        "failed: method; vs": [f"{fail_rate(r['fail_method'], r['outcomes_method'], r['fail_rate_method_low'], r['fail_rate_method_high'])}"
-                               f"; {fail_rate(r['fail_reference'], r['outcomes_reference'], r['fail_rate_reference_low'], r['fail_rate_reference_high'])}"
-                               for r in recs],
+        "runs failed: method; vs": [_failed_both(r) for r in recs],
     })
+
+
+def _failed_both(r: Mapping[str, Any]) -> str:
+    """The failures of both sides of a comparison in words ('1 of 3 (1–91%); none of 3'), 'none' when neither
+    failed."""
+    m = fail_rate(r["fail_method"], r["outcomes_method"], r["fail_rate_method_low"], r["fail_rate_method_high"])
+    ref = fail_rate(r["fail_reference"], r["outcomes_reference"], r["fail_rate_reference_low"],
+                    r["fail_rate_reference_high"])
+    return "none" if not r["fail_method"] and not r["fail_reference"] else f"{m}; {ref}"
 
 
 @dataclass
@@ -106,20 +117,26 @@ class ReportContext:
     """What a kind sees: the tidy tables, the factors, the options, and cached shared statistics."""
 
     def __init__(self, suite: str, frame: pd.DataFrame, tuning: pd.DataFrame, options: Options,
-                 factors: Sequence[str] | None = None, older_versions: int = 0, repeats: pd.DataFrame | None = None):
+                 factors: Sequence[str] | None = None, older_versions: int = 0, repeats: pd.DataFrame | None = None,
+                 superseded: str | None = None):
         self.suite = suite
         self.options = options
         self.raw = frame
+        self.superseded = superseded  # the sentence naming the superseded runs left out (or shown apart)
+        stored = list(factors) if factors is not None else stats.infer_factors(frame)
+        frame, factors = resultset.fold_variants(frame, stored, options.control)
         self.frame, self.factors = stats.prepare(frame, factors, options.metric)
         self.suite_version = int(self.frame["suite_version"].max()) if "suite_version" in self.frame and len(self.frame) else None
         self.older_versions = older_versions
-        self.tuning = tuning
+        folded = [f for f in stored if f not in factors]  # method-only axes, now method variants
+        self.tuning = resultset.fold_variants(tuning, stored, axes=folded)[0] if tuning is not None else tuning
         self.axes = stats.axes_of(self.factors)
         self.task_cols = [f for f in self.factors if f != "method"]
         self.frame["task"] = self._task(self.frame)
         self.repeats = pd.DataFrame()  # the runs of later tuning repeats' choices, prepared like the frame
         if repeats is not None and len(repeats):
-            self.repeats = stats.prepare(repeats, self.factors, options.metric)[0]
+            self.repeats = stats.prepare(resultset.fold_variants(repeats, stored, axes=folded)[0], self.factors,
+                                         options.metric)[0]
             self.repeats["task"] = self._task(self.repeats)
         self.cache: dict[str, Any] = {}
 
@@ -209,9 +226,9 @@ class ReportContext:
             else:
                 winner, why = "none clear", f"{control} has the highest mean; " + ", ".join(
                     f"{m}: {v}" for m, v in others if v != "worse")
-            rows.append({"task": task, "winner": winner, "highest mean": best["method"],
+            rows.append({"task": task, "winner": winner,  # the accuracy early: in view on a phone
                          "mean [CI] (%)": fmt_ci(best["mean"], best["ci_low"], best["ci_high"]),
-                         "n": int(best["n"]), "why": why})
+                         "n": int(best["n"]), "highest mean": best["method"], "why": why})
         return pd.DataFrame(rows)
 
     def headline(self, extra: Sequence[str] = ()) -> Section:
@@ -234,6 +251,8 @@ class ReportContext:
         elif o.control not in self.methods:
             sec.note(f"The control `{o.control}` has no runs in this suite: no verdicts (set `--control`).")
         sec.text(self.failure_line())
+        if self.superseded:
+            sec.note(self.superseded[0].upper() + self.superseded[1:] + ".")
         for line in extra:
             sec.text(line)
         return sec
@@ -303,6 +322,7 @@ class Tables:
     factors: list[str]  # from the rows' stored factors: method, dataset, backbone, then the axes
     older_versions: int  # evaluation runs of other suite versions, left out
     repeats: pd.DataFrame | None = None  # runs of the configurations chosen by later repeats of the search
+    superseded_note: str | None = None  # what is left out: runs of cells the current design no longer declares
 
 
 def open_store(out_dir: Path, store: Any = None):
@@ -317,27 +337,26 @@ def open_store(out_dir: Path, store: Any = None):
     return store if hasattr(store, "frame") else Store(store)
 
 
-def load_tables(store: Any, suite: str, suite_version: int | None = None) -> Tables:
-    """The evaluation and tuning runs of one version of ``suite`` (the latest unless given) and its factors."""
-    frame = store.frame(suite, role="evaluation")
-    if not len(frame):
+def load_tables(store: Any, suite: str, suite_version: int | None = None, include_superseded: bool = False) -> Tables:
+    """The evaluation and tuning runs of one version of ``suite`` (the latest unless given) that are its
+    results (``resultset``: the current design's cells; with ``include_superseded`` the superseded cells'
+    runs too, each cell apart), and its factors."""
+    evaluation = resultset.load(store, suite, suite_version, "evaluation", include_superseded)
+    frame, v = evaluation.frame, evaluation.version
+    if not len(frame) and v is None:
         raise ValueError(f"no evaluation runs of suite {suite!r} in {store.url}; suites there: "
                          f"{', '.join(store.suites()) or 'none'}")
-    tuning = store.frame(suite, role="tuning")
-    v = int(frame["suite_version"].max()) if suite_version is None else int(suite_version)
-    older = int((frame["suite_version"] != v).sum())
-    frame = frame[frame["suite_version"] == v].reset_index(drop=True)
-    if len(tuning):
-        tuning = tuning[tuning["suite_version"] == v].reset_index(drop=True)
     if not len(frame):
-        raise ValueError(f"suite {suite!r} has no evaluation runs of version {v}")
+        raise ValueError(f"suite {suite!r} has no evaluation runs of version {v}"
+                         + (f" in its current design ({resultset.superseded_note(evaluation.superseded)})"
+                            if len(evaluation.superseded) else ""))
+    tuning = resultset.load(store, suite, v, "tuning", include_superseded).frame
     # each run's manifest (a bookkeeping column, never a factor): e.g. the source checkpoint a transfer run read
     manifests = {r["run_id"]: r["manifest"] for r in store.rows(suite, role="evaluation", suite_version=v)}
     frame["manifest"] = frame["run_id"].map(manifests)
-    repeats = store.frame(suite, role="repeat")
-    if len(repeats):
-        repeats = repeats[repeats["suite_version"] == v].reset_index(drop=True)
-    return Tables(frame, tuning, stored_factors(store, suite, v, frame), older, repeats)
+    repeats = resultset.load(store, suite, v, "repeat", include_superseded).frame
+    return Tables(frame, tuning, stored_factors(store, suite, v, frame), evaluation.older_versions, repeats,
+                  resultset.superseded_note(evaluation.superseded, include_superseded))
 
 
 def stored_factors(store: Any, suite: str, version: int, frame: pd.DataFrame) -> list[str]:
@@ -345,8 +364,10 @@ def stored_factors(store: Any, suite: str, version: int, frame: pd.DataFrame) ->
     first, then the axes in the design's order; an axis that applies to none of the runs (None in every
     row) is left out, as it splits nothing."""
     names: dict[str, None] = {}
+    runs = set(frame["run_id"]) if "run_id" in frame else None
     for r in store.rows(suite, role="evaluation", suite_version=version):
-        names.update(dict.fromkeys(r["factors"] or {}))
+        if runs is None or r["run_id"] in runs:
+            names.update(dict.fromkeys(r["factors"] or {}))
     base = [f for f in stats.BASE_FACTORS if f in names]
     axes = [f for f in names if f not in stats.BASE_FACTORS and f in frame and frame[f].notna().any()]
     return base + axes

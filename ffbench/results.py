@@ -1,8 +1,9 @@
 """A suite's results read back from the store for the end of a run and for MLflow: the results table
 (mean ± SD per cell), the failed runs, the tuning budget curves, and each cell's aggregate for its parent
 run. Every number comes from ``stats`` (``cell_table``, ``cell_summaries``, ``budget_curves``, the same
-functions the reports read); this module only selects the rows (this suite version, this design's
-cells), passes the design's factors explicitly, and names the columns.
+functions the reports read); this module only selects the rows (``resultset``: the runs of this suite
+version's current cells, of this design's part), passes the design's factors explicitly (method-only axes
+folded into method variants), and names the columns.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from ffbench import stats
+from ffbench import resultset, stats
 from ffbench.config import TABLE_COLUMNS
 from ffbench.design import EVALUATION, TUNING, Design
 from ffbench.selection import choose_best
@@ -30,13 +31,14 @@ def results_table(store: Store, suite: Suite, design: Design) -> tuple[pd.DataFr
     and each cell's verdict against the suite's control with the interval of the difference (both from
     ``stats.cell_summaries``), over the finished evaluation runs of this suite version; tuning trials never
     enter it. Returns (table, the evaluation frame it was computed from, for results.csv)."""
-    frame = store.frame(suite.name, version=suite.version)
+    frame = resultset.load(store, suite.name, suite.version).frame
     if len(frame):
         frame = frame[frame["cell_id"].isin({c.cell_id for c in design.cells})].copy()
     if not len(frame):
         return pd.DataFrame(), frame
-    summaries = stats.cell_summaries(frame, control=suite.control, factors=design.factors)
-    axes = [a for a in design.axes if a in frame.columns]
+    frame, factors = resultset.fold_variants(frame, design.factors, suite.control)
+    summaries = stats.cell_summaries(frame, control=suite.control, factors=factors)
+    axes = [a for a in factors if a in design.axes and a in frame.columns]
     keys = ["dataset", "backbone", "method", *axes]
     for a in axes:  # None (the axis does not apply) stays a group of its own
         frame[a] = frame[a].map(lambda v: NOT_APPLICABLE if v is None or (isinstance(v, float) and v != v) else v)
@@ -55,9 +57,9 @@ def results_table(store: Store, suite: Suite, design: Design) -> tuple[pd.DataFr
     order = {"dataset": suite.datasets, "backbone": suite.backbones, "method": suite.methods,
              **{a.name: [NOT_APPLICABLE] + list(a.levels) for a in suite.axes}}
 
-    def rank(col):  # the suite's own order, not the store's
+    def rank(col):  # the suite's own order, not the store's (a method's variants after it)
         pos = {str(v): i for i, v in enumerate(order[col.name])}
-        return col.map(lambda v: pos.get(str(v), len(pos)))
+        return col.map(lambda v: (pos.get(str(v).split("[")[0], len(pos)), str(v)))
 
     return table.sort_values(keys, key=rank).reset_index(drop=True), frame
 
@@ -164,9 +166,9 @@ def budget_curves(store: Store, suite: Suite, design: Design | None = None) -> p
     trials among the completed ones), chosen (the trial whose configuration was evaluated) and the
     trial's parameters (param.*)."""
     rows = store.rows(suite.name, role=TUNING, suite_version=suite.version)
-    if design is not None:
-        cells = {c.cell_id for c in design.cells}
-        rows = [r for r in rows if r["cell_id"] in cells]
+    cells = ({c.cell_id for c in design.cells} if design is not None
+             else resultset.declared_cells(store, suite.name, suite.version))
+    rows = [r for r in rows if r["cell_id"] in cells]
     if not rows:
         return pd.DataFrame()
     curves = _curves(rows)
@@ -196,9 +198,11 @@ def cell_aggregates(store: Store, suite: Suite, design: Design, control: str | N
     failures, and the verdict against the control, from ``stats.cell_summaries``), for a tuned cell its
     tuning (trials done / pruned / failed, the chosen trial and its parameters) and its budget curve
     [(k, best validation accuracy after k trials)], and whether the cell is complete."""
-    frame = store.frame(suite.name, version=suite.version)
-    per_cell = (stats.cell_summaries(frame, control=control or suite.control, rope=rope, factors=design.factors)
-                if len(frame) else {})
+    frame = resultset.load(store, suite.name, suite.version).frame
+    control, factors = control or suite.control, design.factors
+    if len(frame):
+        frame, factors = resultset.fold_variants(frame, design.factors, control)
+    per_cell = stats.cell_summaries(frame, control=control, rope=rope, factors=factors) if len(frame) else {}
     rows = store.rows(suite.name, suite_version=suite.version)
     by_cell: dict[str, list[dict]] = {}
     for r in rows:
@@ -247,6 +251,8 @@ def summarize_cells(suite: Suite, design: Design, store: Store, tracker, control
     """Log each cell's aggregate (``cell_aggregates``) onto its MLflow parent run, so the UI ranks and
     compares cells; a cell none of whose runs has started has no parent yet and is left out."""
     aggregates = cell_aggregates(store, suite, design, control, rope)
+    current = resultset.declared_cells(store, suite.name, suite.version)
+    tracker.mark_superseded(current, set(store.cells(suite.name, suite.version)) - current)
     for cell in design.cells:
         agg = aggregates[cell.cell_id]
         if agg["span"][0] is None:
@@ -257,15 +263,16 @@ def summarize_cells(suite: Suite, design: Design, store: Store, tracker, control
 
 # ---------------------------------------------------------------- the headline of `ffbench report`
 def headline(store: Store, suite_name: str, control: str = "bp", rope=None, suite_version: int | None = None,
-             **options: Any) -> list[str]:
+             include_superseded: bool = False, **options: Any) -> list[str]:
     """The report's headline as terminal lines: the winner per task, and each method's verdict against
     ``control`` with the interval it is read from. The same statistics as the report's (its ``winners``
     and confirmatory comparisons, from ``stats``); ``options``: the report's other options."""
     from ffbench.document import fmt_ci
     from ffbench.report_context import Options, ReportContext, load_tables, verdict_label
 
-    t = load_tables(store, suite_name, suite_version)
-    ctx = ReportContext(suite_name, t.frame, t.tuning, Options(control=control, rope=rope, **options), t.factors)
+    t = load_tables(store, suite_name, suite_version, include_superseded)
+    ctx = ReportContext(suite_name, t.frame, t.tuning, Options(control=control, rope=rope, **options), t.factors,
+                        superseded=t.superseded_note)
     lines = [f"{suite_name} (version {ctx.suite_version}): winner per task"]
     for w in ctx.winners().to_dict("records"):
         lines.append(f"  {w['task']}: {w['winner']} ({w['why']}); highest mean {w['highest mean']} "
@@ -280,4 +287,6 @@ def headline(store: Store, suite_name: str, control: str = "bp", rope=None, suit
     elif control not in ctx.methods:
         lines.append(f"the control {control} has no runs in this suite: no verdicts (set --control)")
     lines.append(ctx.failure_line().replace("**", ""))
+    if ctx.superseded:
+        lines.append(ctx.superseded[0].upper() + ctx.superseded[1:].replace("`", "") + ".")
     return lines

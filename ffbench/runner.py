@@ -109,6 +109,7 @@ def optuna_url(design: Design, paths: Paths, store_url: str | None, given: str |
 def init_suite(suite: Suite, design: Design, store: Store, tracker=None, optuna_url: str | None = None) -> int:
     """Make the store, the Optuna studies and the MLflow parents ready. Idempotent; returns new rows."""
     new = store.add_runs(r.store_row(suite) for r in design.initial_runs())
+    store.record_design(suite.name, suite.version, design.declared)  # whose runs are the suite's results
     if any(c.tuning for c in design.cells):
         from ffbench.studies import ensure_studies, open_storage
 

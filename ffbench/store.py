@@ -1,4 +1,5 @@
-"""The results store: the source of truth. One row per run, appended and updated, never deleted.
+"""The results store: the source of truth. One row per run, appended and updated; deleted only by
+``ffbench prune`` (runs of superseded cells, named first).
 
 SQLite under the output directory on one machine; any SQLAlchemy URL (PostgreSQL) for several.
 Claiming a run is one atomic conditional UPDATE, so many workers can share a suite: a run is taken
@@ -10,7 +11,9 @@ pruned (tuning trials stopped by the pruner). Lease times use the database's clo
 machines with skewed clocks still agree on what is stale. A claim records the claiming process's host
 and PID, so a process on the same host can give back at once the runs of a process that no longer
 exists (across machines the lease stays the rule). A run executed again on purpose (``--rerun``) keeps
-its old row, renamed ``<run_id>~g<generation>`` and marked superseded; reads skip superseded rows.
+its old row, renamed ``<run_id>~g<generation>`` and marked superseded; reads skip superseded rows. The
+table ``designs`` remembers the cells each suite version was last planned with (``record_design``), the
+cells whose runs are the suite's results (``resultset``).
 
 A SQLite store is created whole (built under a temporary name, then linked into place), so a file at the
 store path that is empty, truncated or not ffbench's is refused with a ``StoreError`` naming it, instead
@@ -66,6 +69,14 @@ runs = sa.Table(
     sa.Column("code", sa.Text),  # JSON: the code fingerprints of the cell (plugin modules and versions)
     sa.Column("generation", sa.Integer),  # how many times the run was executed again on purpose (--rerun)
     sa.Column("superseded", sa.Float),  # when a rerun replaced this row (kept, never read as current)
+)
+# the design each suite version was last planned with: the cells whose runs are the suite's results
+designs = sa.Table(
+    "designs", _meta,
+    sa.Column("suite", sa.String(200), primary_key=True),
+    sa.Column("suite_version", sa.Integer, primary_key=True),
+    sa.Column("cells", sa.Text, nullable=False),  # JSON: the declared cell IDs
+    sa.Column("planned", sa.Float, nullable=False),  # when
 )
 # added to stores created before them
 _ADDED_COLUMNS = {"params": "TEXT", "optuna_trial": "INTEGER", "mirrored_to": "TEXT", "host": "VARCHAR(200)",
@@ -381,6 +392,31 @@ class Store:
                     fresh["params"] = old["params"]  # a tuned cell's chosen parameters stay chosen
                 c.execute(runs.insert().values(**fresh, status=PENDING, attempts=0, generation=gen + 1))
                 n += 1
+        return n
+
+    def record_design(self, suite: str, version: int, cell_ids: Iterable[str]) -> None:
+        """Remember the cells ``suite`` version ``version`` declares now (replacing what was planned before), so
+        that any later reader, with or without the suite file, counts exactly their runs."""
+        values = {"cells": canonical_json(sorted(set(cell_ids))), "planned": time.time()}
+        with self.engine.begin() as c:
+            if not c.execute(designs.update().where(designs.c.suite == suite)
+                             .where(designs.c.suite_version == version).values(**values)).rowcount:
+                c.execute(designs.insert().values(suite=suite, suite_version=version, **values))
+
+    def declared_cells(self, suite: str, version: int) -> set[str] | None:
+        """The cell IDs recorded by ``record_design`` for this suite version, or None if none was recorded."""
+        with self.engine.connect() as c:
+            got = c.execute(sa.select(designs.c.cells).where(designs.c.suite == suite)
+                            .where(designs.c.suite_version == version)).scalar()
+        return set(json.loads(got)) if got else None
+
+    def delete_runs(self, run_ids: Iterable[str]) -> int:
+        """Delete these rows (``ffbench prune``: runs of superseded cells, named to the user first)."""
+        ids = list(run_ids)
+        n = 0
+        with self.engine.begin() as c:
+            for i in range(0, len(ids), 500):
+                n += c.execute(runs.delete().where(runs.c.run_id.in_(ids[i:i + 500]))).rowcount
         return n
 
     # ------------------------------------------------------------ reading

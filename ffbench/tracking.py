@@ -42,6 +42,7 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_R
                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 COMPLETE = "ffbench.mirrored"  # set last on a child: a child without it was cut short and is completed
 STARTED = "ffbench.started"  # the attempt a child belongs to (the run's start time in the store)
+SUPERSEDED = "ffbench.superseded"  # on a parent: its cell is no longer in the suite's design (history, not results)
 # MLflow 3 opens an experiment on its GenAI pages unless it is a model-training one: the experiment tag,
 # and the UI's own switch (the `workflowType` query parameter, else the browser's last choice)
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
@@ -241,8 +242,9 @@ class Tracker:
                     started: float | None = None) -> str:
         if cell_id in self._parents:
             return self._parents[cell_id]
-        name = "/".join(str(v) if k in ("method", "dataset", "backbone") else f"{k}={v}"
-                        for k, v in factors.items() if v is not None)
+        from ffbench.design import run_name
+
+        name = run_name(factors)
         tags = {"ffbench.cell_id": cell_id, "ffbench.kind": "cell", "ffbench.suite_version": str(suite_version),
                 **_flat("", factors), **_flat("cfg.", _config_tags(config))}
         rid, _ = self._find_or_create(f"tags.`ffbench.cell_id` = '{cell_id}' and tags.`ffbench.kind` = 'cell'",
@@ -409,6 +411,31 @@ class Tracker:
         for cell_id, rid in self._parents.items():
             if self.client.get_run(rid).info.status == "RUNNING":
                 self.client.set_terminated(rid, "FINISHED" if cell_id in complete else "KILLED")
+
+    def mark_superseded(self, current: Iterable[str], superseded: Iterable[str]) -> None:
+        """Tag the parents of cells the suite's design no longer declares ``ffbench.superseded = true`` (their
+        aggregates are history, not results) and those of the ``current`` cells ``false``."""
+        self._guard("tag superseded cells", self._mark_superseded, set(current), set(superseded))
+
+    def _mark_superseded(self, current: set[str], superseded: set[str]) -> None:
+        self._load_parents()
+        for cell_id, rid in self._parents.items():
+            if cell_id in current or cell_id in superseded:
+                self.client.set_tag(rid, SUPERSEDED, "true" if cell_id in superseded else "false")
+
+    def delete_cells(self, cell_ids: Iterable[str]) -> int:
+        """Delete (MLflow's soft delete) the parent and child runs of these cells; return how many runs."""
+        return self._guard("delete the runs of pruned cells", self._delete_cells, set(cell_ids)) or 0
+
+    def _delete_cells(self, cell_ids: set[str]) -> int:
+        n = 0
+        for cell_id in sorted(cell_ids):
+            for r in self.client.search_runs([self.experiment_id], f"tags.`ffbench.cell_id` = '{cell_id}'",
+                                             max_results=5000):
+                self.client.delete_run(r.info.run_id)
+                n += 1
+            self._parents.pop(cell_id, None)
+        return n
 
     def log_artifacts(self, paths: Iterable[Path], artifact_path: str | None = None) -> None:
         """Attach files (reports, tables) to the experiment through a dedicated 'suite' run."""

@@ -61,10 +61,37 @@ BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total_fmt} runs [{elaps
 
 
 def progress_bar(total: int, initial: int = 0, desc: str = ""):
-    """The suite's progress bar on stderr: runs, advanced epoch by epoch (so its ETA follows the epochs)."""
+    """The suite's progress bar on stderr: runs, advanced epoch by epoch (so its ETA follows the epochs). In a
+    log that is not a terminal, plain lines instead (``ProgressLines``): no carriage-return fragments."""
+    if not sys.stderr.isatty():
+        return ProgressLines(total, initial, desc)
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, bar_format=BAR_FORMAT)
+
+
+class ProgressLines:
+    """The progress bar's interface for a log: one plain line when a run starts or finishes (not per epoch)."""
+
+    def __init__(self, total: int, initial: int = 0, desc: str = ""):
+        self.total, self.n, self.desc, self.postfix = total, initial, desc, ""
+        self._said: tuple = ()
+
+    def set_postfix_str(self, s: str, refresh: bool = True) -> None:
+        self.postfix = s.split(" · epoch ")[0]  # the run in hand; its epochs are not worth a line each
+        if refresh:
+            self.refresh()
+
+    def refresh(self) -> None:
+        done = int(self.n)
+        if (done, self.postfix) != self._said:
+            self._said = (done, self.postfix)
+            print(f"{self.desc}: {done}/{self.total} runs finished" + (f"; now {self.postfix}" if self.postfix else ""),
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.postfix = ""
+        self.refresh()
 
 
 class Shown:

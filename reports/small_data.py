@@ -17,6 +17,7 @@ import pandas as pd
 from ffbench import figures as F
 from ffbench import stats
 from ffbench.document import Section, fmt_ci
+from ffbench.resultset import base_method
 from ffbench.report import ReportKind, report_kind
 from ffbench.report_context import ReportContext, verdict_label, verdicts_display
 from reports.comparison import cells_display
@@ -64,10 +65,10 @@ def size_label(level: Any, n_full: float | None = None) -> str:
 
 def gap_pairs(methods: Sequence[str], control: str, matched: str = MATCHED) -> list[tuple[str, str]]:
     """The page's comparisons: every method against the control, and every other method against the
-    matched baseline when it has runs."""
+    matched baseline (or each of its variants, e.g. ``bp.deepsup[head=match:sff]``) when it has runs."""
     pairs = [(m, control) for m in methods if m != control] if control in methods else []
-    if matched in methods:
-        pairs += [(m, matched) for m in methods if m not in (control, matched)]
+    baselines = [m for m in methods if base_method(m) == matched]
+    pairs += [(m, b) for b in baselines for m in methods if m != control and m not in baselines]
     return pairs
 
 
@@ -201,7 +202,7 @@ class SmallData(ReportKind):
             f"- Accuracy: `{o.metric}` per size and method over the surviving runs, mean with its {o.confidence:.0%} "
             "t interval over seeds (the figure's bands clipped to 0-100%).",
             f"- Gaps: each method against the control `{o.control}`"
-            + (f" and against the matched baseline `{MATCHED}`" if MATCHED in ctx.methods else "")
+            + (f" and against the matched baseline `{MATCHED}`" if MATCHED in map(base_method, ctx.methods) else "")
             + ", Δ = method − reference in pp, paired by seed (the same seed draws the same data subset for every "
             f"method). Verdicts as in the comparison report: one Holm family over the {fam} comparisons of this "
             f"page that can reach a verdict ({2 * fam} hypotheses: difference and equivalence), read off the "

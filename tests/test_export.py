@@ -26,8 +26,10 @@ def test_three_tidy_tables_match_the_store(out):
     runs, curves, units = t["runs"], t["curves"], t["units"]
     stored = Store(out / "results.db").frame("reptest")
     assert len(runs) == len(stored) == 13 and set(runs["status"]) == {"done", "failed"}  # failures kept
-    assert list(runs.columns[:12]) == ["run_id", "suite", "suite_version", "cell_id", "role", "seed", "trial",
-                                       "status", "method", "dataset", "backbone", "classes"]
+    assert list(runs.columns[:15]) == ["run_id", "suite", "suite_version", "cell_id", "config_hash",
+                                       "code_fingerprint", "superseded", "role", "seed", "trial", "status", "method",
+                                       "dataset", "backbone", "classes"]
+    assert not runs["superseded"].any() and runs["config_hash"].notna().all()
     assert {"cfg.epochs", "test_acc", "epoch_time_s", "saved_bytes_per_step"} <= set(runs.columns)
     assert "curves" not in runs
     merged = runs.merge(stored[["run_id", "test_acc"]], on="run_id", suffixes=("", "_store"))

@@ -1,6 +1,7 @@
 """Every report page of a small synthetic store, opened in headless Chromium at a desktop width (1400 px)
 and a phone width (390 px): every figure loads, and the headline and verdict tables never widen the page
-(they fit, or their container scrolls sideways by design, its first column frozen)."""
+(they fit, or their container scrolls sideways by design, its first column frozen), their accuracy or
+difference column in view; on a phone a figure keeps its size and scrolls in its own box."""
 from __future__ import annotations
 
 import json
@@ -24,11 +25,15 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 # Runs after load (images decoded): what a reader would see, written into the DOM for --dump-dom.
 PROBE = """<script>window.addEventListener('load',()=>{
 const imgs=[...document.images];
-const wraps=[...document.querySelectorAll('.table-wrap')].map(w=>({name:w.dataset.table,
+const wraps=[...document.querySelectorAll('.table-wrap')].map(w=>{const b=w.getBoundingClientRect();
+  return {name:w.dataset.table,
   scroll:w.scrollWidth,client:w.clientWidth,overflow:getComputedStyle(w).overflowX,
-  frozen:getComputedStyle(w.querySelector('td,th')).position}));
+  frozen:getComputedStyle(w.querySelector('td,th')).position,
+  heads:[...w.querySelectorAll('th')].map(h=>({text:h.textContent,right:h.getBoundingClientRect().right-b.left}))}});
 const r={n:imgs.length,ok:imgs.filter(i=>i.complete&&i.naturalWidth>0&&i.naturalHeight>0).length,
-  widths:imgs.map(i=>i.naturalWidth),sections:document.querySelectorAll('section').length,
+  widths:imgs.map(i=>i.naturalWidth),shown:imgs.map(i=>i.getBoundingClientRect().width),
+  figscroll:[...document.querySelectorAll('figure')].map(f=>getComputedStyle(f).overflowX),
+  details:document.querySelectorAll('details').length,sections:document.querySelectorAll('section').length,
   headline:document.querySelectorAll('section.headline').length,tables:wraps,
   page:document.documentElement.scrollWidth,viewport:window.innerWidth};
 const p=document.createElement('pre');p.id='probe';p.textContent=JSON.stringify(r);
@@ -107,6 +112,14 @@ def test_every_page_shows_its_figures_and_fits_the_window(pages, width, tmp_path
             assert t["frozen"] == "sticky", (html.name, t)  # the first column stays in view when it scrolls
         if width == 1400:  # on a desktop the headline and verdict tables fit without scrolling
             assert all(t["scroll"] <= t["client"] for t in key), (html.name, key)
+        else:  # on a phone a figure keeps its size (tick labels stay legible) and scrolls inside its own box
+            assert all(s >= 0.95 * w for s, w in zip(seen["shown"], seen["widths"])), (html.name, seen["shown"])
+            assert all(o in ("auto", "scroll") for o in seen["figscroll"]), html.name
+        for t in key:  # the accuracy (or the difference) is in view before the table is scrolled
+            heads = {h["text"]: h["right"] for h in t["heads"]}
+            for col in ("mean [CI] (%)", "Δ pp [decision CI]"):
+                if col in heads:
+                    assert heads[col] <= t["client"] + 1, (html.name, width, t["name"], col, heads[col], t["client"])
 
 
 def test_screenshots_of_the_main_pages(pages, tmp_path):
