@@ -806,6 +806,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_arguments(p)
     p.set_defaults(func=main_compare)
 
+    from ffbench.board import add_board_arguments, main_board
+
+    p = command("board", "one leaderboard page (HTML, markdown, CSV) across suites and datasets: method × task with "
+                         "intervals, verdicts against bp and bp.deepsup, budget and cost",
+                epilog="examples:\n  ffbench board ffbench-out/quick ffbench-out/small-data --to board/"
+                       "\n  ffbench board benchmarks/studies/*.csv benchmarks/reproduction/*.csv --to board/")
+    add_board_arguments(p)
+    p.set_defaults(func=main_board)
+
     # further commands register here, before the shared flags below are added to every one
     for p in sub.choices.values():  # `ffbench run --debug ...` as well as `ffbench --debug run ...`
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
