@@ -1,4 +1,4 @@
-# The two set-up commands of the README:
+# The make targets of the README:
 #   make quick   install everything, then run the main job (the `quick` suite on the bundled digits)
 #   make test    install everything (with the test tools and data), then run the tests
 #   make board   the leaderboard page of the committed studies (ffbench-out/board)
