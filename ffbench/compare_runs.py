@@ -138,7 +138,7 @@ def what_changed(ra: list[dict[str, Any]], rb: list[dict[str, Any]]) -> str:
     da, db = {m.get("device") for m in ma}, {m.get("device") for m in mb}
     if da != db:
         out.append(f"device: {'/'.join(map(str, sorted(da, key=str)))}→{'/'.join(map(str, sorted(db, key=str)))}")
-    return "; ".join(out) or "nothing recorded"
+    return "; ".join(out) or "nothing (settings, code, libraries and machine alike)"
 
 
 def welch(a: np.ndarray, b: np.ndarray, confidence: float = stats.CONFIDENCE) -> tuple[float, float, float]:

@@ -55,9 +55,14 @@ def stores(tmp_path_factory):
     v2.write_text(SUITE.format(name="split", version=2, widths="[24, 16]"))
     other = d / "other.toml"
     other.write_text(SUITE.format(name="another", version=1, widths="[16, 16]"))
+    changed = d / "changed.toml"  # version 1 with a setting changed: new cells, the old ones superseded
+    changed.write_text(SUITE.format(name="split", version=1, widths="[20, 16]"))
     for args in ((v1, "--out", d / "a", "--cells", "bp"), (v1, "--out", d / "b", "--cells", "bp.deepsup"),
                  (v1, "--out", d / "whole"), (v2, "--out", d / "whole"),
-                 (other, "--out", d / "other", "--cells", "bp", "--seeds", "0")):
+                 (other, "--out", d / "other", "--cells", "bp", "--seeds", "0"),
+                 (changed, "--out", d / "changed", "--cells", "bp", "--seeds", "0")):
+        if args[0] == changed:
+            shutil.copytree(d / "a", d / "changed")
         r = ffbench("run", *args, "--no-tracking", "--no-progress")
         assert r.returncode == 0, r.stderr
     return d
@@ -163,3 +168,16 @@ def test_the_manifest_records_the_machine(stores):
     for row in Store(stores / "a" / "results.db").rows("split"):
         m = row["manifest"]
         assert m["cpu"] and m["cpu_count"] >= 1 and m["cpu_capability"]
+
+
+def test_superseded_cells_stay_superseded_and_a_different_design_is_refused(stores, tmp_path):
+    dest = tmp_path / "merged"
+    r = ffbench("merge", dest, stores / "changed", "--no-tracking")
+    assert r.returncode == 0, r.stderr
+    res = resultset.load(Store(dest / "results.db"), "split", 1)
+    assert len(res.frame) == 1 and len(res.superseded) == 3  # the changed bp cell counts; the old one is history
+    assert "3 runs of 1 superseded cell" in r.stdout
+    # the store planned with the old setting declares other cells: refused, naming both stores
+    r = ffbench("merge", tmp_path / "m2", stores / "changed", stores / "b", "--no-tracking")
+    assert r.returncode == 2 and "declare different designs" in r.stderr
+    assert str(stores / "changed") in r.stderr and str(stores / "b") in r.stderr and not (tmp_path / "m2").exists()
