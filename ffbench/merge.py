@@ -247,8 +247,9 @@ def merge(dest: str, sources: Sequence[str], *, tracking: bool = True, tracking_
     done = int((res.frame["status"] == "done").sum()) if len(res.frame) else 0
     print(f"merged: {len(writes)} run(s) written; {store.url} now holds {len(here.rows) + sum(t.added for t in tallies)} "
           f"runs; the suite's results: {len(res.frame)} runs of {len(res.cells)} cells ({done} done)")
-    if res.note():
-        print(res.note()[0].upper() + res.note()[1:].replace("`", "") + ".")
+    note = resultset.superseded_note(res.superseded)
+    if note:
+        print(note[0].upper() + note[1:].replace("`", "") + ".")
     if tracking:
         _mirror(store, suite, version, out, tracking_uri)
     return 0
