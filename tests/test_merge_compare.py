@@ -181,3 +181,31 @@ def test_superseded_cells_stay_superseded_and_a_different_design_is_refused(stor
     r = ffbench("merge", tmp_path / "m2", stores / "changed", stores / "b", "--no-tracking")
     assert r.returncode == 2 and "declare different designs" in r.stderr
     assert str(stores / "changed") in r.stderr and str(stores / "b") in r.stderr and not (tmp_path / "m2").exists()
+
+
+def test_a_finished_run_replaces_the_same_run_pending_in_dest(stores, tmp_path):
+    from ffbench import runner
+    from ffbench.runner import init_suite
+
+    # DEST planned (every run registered pending, as `ffbench run` does before training) but not trained
+    suite, design, _ = runner.prepare(str(stores / "v1.toml"))
+    dest = tmp_path / "planned"
+    init_suite(suite, design, Store(dest / "results.db"))
+    r = ffbench("merge", dest, stores / "a", "--no-tracking")
+    assert r.returncode == 0, r.stderr
+    assert [ln.split()[1:] for ln in r.stdout.splitlines() if ln.startswith(str(stores / "a"))] == \
+        [["3", "0", "3", "0", "0"]]  # runs, added, updated, identical, conflicts
+    statuses = pd.Series({row["run_id"]: row["status"] for row in Store(dest / "results.db").rows("split")})
+    assert (statuses == "done").sum() == 3 and (statuses == "pending").sum() == 3
+
+
+def test_the_unpaired_interval_is_welchs():
+    import numpy as np
+    from scipy import stats as sps
+
+    from ffbench.compare_runs import welch
+
+    a, b = np.array([0.70, 0.72, 0.75]), np.array([0.80, 0.79, 0.85, 0.83])
+    d, lo, hi = welch(a, b)
+    ci = sps.ttest_ind(b, a, equal_var=False).confidence_interval(0.95)
+    assert d == pytest.approx(b.mean() - a.mean()) and (lo, hi) == pytest.approx((ci.low, ci.high))
