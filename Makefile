@@ -1,13 +1,14 @@
-# The two set-up commands of the README:
+# The make targets of the README:
 #   make quick   install everything, then run the main job (the `quick` suite on the bundled digits)
 #   make test    install everything (with the test tools and data), then run the tests
+#   make board   the leaderboard page of the committed studies (ffbench-out/board)
 VENV    ?= .venv
 PYTHON  ?= python3
 BIN     := $(VENV)/bin
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PKGS := postgresql chromium dataset-fashion-mnist
 
-.PHONY: quick test install system-packages data clean
+.PHONY: quick test install system-packages data board clean
 
 quick: install
 	$(BIN)/ffbench run quick
@@ -34,6 +35,10 @@ system-packages:
 
 data: install
 	$(BIN)/ffbench data fetch fashion-mnist mnist
+
+# the leaderboard of the committed studies and reproductions (README: Board)
+board: install
+	$(BIN)/ffbench board benchmarks/studies/*.csv benchmarks/reproduction/*.csv --to ffbench-out/board
 
 clean:
 	rm -rf ffbench-out .pytest_cache

@@ -803,6 +803,32 @@ def build_parser() -> argparse.ArgumentParser:
     add_prune_arguments(p)
     p.set_defaults(func=main_prune)
 
+    from ffbench.merge import add_merge_arguments, main_merge
+
+    p = command("merge", "combine the results stores of one suite run on several machines or folders into one",
+                epilog="examples:\n  ffbench merge all/ laptop-out/ cluster-out/   # every run once; conflicts refused"
+                       "\n  ffbench merge all/results.db a/ b/ --no-tracking")
+    add_merge_arguments(p)
+    p.set_defaults(func=main_merge)
+
+    from ffbench.compare_runs import add_compare_arguments, main_compare
+
+    p = command("compare", "two sets of a suite's results side by side: per cell the difference with its interval, "
+                           "the verdict, and what changed (settings, code, libraries, machine)",
+                epilog="examples:\n  ffbench compare before/ after/             # two output folders"
+                       "\n  ffbench compare quick@2 quick@3 --out ffbench-out/quick --to diff.md")
+    add_compare_arguments(p)
+    p.set_defaults(func=main_compare)
+
+    from ffbench.board import add_board_arguments, main_board
+
+    p = command("board", "one leaderboard page (HTML, markdown, CSV) across suites and datasets: method × task with "
+                         "intervals, verdicts against bp and bp.deepsup, budget and cost",
+                epilog="examples:\n  ffbench board ffbench-out/quick ffbench-out/small-data --to board/"
+                       "\n  ffbench board benchmarks/studies/*.csv benchmarks/reproduction/*.csv --to board/")
+    add_board_arguments(p)
+    p.set_defaults(func=main_board)
+
     # further commands register here, before the shared flags below are added to every one
     for p in sub.choices.values():  # `ffbench run --debug ...` as well as `ffbench --debug run ...`
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)

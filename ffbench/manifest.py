@@ -63,3 +63,21 @@ def processor() -> dict[str, Any]:
     if os.environ.get("ONEDNN_MAX_CPU_ISA"):
         out["onednn_max_cpu_isa"] = os.environ["ONEDNN_MAX_CPU_ISA"]
     return out
+
+
+MACHINE_KEYS = ("host", "cpu", "cpu_count", "cpu_capability", "onednn_max_cpu_isa", "gpu", "gpu_memory_bytes")
+
+
+def machine(m: dict[str, Any] | None) -> str:
+    """One line naming the machine a run's manifest was recorded on: host, processor, logical cores, the
+    instruction set torch's kernels used, and the accelerator with its memory; '?' for what an older
+    manifest lacks."""
+    m = m or {}
+    cpu = m.get("cpu") or "cpu ?"
+    cores = f"{m['cpu_count']} cores" if m.get("cpu_count") else "cores ?"
+    isa = m.get("onednn_max_cpu_isa") or m.get("cpu_capability")
+    parts = [str(m.get("host") or "host ?"), cpu, cores] + ([str(isa)] if isa else [])
+    if m.get("gpu"):
+        mem = m.get("gpu_memory_bytes")
+        parts.append(f"{m['gpu']} ({mem / 2**30:.0f} GiB)" if mem else str(m["gpu"]))
+    return ", ".join(parts)
