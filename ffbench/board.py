@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ffbench import resultset, stats
-from ffbench.document import Section, fmt_ci, fmt_num, render
+from ffbench.document import Section, fmt_ci, render
 from ffbench.manifest import machine
 
 CONTROLS = ("bp", "bp.deepsup")

@@ -187,7 +187,7 @@ def check_sources(suite, cells) -> None:
             raise SuiteError(
                 f"{suite.path}: [transfer]: the source {src.dataset} (images {s_shape}, {s_k} classes) cannot start "
                 f"{c.backbone} on the target {c.dataset} (images {t_shape}, {t_k} classes): "
-                + (f"the image sizes differ" if s_shape != t_shape else f"parameter shapes differ ({', '.join(differ[:3])})")
+                + ("the image sizes differ" if s_shape != t_shape else f"parameter shapes differ ({', '.join(differ[:3])})")
                 + "; allowed: a source with the target's image size and, on class-grouped backbones, its class count")
 
 

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from ffbench import export, resultset, results
 from ffbench.cli import main
