@@ -145,16 +145,18 @@ def test_killed_workers_then_restart_lose_and_duplicate_nothing(tmp_path, write)
 
 
 def test_failures_are_recorded_counted_and_shown(tmp_path, capsys, write):
-    # a learning rate of 1e6 diverges (an impossible setting, e.g. too large a train_size, stops the planner)
-    path = write(name="f", methods='["bp"]', extra='[axes.lr]\ntrain_field = "lr"\nlevels = [0.001, 1000000.0]')
+    # SGD at a learning rate of 10 with momentum 0.99 diverges (an impossible setting, e.g. too large a train_size,
+    # or an absurd one, such as a learning rate of 1e6, stops the planner)
+    path = write(name="f", methods='["bp"]', extra='[methods.bp]\noptimizer = "sgd"\nmomentum = 0.99\n\n'
+                 '[axes.lr]\ntrain_field = "lr"\nlevels = [0.001, 10.0]')
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--no-tracking", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "2 failed runs (recorded as outcomes):" in out
     assert "seed 0: diverged: training loss" in out
     store = Store(tmp_path / "out" / "results.db")
     failed = store.rows("f", status=FAILED)
-    assert len(failed) == 2 and all(r["factors"]["lr"] == 1e6 for r in failed)
-    assert "| synthetic | mlp | bp | 1000000.0 | 0 | 2 | — |" in out
+    assert len(failed) == 2 and all(r["factors"]["lr"] == 10.0 for r in failed)
+    assert "| synthetic | mlp | bp | 10.0 | 0 | 2 | — |" in out
     assert "ran 4 of 4 runs this time (4 finished: 2 done, 2 failed" in out
 
 
