@@ -787,6 +787,11 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
     except Exception as exc:
+        from ffbench.store import disk_full_line, is_disk_full
+
+        if not args.debug and is_disk_full(exc):  # the infrastructure's, not the input's: exit 3
+            print(f"error: {disk_full_line(exc)}", file=sys.stderr)
+            return 3
         message = None if args.debug else user_error(exc)
         if message is None:
             raise  # a bug, or --debug: the traceback
@@ -813,8 +818,6 @@ def user_error(exc: BaseException) -> str | None:
     cause = getattr(exc, "orig", None)  # SQLAlchemy's wrapper around the database driver's error
     if type(exc).__module__.startswith("sqlalchemy") and type(exc).__name__ in ("OperationalError", "ArgumentError"):
         detail = cause if cause is not None else str(exc).splitlines()[0]
-        if "disk is full" in str(detail):
-            return f"results store: {detail}; free some space, then rerun the same command to resume"
         return (f"results store: {detail}; check that the output folder (--out) is writable, or that the --store URL "
                 f"is right and its server reachable")
     return None
@@ -822,8 +825,6 @@ def user_error(exc: BaseException) -> str | None:
 
 def _os_message(exc: OSError) -> str:
     where = f"{exc.filename}: " if exc.filename is not None else ""
-    if exc.errno == errno.ENOSPC:
-        return f"{where}no space left on device; free some space, then rerun the same command to resume"
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{where}{exc.strerror}; choose a folder you can write (--out) or fix its permissions"
     if where and exc.strerror:

@@ -380,16 +380,19 @@ def run_worker(suite_ref: str, out: str | Path | None = None, *, device: str = "
 def stopped(exc: BaseException) -> int | None:
     """For an exception that ends ``run`` / ``worker`` / ``sync`` without a traceback: print its one line
     and return the exit status (130 / 143 interrupted, 2 a refused store or unusable data, 3 the
-    infrastructure failed during a run); None for anything else (a bug: let it raise)."""
+    infrastructure failed during a run, a full disk wherever it struck); None for anything else (a bug: let it raise)."""
     from ffbench.datasets import DataError
     from ffbench.execute import InfrastructureError
-    from ffbench.store import StoreError
+    from ffbench.store import StoreError, disk_full_line, is_disk_full
 
     if isinstance(exc, KeyboardInterrupt):
         pending = getattr(exc, "pending", None)
         left = f"{pending} runs pending" if pending is not None else "before any run started"
         print(f"interrupted: {left}, rerun the same command to resume", file=sys.stderr)
         return pool.exit_status(exc)
+    if not isinstance(exc, InfrastructureError) and is_disk_full(exc):  # wherever it struck: the run stays pending
+        print(f"error: {disk_full_line(exc)}", file=sys.stderr)
+        return 3
     if isinstance(exc, (StoreError, DataError)):
         print(f"error: {exc}", file=sys.stderr)
         return 2

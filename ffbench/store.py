@@ -13,8 +13,8 @@ exists (across machines the lease stays the rule). A run executed again on purpo
 its old row, renamed ``<run_id>~g<generation>`` and marked superseded; reads skip superseded rows.
 
 A SQLite store is created whole (built under a temporary name, then linked into place), so a file at the
-store path that is empty, truncated or not ffbench's is refused with a ``StoreError`` naming it, instead
-of being written into.
+store path that is empty, damaged (by SQLite's own check, write-ahead log included) or not ffbench's is
+refused with a ``StoreError`` naming it, instead of being written into.
 """
 from __future__ import annotations
 
@@ -124,7 +124,9 @@ def _refuse(path: Path, what: str) -> StoreError:
 
 
 def check_sqlite_file(path: Path) -> None:
-    """Refuse a file at the store path that is empty, truncated, damaged or not an ffbench store."""
+    """Refuse a file at the store path that is empty, damaged or not an ffbench store. SQLite's own check
+    judges it (``PRAGMA quick_check``, through the write-ahead log as any reader sees it), never the file's
+    size: a store cut short by a full disk keeps its latest pages in the write-ahead log and is healthy."""
     size = path.stat().st_size
     if size == 0:
         raise _refuse(path, "the file is empty (0 bytes)")
@@ -134,24 +136,20 @@ def check_sqlite_file(path: Path) -> None:
         raise _refuse(path, "the file is not an SQLite database")
     if len(header) < 100:
         raise _refuse(path, f"the file is truncated ({size} bytes, shorter than an SQLite header)")
-    page = int.from_bytes(header[16:18], "big")
-    page = 65536 if page == 1 else page
-    pages = int.from_bytes(header[28:32], "big")
-    valid = header[24:28] == header[92:96]  # the header's page count is meaningful (SQLite file format §1.3.9)
-    if valid and pages and size < page * pages:
-        raise _refuse(path, f"the file is truncated ({size} bytes; its header says {page * pages})")
     try:
-        con = sqlite3.connect(str(path), timeout=60)  # reads only
+        con = sqlite3.connect(str(path), timeout=60)
         try:
-            ok = con.execute("PRAGMA quick_check").fetchone()[0]
+            ok = "; ".join(r[0] for r in con.execute("PRAGMA quick_check(5)"))
             cols = {r[1] for r in con.execute("PRAGMA table_info(runs)")}
             tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         finally:
             con.close()
     except sqlite3.DatabaseError as exc:
+        if is_disk_full(exc):  # the check itself needs room for the write-ahead log's index
+            raise StoreError(f"results store {path}: {DISK_FULL}") from None
         raise _refuse(path, f"SQLite cannot read it ({exc})") from None
     if ok != "ok":
-        raise _refuse(path, f"the database is damaged (quick_check: {ok})")
+        raise _refuse(path, f"the database is damaged (quick_check: {ok[:300]})")
     if not cols and tables:
         raise _refuse(path, f"an SQLite database of something else (tables {', '.join(sorted(tables)[:5])}; "
                             f"no table 'runs')")
@@ -163,10 +161,10 @@ def create_sqlite_file(path: Path) -> None:
     """Build a new store under a temporary name and link it into place, so that no other process ever sees
     a half-made file at the store path (a 0-byte file there means a broken store, not a young one)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    # built with a rollback journal (the store switches to WAL once in place): a write-ahead log that a full
+    # disk kept from being copied back would be left behind with the temporary name, and the store torn
     engine = sa.create_engine(f"sqlite:///{tmp}", future=True)
     try:
-        with engine.begin() as c:
-            c.exec_driver_sql("PRAGMA journal_mode=WAL")
         _meta.create_all(engine)
     finally:
         engine.dispose()
@@ -175,7 +173,7 @@ def create_sqlite_file(path: Path) -> None:
     except FileExistsError:
         pass
     finally:
-        for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
             leftover.unlink(missing_ok=True)
 
 
@@ -185,8 +183,30 @@ def is_store_error(exc: BaseException) -> bool:
     return isinstance(exc, (StoreError, sa.exc.SQLAlchemyError, sqlite3.Error))
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "disk is full" in str(exc).lower()
+DISK_FULL = ("the disk is full; free some space, then run the same command again to resume (runs not recorded stay "
+             "pending)")
+
+
+def disk_full_line(exc: BaseException) -> str:
+    """The one line a command prints when the disk filled up (no traceback: the runs stay pending)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if DISK_FULL in text:
+        return text
+    where = getattr(exc, "filename", None)
+    return f"{where}: {DISK_FULL}" if where else DISK_FULL
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """A full disk, however it reaches us: ENOSPC, SQLite's 'database or disk is full', or an error (MLflow's,
+    SQLAlchemy's) raised from or around one."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "disk is full" in str(exc).lower() \
+                or "no space left on device" in str(exc).lower():
+            return True
+        exc = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__
+    return False
 
 
 class Store:
@@ -200,6 +220,8 @@ class Store:
                 try:
                     create_sqlite_file(path)
                 except (OSError, sa.exc.SQLAlchemyError) as exc:
+                    if is_disk_full(exc):
+                        raise StoreError(f"results store {path}: {DISK_FULL}") from None
                     raise StoreError(f"results store {path}: cannot create it ({exc}); choose another output "
                                      f"directory (--out DIR)") from None
         kwargs: dict[str, Any] = {"future": True}
@@ -212,6 +234,8 @@ class Store:
             self._open()
         except sa.exc.SQLAlchemyError as exc:
             where = path or self.url
+            if is_disk_full(exc):
+                raise StoreError(f"results store {where}: {DISK_FULL}") from None
             raise StoreError(f"results store {where}: cannot open it for writing ({_first_line(exc)}); check "
                              f"its permissions and free disk space, or choose another output directory "
                              f"(--out DIR)") from None
@@ -326,6 +350,12 @@ class Store:
         with self.engine.begin() as c:
             c.execute(runs.update().where(runs.c.run_id == run_id)
                       .values(mlflow_run_id=mlflow_run_id, mirrored_to=target))
+
+    def forget_mirror(self, target: str) -> int:
+        """Mark every run mirrored to ``target`` (a tracking URI) as not mirrored: its database was made anew,
+        so the next sync copies them all again. Returns how many."""
+        with self.engine.begin() as c:
+            return c.execute(runs.update().where(runs.c.mirrored_to == target).values(mirrored_to=None)).rowcount
 
     def release(self, run_id: str, worker: str) -> None:
         """Give a claimed run back (interrupted before it finished)."""
