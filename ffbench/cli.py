@@ -473,14 +473,15 @@ def _group_alive(pgid: int) -> bool:
 
 
 def _shared_options(p: argparse.ArgumentParser) -> None:
-    from ffbench.lease import LEASE_S
+    from ffbench.lease import LEASE_RANGE, LEASE_S
 
     p.add_argument("--store", help="results store URL (default: SQLite in the output directory; "
                                    "postgresql://... for several machines)")
     p.add_argument("--optuna-storage", help="Optuna storage for tuning (default: the store's database if it is "
                                             "PostgreSQL, else journal:<out>/optuna.journal)")
     p.add_argument("--lease", type=float, default=LEASE_S,
-                   help=f"seconds without a heartbeat after which a run is taken over (default {LEASE_S:g})")
+                   help=f"seconds without a heartbeat after which a run is taken over (default {LEASE_S:g}; "
+                        f"{LEASE_RANGE[0]:g} to {LEASE_RANGE[1]:g})")
     p.add_argument("--no-tracking", action="store_true", help="do not mirror runs to MLflow")
 
 

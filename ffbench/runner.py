@@ -29,7 +29,7 @@ from ffbench import pool
 from ffbench.config import canonical_json
 from ffbench.design import EVALUATION, Design, code_changes, expand
 from ffbench.execute import Env
-from ffbench.lease import LEASE_S, POLL_S
+from ffbench.lease import timing
 from ffbench.store import Store, worker_name
 from ffbench.suite import Suite, SuiteError, check_cells, load
 from ffbench.workers import expected_ids, progress, progress_bar, work
@@ -215,13 +215,12 @@ def open_session(suite_ref: str, out: str | Path | None = None, *, store_url: st
     ``cells`` / ``seeds``: work on that part of the suite only (``Design.select``)."""
     from ffbench import tracking
 
+    lease, poll = timing(lease_s, poll_s)  # before anything is read or claimed
     suite, design, paths = prepare(suite_ref, out, cells, seeds)
     verify_data(design)
     paths.out.mkdir(parents=True, exist_ok=True)
     pool.set_threads()
     store = Store(store_url or paths.store)
-    lease = float(lease_s or LEASE_S)
-    poll = float(poll_s or min(POLL_S, max(0.2, lease / 4)))
     ourl = optuna_url(design, paths, store_url, optuna_storage, 2 if parallel else 1)
     if init:
         for line in code_notes(store, suite, design):

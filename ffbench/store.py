@@ -101,6 +101,15 @@ def process_exists(pid: int) -> bool:
     return True
 
 
+def is_stale(heartbeat: float | None, now: float, lease_s: float) -> bool:
+    """Whether a running row's holder is presumed gone: its heartbeat is older than the lease, or more than a
+    lease ahead of this clock (a clock skewed that far, or a forged value: a live holder beats every quarter
+    lease, so the row is taken over and its holder, if alive, stops at its next beat). ``Store.claim``
+    applies the same rule in SQL."""
+    hb = heartbeat or 0.0
+    return hb < now - lease_s or hb > now + lease_s
+
+
 def _url(location: str | Path) -> str:
     s = str(location)
     if "://" in s:
@@ -301,14 +310,14 @@ class Store:
         return insert(runs).on_conflict_do_nothing(index_elements=["run_id"])
 
     def claim(self, run_id: str, worker: str, lease_s: float) -> bool:
-        """Atomically take a pending run, or a running one whose heartbeat is stale. The claim records the
-        host and PID of a worker named ``host:pid`` (``worker_name()``)."""
+        """Atomically take a pending run, or a running one whose heartbeat is stale (``is_stale``). The claim
+        records the host and PID of a worker named ``host:pid`` (``worker_name()``)."""
         now = self.now()
         host, pid = split_worker(worker)
+        stale = sa.or_(runs.c.heartbeat < now - lease_s, runs.c.heartbeat > now + lease_s)  # as is_stale says
         stmt = (runs.update()
                 .where(runs.c.run_id == run_id)
-                .where(sa.or_(runs.c.status == PENDING,
-                              sa.and_(runs.c.status == RUNNING, runs.c.heartbeat < now - lease_s)))
+                .where(sa.or_(runs.c.status == PENDING, sa.and_(runs.c.status == RUNNING, stale)))
                 .values(status=RUNNING, worker=worker, heartbeat=now, started=now, host=host, pid=pid,
                         attempts=runs.c.attempts + 1))
         with self.engine.begin() as c:

@@ -441,3 +441,36 @@ def test_a_half_created_mlflow_database_is_made_again_from_the_store(tmp_path, c
     db.rename(db.with_name("mlflow.db.broken"))
     assert finish(ffbench("sync", path, "--out", out))[0] == 0
     assert_complete(out, "faults", 4, 2)
+
+
+# ---------------------------------------------------------------- leases
+@pytest.mark.parametrize("option", [("--lease", "-1"), ("--lease", "0"), ("--lease", "1e9"), ("--poll", "-1"),
+                                    ("--poll", "0")])
+def test_lease_and_poll_outside_their_range_are_refused_before_anything_is_claimed(tmp_path, capsys, option):
+    path, out = suite_file(tmp_path), tmp_path / "out"
+    command = "worker" if option[0] == "--poll" else "run"
+    assert main([command, str(path), "--out", str(out), "--no-progress", "--no-tracking", *option]) == 2
+    err = capsys.readouterr().err
+    assert f"{option[0]} {float(option[1]):g}: allowed values are" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_heartbeat_from_the_future_is_clock_skew_with_a_stated_rule(tmp_path, capsys):
+    path, out = suite_file(tmp_path), tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--no-progress", "--device", "cpu", "--no-tracking"]) == 0
+    rows = Store(out / "results.db").rows("faults")
+    lease = 2.0
+    with sqlite3.connect(out / "results.db") as c:  # a foreign host's claims: one far ahead, one a little ahead
+        for row, ahead in ((rows[0], 1e6), (rows[1], lease / 2)):
+            c.execute("UPDATE runs SET status = 'running', worker = 'farhost:1', host = 'farhost', pid = 1, "
+                      "heartbeat = ? WHERE run_id = ?", (time.time() + ahead, row["run_id"]))
+    capsys.readouterr()
+    t0 = time.time()
+    assert main(["run", str(path), "--out", str(out), "--no-progress", "--device", "cpu", "--no-tracking",
+                 "--lease", str(lease), "--poll", "0.2"]) == 0
+    err = capsys.readouterr().err
+    assert time.time() - t0 < 60
+    assert err.count("waiting for 1 run(s) held by farhost:1") == 1 and "clock skew" in err
+    after = {r["run_id"]: r for r in Store(out / "results.db").rows("faults")}
+    assert {r["status"] for r in after.values()} == {DONE} and len(after) == 4
+    assert after[rows[0]["run_id"]]["attempts"] == 2 and after[rows[1]["run_id"]]["attempts"] == 2
