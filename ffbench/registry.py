@@ -3,8 +3,9 @@
 Plugins register with a decorator and are discovered through ``importlib.metadata`` entry points
 (groups ``ffbench.methods``, ``ffbench.datasets``, ``ffbench.backbones``, ``ffbench.axes``).
 ffbench's own plugins are declared the same way in ``pyproject.toml``, so a lookup never depends on
-what happened to be imported first. A plugin whose import fails is reported once on stderr (entry point and
-error) and left out; everything else still works, and looking up a name that is missing while some plugin
+what happened to be imported first. A plugin whose import fails (any exception, ``SystemExit`` included) is
+reported once on stderr (entry point and error) and left out whole: whatever it registered before failing is
+rolled back. Everything else still works, and looking up a name that is missing while some plugin
 failed names that failure.
 """
 from __future__ import annotations
@@ -205,11 +206,14 @@ class Registry:
             return
         self._discovered = True
         for ep in importlib.metadata.entry_points(group=self.group):
+            before = {kind: dict(r._entries) for kind, r in REGISTRIES.items()}
             try:
                 ep.load()
             except DuplicateNameError:
+                _restore(before)
                 raise  # two plugins claim one name: which one runs would depend on load order
-            except Exception as exc:  # a broken plugin must not take the others (and every command) down
+            except (Exception, SystemExit) as exc:  # a broken plugin must not take the others (and every command) down
+                _restore(before)  # nothing of a plugin that failed half-way: not the names it registered first
                 failure = f"{ep.name!r} = {ep.value!r}: {type(exc).__name__}: {exc}"
                 self.failures.append(failure)
                 print(f"warning: cannot load {self.group} entry point {failure}; its {self.kind} are unavailable",
@@ -250,6 +254,12 @@ DATASETS = Registry("datasets")
 BACKBONES = Registry("backbones")
 AXES = Registry("axes")
 REGISTRIES = {"methods": METHODS, "datasets": DATASETS, "backbones": BACKBONES, "axes": AXES}
+
+
+def _restore(entries: dict[str, dict[str, Entry]]) -> None:
+    """Put every registry back as it was before a plugin's import began."""
+    for kind, registry in REGISTRIES.items():
+        registry._entries = entries[kind]
 
 
 def list_methods(pattern: str = "*") -> list[str]:

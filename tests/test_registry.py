@@ -1,11 +1,15 @@
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from ffbench.cli import main
 from ffbench.registry import METHODS, Card, DuplicateNameError, Registry, UnknownNameError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_duplicate_name_names_both_origins():
@@ -80,3 +84,34 @@ def test_capabilities_must_be_known_and_say_where_a_method_runs():
         check_capabilities("nowhere", frozenset({"unit-heads"}))
     with pytest.raises(TypeError, match="unknown capabilities \\['convolutional'\\]"):
         check_capabilities("typo", frozenset({"convolutional", "any-backbone"}))
+
+
+@pytest.mark.parametrize("ending", ["raise RuntimeError('broken after registering')", "import sys; sys.exit(0)"])
+def test_a_plugin_that_fails_to_import_loads_nothing_of_itself_and_is_one_warning(tmp_path, ending):
+    (tmp_path / "half_plugin.py").write_text(textwrap.dedent("""
+        from ffbench.method import Method, method_card
+
+        @method_card(name="half.demo", summary="registered, then the import fails",
+                     rules=("none",), capabilities=frozenset({"any-backbone"}))
+        class Demo(Method):
+            def train_step(self, x, y):
+                return {}
+            def evaluate(self, x):
+                return {}, []
+    """) + ending + "\n")
+    dist = tmp_path / "half_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: half-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[ffbench.methods]\nhalf = half_plugin\n")
+    environ = {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]), "PATH": os.environ.get("PATH", "")}
+    listed = subprocess.run([sys.executable, "-m", "ffbench.cli", "list", "methods"], capture_output=True, text=True,
+                            env=environ)
+    assert listed.returncode == 0 and "bp.deepsup" in listed.stdout and "half.demo" not in listed.stdout
+    warnings = [line for line in listed.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 1 and "half_plugin" in warnings[0] and warnings[0].startswith("warning:")
+    suite = tmp_path / "s.toml"
+    suite.write_text('[suite]\nname = "s"\nversion = 1\n[design]\nmethods = ["half.demo"]\ndatasets = ["synthetic"]\n'
+                     'backbones = ["mlp"]\nseeds = [0]\n')
+    run = subprocess.run([sys.executable, "-m", "ffbench.cli", "run", str(suite), "--out", str(tmp_path / "out"),
+                          "--dry-run"], capture_output=True, text=True, env=environ)
+    assert run.returncode == 2 and "half.demo" in run.stderr and "failed to load" in run.stderr
