@@ -68,8 +68,10 @@ def report_run(args: argparse.Namespace, summary: dict) -> int:
             print(f"  ... and {len(failed) - 20} more (results.csv has them all)")
     prog = summary["progress"]
     left = prog["total"] - prog["finished"]
-    print(f"\nran {summary['executed']} of {prog['total']} runs this time "
-          f"({prog['finished']} finished: {prog.get('done', 0)} done, {prog.get('failed', 0)} failed, "
+    others = summary.get("by_others") or 0
+    print(f"\nran {summary['executed']} of {prog['total']} runs "
+          + (f"here this time; {others} by other processes " if others else "this time ")
+          + f"({prog['finished']} finished: {prog.get('done', 0)} done, {prog.get('failed', 0)} failed, "
           f"{prog.get('pruned', 0)} pruned; {left} left)")
     if any(summary.get("exit_codes") or []):
         print(f"worker exit codes: {summary['exit_codes']} (logs: {out / 'logs'})")

@@ -655,7 +655,7 @@ def run_suite(suite_ref: str, out: str | Path | None = None, device: str = "auto
         after = progress_of(s)
         runner.catch_up(s)
     return {"suite": s.suite, "design": s.design, "paths": s.paths, "executed": executed, "store": s.store,
-            "progress": after, "exit_codes": [], "optuna_storage": s.optuna_url,
+            "by_others": max(0, after["finished"] - before - executed), "progress": after, "exit_codes": [], "optuna_storage": s.optuna_url,
             "tracking_uri": s.tracker.uri if s.tracker is not None else None, "tracker": s.tracker}
 
 

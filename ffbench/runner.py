@@ -19,6 +19,7 @@ rows as superseded. The runner computes no statistics (``results.py`` reads them
 """
 from __future__ import annotations
 
+import socket
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from ffbench.config import canonical_json
 from ffbench.design import EVALUATION, Design, code_changes, expand
 from ffbench.execute import Env
 from ffbench.lease import timing
-from ffbench.store import Store, worker_name
+from ffbench.store import FINISHED, Store, worker_name
 from ffbench.suite import Suite, SuiteError, check_cells, load
 from ffbench.workers import expected_ids, progress, progress_bar, work
 
@@ -318,9 +319,12 @@ def run_suite(suite_ref: str, out: str | Path | None = None, device: str = "auto
         exit_codes: list[int] = []
         try:
             if workers <= 1:
-                work(s.env(device), bar)
+                executed = work(s.env(device), bar)
             else:
-                exit_codes = pool.wait_for(s.spawn(workers, device), s.store, s.suite, s.design, bar)
+                procs = s.spawn(workers, device)
+                exit_codes = pool.wait_for(procs, s.store, s.suite, s.design, bar)
+                executed = len(s.store.rows(s.suite.name, status=list(FINISHED),
+                                            worker=[f"{socket.gethostname()}:{p.pid}" for p in procs]))
         except KeyboardInterrupt as exc:
             _interrupted(s, exc, close_parents=True)
             raise
@@ -329,7 +333,9 @@ def run_suite(suite_ref: str, out: str | Path | None = None, device: str = "auto
                 bar.close()
         after = _progress(s)
         catch_up(s)
-    return {"suite": s.suite, "design": s.design, "paths": s.paths, "executed": after["finished"] - before,
+    # what this command's processes ran, and what other processes on the same store finished meanwhile
+    return {"suite": s.suite, "design": s.design, "paths": s.paths, "executed": executed,
+            "by_others": max(0, after["finished"] - before - executed),
             "store": s.store, "progress": after, "exit_codes": exit_codes, "optuna_storage": s.optuna_url,
             "tracking_uri": s.tracker.uri if s.tracker is not None else None, "tracker": s.tracker}
 

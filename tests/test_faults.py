@@ -474,3 +474,21 @@ def test_a_heartbeat_from_the_future_is_clock_skew_with_a_stated_rule(tmp_path, 
     after = {r["run_id"]: r for r in Store(out / "results.db").rows("faults")}
     assert {r["status"] for r in after.values()} == {DONE} and len(after) == 4
     assert after[rows[0]["run_id"]]["attempts"] == 2 and after[rows[1]["run_id"]]["attempts"] == 2
+
+
+# ---------------------------------------------------------------- two `run` of one suite at once
+def test_two_runs_of_one_suite_started_together_each_say_what_they_ran(tmp_path):
+    import re
+
+    path, out = suite_file(tmp_path, epochs=30), tmp_path / "out"
+    procs = [ffbench("run", path, "--out", out, "--no-progress", "--device", "cpu") for _ in range(2)]
+    outputs = [finish(p) for p in procs]
+    assert all(code == 0 for code, _, _ in outputs), outputs
+    ran = []
+    for _, text, _ in outputs:
+        m = re.search(r"ran (\d+) of 4 runs (here this time; (\d+) by other processes|this time)", text)
+        assert m, text[-1000:]
+        ran.append(int(m.group(1)))
+        assert int(m.group(3) or 0) <= 4 - ran[-1]  # what the other process finished meanwhile
+    assert sum(ran) == 4  # each counts only its own runs
+    assert_complete(out, "faults", 4, 2)
