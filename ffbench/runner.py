@@ -128,6 +128,29 @@ def verify_data(design: Design) -> None:
         datasets.verify(name, root)
 
 
+def check_data(store: Store, suite: Suite, design: Design) -> None:
+    """Refuse to add runs on other data to a cell: the data each cell reads now (``datasets.identity``) must be
+    the data its stored runs recorded in their manifests. DataError naming the cell, both roots and digests."""
+    from ffbench.datasets import DataError, identity
+
+    cells = {c.cell_id: c for c in design.cells}
+    checked: set[str] = set()
+    for row in store.rows(suite.name, suite_version=suite.version, cell_id=list(cells)):
+        was = (row.get("manifest") or {}).get("data")
+        if not was or row["cell_id"] in checked:
+            continue
+        checked.add(row["cell_id"])
+        c = cells[row["cell_id"]].config
+        now = identity(c.dataset, c.dataset_options.get("root"))
+        if was.get("sha256") != now["sha256"]:
+            raise DataError(
+                f"cell {cells[row['cell_id']].label}: its stored run {row['run_id']} trained on {was.get('dataset')} "
+                f"data {str(was.get('sha256'))[:12]} (root {was.get('root') or 'the default places'}), but "
+                f"{c.dataset} now reads data {now['sha256'][:12]} (root {now['root'] or 'the default places'}); "
+                f"runs on other data are never added to a cell: restore that data, or use another output folder "
+                f"(--out)")
+
+
 def code_notes(store: Store, suite: Suite, design: Design) -> list[str]:
     """Lines for the planner: how many cells of which method are new because their code changed since the
     results stored for the same factor levels (or because those carry no code fingerprint)."""
@@ -223,6 +246,7 @@ def open_session(suite_ref: str, out: str | Path | None = None, *, store_url: st
     pool.set_threads()
     store = Store(store_url or paths.store)
     ourl = optuna_url(design, paths, store_url, optuna_storage, 2 if parallel else 1)
+    check_data(store, suite, design)
     if init:
         for line in code_notes(store, suite, design):
             print(line)
