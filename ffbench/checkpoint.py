@@ -41,7 +41,9 @@ def every_s() -> float:
 
 
 def path_for(directory: str | Path, run_id: str) -> Path:
-    return Path(directory) / f"{run_id}.pt"
+    from ffbench.paths import inside
+
+    return inside(directory, f"{run_id}.pt")  # a run ID read from the store never leads elsewhere
 
 
 def binding(run_id: str, config: dict[str, Any]) -> dict[str, Any]:

@@ -619,7 +619,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         rel = folder.relative_to(root)
         tracker.log_artifacts([f for f in files if f.parent == folder],
                               "report" + ("" if str(rel) == "." else f"/{rel}"))
-    print(f"attached {len(files)} report files to MLflow experiment {name!r} ({uri})")
+    if tracker.degraded:
+        print(f"report files not attached to MLflow ({tracker.degraded})")
+    else:
+        print(f"attached {len(files)} report files to MLflow experiment {name!r} ({uri})")
     return 0
 
 
@@ -811,10 +814,11 @@ def user_error(exc: BaseException) -> str | None:
     cannot be opened), or None for anything else (a bug: its traceback is shown)."""
     from ffbench.datasets import DataError
     from ffbench.options import OptionError
+    from ffbench.paths import OutsideError
     from ffbench.registry import DuplicateNameError, UnknownNameError
     from ffbench.suite import SuiteError
 
-    if isinstance(exc, (SuiteError, DataError, OptionError, UnknownNameError, DuplicateNameError)):
+    if isinstance(exc, (SuiteError, DataError, OptionError, UnknownNameError, DuplicateNameError, OutsideError)):
         return str(exc)
     if isinstance(exc, OSError):
         return _os_message(exc)

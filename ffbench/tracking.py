@@ -35,6 +35,7 @@ from urllib.parse import urlparse
 
 from ffbench.config import canonical_json
 from ffbench.filelock import file_lock
+from ffbench.paths import OutsideError, inside
 
 MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 # MLflow's own defaults (120 s timeout, 7 retries with backoff) block about 4 minutes per call when the
@@ -245,7 +246,8 @@ class Tracker:
             reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
             if isinstance(exc, MlflowDatabaseError):
                 _DOWN[self.uri] = str(exc)
-                print(f"warning: {exc}; until then the results store keeps every run", file=sys.stderr)
+                print(f"warning: {exc}; MLflow is off for the rest of this process (the results store keeps every "
+                      f"run)", file=sys.stderr)
                 return None
             if getattr(exc, "error_code", None) in _REFUSALS:
                 print(f"warning: MLflow at {self.uri} refused to {what} ({reason}); the results store keeps it",
@@ -331,7 +333,7 @@ class Tracker:
             if exp is None:
                 try:
                     eid = self.client.create_experiment(
-                        suite_name, artifact_location=(self.artifact_root / suite_name).as_uri(),
+                        suite_name, artifact_location=inside(self.artifact_root, suite_name).as_uri(),
                         tags={"ffbench.suite": suite_name, "mlflow.note.content": description, **EXPERIMENT_KIND})
                 except MlflowException as exc:  # another machine created it first
                     if exc.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -536,9 +538,26 @@ class Tracker:
     def _log_artifacts(self, paths: list[Path], artifact_path: str | None) -> None:
         rid, _ = self._find_or_create("tags.`ffbench.kind` = 'suite'", lambda: self.client.create_run(
             self.experiment_id, run_name="suite report", tags={"ffbench.kind": "suite"}).info.run_id)
+        self.check_artifacts(self.client.get_run(rid).info.artifact_uri, artifact_path)
         for p in paths:
             self.client.log_artifact(rid, str(p), artifact_path)
         self.client.set_terminated(rid, "FINISHED")
+
+    def check_artifacts(self, artifact_uri: str, artifact_path: str | None = None) -> None:
+        """Refuse a local artifact location outside this tracker's artifact folder (an edited experiment in
+        ``mlflow.db``, or a copied output folder whose database still points at the original); a remote one
+        (a server's, a bucket) is the server's to place."""
+        parsed = urlparse(artifact_uri)
+        if parsed.scheme not in ("", "file"):
+            return
+        from urllib.request import url2pathname
+
+        local = Path(url2pathname(parsed.path) if parsed.scheme else artifact_uri)
+        try:
+            inside(self.artifact_root, local, artifact_path or "")
+        except OutsideError as exc:
+            raise MlflowDatabaseError(f"the MLflow database {self.uri} places artifacts at {exc.args[0]}: nothing "
+                                      f"was written there") from None
 
     def _batch(self, rid: str, metrics: list, params: list, tags: list) -> None:
         for i in range(0, max(len(metrics), 1), MAX_BATCH):

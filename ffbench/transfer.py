@@ -31,6 +31,7 @@ import torch.nn as nn
 from ffbench import __version__
 from ffbench.config import RunConfig, content_hash
 from ffbench.filelock import file_lock
+from ffbench.paths import inside
 
 IMAGENET = "imagenet"
 # torchvision's weights per backbone (the names its `get_weight` takes)
@@ -71,7 +72,7 @@ def pretrained(config: RunConfig, device: torch.device, weights_dir: str | Path 
     src = source_config(config)
     key = source_key(src)
     folder = Path(weights_dir) if weights_dir else default_weights_dir()
-    path, meta = folder / f"{key}.pt", folder / f"{key}.json"
+    path, meta = inside(folder, f"{key}.pt"), inside(folder, f"{key}.json")
     with file_lock(folder / f"{key}.lock"):
         state, info = _verified(path, meta, device, rejected)
         reused = info is not None

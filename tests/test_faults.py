@@ -492,3 +492,41 @@ def test_two_runs_of_one_suite_started_together_each_say_what_they_ran(tmp_path)
         assert int(m.group(3) or 0) <= 4 - ran[-1]  # what the other process finished meanwhile
     assert sum(ran) == 4  # each counts only its own runs
     assert_complete(out, "faults", 4, 2)
+
+
+# ---------------------------------------------------------------- nothing written outside the output folder
+def files_under(folder: Path) -> set[tuple[Path, int]]:
+    """(file, modification time) of every file under ``folder``."""
+    return {(p, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("how", ["suite name in the store", "artifact location in mlflow.db", "copied output folder"])
+def test_nothing_is_written_outside_the_output_folder(tmp_path, how):
+    base = tmp_path / "a" / "b" / "c"
+    base.mkdir(parents=True)
+    path, out = suite_file(base, methods='["bp"]', epochs=1), base / "out"
+    assert main(["run", str(path), "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    assert main(["report", str(path), "--out", str(out)]) == 0  # the experiment and its report run exist
+    target = out
+    if how == "suite name in the store":
+        with sqlite3.connect(out / "results.db") as c:
+            c.execute("UPDATE runs SET suite = '../../../outside/trav'")
+        args = ["report", "--out", str(out)]
+    elif how == "artifact location in mlflow.db":
+        with sqlite3.connect(out / "mlflow.db") as c:
+            c.execute("UPDATE experiments SET artifact_location = ?", ((tmp_path / "elsewhere").as_uri(),))
+            c.execute("UPDATE runs SET artifact_uri = ?", ((tmp_path / "elsewhere").as_uri(),))
+        tracking._forget_engine(f"sqlite:///{out / 'mlflow.db'}")
+        args = ["report", str(path), "--out", str(out)]
+    else:
+        import shutil
+
+        target = base / "copy"
+        shutil.copytree(out, target)
+        args = ["report", str(path), "--out", str(target)]
+    tracking._DOWN.clear()
+    before = files_under(tmp_path)
+    main(args)
+    written = {p for p, _ in files_under(tmp_path) - before}
+    assert {p for p in written if target.resolve() not in p.resolve().parents} == set()
+    assert any(p.name == "index.html" for p in written)  # the reports themselves were written, inside
