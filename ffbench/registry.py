@@ -206,14 +206,14 @@ class Registry:
             return
         self._discovered = True
         for ep in importlib.metadata.entry_points(group=self.group):
-            before = {kind: dict(r._entries) for kind, r in REGISTRIES.items()}
+            before = {kind: set(r._entries) for kind, r in REGISTRIES.items()}
             try:
                 ep.load()
             except DuplicateNameError:
-                _restore(before)
+                _roll_back(before, ep.module)
                 raise  # two plugins claim one name: which one runs would depend on load order
             except (Exception, SystemExit) as exc:  # a broken plugin must not take the others (and every command) down
-                _restore(before)  # nothing of a plugin that failed half-way: not the names it registered first
+                _roll_back(before, ep.module)  # nothing of a plugin that failed half-way: not what it registered first
                 failure = f"{ep.name!r} = {ep.value!r}: {type(exc).__name__}: {exc}"
                 self.failures.append(failure)
                 print(f"warning: cannot load {self.group} entry point {failure}; its {self.kind} are unavailable",
@@ -256,10 +256,16 @@ AXES = Registry("axes")
 REGISTRIES = {"methods": METHODS, "datasets": DATASETS, "backbones": BACKBONES, "axes": AXES}
 
 
-def _restore(entries: dict[str, dict[str, Entry]]) -> None:
-    """Put every registry back as it was before a plugin's import began."""
+def _roll_back(before: dict[str, set[str]], module: str) -> None:
+    """Remove what a plugin whose import failed registered since ``before`` (the names each registry held when
+    its import began): the entries defined in its package. Entries other plugins registered meanwhile (a
+    registry discovered during the import) stay."""
+    package = module.split(".")[0]
     for kind, registry in REGISTRIES.items():
-        registry._entries = entries[kind]
+        for name in set(registry._entries) - before[kind]:
+            defined = getattr(registry._entries[name].obj, "__module__", "") or ""
+            if defined == package or defined.startswith(package + "."):
+                del registry._entries[name]
 
 
 def list_methods(pattern: str = "*") -> list[str]:

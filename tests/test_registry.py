@@ -115,3 +115,9 @@ def test_a_plugin_that_fails_to_import_loads_nothing_of_itself_and_is_one_warnin
     run = subprocess.run([sys.executable, "-m", "ffbench.cli", "run", str(suite), "--out", str(tmp_path / "out"),
                           "--dry-run"], capture_output=True, text=True, env=environ)
     assert run.returncode == 2 and "half.demo" in run.stderr and "failed to load" in run.stderr
+    # every other plugin is whole: a suite of ffbench's own methods, backbones and datasets trains
+    suite.write_text(suite.read_text().replace('"half.demo"', '"bp"') + "[train]\nepochs = 1\n")
+    run = subprocess.run([sys.executable, "-m", "ffbench.cli", "run", str(suite), "--out", str(tmp_path / "out"),
+                          "--no-tracking", "--no-progress", "--device", "cpu"], capture_output=True, text=True,
+                         env={**environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0 and "ran 1 of 1" in run.stdout, run.stderr
