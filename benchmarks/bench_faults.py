@@ -30,6 +30,7 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's ffbench, as the commands it starts use
 SUITE = """
 [suite]
 name = "bench-faults"

@@ -46,22 +46,28 @@ def test_builtin_methods_come_from_entry_points():
     assert card.family == "bp" and "head" in card.options
 
 
-def test_throwaway_plugin_is_discovered_through_an_entry_point(tmp_path):
-    (tmp_path / "throwaway_plugin.py").write_text(textwrap.dedent("""
+def install_plugin(folder, module: str, name: str, ending: str = "") -> None:
+    """A plugin module defining method ``name``, installed in ``folder`` with an ``ffbench.methods`` entry point
+    (``ending``: code its import runs after registering)."""
+    (folder / f"{module}.py").write_text(textwrap.dedent(f"""
         from ffbench.method import Method, method_card
 
-        @method_card(name="throwaway.demo", summary="a plugin installed through an entry point",
-                     rules=("none",), capabilities=frozenset({"any-backbone"}))
+        @method_card(name="{name}", summary="a plugin installed through an entry point",
+                     rules=("none",), capabilities=frozenset({{"any-backbone"}}))
         class Demo(Method):
             def train_step(self, x, y):
-                return {}
+                return {{}}
             def evaluate(self, x):
-                return {}, []
-    """))
-    dist = tmp_path / "throwaway_plugin-0.1.dist-info"
+                return {{}}, []
+    """) + ending + "\n")
+    dist = folder / f"{module}-0.1.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: throwaway-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[ffbench.methods]\ndemo = throwaway_plugin\n")
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[ffbench.methods]\n{name.split('.')[0]} = {module}\n")
+
+
+def test_throwaway_plugin_is_discovered_through_an_entry_point(tmp_path):
+    install_plugin(tmp_path, "throwaway_plugin", "throwaway.demo")
     code = "from ffbench.registry import METHODS; print(METHODS.names('throwaway*'), METHODS.names('bp'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(tmp_path), "PATH": ""}).stdout
@@ -88,21 +94,7 @@ def test_capabilities_must_be_known_and_say_where_a_method_runs():
 
 @pytest.mark.parametrize("ending", ["raise RuntimeError('broken after registering')", "import sys; sys.exit(0)"])
 def test_a_plugin_that_fails_to_import_loads_nothing_of_itself_and_is_one_warning(tmp_path, ending):
-    (tmp_path / "half_plugin.py").write_text(textwrap.dedent("""
-        from ffbench.method import Method, method_card
-
-        @method_card(name="half.demo", summary="registered, then the import fails",
-                     rules=("none",), capabilities=frozenset({"any-backbone"}))
-        class Demo(Method):
-            def train_step(self, x, y):
-                return {}
-            def evaluate(self, x):
-                return {}, []
-    """) + ending + "\n")
-    dist = tmp_path / "half_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: half-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[ffbench.methods]\nhalf = half_plugin\n")
+    install_plugin(tmp_path, "half_plugin", "half.demo", ending)
     environ = {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]), "PATH": os.environ.get("PATH", "")}
     listed = subprocess.run([sys.executable, "-m", "ffbench.cli", "list", "methods"], capture_output=True, text=True,
                             env=environ)
