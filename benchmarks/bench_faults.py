@@ -404,7 +404,7 @@ def main() -> int:
     args = parser.parse_args()
     base = Path(args.keep or tempfile.mkdtemp(prefix="bench-faults-"))
     base.mkdir(parents=True, exist_ok=True)
-    head = (f"| {'scenario':78s} | expected | in store | in MLflow | duplicated | outside | exit (expected) "
+    head = (f"| {'scenario':84s} | expected | in store | in MLflow | duplicated | outside | exit (expected) "
             f"| resume s |")
     print(head)
     print("|" + "---|" * 8)
@@ -414,7 +414,7 @@ def main() -> int:
             in_store, dup_store, in_mlflow, dup_mlflow = count(r["out"], r["suite"])
             bad += ((in_store != EXPECTED) + (in_mlflow != EXPECTED) + dup_store + dup_mlflow + r["outside"]
                     + (r["code"] != r["expect"]))
-            print(f"| {r['name']:78s} | {EXPECTED:8d} | {in_store:8d} | {in_mlflow:9d} | {dup_store + dup_mlflow:10d} "
+            print(f"| {r['name']:84s} | {EXPECTED:8d} | {in_store:8d} | {in_mlflow:9d} | {dup_store + dup_mlflow:10d} "
                   f"| {r['outside']:7d} | {r['code']:4d} ({r['expect']})     | {r['seconds']:8.1f} |", flush=True)
     finally:
         for disk in MOUNTS:
