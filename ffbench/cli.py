@@ -69,8 +69,10 @@ def report_run(args: argparse.Namespace, summary: dict) -> int:
             print(f"  ... and {len(failed) - 20} more (results.csv has them all)")
     prog = summary["progress"]
     left = prog["total"] - prog["finished"]
-    print(f"\nran {summary['executed']} of {prog['total']} runs this time "
-          f"({prog['finished']} finished: {prog.get('done', 0)} done, {prog.get('failed', 0)} failed, "
+    others = summary.get("by_others") or 0
+    print(f"\nran {summary['executed']} of {prog['total']} runs "
+          + (f"here this time; {others} by other processes " if others else "this time ")
+          + f"({prog['finished']} finished: {prog.get('done', 0)} done, {prog.get('failed', 0)} failed, "
           f"{prog.get('pruned', 0)} pruned; {left} left)")
     if any(summary.get("exit_codes") or []):
         print(f"worker exit codes: {summary['exit_codes']} (logs: {out / 'logs'})")
@@ -486,14 +488,15 @@ def _group_alive(pgid: int) -> bool:
 
 
 def _shared_options(p: argparse.ArgumentParser) -> None:
-    from ffbench.lease import LEASE_S
+    from ffbench.lease import LEASE_RANGE, LEASE_S
 
     p.add_argument("--store", help="results store URL (default: SQLite in the output directory; "
                                    "postgresql://... for several machines)")
     p.add_argument("--optuna-storage", help="Optuna storage for tuning (default: the store's database if it is "
                                             "PostgreSQL, else journal:<out>/optuna.journal)")
     p.add_argument("--lease", type=float, default=LEASE_S,
-                   help=f"seconds without a heartbeat after which a run is taken over (default {LEASE_S:g})")
+                   help=f"seconds without a heartbeat after which a run is taken over (default {LEASE_S:g}; "
+                        f"{LEASE_RANGE[0]:g} to {LEASE_RANGE[1]:g})")
     p.add_argument("--no-tracking", action="store_true", help="do not mirror runs to MLflow")
 
 
@@ -645,7 +648,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         rel = folder.relative_to(root)
         tracker.log_artifacts([f for f in files if f.parent == folder],
                               "report" + ("" if str(rel) == "." else f"/{rel}"))
-    print(f"attached {len(files)} report files to MLflow experiment {name!r} ({uri})")
+    if tracker.degraded:
+        print(f"report files not attached to MLflow ({tracker.degraded})")
+    else:
+        print(f"attached {len(files)} report files to MLflow experiment {name!r} ({uri})")
     return 0
 
 
@@ -854,6 +860,11 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
     except Exception as exc:
+        from ffbench.store import disk_full_line, is_disk_full
+
+        if not args.debug and is_disk_full(exc):  # the infrastructure's, not the input's: exit 3
+            print(f"error: {disk_full_line(exc)}", file=sys.stderr)
+            return 3
         message = None if args.debug else user_error(exc)
         if message is None:
             raise  # a bug, or --debug: the traceback
@@ -926,18 +937,17 @@ def user_error(exc: BaseException) -> str | None:
     cannot be opened), or None for anything else (a bug: its traceback is shown)."""
     from ffbench.datasets import DataError
     from ffbench.options import OptionError
+    from ffbench.paths import OutsideError
     from ffbench.registry import DuplicateNameError, UnknownNameError
     from ffbench.suite import SuiteError
 
-    if isinstance(exc, (SuiteError, DataError, OptionError, UnknownNameError, DuplicateNameError)):
+    if isinstance(exc, (SuiteError, DataError, OptionError, UnknownNameError, DuplicateNameError, OutsideError)):
         return str(exc)
     if isinstance(exc, OSError):
         return _os_message(exc)
     cause = getattr(exc, "orig", None)  # SQLAlchemy's wrapper around the database driver's error
     if type(exc).__module__.startswith("sqlalchemy") and type(exc).__name__ in ("OperationalError", "ArgumentError"):
         detail = cause if cause is not None else str(exc).splitlines()[0]
-        if "disk is full" in str(detail):
-            return f"results store: {detail}; free some space, then rerun the same command to resume"
         return (f"results store: {detail}; check that the output folder (--out) is writable, or that the --store URL "
                 f"is right and its server reachable")
     return None
@@ -945,8 +955,6 @@ def user_error(exc: BaseException) -> str | None:
 
 def _os_message(exc: OSError) -> str:
     where = f"{exc.filename}: " if exc.filename is not None else ""
-    if exc.errno == errno.ENOSPC:
-        return f"{where}no space left on device; free some space, then rerun the same command to resume"
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{where}{exc.strerror}; choose a folder you can write (--out) or fix its permissions"
     if where and exc.strerror:

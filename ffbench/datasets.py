@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import os
 import pickle
 import shutil
@@ -76,6 +77,11 @@ def check_root(name: str, root: Any) -> Path | None:
         raise DataNotFoundError(f"dataset {name!r}: root {str(root)!r} ({path.resolve()}) "
                                 f"{'is not a folder' if path.exists() else 'does not exist'}")
     return path
+
+
+def reads_files(name: str) -> bool:
+    """Whether a dataset reads files, and so takes a ``root`` (its card's defaults name one)."""
+    return "root" in DATASETS.get(name).card.defaults
 
 
 def _candidates(name: str, root: Any, system: tuple[str, ...] = ()) -> list[Path]:
@@ -159,8 +165,8 @@ def load_idx_dataset(name: str, root: str | None, system: tuple[str, ...], downl
                      tv_class: str, mean: float, std: float) -> RawData:
     dirs = _candidates(name, root, system)
     found = _find_idx_dir(dirs)
-    if found is None and download:
-        found = _torchvision_download(tv_class, dirs[0] if root else cache_dir(name))
+    if found is None and download and not root:  # a root the user names is read, never written to
+        found = _torchvision_download(tv_class, cache_dir(name))
     if found is None:
         raise DataNotFoundError(
             f"dataset {name!r}: IDX files ({', '.join(IDX_FILES.values())}, optionally .gz) not found in "
@@ -277,7 +283,7 @@ def _cifar(name: str, tv_class: str, k: int, mean, std, root: str | None, downlo
     dirs = _candidates(name, root)
     folder = next((d / folder_name for d in dirs
                    if all((d / folder_name / f).exists() for f in train_files + test_files)), None)
-    if folder is None and download:
+    if folder is None and download and not root:  # a root the user names is read, never written to
         import torchvision.datasets as tvd
 
         try:
@@ -289,7 +295,7 @@ def _cifar(name: str, tv_class: str, k: int, mean, std, root: str | None, downlo
         else:
             download_error = ""
     else:
-        download_error = "download disabled"
+        download_error = "nothing is downloaded into a root you name" if root else "download disabled"
     if folder is None:
         raise DataNotFoundError(
             f"dataset {name!r}: folder {folder_name}/ (the python-version tarball, unpacked) not found in "
@@ -338,7 +344,7 @@ def digits(root: str | None = None, download: bool = True) -> RawData:
 @DATASETS.register(Card(
     name="synthetic", family="synthetic",
     summary="Generated class-prototype images (1x8x8, 10 classes, 600 / 200): learnable, instant, for tests",
-    defaults={"root": None, "num_classes": 10, "n_train": 600, "n_test": 200, "image_size": 8}))
+    defaults={"num_classes": 10, "n_train": 600, "n_test": 200, "image_size": 8}))
 def synthetic(root: str | None = None, download: bool = True) -> RawData:
     rng = np.random.default_rng(7)
     k, shape = 10, (1, 8, 8)
@@ -383,6 +389,24 @@ def load(name: str, root: Any = None) -> RawData:
     if root is not None:
         check_root(name, root)  # before the cache: an unhashable or wrong root is an error, not a TypeError
     return _load(name, None if root is None else str(root))
+
+
+_IDENTITY: dict[tuple[str, str | None], dict[str, Any]] = {}
+
+
+def identity(name: str, root: Any = None) -> dict[str, Any]:
+    """What a run's data is: the dataset, its resolved root (None: the default places) and a SHA-256 of the
+    arrays read (both splits, images and labels), computed once per process. Two runs of one cell must share
+    it (``runner.check_data``)."""
+    key = (name, None if root is None else str(Path(root).expanduser().resolve()))
+    if key not in _IDENTITY:
+        raw = load(name, root)
+        h = hashlib.sha256()
+        for a in (raw.train_x, raw.train_y, raw.test_x, raw.test_y):
+            h.update(str((a.dtype, a.shape)).encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        _IDENTITY[key] = {"dataset": name, "root": key[1], "sha256": h.hexdigest()}
+    return _IDENTITY[key]
 
 
 def verify(name: str, root: Any = None) -> None:

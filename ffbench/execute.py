@@ -142,11 +142,19 @@ def _failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}"
 
 
+def run_data_identity(config: RunConfig) -> dict[str, Any]:
+    """The manifest's record of the data a run trains on (dataset, resolved root, digest)."""
+    from ffbench.datasets import identity
+
+    return identity(config.dataset, config.dataset_options.get("root"))
+
+
 def run_info(env: Env, row: dict[str, Any], config: RunConfig, dev) -> dict[str, Any]:
     """An evaluation run's manifest before training: the machine, its streams, its code, tuned values."""
     from ffbench.seeds import Streams
 
     info = manifest(str(dev))
+    info["data"] = run_data_identity(config)
     info["streams"] = Streams(config.seed).as_dict()
     info["code"] = env.cells[row["cell_id"]].code if row["cell_id"] in env.cells else row.get("code")
     if row.get("params"):
@@ -325,6 +333,7 @@ def run_trial(env: Env, row: dict[str, Any]) -> str | None:
         return None
     dev = resolve_device(env.device)
     info = manifest(str(dev))
+    info["data"] = run_data_identity(base)
     info["code"] = cell.code
     info.update({"optuna_trial": trial.number, "study": studies.study_name(env.suite, cell, repeat),
                  "tuning_seeds": seeds, "tuning_repeat": repeat})

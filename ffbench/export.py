@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from ffbench import resultset
+from ffbench.paths import inside
 
 TABLES = ("runs", "curves", "units")
 FORMATS = ("csv", "parquet")
@@ -174,7 +175,7 @@ def write(tables: dict[str, pd.DataFrame], dest: str | Path, fmt: str = "csv") -
     dest.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, table in tables.items():
-        p = dest / f"{name}.{fmt}"
+        p = inside(dest, f"{name}.{fmt}")
         if fmt == "csv":
             table.to_csv(p, index=False)
         else:

@@ -16,6 +16,23 @@ LEASE_S = 600.0  # a run whose heartbeat is older than this is considered abando
 POLL_S = 1.0  # how often an idle worker looks again while others hold runs (one light query)
 
 
+LEASE_RANGE = (1.0, 7 * 86400.0)  # --lease: a second (tests, one machine) to a week
+POLL_RANGE = (0.05, 600.0)  # --poll
+
+
+def timing(lease_s: float | None, poll_s: float | None) -> tuple[float, float]:
+    """(lease, poll) in seconds: the given values, checked, or the defaults (the poll: a quarter of the lease,
+    between 0.2 and ``POLL_S``). A value outside its range is an ``OptionError`` naming the option and the
+    range: a lease of 0 or less would hand every run to every worker at once."""
+    from ffbench.options import OptionError
+
+    for name, value, (lo, hi) in (("--lease", lease_s, LEASE_RANGE), ("--poll", poll_s, POLL_RANGE)):
+        if value is not None and not lo <= value <= hi:
+            raise OptionError(f"{name} {value:g}: allowed values are {lo:g} to {hi:g} seconds")
+    lease = LEASE_S if lease_s is None else float(lease_s)
+    return lease, float(poll_s) if poll_s is not None else min(POLL_S, max(0.2, lease / 4))
+
+
 class LeaseLost(RuntimeError):
     """Another worker took the run over (our heartbeat was late): stop and drop the result."""
 

@@ -42,7 +42,7 @@ from ffbench.design import TUNING, Cell
 from ffbench.execute import InfrastructureError, _failure, infrastructure, train_trial
 from ffbench.lease import heartbeat_interval
 from ffbench.selection import register_evaluation
-from ffbench.store import DONE, FAILED, FINISHED, PENDING, PRUNED, RUNNING, worker_name
+from ffbench.store import DONE, FAILED, FINISHED, PENDING, PRUNED, RUNNING, is_stale, worker_name
 from ffbench.suite import SuiteError
 from ffbench.tuning import METRIC, apply_params, repeat_of_slot, tuning_seeds
 from ffbench.workers import expected_ids, progress, release_dead_local
@@ -442,7 +442,7 @@ class Driver:
         now = self.store.now()
         room = self.capacity() - len(self.flights)
         candidates = sorted((s for s in states.values() if s["run_id"] not in held and (
-            s["status"] == PENDING or (s["status"] == RUNNING and (s["heartbeat"] or 0) < now - self.s.lease_s))),
+            s["status"] == PENDING or (s["status"] == RUNNING and is_stale(s["heartbeat"], now, self.s.lease_s)))),
             key=lambda s: self.order[s["run_id"]])
         for st in candidates:
             if room <= 0:
@@ -655,7 +655,7 @@ def run_suite(suite_ref: str, out: str | Path | None = None, device: str = "auto
         after = progress_of(s)
         runner.catch_up(s)
     return {"suite": s.suite, "design": s.design, "paths": s.paths, "executed": executed, "store": s.store,
-            "progress": after, "exit_codes": [], "optuna_storage": s.optuna_url,
+            "by_others": max(0, after["finished"] - before - executed), "progress": after, "exit_codes": [], "optuna_storage": s.optuna_url,
             "tracking_uri": s.tracker.uri if s.tracker is not None else None, "tracker": s.tracker}
 
 

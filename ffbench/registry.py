@@ -3,8 +3,9 @@
 Plugins register with a decorator and are discovered through ``importlib.metadata`` entry points
 (groups ``ffbench.methods``, ``ffbench.datasets``, ``ffbench.backbones``, ``ffbench.axes``).
 ffbench's own plugins are declared the same way in ``pyproject.toml``, so a lookup never depends on
-what happened to be imported first. A plugin whose import fails is reported once on stderr (entry point and
-error) and left out; everything else still works, and looking up a name that is missing while some plugin
+what happened to be imported first. A plugin whose import fails (any exception, ``SystemExit`` included) is
+reported once on stderr (entry point and error) and left out whole: whatever it registered before failing is
+rolled back. Everything else still works, and looking up a name that is missing while some plugin
 failed names that failure.
 """
 from __future__ import annotations
@@ -205,11 +206,14 @@ class Registry:
             return
         self._discovered = True
         for ep in importlib.metadata.entry_points(group=self.group):
+            before = {kind: set(r._entries) for kind, r in REGISTRIES.items()}
             try:
                 ep.load()
             except DuplicateNameError:
+                _roll_back(before, ep.module)
                 raise  # two plugins claim one name: which one runs would depend on load order
-            except Exception as exc:  # a broken plugin must not take the others (and every command) down
+            except (Exception, SystemExit) as exc:  # a broken plugin must not take the others (and every command) down
+                _roll_back(before, ep.module)  # nothing of a plugin that failed half-way: not what it registered first
                 failure = f"{ep.name!r} = {ep.value!r}: {type(exc).__name__}: {exc}"
                 self.failures.append(failure)
                 print(f"warning: cannot load {self.group} entry point {failure}; its {self.kind} are unavailable",
@@ -250,6 +254,18 @@ DATASETS = Registry("datasets")
 BACKBONES = Registry("backbones")
 AXES = Registry("axes")
 REGISTRIES = {"methods": METHODS, "datasets": DATASETS, "backbones": BACKBONES, "axes": AXES}
+
+
+def _roll_back(before: dict[str, set[str]], module: str) -> None:
+    """Remove what a plugin whose import failed registered since ``before`` (the names each registry held when
+    its import began): the entries defined in its package. Entries other plugins registered meanwhile (a
+    registry discovered during the import) stay."""
+    package = module.split(".")[0]
+    for kind, registry in REGISTRIES.items():
+        for name in set(registry._entries) - before[kind]:
+            defined = getattr(registry._entries[name].obj, "__module__", "") or ""
+            if defined == package or defined.startswith(package + "."):
+                del registry._entries[name]
 
 
 def list_methods(pattern: str = "*") -> list[str]:

@@ -24,6 +24,7 @@ import pandas as pd
 from ffbench import stats
 from ffbench.config import content_hash
 from ffbench.document import Section, render, slug
+from ffbench.paths import inside
 from ffbench.registry import Registry
 from ffbench.report_context import Options, ReportContext, load_tables, open_store, references_section
 
@@ -63,7 +64,7 @@ def registered_kinds(names: Sequence[str] | None = None) -> list[tuple[str, type
 
 
 def report_dir(out_dir: str | Path, suite: str) -> Path:
-    return Path(out_dir) / "reports" / slug(suite)
+    return inside(out_dir, "reports", slug(suite))
 
 
 def report_files(out_dir: str | Path, suite: str) -> list[Path]:
@@ -170,12 +171,12 @@ def _write_kind(root: Path, name: str, kind: ReportKind, ctx: ReportContext, sec
     for sec in sections:
         for b in sec.blocks:
             if b.kind == "figure" and b.png:
-                p = root / fig_rel / f"{b.name}.png"
+                p = inside(root, fig_rel, f"{b.name}.png")
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_bytes(b.png)
                 paths.append(p)
             elif b.kind == "table" and b.table is not None and len(b.table):
-                p = root / tab_rel / f"{b.name}.csv"
+                p = inside(root, tab_rel, f"{b.name}.csv")
                 p.parent.mkdir(parents=True, exist_ok=True)
                 b.table.drop(columns=[c for c in ("curves",) if c in b.table]).to_csv(p, index=False)
                 paths.append(p)
@@ -184,7 +185,7 @@ def _write_kind(root: Path, name: str, kind: ReportKind, ctx: ReportContext, sec
                 f"ROPE {ctx.rope_text()} · {ctx.options.n_resamples} bootstrap resamples, seed {ctx.options.seed}")
     page, md = render(title, subtitle, sections, kind=name, fig_dir=fig_rel, template=kind.template)
     for ext, text in (("html", page), ("md", md)):
-        p = root / f"{slug(name)}.{ext}"
+        p = inside(root, f"{slug(name)}.{ext}")
         p.write_text(text, encoding="utf-8")
         paths.append(p)
     return paths

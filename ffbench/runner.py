@@ -19,6 +19,7 @@ rows as superseded. The runner computes no statistics (``results.py`` reads them
 """
 from __future__ import annotations
 
+import socket
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -29,8 +30,8 @@ from ffbench import pool
 from ffbench.config import canonical_json
 from ffbench.design import EVALUATION, Design, code_changes, expand
 from ffbench.execute import Env
-from ffbench.lease import LEASE_S, POLL_S
-from ffbench.store import Store, worker_name
+from ffbench.lease import timing
+from ffbench.store import FINISHED, Store, worker_name
 from ffbench.suite import Suite, SuiteError, check_cells, load
 from ffbench.workers import expected_ids, progress, progress_bar, work
 
@@ -128,6 +129,29 @@ def verify_data(design: Design) -> None:
         datasets.verify(name, root)
 
 
+def check_data(store: Store, suite: Suite, design: Design) -> None:
+    """Refuse to add runs on other data to a cell: the data each cell reads now (``datasets.identity``) must be
+    the data its stored runs recorded in their manifests. DataError naming the cell, both roots and digests."""
+    from ffbench.datasets import DataError, identity
+
+    cells = {c.cell_id: c for c in design.cells}
+    checked: set[str] = set()
+    for row in store.rows(suite.name, suite_version=suite.version, cell_id=list(cells)):
+        was = (row.get("manifest") or {}).get("data")
+        if not was or row["cell_id"] in checked:
+            continue
+        checked.add(row["cell_id"])
+        c = cells[row["cell_id"]].config
+        now = identity(c.dataset, c.dataset_options.get("root"))
+        if was.get("sha256") != now["sha256"]:
+            raise DataError(
+                f"cell {cells[row['cell_id']].label}: its stored run {row['run_id']} trained on {was.get('dataset')} "
+                f"data {str(was.get('sha256'))[:12]} (root {was.get('root') or 'the default places'}), but "
+                f"{c.dataset} now reads data {now['sha256'][:12]} (root {now['root'] or 'the default places'}); "
+                f"runs on other data are never added to a cell: restore that data, or use another output folder "
+                f"(--out)")
+
+
 def code_notes(store: Store, suite: Suite, design: Design) -> list[str]:
     """Lines for the planner: how many cells of which method are new because their code changed since the
     results stored for the same factor levels (or because those carry no code fingerprint)."""
@@ -216,14 +240,14 @@ def open_session(suite_ref: str, out: str | Path | None = None, *, store_url: st
     ``cells`` / ``seeds``: work on that part of the suite only (``Design.select``)."""
     from ffbench import tracking
 
+    lease, poll = timing(lease_s, poll_s)  # before anything is read or claimed
     suite, design, paths = prepare(suite_ref, out, cells, seeds)
     verify_data(design)
     paths.out.mkdir(parents=True, exist_ok=True)
     pool.set_threads()
     store = Store(store_url or paths.store)
-    lease = float(lease_s or LEASE_S)
-    poll = float(poll_s or min(POLL_S, max(0.2, lease / 4)))
     ourl = optuna_url(design, paths, store_url, optuna_storage, 2 if parallel else 1)
+    check_data(store, suite, design)
     if init:
         for line in code_notes(store, suite, design):
             print(line)
@@ -320,9 +344,12 @@ def run_suite(suite_ref: str, out: str | Path | None = None, device: str = "auto
         exit_codes: list[int] = []
         try:
             if workers <= 1:
-                work(s.env(device), bar)
+                executed = work(s.env(device), bar)
             else:
-                exit_codes = pool.wait_for(s.spawn(workers, device), s.store, s.suite, s.design, bar)
+                procs = s.spawn(workers, device)
+                exit_codes = pool.wait_for(procs, s.store, s.suite, s.design, bar)
+                executed = len(s.store.rows(s.suite.name, status=list(FINISHED),
+                                            worker=[f"{socket.gethostname()}:{p.pid}" for p in procs]))
         except KeyboardInterrupt as exc:
             _interrupted(s, exc, close_parents=True)
             raise
@@ -331,7 +358,9 @@ def run_suite(suite_ref: str, out: str | Path | None = None, device: str = "auto
                 bar.close()
         after = _progress(s)
         catch_up(s)
-    return {"suite": s.suite, "design": s.design, "paths": s.paths, "executed": after["finished"] - before,
+    # what this command's processes ran, and what other processes on the same store finished meanwhile
+    return {"suite": s.suite, "design": s.design, "paths": s.paths, "executed": executed,
+            "by_others": max(0, after["finished"] - before - executed),
             "store": s.store, "progress": after, "exit_codes": exit_codes, "optuna_storage": s.optuna_url,
             "tracking_uri": s.tracker.uri if s.tracker is not None else None, "tracker": s.tracker}
 
@@ -381,16 +410,19 @@ def run_worker(suite_ref: str, out: str | Path | None = None, *, device: str = "
 def stopped(exc: BaseException) -> int | None:
     """For an exception that ends ``run`` / ``worker`` / ``sync`` without a traceback: print its one line
     and return the exit status (130 / 143 interrupted, 2 a refused store or unusable data, 3 the
-    infrastructure failed during a run); None for anything else (a bug: let it raise)."""
+    infrastructure failed during a run, a full disk wherever it struck); None for anything else (a bug: let it raise)."""
     from ffbench.datasets import DataError
     from ffbench.execute import InfrastructureError
-    from ffbench.store import StoreError
+    from ffbench.store import StoreError, disk_full_line, is_disk_full
 
     if isinstance(exc, KeyboardInterrupt):
         pending = getattr(exc, "pending", None)
         left = f"{pending} runs pending" if pending is not None else "before any run started"
         print(f"interrupted: {left}, rerun the same command to resume", file=sys.stderr)
         return pool.exit_status(exc)
+    if not isinstance(exc, InfrastructureError) and is_disk_full(exc):  # wherever it struck: the run stays pending
+        print(f"error: {disk_full_line(exc)}", file=sys.stderr)
+        return 3
     if isinstance(exc, (StoreError, DataError)):
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -16,8 +16,8 @@ table ``designs`` remembers the cells each suite version was last planned with (
 cells whose runs are the suite's results (``resultset``).
 
 A SQLite store is created whole (built under a temporary name, then linked into place), so a file at the
-store path that is empty, truncated or not ffbench's is refused with a ``StoreError`` naming it, instead
-of being written into.
+store path that is empty, damaged (by SQLite's own check, write-ahead log included) or not ffbench's is
+refused with a ``StoreError`` naming it, instead of being written into.
 """
 from __future__ import annotations
 
@@ -112,6 +112,15 @@ def process_exists(pid: int) -> bool:
     return True
 
 
+def is_stale(heartbeat: float | None, now: float, lease_s: float) -> bool:
+    """Whether a running row's holder is presumed gone: its heartbeat is older than the lease, or more than a
+    lease ahead of this clock (a clock skewed that far, or a forged value: a live holder beats every quarter
+    lease, so the row is taken over and its holder, if alive, stops at its next beat). ``Store.claim``
+    applies the same rule in SQL."""
+    hb = heartbeat or 0.0
+    return hb < now - lease_s or hb > now + lease_s
+
+
 def _url(location: str | Path) -> str:
     s = str(location)
     if "://" in s:
@@ -135,7 +144,9 @@ def _refuse(path: Path, what: str) -> StoreError:
 
 
 def check_sqlite_file(path: Path) -> None:
-    """Refuse a file at the store path that is empty, truncated, damaged or not an ffbench store."""
+    """Refuse a file at the store path that is empty, damaged or not an ffbench store. SQLite's own check
+    judges it (``PRAGMA quick_check``, through the write-ahead log as any reader sees it), never the file's
+    size: a store cut short by a full disk keeps its latest pages in the write-ahead log and is healthy."""
     size = path.stat().st_size
     if size == 0:
         raise _refuse(path, "the file is empty (0 bytes)")
@@ -145,24 +156,20 @@ def check_sqlite_file(path: Path) -> None:
         raise _refuse(path, "the file is not an SQLite database")
     if len(header) < 100:
         raise _refuse(path, f"the file is truncated ({size} bytes, shorter than an SQLite header)")
-    page = int.from_bytes(header[16:18], "big")
-    page = 65536 if page == 1 else page
-    pages = int.from_bytes(header[28:32], "big")
-    valid = header[24:28] == header[92:96]  # the header's page count is meaningful (SQLite file format §1.3.9)
-    if valid and pages and size < page * pages:
-        raise _refuse(path, f"the file is truncated ({size} bytes; its header says {page * pages})")
     try:
-        con = sqlite3.connect(str(path), timeout=60)  # reads only
+        con = sqlite3.connect(str(path), timeout=60)
         try:
-            ok = con.execute("PRAGMA quick_check").fetchone()[0]
+            ok = "; ".join(r[0] for r in con.execute("PRAGMA quick_check(5)"))
             cols = {r[1] for r in con.execute("PRAGMA table_info(runs)")}
             tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         finally:
             con.close()
     except sqlite3.DatabaseError as exc:
+        if is_disk_full(exc):  # the check itself needs room for the write-ahead log's index
+            raise StoreError(f"results store {path}: {DISK_FULL}") from None
         raise _refuse(path, f"SQLite cannot read it ({exc})") from None
     if ok != "ok":
-        raise _refuse(path, f"the database is damaged (quick_check: {ok})")
+        raise _refuse(path, f"the database is damaged (quick_check: {ok[:300]})")
     if not cols and tables:
         raise _refuse(path, f"an SQLite database of something else (tables {', '.join(sorted(tables)[:5])}; "
                             f"no table 'runs')")
@@ -174,10 +181,10 @@ def create_sqlite_file(path: Path) -> None:
     """Build a new store under a temporary name and link it into place, so that no other process ever sees
     a half-made file at the store path (a 0-byte file there means a broken store, not a young one)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    # built with a rollback journal (the store switches to WAL once in place): a write-ahead log that a full
+    # disk kept from being copied back would be left behind with the temporary name, and the store torn
     engine = sa.create_engine(f"sqlite:///{tmp}", future=True)
     try:
-        with engine.begin() as c:
-            c.exec_driver_sql("PRAGMA journal_mode=WAL")
         _meta.create_all(engine)
     finally:
         engine.dispose()
@@ -186,7 +193,7 @@ def create_sqlite_file(path: Path) -> None:
     except FileExistsError:
         pass
     finally:
-        for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
             leftover.unlink(missing_ok=True)
 
 
@@ -196,8 +203,30 @@ def is_store_error(exc: BaseException) -> bool:
     return isinstance(exc, (StoreError, sa.exc.SQLAlchemyError, sqlite3.Error))
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "disk is full" in str(exc).lower()
+DISK_FULL = ("the disk is full; free some space, then run the same command again to resume (runs not recorded stay "
+             "pending)")
+
+
+def disk_full_line(exc: BaseException) -> str:
+    """The one line a command prints when the disk filled up (no traceback: the runs stay pending)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if DISK_FULL in text:
+        return text
+    where = getattr(exc, "filename", None)
+    return f"{where}: {DISK_FULL}" if where else DISK_FULL
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """A full disk, however it reaches us: ENOSPC, SQLite's 'database or disk is full', or an error (MLflow's,
+    SQLAlchemy's) raised from or around one."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "disk is full" in str(exc).lower() \
+                or "no space left on device" in str(exc).lower():
+            return True
+        exc = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__
+    return False
 
 
 class Store:
@@ -211,6 +240,8 @@ class Store:
                 try:
                     create_sqlite_file(path)
                 except (OSError, sa.exc.SQLAlchemyError) as exc:
+                    if is_disk_full(exc):
+                        raise StoreError(f"results store {path}: {DISK_FULL}") from None
                     raise StoreError(f"results store {path}: cannot create it ({exc}); choose another output "
                                      f"directory (--out DIR)") from None
         kwargs: dict[str, Any] = {"future": True}
@@ -223,6 +254,8 @@ class Store:
             self._open()
         except sa.exc.SQLAlchemyError as exc:
             where = path or self.url
+            if is_disk_full(exc):
+                raise StoreError(f"results store {where}: {DISK_FULL}") from None
             raise StoreError(f"results store {where}: cannot open it for writing ({_first_line(exc)}); check "
                              f"its permissions and free disk space, or choose another output directory "
                              f"(--out DIR)") from None
@@ -288,14 +321,14 @@ class Store:
         return insert(runs).on_conflict_do_nothing(index_elements=["run_id"])
 
     def claim(self, run_id: str, worker: str, lease_s: float) -> bool:
-        """Atomically take a pending run, or a running one whose heartbeat is stale. The claim records the
-        host and PID of a worker named ``host:pid`` (``worker_name()``)."""
+        """Atomically take a pending run, or a running one whose heartbeat is stale (``is_stale``). The claim
+        records the host and PID of a worker named ``host:pid`` (``worker_name()``)."""
         now = self.now()
         host, pid = split_worker(worker)
+        stale = sa.or_(runs.c.heartbeat < now - lease_s, runs.c.heartbeat > now + lease_s)  # as is_stale says
         stmt = (runs.update()
                 .where(runs.c.run_id == run_id)
-                .where(sa.or_(runs.c.status == PENDING,
-                              sa.and_(runs.c.status == RUNNING, runs.c.heartbeat < now - lease_s)))
+                .where(sa.or_(runs.c.status == PENDING, sa.and_(runs.c.status == RUNNING, stale)))
                 .values(status=RUNNING, worker=worker, heartbeat=now, started=now, host=host, pid=pid,
                         attempts=runs.c.attempts + 1))
         with self.engine.begin() as c:
@@ -337,6 +370,12 @@ class Store:
         with self.engine.begin() as c:
             c.execute(runs.update().where(runs.c.run_id == run_id)
                       .values(mlflow_run_id=mlflow_run_id, mirrored_to=target))
+
+    def forget_mirror(self, target: str) -> int:
+        """Mark every run mirrored to ``target`` (a tracking URI) as not mirrored: its database was made anew,
+        so the next sync copies them all again. Returns how many."""
+        with self.engine.begin() as c:
+            return c.execute(runs.update().where(runs.c.mirrored_to == target).values(mirrored_to=None)).rowcount
 
     def release(self, run_id: str, worker: str) -> None:
         """Give a claimed run back (interrupted before it finished)."""

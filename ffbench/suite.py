@@ -473,6 +473,8 @@ def _parse_transfer(ck: _Checker, table: Any, where: str) -> dict[str, Any]:
         if k in ("dataset", "method", "root"):
             if not isinstance(v, str):
                 ck.fail(f"{where}.{k}", f"expected a string, got {type(v).__name__}")
+            if k == "root" and table.get("dataset") != SOURCE_IMAGENET:
+                table[k] = _data_root(ck, f"{where}.root", table["dataset"], v)
         elif k == "classes":
             ck.value(f"{where}.classes", v, TRAIN_FIELDS["keep_classes"])
         elif k == "epochs":
@@ -489,13 +491,26 @@ def _check_dataset(ck: _Checker, where: str, name: str, table: Any) -> None:
     """[datasets.X]: training fields, and a root that is a folder which exists."""
     validate_settings(ck, where, table, None, ("root",))
     if "root" in table:
-        from ffbench.datasets import DataError, check_root
+        table["root"] = _data_root(ck, f"{where}.root", name, table["root"])
 
-        try:
-            check_root(name, table["root"])
-        except DataError as exc:
-            ck.fail(f"{where}.root", f"{exc}; allowed: the path of a folder that exists (a string; relative paths "
-                                     f"are from the current folder)")
+
+def _data_root(ck: _Checker, where: str, name: str, root: Any) -> str:
+    """A dataset root as the runs use it: relative to the suite file's folder (never the current folder, so a
+    suite means the same data wherever it is run from), absolute, and an existing folder; refused on a dataset
+    that reads no files (bundled or generated)."""
+    from ffbench.datasets import DataError, check_root, reads_files
+
+    if name in DATASETS and not reads_files(name):
+        ck.fail(where, f"dataset {name!r} reads no files (it is bundled or generated), so a root would be ignored; "
+                       f"allowed: no root")
+    if isinstance(root, str) and root:
+        root = str((ck.path.resolve().parent / Path(root).expanduser()).resolve())
+    try:
+        check_root(name, root)
+    except DataError as exc:
+        ck.fail(where, f"{exc}; allowed: the path of a folder that exists (a string; relative paths are from the "
+                       f"suite file's folder)")
+    return root
 
 
 def check_cells(suite: Suite, cells: list) -> None:

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import os
 import queue
+import sqlite3
 import sys
 import threading
 import time
@@ -34,6 +35,7 @@ from urllib.parse import urlparse
 
 from ffbench.config import canonical_json
 from ffbench.filelock import file_lock
+from ffbench.paths import OutsideError, inside
 
 MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 # MLflow's own defaults (120 s timeout, 7 retries with backoff) block about 4 minutes per call when the
@@ -48,6 +50,8 @@ SUPERSEDED = "ffbench.superseded"  # on a parent: its cell is no longer in the s
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 UI_WORKFLOW = "workflowType=machine_learning"
 QUIET_LOGGERS = ("mlflow", "alembic")
+# MLflow logs a database error's whole traceback before raising it; the tracker's one warning says it
+SILENT_LOGGERS = ("mlflow.store.db.utils",)
 # MLflow refusing one request (a bad value, a clash): that write fails, the tracker stays up
 _REFUSALS = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST",
              "INVALID_STATE"}
@@ -79,6 +83,8 @@ def quiet_logging(verbose: bool = False) -> None:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", level)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(os.environ["MLFLOW_LOGGING_LEVEL"] if name == "mlflow" else level)
+    for name in SILENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.CRITICAL)
 
 
 def experiment_url(base: str, experiment_id: str) -> str:
@@ -117,6 +123,85 @@ def lock_path(uri: str) -> Path | None:
     return None
 
 
+class MlflowDatabaseError(RuntimeError):
+    """A local MLflow database that cannot be used and cannot be rebuilt here; the message says what to do."""
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The file of a local SQLite tracking URI (None for anything else)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = uri[len("sqlite:///"):].split("?", 1)[0]
+    return None if db in ("", ":memory:") else Path(db)
+
+
+def half_created(path: Path) -> str | None:
+    """Why an MLflow SQLite database was left half-made by a kill or a full disk while MLflow created its
+    tables (a migration's temporary table, no recorded schema version), or None."""
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            version = (con.execute("SELECT version_num FROM alembic_version").fetchall()
+                       if "alembic_version" in tables else [])
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        return f"SQLite cannot read it: {exc}"
+    tmp = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
+    if tmp:
+        return f"a migration was cut short (table {tmp[0]})"
+    if not tables:
+        return "it has no tables"
+    if not version:
+        return "its schema version is missing"
+    return None
+
+
+def _holds_runs(path: Path) -> bool:
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+        try:
+            return bool(con.execute("SELECT count(*) FROM runs").fetchone()[0])
+        finally:
+            con.close()
+    except sqlite3.DatabaseError:  # no runs table, or unreadable: nothing of it can be read back anyway
+        return False
+
+
+def _forget_engine(uri: str) -> None:
+    """Close MLflow's cached engine of ``uri`` (its pooled connections would keep a replaced file open)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    engine = SqlAlchemyStore._engine_map.pop(uri, None)
+    if engine is not None:
+        engine.dispose()
+
+
+def create_sqlite_db(path: Path) -> bool:
+    """Make a new MLflow SQLite database at ``path`` whole: MLflow creates its tables in a temporary file of
+    the same folder, which is then linked into place, so a kill or a full disk never leaves a half-created
+    database there. Returns False when another process made it first. Call it under the tracker's lock."""
+    from mlflow.tracking import MlflowClient
+
+    for stale in path.parent.glob(f".{path.name}.*.new*"):  # left by a process killed while creating
+        stale.unlink(missing_ok=True)
+    # a name never used before: MLflow keeps the store of every URI it opened for the rest of the process
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{time.time_ns()}.new")
+    uri = f"sqlite:///{tmp}"
+    try:
+        MlflowClient(tracking_uri=uri)  # runs MLflow's schema migration on the temporary file
+        _forget_engine(uri)
+        os.link(tmp, path)  # atomic, and never over a database that exists
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        _forget_engine(uri)
+        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+            leftover.unlink(missing_ok=True)
+
+
 def _flat(prefix: str, d: dict[str, Any]) -> dict[str, str]:
     return {f"{prefix}{k}": (canonical_json(v) if isinstance(v, (dict, list)) else str(v)) for k, v in d.items()}
 
@@ -142,6 +227,7 @@ class Tracker:
         self.experiment_id: str | None = None
         self.suite_name: str | None = None  # the experiment's name
         self.skipped = 0  # finished runs this process could not mirror (left for `ffbench sync`)
+        self.created = False  # this process made the (local) MLflow database: nothing the store says is in it
         self._parents: dict[str, str] = {}
         self._queue: queue.Queue | None = None  # streamed writes, done in order by one background thread
         self._guard("open the tracking store", self._connect)
@@ -159,6 +245,11 @@ class Tracker:
             return fn(*args, **kwargs)
         except Exception as exc:
             reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+            if isinstance(exc, MlflowDatabaseError):
+                _DOWN[self.uri] = str(exc)
+                print(f"warning: {exc}; MLflow is off for the rest of this process (the results store keeps every "
+                      f"run)", file=sys.stderr)
+                return None
             if getattr(exc, "error_code", None) in _REFUSALS:
                 print(f"warning: MLflow at {self.uri} refused to {what} ({reason}); the results store keeps it",
                       file=sys.stderr)
@@ -179,8 +270,38 @@ class Tracker:
 
         if self.uri.startswith("sqlite:") and self.lock is not None:
             self.lock.parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_file(self.uri)
         with self._locked():  # the first client on a fresh database runs MLflow's schema migration
+            if path is None:
+                self.client = MlflowClient(tracking_uri=self.uri)
+                return
+            why = half_created(path) if path.exists() else None
+            if why is None and path.exists():
+                try:
+                    self.client = MlflowClient(tracking_uri=self.uri)
+                    return
+                except Exception as exc:  # a migration that a kill left between two of its steps
+                    if "already exists" not in str(exc):
+                        raise
+                    why = f"its schema is half-migrated ({str(exc).strip().splitlines()[0][:200]})"
+            if why is not None:
+                self._discard(path, why)
+            self.created = create_sqlite_db(path)
             self.client = MlflowClient(tracking_uri=self.uri)
+
+    def _discard(self, path: Path, why: str) -> None:
+        """Remove a half-created MLflow database that holds no run (the store replays everything into the new
+        one); refuse one that holds runs, saying how to rebuild it."""
+        if _holds_runs(path):
+            raise MlflowDatabaseError(
+                f"the MLflow database {path} is damaged ({why}); it is a copy of the results store: move it away "
+                f"(mv {path} {path}.broken) and `ffbench sync` rebuilds it from the store")
+        _forget_engine(self.uri)
+        for f in (path, path.with_name(path.name + "-journal"), path.with_name(path.name + "-wal"),
+                  path.with_name(path.name + "-shm")):
+            f.unlink(missing_ok=True)
+        print(f"note: the MLflow database {path} was left half-created ({why}) and holds no run: made again; "
+              f"the results store fills it", file=sys.stderr)
 
     # ------------------------------------------------------------ find or create, once
     def _search(self, filter_string: str, max_results: int = 100) -> list:
@@ -213,7 +334,7 @@ class Tracker:
             if exp is None:
                 try:
                     eid = self.client.create_experiment(
-                        suite_name, artifact_location=(self.artifact_root / suite_name).as_uri(),
+                        suite_name, artifact_location=inside(self.artifact_root, suite_name).as_uri(),
                         tags={"ffbench.suite": suite_name, "mlflow.note.content": description, **EXPERIMENT_KIND})
                 except MlflowException as exc:  # another machine created it first
                     if exc.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -444,9 +565,26 @@ class Tracker:
     def _log_artifacts(self, paths: list[Path], artifact_path: str | None) -> None:
         rid, _ = self._find_or_create("tags.`ffbench.kind` = 'suite'", lambda: self.client.create_run(
             self.experiment_id, run_name="suite report", tags={"ffbench.kind": "suite"}).info.run_id)
+        self.check_artifacts(self.client.get_run(rid).info.artifact_uri, artifact_path)
         for p in paths:
             self.client.log_artifact(rid, str(p), artifact_path)
         self.client.set_terminated(rid, "FINISHED")
+
+    def check_artifacts(self, artifact_uri: str, artifact_path: str | None = None) -> None:
+        """Refuse a local artifact location outside this tracker's artifact folder (an edited experiment in
+        ``mlflow.db``, or a copied output folder whose database still points at the original); a remote one
+        (a server's, a bucket) is the server's to place."""
+        parsed = urlparse(artifact_uri)
+        if parsed.scheme not in ("", "file"):
+            return
+        from urllib.request import url2pathname
+
+        local = Path(url2pathname(parsed.path) if parsed.scheme else artifact_uri)
+        try:
+            inside(self.artifact_root, local, artifact_path or "")
+        except OutsideError as exc:
+            raise MlflowDatabaseError(f"the MLflow database {self.uri} places artifacts at {exc.args[0]}: nothing "
+                                      f"was written there") from None
 
     def _batch(self, rid: str, metrics: list, params: list, tags: list) -> None:
         for i in range(0, max(len(metrics), 1), MAX_BATCH):
@@ -498,12 +636,21 @@ class LiveRun:
             self.tracker._batch(self.run_id, [Metric(k, v, ts, step) for k, v in metrics.items()], [], [])
 
 
+def _forget_if_new(store, tracker: Tracker) -> None:
+    """Once, before the first write: a database this tracker made holds none of what the store says was
+    mirrored to its URI (a deleted or half-created one was replaced), so all of it counts as missing."""
+    if tracker.created:
+        store.forget_mirror(tracker.uri)
+        tracker.created = False
+
+
 def mirror(store, tracker: Tracker, row: dict[str, Any] | str) -> bool:
     """Copy one finished store row (or run ID) into MLflow and record that in the store. False when MLflow
     is down or refused it: the row stays unmirrored for the next sync."""
     if tracker.degraded:
         tracker.skipped += 1
         return False
+    _forget_if_new(store, tracker)
     if isinstance(row, str):
         row = store.rows(run_id=row)[0]
     rid = tracker.log_run(row)
@@ -520,6 +667,7 @@ def sync(store, suite_name: str, tracker: Tracker,
     parents and children of every finished run not yet mirrored to this tracking URI, and then (when given)
     ``aggregates()``, which refreshes the parents' cell aggregates. Returns (mirrored, failed); never raises
     for MLflow trouble. Safe to run while workers write (every write is idempotent)."""
+    _forget_if_new(store, tracker)
     rows = store.unmirrored(suite_name, tracker.uri)
     if tracker.experiment_id is None or tracker.suite_name != suite_name:
         tracker.init_experiment(suite_name)

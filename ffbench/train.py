@@ -13,6 +13,7 @@ the reference, not the first epoch, because a learning rate far too high explode
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -359,6 +360,39 @@ def build(config: RunConfig, data: Data, streams: Streams, device: torch.device)
     return method.to(device)
 
 
+RESUMED_FIELDS = ("curves", "metrics", "best_val", "train_time", "initial_loss", "saved_bytes_peak", "memory_peak",
+                  "epoch", "resumed", "threads")
+
+
+def restore(state: dict[str, Any], method, gens: dict[str, torch.Generator | None]) -> None:
+    """Put a checkpoint's training state into a freshly built method, its optimizers and streams, all or
+    nothing: a state that does not fit (a missing key, a wrong shape) raises with everything as it was."""
+    import copy
+
+    missing = [k for k in ("method", "optimizers", "generators", "global_rng", *RESUMED_FIELDS) if k not in state]
+    if missing:
+        raise KeyError(f"missing {', '.join(missing)}")
+    if not isinstance(state["metrics"], dict) or set(state["generators"]) - {k for k, g in gens.items() if g}:
+        raise ValueError("its metrics or streams are not this run's")
+    before = (copy.deepcopy(method.state_dict()), [copy.deepcopy(o.state_dict()) for o in method.ctx.optimizers],
+              generator_states(gens), global_rng_state())
+    try:
+        method.load_state_dict(state["method"])
+        for opt, opt_state in zip(method.ctx.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(opt_state)
+        for name, g_state in state["generators"].items():
+            gens[name].set_state(g_state)
+        restore_global_rng(state["global_rng"])
+    except Exception:
+        method.load_state_dict(before[0])
+        for opt, opt_state in zip(method.ctx.optimizers, before[1]):
+            opt.load_state_dict(opt_state)
+        for name, g_state in before[2].items():
+            gens[name].set_state(g_state)
+        restore_global_rng(before[3])
+        raise
+
+
 def fit(config: RunConfig, device: torch.device | str = "auto",
         on_epoch: Callable[[dict[str, Any]], None] | None = None, data: Data | None = None,
         weights_dir: str | None = None, keep_model: bool = False, checkpoint: str | None = None) -> RunResult:
@@ -378,7 +412,15 @@ def fit(config: RunConfig, device: torch.device | str = "auto",
     if data is None:
         data = run_data(config, streams, device)
     method = build(config, data, streams, device)
-    source = transfer.start(method, config, *pretrained) if pretrained else None
+    source = None
+    if pretrained:
+        try:
+            source = transfer.start(method, config, *pretrained)
+        except transfer.DamagedSource as exc:  # a stored source's fault, not the method's: trained again
+            print(f"warning: {exc}; the source is trained again", file=sys.stderr)
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                pretrained = transfer.pretrained(config, device, weights_dir, rejected=pretrained[1]["sha256"])
+            source = transfer.start(method, config, *pretrained)
     loader = run_loader(config, data, streams, device)
     meter = SavedTensorMeter(list(method.parameters()))
     memory = TrainingPeak.for_cuda(device) if device.type == "cuda" else None
@@ -391,12 +433,12 @@ def fit(config: RunConfig, device: torch.device | str = "auto",
     state = saver.load() if saver else None
     first_epoch, resumed = 0, []
     if state is not None:
-        method.load_state_dict(state["method"])
-        for opt, opt_state in zip(method.ctx.optimizers, state["optimizers"], strict=True):
-            opt.load_state_dict(opt_state)
-        for name, g_state in state["generators"].items():
-            gens[name].set_state(g_state)
-        restore_global_rng(state["global_rng"])
+        try:
+            restore(state, method, gens)
+        except Exception as exc:  # verified, yet not this method's state: the run starts over
+            saver.discard(f"its state does not fit the method ({type(exc).__name__}: {str(exc)[:200]})")
+            state = None
+    if state is not None:
         result.curves, result.metrics = state["curves"], state["metrics"]
         rec.best_val, rec.train_time, rec.initial_loss = state["best_val"], state["train_time"], state["initial_loss"]
         meter.peak = state["saved_bytes_peak"]

@@ -6,7 +6,9 @@ source's seed s). Pretrained backbones are kept per (source configuration, seed)
 ``<key>.pt`` (the backbone's state dict, loaded only with ``torch.load(weights_only=True)``) beside
 ``<key>.json`` (its SHA-256, the source's configuration and accuracy, its training time). The first run
 that needs one trains it, under a file lock, so concurrent workers train it once; every other run, of any
-cell, reuses it. A checkpoint whose hash does not match is trained again, never loaded.
+cell, reuses it. A checkpoint whose hash does not match, that does not load as a state dict of tensors, or
+whose names and shapes do not fit the backbone is trained again (with a warning), never recorded as the
+method's failure.
 
 ``{"weights": "imagenet"}`` is the other kind of source: torchvision's ImageNet weights of a torchvision
 backbone (online, or from torch's hub cache), checked when the suite is planned.
@@ -17,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import time
 import types
 from pathlib import Path
@@ -28,6 +31,7 @@ import torch.nn as nn
 from ffbench import __version__
 from ffbench.config import RunConfig, content_hash
 from ffbench.filelock import file_lock
+from ffbench.paths import inside
 
 IMAGENET = "imagenet"
 # torchvision's weights per backbone (the names its `get_weight` takes)
@@ -59,36 +63,59 @@ def sha256(path: Path) -> str:
 
 
 # ---------------------------------------------------------------- the pretraining stage
-def pretrained(config: RunConfig, device: torch.device, weights_dir: str | Path | None = None
-               ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The source backbone's state dict for ``config`` and what the manifest records about it."""
+def pretrained(config: RunConfig, device: torch.device, weights_dir: str | Path | None = None,
+               rejected: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The source backbone's state dict for ``config`` and what the manifest records about it. ``rejected``:
+    the hash of a stored source that did not fit the method (``DamagedSource``): trained again."""
     if config.source.get("weights") == IMAGENET:
         return imagenet_state(config.backbone), {"weights": IMAGENET, "name": IMAGENET_WEIGHTS[config.backbone]}
     src = source_config(config)
     key = source_key(src)
     folder = Path(weights_dir) if weights_dir else default_weights_dir()
-    path, meta = folder / f"{key}.pt", folder / f"{key}.json"
+    path, meta = inside(folder, f"{key}.pt"), inside(folder, f"{key}.json")
     with file_lock(folder / f"{key}.lock"):
-        data, info = _verified(path, meta)
+        state, info = _verified(path, meta, device, rejected)
         reused = info is not None
         if info is None:
             data, info = _train_source(src, key, device, path, meta)
-    state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)  # the bytes that were hashed
-    return state, {k: info[k] for k in ("key", "sha256", "seed", "val_acc", "test_acc", "train_time_s", "epochs")
+            state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+    return state, {k: info.get(k) for k in ("key", "sha256", "seed", "val_acc", "test_acc", "train_time_s", "epochs")
                    } | {"reused": reused}
 
 
-def _verified(path: Path, meta: Path) -> tuple[bytes | None, dict[str, Any] | None]:
-    """(a checkpoint's bytes, its sidecar) when the content matches the sidecar's hash, else (None, None):
-    missing, or to be trained again."""
+class DamagedSource(RuntimeError):
+    """A stored source backbone that does not fit the method it should start (its record is not the source's
+    fault, nor the method's): the source is trained again."""
+
+
+def _verified(path: Path, meta: Path, device: torch.device, rejected: str | None = None
+              ) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
+    """(a source backbone's state, its sidecar) when the content matches the sidecar's hash and loads as a
+    state dict of tensors (``torch.load(weights_only=True)``: a pickle that would run code is refused), else
+    (None, None): missing, or to be trained again. ``rejected``: the hash of a file found not to fit."""
     if not (path.exists() and meta.exists()):
         return None, None
     try:
         info = json.loads(meta.read_text())
-    except ValueError:
-        return None, None
+    except (ValueError, UnicodeDecodeError):
+        info = None
     data = path.read_bytes()
-    return (data, info) if info.get("sha256") == hashlib.sha256(data).hexdigest() else (None, None)
+    digest = hashlib.sha256(data).hexdigest()
+    if not isinstance(info, dict) or info.get("sha256") != digest or digest == rejected:
+        return _retrain(path, "its record does not match it" if digest != rejected else "it does not fit the method")
+    try:
+        state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)  # the bytes that were hashed
+    except Exception as exc:
+        return _retrain(path, f"it cannot be loaded as weights ({type(exc).__name__})")
+    if not (isinstance(state, dict) and state and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                      for k, v in state.items())):
+        return _retrain(path, "it is not a state dict of tensors")
+    return state, info
+
+
+def _retrain(path: Path, why: str) -> tuple[None, None]:
+    print(f"warning: pretrained source {path} is not used ({why}); the source is trained again", file=sys.stderr)
+    return None, None
 
 
 def _train_source(src: RunConfig, key: str, device: torch.device, path: Path, meta: Path
@@ -219,7 +246,14 @@ def load_backbone(method: nn.Module, state: dict[str, torch.Tensor], source: dic
 
 def start(method, config: RunConfig, state: dict[str, torch.Tensor], info: dict[str, Any]) -> dict[str, Any]:
     """Put a freshly built method on its source backbone (``pretrained``'s state and record) in ``config.adapt``
-    mode; the manifest's record."""
+    mode; the manifest's record. ``DamagedSource`` when a stored source's weights do not fit the backbone
+    (missing names, other shapes), before anything else changes."""
+    if config.source.get("weights") != IMAGENET:
+        own = method.backbone.state_dict()
+        wrong = sorted(set(own) ^ set(state)) + sorted(k for k in own if k in state and own[k].shape != state[k].shape)
+        if wrong:
+            raise DamagedSource(f"the stored source {info.get('key')} does not fit the backbone "
+                                f"({', '.join(wrong[:3])})")
     kept = load_backbone(method, state, config.source)
     method.adapt(config.adapt, config.adapt_units)
     trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)

@@ -32,7 +32,7 @@ from ffbench.design import TUNING, Design
 from ffbench.config import RunConfig
 from ffbench.execute import Env, batch_problem, execute_row, run_batch, tell_unbatched
 from ffbench.selection import register_evaluation
-from ffbench.store import FINISHED, PENDING, RUNNING, Store, process_exists
+from ffbench.store import FINISHED, PENDING, RUNNING, Store, is_stale, process_exists
 from ffbench.suite import Suite
 
 
@@ -149,7 +149,7 @@ def _work(env: Env, bar, wait: bool, max_runs: int | None) -> int:
     slot_ids = {c.cell_id: [r.run_id for r in design.trials if r.cell.cell_id == c.cell_id] for c in tuned}
     ready: set[str] = set()
     executed = 0
-    warned = False
+    warned = told = False
     shown = Shown(bar, env) if bar is not None else None
     if shown is not None:
         env.progress = shown.epoch
@@ -176,7 +176,7 @@ def _work(env: Env, bar, wait: bool, max_runs: int | None) -> int:
             shown.runs(finished)
         now = store.now()
         candidates = sorted((s for s in states.values() if s["status"] == PENDING or
-                             (s["status"] == RUNNING and (s["heartbeat"] or 0) < now - env.lease_s)),
+                             (s["status"] == RUNNING and is_stale(s["heartbeat"], now, env.lease_s))),
                             key=lambda s: order[s["run_id"]])
         took = False
         for s in candidates:
@@ -194,8 +194,27 @@ def _work(env: Env, bar, wait: bool, max_runs: int | None) -> int:
             continue
         if finished == len(order) or not wait:
             return executed
+        if not told:
+            told = tell_waiting(env, [s for s in states.values() if s["status"] == RUNNING], now)
         time.sleep(env.poll_s)
     return executed
+
+
+def tell_waiting(env: Env, held: list[dict[str, Any]], now: float) -> bool:
+    """Say once what this worker waits for: the runs other processes hold, and when the first is taken over
+    if its holder stops beating. Returns whether it said it."""
+    if not held:
+        return False
+    ahead = [s for s in held if (s["heartbeat"] or 0) > now]
+    first = min((s["heartbeat"] or now) for s in held) + env.lease_s
+    holders = sorted({s["worker"] or "?" for s in held})
+    skew = (f"; {len(ahead)} heartbeat(s) are ahead of this clock (clock skew; one more than the lease ahead "
+            f"counts as stale)" if ahead else "")
+    print(f"worker {env.worker}: waiting for {len(held)} run(s) held by {', '.join(holders[:3])}"
+          f"{' and others' if len(holders) > 3 else ''} to finish; a run whose holder stops beating for the "
+          f"{env.lease_s:g} s lease is taken over (the first at {time.strftime('%H:%M:%S', time.localtime(first))}, "
+          f"if its holder has stopped by then){skew}", file=sys.stderr)
+    return True
 
 
 def claim_seeds(env: Env, row: dict[str, Any], candidates: list[dict[str, Any]], room: int | None) -> list[dict[str, Any]]:

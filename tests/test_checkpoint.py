@@ -143,3 +143,60 @@ def test_a_sigkilled_worker_resumes_from_its_checkpoint(tmp_path):
     assert "resumed" not in clean["manifest"]
     assert row["metrics"] == clean["metrics"]
     assert without_time(row["curves"]) == without_time(clean["curves"])
+
+
+class Hostile:
+    """Unpickled, it would create a marker file: a loader that ran it would be executing the file's code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def signed(path, cfg: RunConfig, content: bytes) -> bytes:
+    """``content`` as a checkpoint file that verifies (made with the output folder's own key)."""
+    from ffbench import checkpoint
+
+    digest = checkpoint._digest(checkpoint._key(path.parent), checkpoint.binding(path.stem, cfg.to_dict()), content)
+    return checkpoint.MAGIC + digest.encode() + b"\n" + content
+
+
+@pytest.mark.parametrize("forgery", ["unsigned, finished, 0.999", "signed, finished, 0.999", "another run's",
+                                     "missing key", "wrong shape", "hostile pickle", "signed hostile pickle"])
+def test_a_forged_or_damaged_checkpoint_is_discarded_and_the_run_trains_from_the_start(tmp_path, every_epoch,
+                                                                                     capsys, forgery):
+    import io
+    import pickle
+
+    cfg, path, marker = config("bp"), tmp_path / "ckpt" / "run-a.pt", tmp_path / "marker"
+    whole = fit(cfg, "cpu")
+    with pytest.raises(Stop):
+        fit(cfg, "cpu", on_epoch=stop_after(1), checkpoint=str(path))
+    state = torch.load(io.BytesIO(path.read_bytes().partition(b"\n")[2]), weights_only=True)
+    made_up = {**state, "epoch": cfg.epochs, "metrics": {**state["metrics"], "test_acc": 0.999},
+               "curves": state["curves"] * cfg.epochs}
+    saver = Checkpoint(path, cfg.to_dict())
+    if forgery == "unsigned, finished, 0.999":
+        torch.save(made_up, path)
+    elif forgery == "signed, finished, 0.999":
+        saver.save({k: v for k, v in made_up.items() if k not in ("format", "config")})
+    elif forgery == "another run's":
+        with pytest.raises(Stop):
+            fit(cfg, "cpu", on_epoch=stop_after(1), checkpoint=str(path.with_name("run-b.pt")))
+        path.with_name("run-b.pt").replace(path)
+    elif forgery == "missing key":
+        saver.save({k: v for k, v in state.items() if k not in ("format", "config", "optimizers")})
+    elif forgery == "wrong shape":
+        method = {k: torch.zeros(*(s + 1 for s in v.shape)) if v.dim() else v for k, v in state["method"].items()}
+        saver.save({**{k: v for k, v in state.items() if k not in ("format", "config")}, "method": method})
+    elif forgery == "hostile pickle":
+        path.write_bytes(pickle.dumps({"epoch": Hostile(marker)}))
+    else:
+        path.write_bytes(signed(path, cfg, pickle.dumps({"epoch": Hostile(marker)})))
+    r = fit(cfg, "cpu", checkpoint=str(path))
+    assert not marker.exists()
+    assert r.status == "done" and "resumed" not in r.manifest and len(r.curves) == cfg.epochs
+    assert without_time(r.curves) == without_time(whole.curves) and r.metrics["test_acc"] == whole.metrics["test_acc"]
+    assert "discarded" in capsys.readouterr().err

@@ -192,3 +192,63 @@ def test_fetch_of_an_unknown_dataset_lists_what_it_knows():
     for name in ("fashion-mnist", "mnist", "digits", "synthetic", "cifar10", "cifar100"):
         assert f"  {name}" in msg
     assert str(datasets.cache_dir("mnist")) in msg and "/usr/share/datasets/fashion-mnist" in msg
+
+
+MNIST_SUITE = """
+[suite]
+name = "roots"
+version = 1
+[design]
+methods = ["bp"]
+datasets = ["mnist"]
+backbones = ["mlp"]
+seeds = {seeds}
+[train]
+epochs = 1
+batch_size = 32
+[backbones.mlp]
+widths = [8]
+[datasets.mnist]
+root = "{root}"
+"""
+
+
+def test_a_relative_root_is_the_suite_files_and_a_cell_never_mixes_data(tmp_path, monkeypatch, capsys):
+    from ffbench.cli import main
+    from ffbench.store import Store
+
+    home = tmp_path / "suites"
+    write_mnist(home / "data", n_train=300, n_test=60, gz=False)
+    suite, out = home / "roots.toml", tmp_path / "out"
+    suite.write_text(MNIST_SUITE.format(seeds="[0]", root="data"))
+    elsewhere = tmp_path / "elsewhere"
+    write_mnist(elsewhere / "data", n_train=300, n_test=60, gz=False)  # other data under the same relative path
+    for cwd in (tmp_path, elsewhere):  # the same suite run from two folders reads the same data
+        monkeypatch.chdir(cwd)
+        assert main(["run", str(suite), "--out", str(out), "--no-progress", "--device", "cpu", "--no-tracking"]) == 0
+    (row,) = Store(out / "results.db").rows("roots")
+    data = row["manifest"]["data"]
+    assert data["root"] == str((home / "data").resolve()) and len(data["sha256"]) == 64 and row["attempts"] == 1
+    # the files under the root change: no run on the new data joins the cell's old one
+    write_mnist(home / "data", n_train=300, n_test=60, gz=False)
+    suite.write_text(MNIST_SUITE.format(seeds="[0, 1]", root="data"))
+    datasets._IDENTITY.clear()  # a new process reads the files anew
+    datasets._load.cache_clear()
+    capsys.readouterr()
+    assert main(["run", str(suite), "--out", str(out), "--no-progress", "--device", "cpu", "--no-tracking"]) == 2
+    err = capsys.readouterr().err
+    assert "bp/mnist/mlp" in err and data["sha256"][:12] in err and "never added to a cell" in err
+    assert [r["seed"] for r in Store(out / "results.db").rows("roots")] == [0]
+
+
+def test_a_root_the_user_names_is_never_written_to(tmp_path, capsys):
+    from ffbench.cli import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    suite = tmp_path / "roots.toml"
+    suite.write_text(MNIST_SUITE.format(seeds="[0]", root="empty"))
+    code = main(["run", str(suite), "--out", str(tmp_path / "out"), "--no-progress", "--no-tracking"])
+    err = capsys.readouterr().err
+    assert code == 2 and "not found in" in err and str(empty) in err
+    assert list(empty.iterdir()) == []  # no folder made, nothing downloaded into it

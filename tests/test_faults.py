@@ -19,6 +19,7 @@ pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from ffbench import manifest as manifest_module  # noqa: E402
+from ffbench import tracking  # noqa: E402
 from ffbench.cli import main  # noqa: E402
 from ffbench.store import DONE, FAILED, PENDING, RUNNING, Store  # noqa: E402
 
@@ -91,6 +92,7 @@ def mlflow_children(db: Path, suite: str) -> tuple[Counter, list]:
     client = MlflowClient(f"sqlite:///{db}")
     exp = client.get_experiment_by_name(suite)
     runs = client.search_runs([exp.experiment_id], max_results=5000)
+    tracking._forget_engine(f"sqlite:///{db}")  # the next look opens the file anew (a test replaces it)
     kids = Counter((r.data.tags["ffbench.run_id"], r.data.tags.get("ffbench.generation", "0")) for r in runs
                    if r.data.tags.get("ffbench.kind") in ("evaluation", "tuning"))
     return kids, [r for r in runs if r.data.tags.get("ffbench.kind") == "cell"]
@@ -351,3 +353,180 @@ def test_changed_plugin_code_makes_its_cells_new_and_rerun_executes_on_purpose(t
     old = [r for r in store.rows("faults", superseded=True) if r["superseded"]]
     assert len(old) == 2 and all(r["run_id"].endswith("~g0") for r in old)
     assert {r["generation"] for r in store.rows("faults") if r["factors"]["method"] == "bp"} == {1}
+
+
+# ---------------------------------------------------------------- a full disk, a half-created MLflow database
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MB file system (tmpfs; needs root): the disk fills up for real."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip() or mounted.returncode}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.parametrize("free_kb", [1150])
+def test_a_full_disk_stops_with_one_line_and_exit_3_and_the_store_resumes(tmp_path, small_disk, free_kb):
+    path, out = suite_file(tmp_path), small_disk / "out"
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (2048 - free_kb) * 1024)
+    code, _, err = finish(ffbench("run", path, "--out", out, "--no-progress", "--device", "cpu"))
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+    assert code in (0, 3) and (code == 0 or "disk is full" in err.splitlines()[-1]), err
+    assert not Store(out / "results.db").rows("faults", status=FAILED)  # the disk's fault is never the method's
+    filler.unlink()  # space freed: the same store resumes (never refused for its size), nothing duplicated
+    code, out_text, err = finish(ffbench("run", path, "--out", out, "--no-progress", "--device", "cpu"))
+    assert code == 0 and "Traceback" not in err and "move it away" not in err, err
+    assert finish(ffbench("sync", path, "--out", out))[0] == 0
+    assert_complete(out, "faults", 4, 2)
+
+
+def test_store_creation_on_a_full_disk_leaves_no_torn_store(tmp_path, small_disk):
+    path, out = suite_file(tmp_path, methods='["bp"]'), small_disk / "out"
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (2048 - 80) * 1024)
+    code, _, err = finish(ffbench("run", path, "--out", out, "--no-progress", "--device", "cpu", "--no-tracking"))
+    assert code == 3 and "disk is full" in err and "Traceback" not in err, err
+    filler.unlink()
+    code, _, err = finish(ffbench("run", path, "--out", out, "--no-progress", "--device", "cpu", "--no-tracking"))
+    assert code == 0, err
+    assert {r["status"] for r in Store(out / "results.db").rows("faults")} == {DONE}
+
+
+def stored_suite(tmp_path) -> tuple[Path, Path]:
+    """A suite whose 4 runs are in the store and not yet in MLflow."""
+    path, out = suite_file(tmp_path), tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--no-progress", "--device", "cpu", "--no-tracking"]) == 0
+    return path, out
+
+
+def test_sync_killed_while_mlflow_creates_its_tables_never_leaves_a_half_created_database(tmp_path):
+    path, out = stored_suite(tmp_path)
+    for delay in (1.0, 2.0, 3.0):  # before, while and after MLflow creates its tables
+        for f in out.glob("*mlflow.db*"):
+            f.unlink()
+        p = ffbench("sync", path, "--out", out)
+        time.sleep(delay)
+        p.kill()
+        p.communicate()
+        code, _, err = finish(ffbench("sync", path, "--out", out))
+        assert code == 0 and "Traceback" not in err, (delay, err)
+        assert_complete(out, "faults", 4, 2)
+        assert not list(out.glob(".mlflow.db.*"))  # no temporary file left behind
+
+
+@pytest.mark.parametrize("damage", ["migration cut short", "no schema version"])
+def test_a_half_created_mlflow_database_is_made_again_from_the_store(tmp_path, capsys, damage):
+    path, out = stored_suite(tmp_path)
+    db, uri = out / "mlflow.db", f"sqlite:///{out / 'mlflow.db'}"
+    MlflowClient(uri).search_experiments()  # a database with MLflow's tables, no run yet
+    tracking._forget_engine(uri)
+    with sqlite3.connect(db) as c:
+        c.execute("CREATE TABLE _alembic_tmp_jobs (x)" if damage == "migration cut short"
+                  else "DELETE FROM alembic_version")
+    capsys.readouterr()
+    assert main(["sync", str(path), "--out", str(out)]) == 0
+    assert "half-created" in capsys.readouterr().err
+    assert_complete(out, "faults", 4, 2)
+    # one that holds runs is never deleted: the advice given works
+    with sqlite3.connect(db) as c:
+        c.execute("CREATE TABLE _alembic_tmp_jobs (x)")
+    tracking._DOWN.clear()
+    assert main(["sync", str(path), "--out", str(out)]) == 1
+    assert f"mv {db} {db}.broken" in capsys.readouterr().err
+    db.rename(db.with_name("mlflow.db.broken"))
+    assert finish(ffbench("sync", path, "--out", out))[0] == 0
+    assert_complete(out, "faults", 4, 2)
+
+
+# ---------------------------------------------------------------- leases
+@pytest.mark.parametrize("option", [("--lease", "-1"), ("--lease", "0"), ("--lease", "1e9"), ("--poll", "-1"),
+                                    ("--poll", "0")])
+def test_lease_and_poll_outside_their_range_are_refused_before_anything_is_claimed(tmp_path, capsys, option):
+    path, out = suite_file(tmp_path), tmp_path / "out"
+    command = "worker" if option[0] == "--poll" else "run"
+    assert main([command, str(path), "--out", str(out), "--no-progress", "--no-tracking", *option]) == 2
+    err = capsys.readouterr().err
+    assert f"{option[0]} {float(option[1]):g}: allowed values are" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_heartbeat_from_the_future_is_clock_skew_with_a_stated_rule(tmp_path, capsys):
+    path, out = suite_file(tmp_path), tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--no-progress", "--device", "cpu", "--no-tracking"]) == 0
+    rows = Store(out / "results.db").rows("faults")
+    lease = 2.0
+    with sqlite3.connect(out / "results.db") as c:  # a foreign host's claims: one far ahead, one a little ahead
+        for row, ahead in ((rows[0], 1e6), (rows[1], lease / 2)):
+            c.execute("UPDATE runs SET status = 'running', worker = 'farhost:1', host = 'farhost', pid = 1, "
+                      "heartbeat = ? WHERE run_id = ?", (time.time() + ahead, row["run_id"]))
+    capsys.readouterr()
+    t0 = time.time()
+    assert main(["run", str(path), "--out", str(out), "--no-progress", "--device", "cpu", "--no-tracking",
+                 "--lease", str(lease)]) == 0
+    err = capsys.readouterr().err
+    assert time.time() - t0 < 60
+    assert err.count("waiting for 1 run(s) held by farhost:1") == 1 and "clock skew" in err
+    after = {r["run_id"]: r for r in Store(out / "results.db").rows("faults")}
+    assert {r["status"] for r in after.values()} == {DONE} and len(after) == 4
+    assert after[rows[0]["run_id"]]["attempts"] == 2 and after[rows[1]["run_id"]]["attempts"] == 2
+
+
+# ---------------------------------------------------------------- two `run` of one suite at once
+def test_two_runs_of_one_suite_started_together_each_say_what_they_ran(tmp_path):
+    import re
+
+    path, out = suite_file(tmp_path, epochs=30), tmp_path / "out"
+    procs = [ffbench("run", path, "--out", out, "--no-progress", "--device", "cpu") for _ in range(2)]
+    outputs = [finish(p) for p in procs]
+    assert all(code == 0 for code, _, _ in outputs), outputs
+    ran = []
+    for _, text, _ in outputs:
+        m = re.search(r"ran (\d+) of 4 runs (here this time; (\d+) by other processes|this time)", text)
+        assert m, text[-1000:]
+        ran.append(int(m.group(1)))
+        assert int(m.group(3) or 0) <= 4 - ran[-1]  # what the other process finished meanwhile
+    assert sum(ran) == 4  # each counts only its own runs
+    assert_complete(out, "faults", 4, 2)
+
+
+# ---------------------------------------------------------------- nothing written outside the output folder
+def files_under(folder: Path) -> set[tuple[Path, int]]:
+    """(file, modification time) of every file under ``folder``."""
+    return {(p, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("how", ["suite name in the store", "artifact location in mlflow.db", "copied output folder"])
+def test_nothing_is_written_outside_the_output_folder(tmp_path, how):
+    base = tmp_path / "a" / "b" / "c"
+    base.mkdir(parents=True)
+    path, out = suite_file(base, methods='["bp"]', epochs=1), base / "out"
+    assert main(["run", str(path), "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    assert main(["report", str(path), "--out", str(out)]) == 0  # the experiment and its report run exist
+    target = out
+    if how == "suite name in the store":
+        with sqlite3.connect(out / "results.db") as c:
+            c.execute("UPDATE runs SET suite = '../../../outside/trav'")
+        args = ["report", "--out", str(out)]
+    elif how == "artifact location in mlflow.db":
+        with sqlite3.connect(out / "mlflow.db") as c:
+            c.execute("UPDATE experiments SET artifact_location = ?", ((tmp_path / "elsewhere").as_uri(),))
+            c.execute("UPDATE runs SET artifact_uri = ?", ((tmp_path / "elsewhere").as_uri(),))
+        tracking._forget_engine(f"sqlite:///{out / 'mlflow.db'}")
+        args = ["report", str(path), "--out", str(out)]
+    else:
+        import shutil
+
+        target = base / "copy"
+        shutil.copytree(out, target)
+        args = ["report", str(path), "--out", str(target)]
+    tracking._DOWN.clear()
+    before = files_under(tmp_path)
+    main(args)
+    written = {p for p, _ in files_under(tmp_path) - before}
+    assert {p for p in written if target.resolve() not in p.resolve().parents} == set()
+    assert any(p.name == "index.html" for p in written)  # the reports themselves were written, inside

@@ -1,11 +1,15 @@
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from ffbench.cli import main
 from ffbench.registry import METHODS, Card, DuplicateNameError, Registry, UnknownNameError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_duplicate_name_names_both_origins():
@@ -42,22 +46,28 @@ def test_builtin_methods_come_from_entry_points():
     assert card.family == "bp" and "head" in card.options
 
 
-def test_throwaway_plugin_is_discovered_through_an_entry_point(tmp_path):
-    (tmp_path / "throwaway_plugin.py").write_text(textwrap.dedent("""
+def install_plugin(folder, module: str, name: str, ending: str = "") -> None:
+    """A plugin module defining method ``name``, installed in ``folder`` with an ``ffbench.methods`` entry point
+    (``ending``: code its import runs after registering)."""
+    (folder / f"{module}.py").write_text(textwrap.dedent(f"""
         from ffbench.method import Method, method_card
 
-        @method_card(name="throwaway.demo", summary="a plugin installed through an entry point",
-                     rules=("none",), capabilities=frozenset({"any-backbone"}))
+        @method_card(name="{name}", summary="a plugin installed through an entry point",
+                     rules=("none",), capabilities=frozenset({{"any-backbone"}}))
         class Demo(Method):
             def train_step(self, x, y):
-                return {}
+                return {{}}
             def evaluate(self, x):
-                return {}, []
-    """))
-    dist = tmp_path / "throwaway_plugin-0.1.dist-info"
+                return {{}}, []
+    """) + ending + "\n")
+    dist = folder / f"{module}-0.1.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: throwaway-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[ffbench.methods]\ndemo = throwaway_plugin\n")
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[ffbench.methods]\n{name.split('.')[0]} = {module}\n")
+
+
+def test_throwaway_plugin_is_discovered_through_an_entry_point(tmp_path):
+    install_plugin(tmp_path, "throwaway_plugin", "throwaway.demo")
     code = "from ffbench.registry import METHODS; print(METHODS.names('throwaway*'), METHODS.names('bp'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(tmp_path), "PATH": ""}).stdout
@@ -80,3 +90,26 @@ def test_capabilities_must_be_known_and_say_where_a_method_runs():
         check_capabilities("nowhere", frozenset({"unit-heads"}))
     with pytest.raises(TypeError, match="unknown capabilities \\['convolutional'\\]"):
         check_capabilities("typo", frozenset({"convolutional", "any-backbone"}))
+
+
+@pytest.mark.parametrize("ending", ["raise RuntimeError('broken after registering')", "import sys; sys.exit(0)"])
+def test_a_plugin_that_fails_to_import_loads_nothing_of_itself_and_is_one_warning(tmp_path, ending):
+    install_plugin(tmp_path, "half_plugin", "half.demo", ending)
+    environ = {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]), "PATH": os.environ.get("PATH", "")}
+    listed = subprocess.run([sys.executable, "-m", "ffbench.cli", "list", "methods"], capture_output=True, text=True,
+                            env=environ)
+    assert listed.returncode == 0 and "bp.deepsup" in listed.stdout and "half.demo" not in listed.stdout
+    warnings = [line for line in listed.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 1 and "half_plugin" in warnings[0] and warnings[0].startswith("warning:")
+    suite = tmp_path / "s.toml"
+    suite.write_text('[suite]\nname = "s"\nversion = 1\n[design]\nmethods = ["half.demo"]\ndatasets = ["synthetic"]\n'
+                     'backbones = ["mlp"]\nseeds = [0]\n')
+    run = subprocess.run([sys.executable, "-m", "ffbench.cli", "run", str(suite), "--out", str(tmp_path / "out"),
+                          "--dry-run"], capture_output=True, text=True, env=environ)
+    assert run.returncode == 2 and "half.demo" in run.stderr and "failed to load" in run.stderr
+    # every other plugin is whole: a suite of ffbench's own methods, backbones and datasets trains
+    suite.write_text(suite.read_text().replace('"half.demo"', '"bp"') + "[train]\nepochs = 1\n")
+    run = subprocess.run([sys.executable, "-m", "ffbench.cli", "run", str(suite), "--out", str(tmp_path / "out"),
+                          "--no-tracking", "--no-progress", "--device", "cpu"], capture_output=True, text=True,
+                         env={**environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0 and "ran 1 of 1" in run.stdout, run.stderr

@@ -43,7 +43,7 @@ def test_good_suite_loads(tmp_path):
     ("", ("version = 1", 'version = 1\ncontrol = "sff"'), "[suite].control", "not one of [design].methods; "
                                                                              "allowed: bp"),
     ("[train]\nval_size = 1.5\n", None, "[train].val_size", "a fraction in (0, 1) or a positive count"),
-    ("[datasets.synthetic]\nroot = 5\n", None, '[datasets."synthetic"].root', "the path of a folder that exists"),
+    ("[datasets.synthetic]\nroot = 5\n", None, '[datasets."synthetic"].root', "reads no files"),
 ])
 def test_bad_input_names_file_field_and_allowed_values(tmp_path, extra, base_edit, where, allowed):
     base = GOOD.replace(*base_edit) if base_edit else GOOD

@@ -281,3 +281,43 @@ def test_two_processes_needing_one_source_train_it_once(tmp_path):
     outs = sorted(p.communicate(timeout=120)[0].strip() for p in procs)
     assert outs == ["False", "True"]  # one trained it under the lock, the other waited and read it
     assert len(list(tmp_path.glob("*.pt"))) == 1
+
+
+class Hostile:
+    """Unpickled, it would create a marker file: a loader that ran it would be executing the file's code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+@pytest.mark.parametrize("damage", ["hostile pickle", "sidecar []", "wrong shapes"])
+def test_a_damaged_source_is_trained_again_never_a_method_failure(tmp_path, capsys, damage):
+    import hashlib
+    import io
+    import pickle
+
+    weights, marker = tmp_path / "weights", tmp_path / "marker"
+    first = fit(target("bp", "fine-tune"), "cpu", weights_dir=str(weights))
+    key = first.manifest["source"]["key"]
+    pt, meta = weights / f"{key}.pt", weights / f"{key}.json"
+    sidecar = json.loads(meta.read_text())
+    if damage == "hostile pickle":
+        pt.write_bytes(pickle.dumps({"w": Hostile(marker)}))
+    elif damage == "wrong shapes":
+        buffer = io.BytesIO()
+        torch.save({k: torch.zeros(*(s + 1 for s in v.shape)) for k, v in torch.load(pt, weights_only=True).items()},
+                   buffer)
+        pt.write_bytes(buffer.getvalue())
+    if damage == "sidecar []":
+        meta.write_text("[]")
+    else:  # the record matches the damaged file: only loading it shows the damage
+        meta.write_text(json.dumps({**sidecar, "sha256": hashlib.sha256(pt.read_bytes()).hexdigest()}))
+    again = fit(target("bp", "fine-tune"), "cpu", weights_dir=str(weights))
+    assert not marker.exists()
+    assert again.status == "done" and not again.manifest["source"]["reused"]
+    assert again.metrics["test_acc"] == first.metrics["test_acc"]  # the same source, trained again
+    assert "trained again" in capsys.readouterr().err
+    assert json.loads(meta.read_text())["sha256"] == hashlib.sha256(pt.read_bytes()).hexdigest()
