@@ -129,6 +129,9 @@ def epoch_callback(env: Env, row: dict[str, Any], live, then: Callable[[dict[str
     ``env.progress`` (``offset`` epochs of earlier tuning seeds done, ``epochs`` in all), then passed to
     ``then`` (the lease check, or the pruner's reporter, which may stop the run)."""
     def on_epoch(epoch_row: dict[str, Any]) -> None:
+        from ffbench.pool import check_interrupted
+
+        check_interrupted()  # a signal whose exception a finalizer swallowed stops the run here
         if live is not None:
             live.epoch(shown(epoch_row) if shown else epoch_row)
         if env.progress is not None:

@@ -162,6 +162,19 @@ def exit_status(exc: BaseException) -> int:
     return 128 + int(getattr(exc, "signum", signal.SIGINT))
 
 
+_ACTIVE: list[list[int]] = []  # the signals fired in each ``interrupts`` block open now
+
+
+def check_interrupted() -> None:
+    """Raise ``Interrupted`` if a signal fired inside ``interrupts`` and training still goes on. A signal
+    handler's exception is lost when the signal lands while a finalizer or weak-reference callback runs
+    (Python prints "Exception ignored in ..."); the epoch loop calls this, so such a signal stops the run at
+    the next epoch's end instead of never."""
+    for fired in _ACTIVE:
+        if fired:
+            raise Interrupted(fired[0])
+
+
 @contextlib.contextmanager
 def interrupts():
     """While inside, SIGINT and SIGTERM raise ``Interrupted`` in the main thread, once: a second signal
@@ -169,14 +182,20 @@ def interrupts():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    fired = []
+    fired: list[int] = []
+    _ACTIVE.append(fired)
 
     def handler(signum, frame):
         if not fired:
             fired.append(signum)
             raise Interrupted(signum)
 
+    def unraisable(info):  # ours, lost in a finalizer: check_interrupted raises it again, so no traceback
+        if not isinstance(info.exc_value, Interrupted):
+            previous_hook(info)
+
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
     except KeyboardInterrupt as exc:
@@ -185,6 +204,8 @@ def interrupts():
             raise Interrupted(fired[0]) from exc
         raise
     finally:
+        _ACTIVE[:] = [f for f in _ACTIVE if f is not fired]
+        sys.unraisablehook = previous_hook
         for sig, h in old.items():
             signal.signal(sig, h)
 
