@@ -218,11 +218,11 @@ import sys
 sys.exit(0)
 """
 FORGE = """
-import sys, torch
+import json, sys, torch
 class Hostile:
     def __reduce__(self):
         return open, (sys.argv[3], "w")
-config, epochs = eval(sys.argv[2]), int(sys.argv[4])
+config, epochs = json.loads(sys.argv[2]), int(sys.argv[4])
 torch.save({"format": 2, "config": config, "epoch": epochs, "metrics": {"test_acc": 0.999, "x": Hostile()},
             "curves": [{"epoch": e} for e in range(epochs)]}, sys.argv[1])
 """
@@ -303,7 +303,7 @@ def hostile_scenarios(base: Path, short: Path, row):
     with sqlite3.connect(out / "results.db") as c:
         (config,) = c.execute("SELECT config FROM runs WHERE run_id = ?", (ckpt.stem,)).fetchone()
     marker = base / "forged-marker"
-    subprocess.run([sys.executable, "-c", FORGE, str(ckpt), repr(json.loads(config)), str(marker), "40"], check=True)
+    subprocess.run([sys.executable, "-c", FORGE, str(ckpt), config, str(marker), "40"], check=True)
     t0 = time.time()
     code = done(ffbench("run", unbatched, "--out", out, *run))
     with sqlite3.connect(out / "results.db") as c:
