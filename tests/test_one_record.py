@@ -18,6 +18,7 @@ from ffbench import export, resultset, results
 from ffbench.cli import main
 from ffbench.report import report_dir
 from ffbench.store import Store
+from test_faults import PLUGIN  # backprop under another name, a plugin whose code a test edits
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITE = """
@@ -39,17 +40,6 @@ batch_size = 32
 widths = [16]
 {tail}
 """
-PLUGIN = '''
-from ffbench.method import method_card
-from methods.bp import BP
-
-
-@method_card(name="myplug", family="myplug", summary="backprop under another name (a plugin for tests)",
-             defaults=dict(BP.card.defaults), options=dict(BP.card.options), rules=BP.card.rules,
-             capabilities=BP.card.capabilities)
-class MyPlug(BP):
-    pass
-'''
 
 
 def write(path: Path, name="onerec", version=1, methods='["bp", "myplug"]', extra="", tail="") -> Path:
