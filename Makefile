@@ -2,19 +2,26 @@
 #   make quick   install everything, then run the main job (the `quick` suite on the bundled digits)
 #   make test    install everything (with the test tools and data), then run the tests
 #   make board   the leaderboard page of the committed studies (ffbench-out/board)
+#   make lint    ruff (lint and format check) and the import-layer contract, as CI runs them
 VENV    ?= .venv
 PYTHON  ?= python3
 BIN     := $(VENV)/bin
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PKGS := postgresql chromium dataset-fashion-mnist
 
-.PHONY: quick test install system-packages data board clean
+.PHONY: quick test lint install system-packages data board clean
 
 quick: install
 	$(BIN)/ffbench run quick
 
 test: install system-packages data
 	$(BIN)/python -m pytest -q
+
+# the habits CI keeps: ruff's lint and format check, and the layers of ffbench/ importing only downwards
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_layers.py
 
 install: $(VENV)/.installed
 

@@ -9,6 +9,7 @@ traceback, accepted (runs claimed or trained), or a hang.
 runs under `timeout` and a 6 GB address-space limit, so a case that hangs or reads without end is reported,
 not suffered.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,8 +72,17 @@ def main() -> int:
 
         store_suite = corpus.suite_file(tmp)
         store_out = tmp / "store"
-        made = corpus.ffbench_process("run", str(store_suite), "--out", str(store_out), "--no-tracking",
-                                      "--no-progress", cwd=tmp, root=args.root, limit_s=300)
+        made = corpus.ffbench_process(
+            "run",
+            str(store_suite),
+            "--out",
+            str(store_out),
+            "--no-tracking",
+            "--no-progress",
+            cwd=tmp,
+            root=args.root,
+            limit_s=300,
+        )
         if made.returncode != 0:
             print(f"the store for the report cases could not be made: {made.stderr[-500:]}", file=sys.stderr)
             return 1
@@ -80,8 +90,9 @@ def main() -> int:
         n = 0
         for label, extra, edit, expected in corpus.HOSTILE:
             n += 1
-            case(n, label, lambda p, e=extra, d=edit: corpus.suite_file(p.parent, e, d, name=p.name), ("run",),
-                 expected)
+            case(
+                n, label, lambda p, e=extra, d=edit: corpus.suite_file(p.parent, e, d, name=p.name), ("run",), expected
+            )
         for label, make, expected in corpus.SUITE_FILES:
             n += 1
             case(n, label, make, ("run",), expected)
@@ -89,8 +100,11 @@ def main() -> int:
             n += 1
             case(n, f"`{' '.join(argv)}`", lambda p: corpus.suite_file(p.parent, name=p.name), argv, expected)
     counts = {v: verdicts.count(v) for v in dict.fromkeys(verdicts)}
-    print(f"\n{len(verdicts)} cases in {time.monotonic() - started:.0f} s: "
-          + ", ".join(f"{k} {v}" for k, v in counts.items()) + f" (ffbench of {args.root})")
+    print(
+        f"\n{len(verdicts)} cases in {time.monotonic() - started:.0f} s: "
+        + ", ".join(f"{k} {v}" for k, v in counts.items())
+        + f" (ffbench of {args.root})"
+    )
     return 0 if counts.get("refused", 0) == len(verdicts) else 1
 
 

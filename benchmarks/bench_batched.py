@@ -1,5 +1,5 @@
-"""Seeds trained together (``ffbench.batched``) against the same seeds one after another, on the quick suite's
-cells (their configurations come from ``suites/quick.toml`` through ``ffbench.design.expand``).
+"""Seeds trained together (``ffbench.training.batched``) against the same seeds one after another, on the quick suite's
+cells (their configurations come from ``suites/quick.toml`` through ``ffbench.plan.design.expand``).
 
     .venv/bin/python benchmarks/bench_batched.py                              # 3 epochs, N = 1, 3, 10 seeds
     .venv/bin/python benchmarks/bench_batched.py --methods bp,sff --seeds 1,3 --epochs 1 --threads 1
@@ -23,6 +23,7 @@ Three tables:
 
 The numbers mean something only on an otherwise idle machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,21 +40,24 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from ffbench.batched import Unbatchable, fit_seeds, stack
-from ffbench.config import RunConfig
-from ffbench.seeds import Streams
-from ffbench.train import build, fit, lr_factor, resolve_device, run_data, run_loader
+from ffbench.core.config import RunConfig
+from ffbench.core.seeds import Streams
+from ffbench.training.batched import Unbatchable, fit_seeds, stack
+from ffbench.training.train import build, fit, lr_factor, resolve_device, run_data, run_loader
 
 BEFORE = Path(__file__).resolve().parent / "ops_per_step_36a83fa.json"
 
 
 def cell_configs(suite_name: str, methods: list[str] | None) -> dict[str, RunConfig]:
     """'method/backbone' -> the cell's resolved configuration (seed 0), as the suite runs it."""
-    from ffbench import design, suite
+    from ffbench.plan import design, suite
 
     cells = design.expand(suite.load(suite_name)).cells
-    out = {f"{c.config.method}/{c.config.backbone}": c.config for c in cells
-           if methods is None or c.config.method in methods}
+    out = {
+        f"{c.config.method}/{c.config.backbone}": c.config
+        for c in cells
+        if methods is None or c.config.method in methods
+    }
     if methods is not None and (missing := set(methods) - {k.split("/")[0] for k in out}):
         raise SystemExit(f"not in suite {suite_name}: {', '.join(sorted(missing))}")
     return out
@@ -69,7 +73,7 @@ def timed(call):
 def time_cell(config: RunConfig, ns: list[int], device: torch.device) -> list[dict]:
     alone, walls = [], []
     for seed in range(max(ns)):
-        res, wall = timed(lambda: fit(replace(config, seed=seed), device))
+        res, wall = timed(lambda seed=seed: fit(replace(config, seed=seed), device))
         if res.status != "done":
             raise RuntimeError(f"{config.method} seed {seed} alone: {res.status} {res.error}")
         alone.append(res)
@@ -81,23 +85,28 @@ def time_cell(config: RunConfig, ns: list[int], device: torch.device) -> list[di
         row = {"n": n, "seq": seq, "seq_wall": sum(walls[:n]), "one": one}
         if n > 1:
             try:
-                batch, wall = timed(lambda: fit_seeds([replace(config, seed=s) for s in range(n)], device))
+                batch, wall = timed(lambda n=n: fit_seeds([replace(config, seed=s) for s in range(n)], device))
             except Unbatchable as exc:  # not exact here (or not stackable): the runner trains them alone
                 row["why"] = str(exc)
                 rows.append(row)
                 continue
             if any(r.status != "done" for r in batch):
                 raise RuntimeError(f"{config.method} batched {n}: {[(r.status, r.error) for r in batch]}")
-            row.update(bat=n * batch[0].compute["epoch_time_s"], bat_wall=wall,
-                       dacc=max(abs(b.metrics["test_acc"] - a.metrics["test_acc"]) for a, b in zip(alone, batch)))
+            row.update(
+                bat=n * batch[0].compute["epoch_time_s"],
+                bat_wall=wall,
+                dacc=max(abs(b.metrics["test_acc"] - a.metrics["test_acc"]) for a, b in zip(alone, batch)),
+            )
         rows.append(row)
     return rows
 
 
 def print_times(results: dict[str, list[dict]], epochs: int) -> None:
     print(f"\n1. Training seconds per epoch of N seeds ({epochs} epochs; wall: whole fit calls, evaluation included)")
-    head = (f"{'cell':<22} {'N':>3} {'alone s/ep':>11} {'batched s/ep':>13} {'alone/batched':>14} "
-            f"{'batched/1 seed':>15} {'alone wall s':>13} {'batched wall s':>15} {'|dacc|':>8}")
+    head = (
+        f"{'cell':<22} {'N':>3} {'alone s/ep':>11} {'batched s/ep':>13} {'alone/batched':>14} "
+        f"{'batched/1 seed':>15} {'alone wall s':>13} {'batched wall s':>15} {'|dacc|':>8}"
+    )
     print(head)
     print("-" * len(head))
     for cell, rows in results.items():
@@ -154,10 +163,16 @@ def ops_per_step(config: RunConfig, n: int, device: torch.device, warmup: int = 
 def print_ops(results: dict[str, dict[int, int]], ns: list[int], before_file: Path = BEFORE) -> None:
     before = json.loads(before_file.read_text()) if before_file.exists() else {}
     batched = [n for n in ns if n > 1]
-    print("\n2. Dispatched aten ops per training step (outer ops, after 3 warm-up steps)"
-          + (f"; before: {before_file.name}, one seed" if before else ""))
-    head = (f"{'cell':<22}" + (f" {'before (1 seed)':>16}" if before else "") + f" {'1 seed':>8}"
-            + "".join(f" {f'{n} seeds/step':>14} {'per seed':>9}" for n in batched))
+    print(
+        "\n2. Dispatched aten ops per training step (outer ops, after 3 warm-up steps)"
+        + (f"; before: {before_file.name}, one seed" if before else "")
+    )
+    head = (
+        f"{'cell':<22}"
+        + (f" {'before (1 seed)':>16}" if before else "")
+        + f" {'1 seed':>8}"
+        + "".join(f" {f'{n} seeds/step':>14} {'per seed':>9}" for n in batched)
+    )
     print(head)
     print("-" * len(head))
     for cell, counts in results.items():
@@ -169,8 +184,8 @@ def print_ops(results: dict[str, dict[int, int]], ns: list[int], before_file: Pa
 # ---------------------------------------------------------------- 3. the whole suite
 def suite_copy(src: Path, folder: Path, mode: str) -> Path:
     """The suite's TOML with [suite].batch_seeds set to ``mode`` (a TOML value)."""
-    lines = [l for l in src.read_text().splitlines() if not re.match(r"\s*batch_seeds\s*=", l)]
-    at = next(i for i, l in enumerate(lines) if re.match(r"\s*\[suite\]\s*(#.*)?$", l))
+    lines = [line for line in src.read_text().splitlines() if not re.match(r"\s*batch_seeds\s*=", line)]
+    at = next(i for i, line in enumerate(lines) if re.match(r"\s*\[suite\]\s*(#.*)?$", line))
     lines.insert(at + 1, f"batch_seeds = {mode}")
     folder.mkdir(parents=True)
     dest = folder / src.name
@@ -179,8 +194,8 @@ def suite_copy(src: Path, folder: Path, mode: str) -> Path:
 
 
 def run_suite(name_or_path: str, device: str, threads: int | None) -> None:
-    from ffbench.store import Store
-    from ffbench.suite import find_suite, load
+    from ffbench.plan.suite import find_suite, load
+    from ffbench.record.store import Store
 
     src = find_suite(name_or_path)
     name = load(str(src)).name
@@ -200,22 +215,28 @@ def run_suite(name_or_path: str, device: str, threads: int | None) -> None:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             walls[label] = time.perf_counter() - t0
             if proc.returncode != 0:
-                raise SystemExit(f"ffbench run ({label}) exited {proc.returncode}:\n{proc.stdout[-3000:]}"
-                                 f"\n{proc.stderr[-3000:]}")
+                raise SystemExit(
+                    f"ffbench run ({label}) exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+                )
             stores[label] = {r["run_id"]: r for r in Store(out / "results.db").rows(name)}
         seq, bat = stores.values()
         batched = sum(1 for r in bat.values() if (r.get("manifest") or {}).get("batched"))
         common = sorted(set(seq) & set(bat))
-        diffs = [abs(seq[k]["metrics"]["test_acc"] - bat[k]["metrics"]["test_acc"]) for k in common
-                 if seq[k]["status"] == bat[k]["status"] == "done"]
+        diffs = [
+            abs(seq[k]["metrics"]["test_acc"] - bat[k]["metrics"]["test_acc"])
+            for k in common
+            if seq[k]["status"] == bat[k]["status"] == "done"
+        ]
         (l1, w1), (l2, w2) = walls.items()
         print(f"\n3. Whole suite {name} ({src}), end to end, device {device}")
         print(f"  {l1:<20} {w1:8.1f} s   ({len(seq)} runs)")
         print(f"  {l2:<20} {w2:8.1f} s   ({len(bat)} runs, {batched} of them batched)")
         print(f"  ratio {l1} / {l2}: {w1 / w2:.2f}x")
-        print(f"  test accuracy per run: {sum(d == 0 for d in diffs)} identical, {sum(d != 0 for d in diffs)} differ, "
-              f"max |difference| {max(diffs, default=float('nan')):.2e}; {len(common) - len(diffs)} not done in both; "
-              f"{len(set(seq) ^ set(bat))} in one store only")
+        print(
+            f"  test accuracy per run: {sum(d == 0 for d in diffs)} identical, {sum(d != 0 for d in diffs)} differ, "
+            f"max |difference| {max(diffs, default=float('nan')):.2e}; {len(common) - len(diffs)} not done in both; "
+            f"{len(set(seq) ^ set(bat))} in one store only"
+        )
 
 
 def main() -> None:
@@ -234,8 +255,10 @@ def main() -> None:
     device = resolve_device(args.device)
     ns = sorted({int(n) for n in args.seeds.split(",")})
     parts = set(args.parts.split(","))
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
-          f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    print(
+        f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
+        f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    )
     configs = cell_configs("quick", args.methods.split(",") if args.methods else None)
     if "time" in parts:
         fit(replace(next(iter(configs.values())), epochs=1), device)  # warm-up: imports, thread pool, data cache
@@ -245,7 +268,9 @@ def main() -> None:
             print(f"  timed {cell}", flush=True)
         print_times(times, args.epochs)
     if "ops" in parts:
-        counts = {cell: {n: ops_per_step(config, n, device) for n in sorted({1, *ns})} for cell, config in configs.items()}
+        counts = {
+            cell: {n: ops_per_step(config, n, device) for n in sorted({1, *ns})} for cell, config in configs.items()
+        }
         print_ops(counts, ns, args.before)
     if args.suite:
         print(flush=True)

@@ -12,10 +12,10 @@ the whole resuming command took (start-up, the runs left and the MLflow catch-up
 lease: a run killed on this host is given back at once instead of after the lease. The full-disk row needs
 a small tmpfs (root); without one it says why it was skipped.
 """
+
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -49,7 +49,7 @@ widths = [16]
 EXPECTED = 4
 KILL_AFTER_STORE = """
 import os, signal, sys
-from ffbench import execute
+from ffbench.execution import execute
 real, seen = execute._mirror, []
 def mirror(env, run_id):
     seen.append(run_id)
@@ -62,13 +62,20 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def ffbench(*args: str, script: str | None = None, cwd: Path | None = None, path: str = "", **extra: str
-            ) -> subprocess.Popen:
+def ffbench(
+    *args: str, script: str | None = None, cwd: Path | None = None, path: str = "", **extra: str
+) -> subprocess.Popen:
     head = [sys.executable, "-c", script] if script else [sys.executable, "-m", "ffbench.cli"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [path, str(ROOT)])), "OMP_NUM_THREADS": "1",
-           "FFBENCH_THREADS": "1", **extra}
-    return subprocess.Popen([*head, *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=cwd)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [path, str(ROOT)])),
+        "OMP_NUM_THREADS": "1",
+        "FFBENCH_THREADS": "1",
+        **extra,
+    }
+    return subprocess.Popen(
+        [*head, *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd
+    )
 
 
 LAST: dict[str, str] = {}  # the last finished command's output
@@ -113,21 +120,29 @@ def count(out: Path, suite: Path) -> tuple[int, int, int, int]:
     cells whose code has changed since is another run)."""
     from mlflow.tracking import MlflowClient
 
-    from ffbench.design import expand
-    from ffbench.suite import load
+    from ffbench.plan.design import expand
+    from ffbench.plan.suite import load
 
     expected = {r.run_id for r in expand(load(str(suite))).runs}
     with sqlite3.connect(out / "results.db") as c:
-        rows = [r for (r,) in c.execute("SELECT run_id FROM runs WHERE suite = 'bench-faults' AND status = 'done' "
-                                        "AND superseded IS NULL") if r in expected]
-    from ffbench.tracking import _forget_engine
+        rows = [
+            r
+            for (r,) in c.execute(
+                "SELECT run_id FROM runs WHERE suite = 'bench-faults' AND status = 'done' AND superseded IS NULL"
+            )
+            if r in expected
+        ]
+    from ffbench.record.tracking import _forget_engine
 
     uri = f"sqlite:///{out / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("bench-faults")
     found = client.search_runs([exp.experiment_id], max_results=5000) if exp is not None else []
-    kids = Counter(r.data.tags["ffbench.run_id"] for r in found
-                   if r.data.tags.get("ffbench.kind") == "evaluation" and r.data.tags["ffbench.run_id"] in expected)
+    kids = Counter(
+        r.data.tags["ffbench.run_id"]
+        for r in found
+        if r.data.tags.get("ffbench.kind") == "evaluation" and r.data.tags["ffbench.run_id"] in expected
+    )
     _forget_engine(uri)  # a later scenario may replace a database of the same name
     store = Counter(rows)
     return len(store), sum(v - 1 for v in store.values()), len(kids), sum(v - 1 for v in kids.values())
@@ -139,10 +154,25 @@ def scenarios(base: Path):
     short = long_ = base / "suite.toml"  # a run lasts about a second: long enough to be killed inside one
     short.write_text(SUITE.format(epochs=40))
 
-    def row(name: str, out: Path, code: int, t0: float, snap: set, suite: Path = short, expect: int = 0,
-            where: Path | None = None) -> dict:
-        return {"name": name, "out": out, "suite": suite, "code": code, "expect": expect,
-                "seconds": time.time() - t0, "outside": outside(where or base, snap, out)}
+    def row(
+        name: str,
+        out: Path,
+        code: int,
+        t0: float,
+        snap: set,
+        suite: Path = short,
+        expect: int = 0,
+        where: Path | None = None,
+    ) -> dict:
+        return {
+            "name": name,
+            "out": out,
+            "suite": suite,
+            "code": code,
+            "expect": expect,
+            "seconds": time.time() - t0,
+            "outside": outside(where or base, snap, out),
+        }
 
     snap = files(base)
     out = base / "kill-between-store-and-mirror"
@@ -157,8 +187,19 @@ def scenarios(base: Path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    first = done(ffbench("run", str(short), "--out", str(out), "--no-progress", "--device", "cpu",
-                         "--tracking-uri", f"http://127.0.0.1:{port}"))
+    first = done(
+        ffbench(
+            "run",
+            str(short),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--tracking-uri",
+            f"http://127.0.0.1:{port}",
+        )
+    )
     t0 = time.time()
     code = done(ffbench("sync", str(short), "--out", str(out)))
     yield row(f"MLflow unreachable (run exit {first}), then sync", out, code, t0, snap)
@@ -187,8 +228,13 @@ def scenarios(base: Path):
     snap = files(base)
     out = base / "three-workers"
     t0 = time.time()
-    codes = [done(p) for p in [ffbench("worker", str(short), "--out", str(out), "--no-progress", "--device", "cpu",
-                                       "--poll", "0.2") for _ in range(3)]]
+    codes = [
+        done(p)
+        for p in [
+            ffbench("worker", str(short), "--out", str(out), "--no-progress", "--device", "cpu", "--poll", "0.2")
+            for _ in range(3)
+        ]
+    ]
     yield row("3 independent workers, fresh folder", out, max(codes), t0, snap)
 
     snap = files(base)
@@ -204,7 +250,7 @@ def scenarios(base: Path):
 
 
 HALF_PLUGIN = """
-from ffbench.method import Method, method_card
+from ffbench.core.method import Method, method_card
 
 @method_card(name="half.demo", summary="registered, then the import fails", rules=("none",),
              capabilities=frozenset({"any-backbone"}))
@@ -235,12 +281,17 @@ def write_idx(folder: Path, seed: int) -> None:
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    for name, arr in (("train-images-idx3-ubyte", rng.integers(0, 255, (300, 28, 28))),
-                      ("train-labels-idx1-ubyte", np.arange(300) % 10),
-                      ("t10k-images-idx3-ubyte", rng.integers(0, 255, (60, 28, 28))),
-                      ("t10k-labels-idx1-ubyte", np.arange(60) % 10)):
-        (folder / name).write_bytes(bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-                                    + arr.astype(np.uint8).tobytes())
+    for name, arr in (
+        ("train-images-idx3-ubyte", rng.integers(0, 255, (300, 28, 28))),
+        ("train-labels-idx1-ubyte", np.arange(300) % 10),
+        ("t10k-images-idx3-ubyte", rng.integers(0, 255, (60, 28, 28))),
+        ("t10k-labels-idx1-ubyte", np.arange(60) % 10),
+    ):
+        (folder / name).write_bytes(
+            bytes([0, 0, 8, arr.ndim])
+            + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+            + arr.astype(np.uint8).tobytes()
+        )
 
 
 def hostile_scenarios(base: Path, short: Path, row):
@@ -251,8 +302,9 @@ def hostile_scenarios(base: Path, short: Path, row):
 
     disk = base / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True,
-                             text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True, text=True
+    )
     if mounted.returncode == 0:
         MOUNTS.append(disk)
         snap, out = files(base), disk / "out"
@@ -282,9 +334,16 @@ def hostile_scenarios(base: Path, short: Path, row):
 
     snap, out = files(base), base / "half-migrated-mlflow"
     done(ffbench("run", short, "--out", out, *run, "--no-tracking"))
-    subprocess.run([sys.executable, "-c", f"from mlflow.tracking import MlflowClient; "
-                                          f"MlflowClient('sqlite:///{out / 'mlflow.db'}').search_experiments()"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from mlflow.tracking import MlflowClient; "
+            f"MlflowClient('sqlite:///{out / 'mlflow.db'}').search_experiments()",
+        ],
+        check=True,
+        capture_output=True,
+    )
     with sqlite3.connect(out / "mlflow.db") as c:
         c.execute("CREATE TABLE _alembic_tmp_jobs (x)")
     t0 = time.time()
@@ -292,7 +351,7 @@ def hostile_scenarios(base: Path, short: Path, row):
     yield row("half-migrated mlflow.db (_alembic_tmp_jobs), sync", out, code, t0, snap)
 
     unbatched = base / "unbatched.toml"
-    unbatched.write_text(SUITE.format(epochs=40).replace('version = 1', 'version = 1\nbatch_seeds = false'))
+    unbatched.write_text(SUITE.format(epochs=40).replace("version = 1", "version = 1\nbatch_seeds = false"))
     snap, out = files(base), base / "forged-checkpoint"
     p = ffbench("run", unbatched, "--out", out, *run, FFBENCH_CHECKPOINT_S="0")
     while not list((out / "checkpoints").glob("*.pt")) and p.poll() is None:
@@ -308,8 +367,14 @@ def hostile_scenarios(base: Path, short: Path, row):
     code = done(ffbench("run", unbatched, "--out", out, *run))
     with sqlite3.connect(out / "results.db") as c:
         made_up = sum("0.999" in (m or "") for (m,) in c.execute("SELECT metrics FROM runs"))
-    yield row(f"forged checkpoint (finished, 0.999, hostile pickle): marker {marker.exists()}, 0.999 "
-              f"recorded {made_up}", out, code + 100 * (marker.exists() or made_up > 0), t0, snap, suite=unbatched)
+    yield row(
+        f"forged checkpoint (finished, 0.999, hostile pickle): marker {marker.exists()}, 0.999 recorded {made_up}",
+        out,
+        code + 100 * (marker.exists() or made_up > 0),
+        t0,
+        snap,
+        suite=unbatched,
+    )
 
     snap, out = files(base), base / "traversal" / "a" / "b" / "out"
     done(ffbench("run", short, "--out", out, *run))
@@ -354,8 +419,14 @@ def hostile_scenarios(base: Path, short: Path, row):
     changed = done(ffbench("run", mnist, "--out", out, *run, cwd=elsewhere))
     wrote += outside(base, snap, out)
     write_idx(home / "data", 0)
-    r = row(f"relative root run from 2 folders; data changed: exit {changed}", out, code + 100 * (changed != 2),
-            t0, files(base), suite=mnist)
+    r = row(
+        f"relative root run from 2 folders; data changed: exit {changed}",
+        out,
+        code + 100 * (changed != 2),
+        t0,
+        files(base),
+        suite=mnist,
+    )
     yield {**r, "outside": wrote}
 
     snap, out = files(base), base / "lease-minus-one"
@@ -367,8 +438,11 @@ def hostile_scenarios(base: Path, short: Path, row):
     snap, out = files(base), base / "future-heartbeat"
     done(ffbench("run", short, "--out", out, *run))
     with sqlite3.connect(out / "results.db") as c:
-        c.execute("UPDATE runs SET status = 'running', worker = 'farhost:1', host = 'farhost', pid = 1, "
-                  "heartbeat = ? WHERE run_id = (SELECT min(run_id) FROM runs)", (time.time() + 1e6,))
+        c.execute(
+            "UPDATE runs SET status = 'running', worker = 'farhost:1', host = 'farhost', pid = 1, "
+            "heartbeat = ? WHERE run_id = (SELECT min(run_id) FROM runs)",
+            (time.time() + 1e6,),
+        )
     t0 = time.time()
     code = done(ffbench("run", short, "--out", out, *run, "--lease", "5"))
     yield row("foreign claim, heartbeat 11 days ahead, run --lease 5", out, code, t0, snap)
@@ -377,8 +451,9 @@ def hostile_scenarios(base: Path, short: Path, row):
     plugin.mkdir()
     (plugin / "half_plugin.py").write_text(HALF_PLUGIN)
     (plugin / "half_plugin-0.1.dist-info").mkdir()
-    (plugin / "half_plugin-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: half-plugin\n"
-                                                                    "Version: 0.1\n")
+    (plugin / "half_plugin-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: half-plugin\nVersion: 0.1\n"
+    )
     (plugin / "half_plugin-0.1.dist-info" / "entry_points.txt").write_text("[ffbench.methods]\nhalf = half_plugin\n")
     snap, out = files(base), base / "plugin-sys-exit"
     t0 = time.time()
@@ -394,8 +469,9 @@ def hostile_scenarios(base: Path, short: Path, row):
         codes.append(done(p))
         found = re.search(r"ran (\d+) of", LAST["out"])
         ran.append(int(found.group(1)) if found else -1)
-    yield row(f"two `run` at once: ran {' + '.join(map(str, ran))}", out, max(codes) + 100 * (sum(ran) != EXPECTED),
-              t0, snap)
+    yield row(
+        f"two `run` at once: ran {' + '.join(map(str, ran))}", out, max(codes) + 100 * (sum(ran) != EXPECTED), t0, snap
+    )
 
 
 def main() -> int:
@@ -404,23 +480,33 @@ def main() -> int:
     args = parser.parse_args()
     base = Path(args.keep or tempfile.mkdtemp(prefix="bench-faults-"))
     base.mkdir(parents=True, exist_ok=True)
-    head = (f"| {'scenario':84s} | expected | in store | in MLflow | duplicated | outside | exit (expected) "
-            f"| resume s |")
+    head = f"| {'scenario':84s} | expected | in store | in MLflow | duplicated | outside | exit (expected) | resume s |"
     print(head)
     print("|" + "---|" * 8)
     bad = 0
     try:
         for r in scenarios(base):
             in_store, dup_store, in_mlflow, dup_mlflow = count(r["out"], r["suite"])
-            bad += ((in_store != EXPECTED) + (in_mlflow != EXPECTED) + dup_store + dup_mlflow + r["outside"]
-                    + (r["code"] != r["expect"]))
-            print(f"| {r['name']:84s} | {EXPECTED:8d} | {in_store:8d} | {in_mlflow:9d} | {dup_store + dup_mlflow:10d} "
-                  f"| {r['outside']:7d} | {r['code']:4d} ({r['expect']})     | {r['seconds']:8.1f} |", flush=True)
+            bad += (
+                (in_store != EXPECTED)
+                + (in_mlflow != EXPECTED)
+                + dup_store
+                + dup_mlflow
+                + r["outside"]
+                + (r["code"] != r["expect"])
+            )
+            print(
+                f"| {r['name']:84s} | {EXPECTED:8d} | {in_store:8d} | {in_mlflow:9d} | {dup_store + dup_mlflow:10d} "
+                f"| {r['outside']:7d} | {r['code']:4d} ({r['expect']})     | {r['seconds']:8.1f} |",
+                flush=True,
+            )
     finally:
         for disk in MOUNTS:
             subprocess.run(["umount", "-l", str(disk)], check=False)
-    print(f"\noutputs under {base}; "
-          f"{'every row complete, without duplicates or files outside' if not bad else 'PROBLEMS above'}")
+    print(
+        f"\noutputs under {base}; "
+        f"{'every row complete, without duplicates or files outside' if not bad else 'PROBLEMS above'}"
+    )
     return 1 if bad else 0
 
 

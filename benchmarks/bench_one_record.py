@@ -6,6 +6,7 @@ run; then `lr = 0.1` is added under [train] without changing the version, and it
 plugin's code is edited, and it is run again. After each run the script prints, per cell, n and the verdict
 as each reader sees them, and whether they agree. Usage: python benchmarks/bench_one_record.py [--keep DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,9 +38,9 @@ batch_size = 32
 [backbones.mlp]
 widths = [32, 32]
 """
-PLUGIN = '''
-from ffbench.method import method_card
-from methods.bp import BP
+PLUGIN = """
+from ffbench.core.method import method_card
+from ffbench.methods.bp import BP
 
 
 @method_card(name="myplug", family="myplug", summary="backprop under another name (a plugin)",
@@ -47,7 +48,7 @@ from methods.bp import BP
              capabilities=BP.card.capabilities)
 class MyPlug(BP):
     pass
-'''
+"""
 
 
 def ffbench(args: list[str], env: dict) -> str:
@@ -102,22 +103,30 @@ def mlflow_view(out: Path) -> dict[str, tuple[int, str]]:
 
 def stage(title: str, out: Path, env: dict, run_stdout: str) -> bool:
     report = ffbench(["report", "onerecord", "--out", str(out), "--kind", "comparison"], env)
-    views = {"table": table_view(out), "report": report_view(out, report), "export": export_view(out, env),
-             "mlflow": mlflow_view(out)}
+    views = {
+        "table": table_view(out),
+        "report": report_view(out, report),
+        "export": export_view(out, env),
+        "mlflow": mlflow_view(out),
+    }
     notes = [ln for ln in run_stdout.splitlines() if " new: " in ln]
     notes += [ln for ln in report.splitlines() if "superseded" in ln]
     print(f"\n== {title}")
     for ln in notes:
         print(f"   {ln}")
-    print(f"   {'cell':<12} {'table n / verdict':<32} {'report n / verdict':<32} {'export n':<9} "
-          f"{'MLflow parent n / verdict':<32} agree")
+    print(
+        f"   {'cell':<12} {'table n / verdict':<32} {'report n / verdict':<32} {'export n':<9} "
+        f"{'MLflow parent n / verdict':<32} agree"
+    )
     ok = True
     for m in sorted(views["table"]):
         t, r, e, f = (views[k].get(m, (None, None)) for k in ("table", "report", "export", "mlflow"))
         same = t[0] == r[0] == e[0] == f[0] and t[1] == r[1] == f[1]
         ok &= same
-        print(f"   {m:<12} {f'{t[0]} / {t[1]}':<32} {f'{r[0]} / {r[1]}':<32} {str(e[0]):<9} {f'{f[0]} / {f[1]}':<32} "
-              f"{'yes' if same else 'NO'}")
+        print(
+            f"   {m:<12} {f'{t[0]} / {t[1]}':<32} {f'{r[0]} / {r[1]}':<32} {str(e[0]):<9} {f'{f[0]} / {f[1]}':<32} "
+            f"{'yes' if same else 'NO'}"
+        )
     return ok
 
 
@@ -134,8 +143,12 @@ def main() -> int:
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: myplug\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[ffbench.methods]\nmyplug = myplug\n")
     (info / "top_level.txt").write_text("myplug\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(plugins)]), "OMP_NUM_THREADS": "1",
-           "FFBENCH_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(plugins)]),
+        "OMP_NUM_THREADS": "1",
+        "FFBENCH_THREADS": "1",
+    }
     suite, out = work / "onerecord.toml", work / "out"
     run = ["run", str(suite), "--out", str(out), "--no-progress", "--device", "cpu"]
     ok = True

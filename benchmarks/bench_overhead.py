@@ -6,6 +6,7 @@ Prints the ratio of median epoch times; the target is at most 1.05.
 
     python benchmarks/bench_overhead.py --dataset mnist --epochs 3 --threads 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,10 +16,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ffbench.config import RunConfig
-from ffbench.data import prepare
-from ffbench.seeds import Streams
-from ffbench.train import build, fit, resolve_device, sync
+from ffbench.core.config import RunConfig
+from ffbench.core.seeds import Streams
+from ffbench.data.data import prepare
+from ffbench.training.train import build, fit, resolve_device, sync
 
 
 def bare_loop(config: RunConfig, device: torch.device) -> list[float]:
@@ -37,7 +38,7 @@ def bare_loop(config: RunConfig, device: torch.device) -> list[float]:
         perm = torch.randperm(n, generator=gen, device=device)
         x, y = x_all[perm], y_all[perm]
         for i in range(n // bs):
-            loss = F.cross_entropy(model(x[i * bs:(i + 1) * bs]), y[i * bs:(i + 1) * bs])
+            loss = F.cross_entropy(model(x[i * bs : (i + 1) * bs]), y[i * bs : (i + 1) * bs])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -58,15 +59,23 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    config = RunConfig(method="bp", dataset=args.dataset, backbone="mlp", epochs=args.epochs,
-                       batch_size=args.batch_size, backbone_options={"widths": [int(w) for w in args.widths.split(",")]})
+    config = RunConfig(
+        method="bp",
+        dataset=args.dataset,
+        backbone="mlp",
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        backbone_options={"widths": [int(w) for w in args.widths.split(",")]},
+    )
     harness, bare = [], []
     for _ in range(args.repeats):  # alternate, so drifts in machine load hit both alike
         bare += bare_loop(config, device)
         harness += [row["epoch_time_s"] for row in fit(config, device).curves]
     h, b = statistics.median(harness), statistics.median(bare)
-    print(f"device {device}, threads {args.threads}, {args.dataset}, MLP {args.widths}, batch {args.batch_size}, "
-          f"{args.epochs} epochs x {args.repeats} repeats")
+    print(
+        f"device {device}, threads {args.threads}, {args.dataset}, MLP {args.widths}, batch {args.batch_size}, "
+        f"{args.epochs} epochs x {args.repeats} repeats"
+    )
     print(f"bare PyTorch loop : median {b:.3f} s/epoch  (all: {', '.join(f'{t:.2f}' for t in bare)})")
     print(f"ffbench fit       : median {h:.3f} s/epoch  (all: {', '.join(f'{t:.2f}' for t in harness)})")
     print(f"overhead ratio    : {h / b:.3f}  (target <= 1.05)")

@@ -9,6 +9,7 @@ quick suite (bp and sff on the MLP, 3 seeds, 4 epochs); ``--full`` runs the quic
     python benchmarks/bench_ray.py                       # the subset
     python benchmarks/bench_ray.py --full                # the whole quick suite (minutes per side)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,22 +25,36 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY = Path(sys.executable).with_name("ray")
-RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1"}  # a loopback-only cluster
+RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}  # a loopback-only cluster
 
 
 def subset_suite(folder: Path, methods: list[str], epochs: int, full: bool) -> Path:
     """The quick suite, or its subset: the given methods on the MLP, at ``epochs`` epochs."""
-    text = (ROOT / "suites" / "quick.toml").read_text()
+    text = (ROOT / "ffbench" / "suites" / "quick.toml").read_text()
     if full:
         path = folder / "quick.toml"
         path.write_text(text)
         return path
     quick = tomllib.loads(text)
-    lines = ['[suite]\nname = "bench-ray"\nversion = 1\n', "[design]", f"methods = {methods!r}".replace("'", '"'),
-             'datasets = ["digits"]', 'backbones = ["mlp"]', f"seeds = {quick['design']['seeds']}", "",
-             "[train]", f"epochs = {epochs}", f"batch_size = {quick['train']['batch_size']}",
-             f"val_size = {quick['train']['val_size']}", ""]
+    lines = [
+        '[suite]\nname = "bench-ray"\nversion = 1\n',
+        "[design]",
+        f"methods = {methods!r}".replace("'", '"'),
+        'datasets = ["digits"]',
+        'backbones = ["mlp"]',
+        f"seeds = {quick['design']['seeds']}",
+        "",
+        "[train]",
+        f"epochs = {epochs}",
+        f"batch_size = {quick['train']['batch_size']}",
+        f"val_size = {quick['train']['val_size']}",
+        "",
+    ]
     for m in methods:  # the quick suite's per-method settings
         settings = quick.get("methods", {}).get(m, {})
         if settings:
@@ -69,7 +84,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from ffbench import ray_executor, runner
+    from ffbench.execution import ray_executor, runner
 
     work = Path(tempfile.mkdtemp(prefix="bench-ray-"))
     suite = subset_suite(work, args.methods, args.epochs, args.full)
@@ -86,9 +101,22 @@ def main() -> None:
     try:
         for i in range(args.nodes):
             role = ["--head", "--port", str(port), "--include-dashboard=false"] if i == 0 else ["--address", address]
-            p = subprocess.Popen([str(RAY), "start", *role, "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-                                  "--disable-usage-stats"], env={**os.environ, **RAY_ENV}, start_new_session=True,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            p = subprocess.Popen(
+                [
+                    str(RAY),
+                    "start",
+                    *role,
+                    "--node-ip-address",
+                    "127.0.0.1",
+                    "--num-cpus",
+                    "1",
+                    "--disable-usage-stats",
+                ],
+                env={**os.environ, **RAY_ENV},
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+            )
             p.wait(timeout=180)
             groups.append(p.pid)
         t_cluster = time.perf_counter() - t0
@@ -107,16 +135,22 @@ def main() -> None:
         if current.exists() and current.read_text().strip().endswith(f":{port}"):
             current.unlink(missing_ok=True)
 
-    same = all(a["metrics"] == b["metrics"] for a, b in zip(local["store"].rows(local["suite"].name),
-                                                           remote["store"].rows(remote["suite"].name)))
+    same = all(
+        a["metrics"] == b["metrics"]
+        for a, b in zip(local["store"].rows(local["suite"].name), remote["store"].rows(remote["suite"].name))
+    )
     parallel = args.nodes
-    print(f"suite: {suite.stem} ({'the quick suite' if args.full else 'subset: ' + ', '.join(args.methods) + ' on mlp'}"
-          f", {n} runs, {args.epochs if not args.full else 'the suite'} epochs), CPU, one torch thread per run")
+    print(
+        f"suite: {suite.stem} ({'the quick suite' if args.full else 'subset: ' + ', '.join(args.methods) + ' on mlp'}"
+        f", {n} runs, {args.epochs if not args.full else 'the suite'} epochs), CPU, one torch thread per run"
+    )
     print(f"local (1 worker):              {t_local:7.1f} s")
     print(f"ray ({parallel} nodes x 1 CPU):         {t_ray:7.1f} s   (+ {t_cluster:.1f} s to start the cluster)")
     print(f"ratio ray / local:             {t_ray / t_local:7.2f}   (ideal with {parallel} nodes: {1 / parallel:.2f})")
-    print(f"executor overhead per run:     {(t_ray * parallel - t_local) / n:7.2f} s "
-          f"(= (ray wall x {parallel} - local wall) / {n} runs)")
+    print(
+        f"executor overhead per run:     {(t_ray * parallel - t_local) / n:7.2f} s "
+        f"(= (ray wall x {parallel} - local wall) / {n} runs)"
+    )
     print(f"same metrics run for run:      {same}")
 
 

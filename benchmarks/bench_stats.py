@@ -11,6 +11,7 @@ Wilcoxon p against scipy's default on tied differences.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_stats.py [--quick]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,18 @@ def coverage_ablation(draws: int, resamples: int, seed: int) -> tuple[float, flo
             for a in ("a1", "a2"):
                 for b in ("b1", "b2"):
                     y = 0.8 + 0.02 * (a == "a2") - 0.01 * (b == "b2") + block + rng.normal(0, 0.005)
-                    rows.append({"method": "m", "dataset": "d", "backbone": "x", "A": a, "B": b, "seed": s,
-                                 "status": "done", "test_acc": y})
+                    rows.append(
+                        {
+                            "method": "m",
+                            "dataset": "d",
+                            "backbone": "x",
+                            "A": a,
+                            "B": b,
+                            "seed": s,
+                            "status": "done",
+                            "test_acc": y,
+                        }
+                    )
         df, _ = S.prepare(pd.DataFrame(rows), metric="test_acc")
         for r in S.ablation_effects(df, "test_acc", ["A", "B"], n_resamples=resamples).itertuples():
             ols += r.ci_low_ols <= truth[r.term] <= r.ci_high_ols
@@ -59,8 +70,9 @@ def verdict_rates(n: int, draws: int, seed: int, rope: float = 0.005, sd: float 
     for delta in (0.0, rope):
         tt = S.paired_tests(delta + rng.normal(0, sd, (draws, 1, n)), rope)
         for i in range(draws):
-            v = S.decide(np.array([n]), tt["delta"][i], tt["sd"][i], tt["p_t"][i], tt["p_equiv"][i], rope,
-                         False)["verdict"][0]
+            v = S.decide(np.array([n]), tt["delta"][i], tt["sd"][i], tt["p_t"][i], tt["p_equiv"][i], rope, False)[
+                "verdict"
+            ][0]
             if delta == 0:
                 diff += v in ("better", "worse")
             else:
@@ -69,8 +81,12 @@ def verdict_rates(n: int, draws: int, seed: int, rope: float = 0.005, sd: float 
 
 
 def advisor_agreement() -> tuple[int, int, float]:
-    grid = [(d, n, a) for d in (0.2, 0.5, 1.0, 2.0, 5.0, 16.7, 50.0) for n in (2, 3, 4, 6, 10, 20, 40)
-            for a in (0.05, 0.005, 0.0025)]
+    grid = [
+        (d, n, a)
+        for d in (0.2, 0.5, 1.0, 2.0, 5.0, 16.7, 50.0)
+        for n in (2, 3, 4, 6, 10, 20, 40)
+        for a in (0.05, 0.005, 0.0025)
+    ]
     worst, agree = 0.0, 0
     for d, n, a in grid:
         p, ref = S.power_paired(d, n, a), S.power_paired_integral(d, n, a)
@@ -85,8 +101,11 @@ def advised_better(draws: int, seed: int, rope: float = 0.005, sd: float = 0.003
     share of simulated comparisons at that n whose verdict is 'better'."""
     n = S.seeds_needed(rope, sd, comparisons=2)
     tt = S.paired_tests(rope + np.random.default_rng(seed).normal(0, sd, (draws, 1, n)), rope)
-    better = sum(S.decide(np.array([n]), tt["delta"][i], tt["sd"][i], tt["p_t"][i], tt["p_equiv"][i], rope,
-                          False)["verdict"][0] == "better" for i in range(draws))
+    better = sum(
+        S.decide(np.array([n]), tt["delta"][i], tt["sd"][i], tt["p_t"][i], tt["p_equiv"][i], rope, False)["verdict"][0]
+        == "better"
+        for i in range(draws)
+    )
     return n, better / draws
 
 
@@ -121,8 +140,9 @@ def main() -> None:
         bca = coverage_cell(n, int(400 * k), "BCa", 2000, 20 + n)
         rows.append((f"per-cell 95% interval, n={n}", f"t {t:.3f}", f"BCa {bca:.3f}", "0.95"))
     ols, boot = coverage_ablation(int(300 * k), 1000, 3)
-    rows.append(("ablation effect 95% interval, 2x2, 4 seeds", f"OLS t {ols:.3f}", f"strat. bootstrap {boot:.3f}",
-                 "0.95"))
+    rows.append(
+        ("ablation effect 95% interval, 2x2, 4 seeds", f"OLS t {ols:.3f}", f"strat. bootstrap {boot:.3f}", "0.95")
+    )
     for n in (3, 5, 10):
         diff, equiv = verdict_rates(n, int(3000 * k), 30 + n)
         rows.append((f"false better/worse at delta=0, n={n}", f"{diff:.3f}", "", "<= 0.05"))
@@ -130,19 +150,38 @@ def main() -> None:
     agree, total, worst = advisor_agreement()
     rows.append(("advisor power vs numerical integration", f"{agree}/{total} agree", f"max |diff| {worst:.1e}", "all"))
     n2 = S.seeds_needed(0.05, 0.003, comparisons=10)
-    rows.append(("seeds for 5 pp at SD 0.3 pp, 10 comparisons", f"{n2}",
-                 f"power at 2: {S.power_paired(0.05 / 0.003, 2, 0.005):.3f}", "3"))
+    rows.append(
+        (
+            "seeds for 5 pp at SD 0.3 pp, 10 comparisons",
+            f"{n2}",
+            f"power at 2: {S.power_paired(0.05 / 0.003, 2, 0.005):.3f}",
+            "3",
+        )
+    )
     n_adv, better = advised_better(int(4000 * k), 40)
     rows.append((f"verdict 'better' at the advised n={n_adv} (delta=ROPE, SD 0.3 pp)", f"{better:.3f}", "", ">= 0.8"))
     for n in (3, 5, 10):
         cov, wrong, flag = skewed(n, int(2000 * k), 50 + n)
         _, _, normal = skewed(n, int(2000 * k), 60 + n, collapse=False)
-        rows.append((f"skewed seeds, n={n}: t coverage / false better-worse", f"{cov:.3f} / {wrong:.3f}",
-                     f"one-seed flag {flag:.3f} (normal: {normal:.3f})", "0.95 / 0.05"))
+        rows.append(
+            (
+                f"skewed seeds, n={n}: t coverage / false better-worse",
+                f"{cov:.3f} / {wrong:.3f}",
+                f"one-seed flag {flag:.3f} (normal: {normal:.3f})",
+                "0.95 / 0.05",
+            )
+        )
     d = np.array([0, -2, 0, 0, 1, 0, -1, 0, 0, 0, -1, 0, -1, 1], float)  # n = 14: 8 zeros, tied ranks
     from scipy import stats as ss
-    rows.append(("Wilcoxon p, n=14 with zeros and ties", f"exact {S.wilcoxon_signed_rank(d)['p']:.4f}",
-                 f"scipy default {ss.wilcoxon(d).pvalue:.4f}", "exact"))
+
+    rows.append(
+        (
+            "Wilcoxon p, n=14 with zeros and ties",
+            f"exact {S.wilcoxon_signed_rank(d)['p']:.4f}",
+            f"scipy default {ss.wilcoxon(d).pvalue:.4f}",
+            "exact",
+        )
+    )
     w = max(len(r[0]) for r in rows)
     print(f"{'quantity':<{w}}  {'default':<16}  {'alternative':<24}  target")
     for r in rows:

@@ -1,4 +1,5 @@
 """ffbench: compare forward-forward training methods against backpropagation, honestly."""
+
 from importlib.metadata import PackageNotFoundError, version
 
 try:

@@ -35,13 +35,18 @@ def record_steps(monkeypatch):
             for p in model.parameters():
                 p.grad = None
             loss.backward()
-            touched.append({n.split(".")[2] if n.startswith("backbone") else "head"
-                            for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0})
+            touched.append(
+                {
+                    n.split(".")[2] if n.startswith("backbone") else "head"
+                    for n, p in model.named_parameters()
+                    if p.grad is not None and p.grad.abs().sum() > 0
+                }
+            )
             opt.step()
 
-        import ffbench.method
+        import ffbench.core.method
 
-        monkeypatch.setattr(ffbench.method, "step", recording_step)  # the unit loop's steps
+        monkeypatch.setattr(ffbench.core.method, "step", recording_step)  # the unit loop's steps
         if hasattr(module, "step"):
             monkeypatch.setattr(module, "step", recording_step)  # a method's read-out steps
         return touched

@@ -1,4 +1,5 @@
 """ASGE: the VGG-like block, patch goodness and P_l rules, the frozen projection, locality, learning."""
+
 from __future__ import annotations
 
 import subprocess
@@ -8,26 +9,32 @@ import pytest
 import torch
 import torch.nn as nn
 
-import methods.asge as asge_mod
-from ffbench.config import RunConfig
-from ffbench.data import prepare
-from ffbench.seeds import Streams
-from ffbench.train import build, fit
+import ffbench.methods.asge as asge_mod
+from ffbench.core.config import RunConfig
+from ffbench.core.seeds import Streams
+from ffbench.data.data import prepare
+from ffbench.training.train import build, fit
 
 CPU = torch.device("cpu")
 SMALL_VGG = {"channels": [16, 32, 64], "pool": [0, 1]}
 
 
 def make(mopts=None, backbone="vgg.asge", bopts=None, seed=0):
-    cfg = RunConfig(method="asge", dataset="digits", backbone=backbone, seed=seed,
-                    backbone_options=dict(SMALL_VGG if bopts is None else bopts), method_options=mopts or {})
+    cfg = RunConfig(
+        method="asge",
+        dataset="digits",
+        backbone=backbone,
+        seed=seed,
+        backbone_options=dict(SMALL_VGG if bopts is None else bopts),
+        method_options=mopts or {},
+    )
     streams = Streams(seed)
     data = prepare("digits", streams, CPU)
     return build(cfg, data, streams, CPU), data
 
 
 def test_backbone_is_registered_in_a_fresh_process():
-    code = "from ffbench.registry import BACKBONES; print(BACKBONES.get('vgg.asge').card.name)"
+    code = "from ffbench.core.registry import BACKBONES; print(BACKBONES.get('vgg.asge').card.name)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "vgg.asge"
 
@@ -41,8 +48,7 @@ def test_block_is_conv_relu_rmspool_channel_layernorm():
     x = torch.randn(4, 1, 8, 8)
     y, out = block.forward_pair(x)
     rms = (y.pow(2).unfold(2, 2, 2).unfold(3, 2, 2).mean((-1, -2)) + 1e-6).sqrt()
-    assert torch.allclose(out, nn.functional.layer_norm(rms.permute(0, 2, 3, 1), (16,)).permute(0, 3, 1, 2),
-                          atol=1e-5)
+    assert torch.allclose(out, nn.functional.layer_norm(rms.permute(0, 2, 3, 1), (16,)).permute(0, 3, 1, 2), atol=1e-5)
     assert method.backbone.out_shapes == [(16, 4, 4), (32, 2, 2), (64, 2, 2)]
 
 
@@ -75,7 +81,7 @@ def test_projection_is_frozen_and_in_no_optimizer():
     before = {n: b.clone() for n, b in projections.items()}
     params_before = [p.detach().clone() for p in method.backbone.parameters()]
     for i in range(3):
-        method.train_step(data.train.x[i * 32:(i + 1) * 32], data.train.y[i * 32:(i + 1) * 32])
+        method.train_step(data.train.x[i * 32 : (i + 1) * 32], data.train.y[i * 32 : (i + 1) * 32])
     assert all(torch.equal(before[n], b) for n, b in projections.items())
     assert any(not torch.equal(a, p) for a, p in zip(params_before, method.backbone.parameters()))
 
@@ -88,7 +94,7 @@ def test_blocks_learn_from_their_own_loss_only(monkeypatch):
     current, seen = [None], []
     for p, k in owner.items():
         p.register_hook(lambda grad, k=k: seen.append((current[0], k)))
-    import ffbench.method
+    import ffbench.core.method
 
     real_step = asge_mod.step
 
@@ -97,7 +103,7 @@ def test_blocks_learn_from_their_own_loss_only(monkeypatch):
         real_step(opt, loss)
 
     monkeypatch.setattr(asge_mod, "step", tracking_step)  # the read-out
-    monkeypatch.setattr(ffbench.method, "step", tracking_step)  # the unit loop
+    monkeypatch.setattr(ffbench.core.method, "step", tracking_step)  # the unit loop
     stats = method.train_step(data.train.x[:32], data.train.y[:32])
     assert seen and all(loss_k == unit_k for loss_k, unit_k in seen)
     assert {k for _, k in seen} == {0, 1, 2, "readout"}
@@ -114,8 +120,17 @@ def test_prediction_rules():
 
 
 def test_asge_learns_digits_quickly():
-    r = fit(RunConfig(method="asge", dataset="digits", backbone="vgg.asge", epochs=4, lr=1e-2,
-                      backbone_options={"channels": [32, 64, 128], "pool": [0, 1]}), CPU)
+    r = fit(
+        RunConfig(
+            method="asge",
+            dataset="digits",
+            backbone="vgg.asge",
+            epochs=4,
+            lr=1e-2,
+            backbone_options={"channels": [32, 64, 128], "pool": [0, 1]},
+        ),
+        CPU,
+    )
     assert r.status == "done"
     assert r.metrics["test_acc"] > 0.85, r.metrics  # chance is 0.10
     assert {"test_acc.last", "test_acc.sum", "test_acc.linear", "test_acc.unit3"} <= set(r.metrics)

@@ -1,5 +1,6 @@
 """Bad input is refused before anything trains, with one clear line and no traceback; plugins that fail to
 import, interrupts, divergence and the MLflow UI's server are handled as outcomes, not crashes."""
+
 import errno
 import gzip
 import os
@@ -18,9 +19,9 @@ import pytest
 
 from ffbench import cli
 from ffbench.cli import main
-from ffbench.config import RunConfig
-from ffbench.registry import Registry, UnknownNameError
-from ffbench.train import DIVERGED, divergence, fit
+from ffbench.core.config import RunConfig
+from ffbench.core.registry import Registry, UnknownNameError
+from ffbench.training.train import DIVERGED, divergence, fit
 
 GOOD = """
 [suite]
@@ -41,7 +42,7 @@ widths = [16]
 def suite_file(tmp_path, extra="", edit=None, name="s.toml"):
     """GOOD with ``edit`` (one (old, new) pair, or a list of them) applied and ``extra`` appended."""
     text = GOOD
-    for old, new in ([edit] if isinstance(edit, tuple) else edit or []):
+    for old, new in [edit] if isinstance(edit, tuple) else edit or []:
         text = text.replace(old, new)
     path = tmp_path / name
     path.write_text(text + extra)
@@ -79,8 +80,11 @@ def write_idx(path: Path, dims: list[int], body: bytes | None = None) -> None:
 # (extra TOML, edit of the base, what the message must name)
 CASES = [
     ("", ("widths = [16]", "widths = [-5]"), ['[backbones."mlp"].widths', "-5", "an integer in [1, 1048576]"]),
-    ("", [('backbones = ["mlp"]', 'backbones = ["cnn"]'), ("mlp]\nwidths = [16]", "cnn]\nchannels = [0, 0]")],
-     ['[backbones."cnn"].channels', "element 0", "an integer in [1, 1048576]"]),
+    (
+        "",
+        [('backbones = ["mlp"]', 'backbones = ["cnn"]'), ("mlp]\nwidths = [16]", "cnn]\nchannels = [0, 0]")],
+        ['[backbones."cnn"].channels', "element 0", "an integer in [1, 1048576]"],
+    ),
     ("", ("epochs = 1", "epochs = 1\nclasses = 11"), ["[train].classes", "digits has 10 classes", "2..10"]),
     ("", ("epochs = 1", "epochs = 1\ntrain_subset = 1000000"), ["[train].train_subset", "1000000", "10..1293"]),
     ("", ("epochs = 1", "epochs = 1\nval_size = 100000"), ["[train].val_size", "100000", "1..1427"]),
@@ -89,26 +93,29 @@ CASES = [
     ("", ("epochs = 1", "lr = inf\nepochs = 1"), ["[train].lr", "inf", "finite"]),
     ("", ("epochs = 1", "epochs = 1e9"), ["[train].epochs", "expected int"]),
     ("", ("epochs = 1", "epochs = 1000000000"), ["[train].epochs", "[1, 100000]"]),
-    ('[methods.bp]\ntrain_subset = 1300\n', None, ['[methods."bp"].train_subset', "10..1293"]),
-    ('[datasets.digits]\nval_size = 2000\n', None, ['[datasets."digits"].val_size', "1..1427"]),
-    ('[axes]\ntrain_size = [100, 5000]\n', None, ["[axes].train_size (level 5000)", "10..1293"]),
-    ('[datasets.digits]\nroot = 5\n', None, ['[datasets."digits"].root', "reads no files", "allowed: no root"]),
+    ("[ffbench.methods.bp]\ntrain_subset = 1300\n", None, ['[methods."bp"].train_subset', "10..1293"]),
+    ("[datasets.digits]\nval_size = 2000\n", None, ['[datasets."digits"].val_size', "1..1427"]),
+    ("[axes]\ntrain_size = [100, 5000]\n", None, ["[axes].train_size (level 5000)", "10..1293"]),
+    ("[datasets.digits]\nroot = 5\n", None, ['[datasets."digits"].root', "reads no files", "allowed: no root"]),
     ('[datasets.digits]\nroot = "no/such/folder"\n', None, ['[datasets."digits"].root', "reads no files"]),
-    ("", ('version = 1', 'version = 1\ncontrol = "nonexistent"'), ["[suite].control", "nonexistent", "allowed: bp"]),
+    ("", ("version = 1", 'version = 1\ncontrol = "nonexistent"'), ["[suite].control", "nonexistent", "allowed: bp"]),
     ("", ('name = "t"', 'name = ""'), ["[suite].name", "''", "letters, digits"]),
     ("", ('name = "t"', 'name = "../x"'), ["[suite].name", "'../x'", "ffbench-out/<name>"]),
     ("", ('name = "t"', 'name = "/tmp/abs"'), ["[suite].name", "'/tmp/abs'"]),
     ("", ('name = "t"', 'name = ".."'), ["[suite].name", "'..'"]),
-    ('[methods."bp.depsup"]\nlr = 0.1\n', None, ['bp.depsup', "not in [design].methods", "allowed: bp"]),
+    ('[methods."bp.depsup"]\nlr = 0.1\n', None, ["bp.depsup", "not in [design].methods", "allowed: bp"]),
 ]
 # Values that used to end in a traceback, a method failure recorded for good, or a run that read them wrongly.
-TUNING = '[tuning]\ntrials = {trials}\nseeds = [100]\nsampler = "{sampler}"\nsampler_args = {{ {sampler_args} }}\n' \
-         'pruner = "{pruner}"\npruner_args = {{ {pruner_args} }}\n'
+TUNING = (
+    '[tuning]\ntrials = {trials}\nseeds = [100]\nsampler = "{sampler}"\nsampler_args = {{ {sampler_args} }}\n'
+    'pruner = "{pruner}"\npruner_args = {{ {pruner_args} }}\n'
+)
 
 
 def tuning(trials=2, sampler="TPESampler", sampler_args="seed = 0", pruner="NopPruner", pruner_args="") -> str:
-    return TUNING.format(trials=trials, sampler=sampler, sampler_args=sampler_args, pruner=pruner,
-                         pruner_args=pruner_args)
+    return TUNING.format(
+        trials=trials, sampler=sampler, sampler_args=sampler_args, pruner=pruner, pruner_args=pruner_args
+    )
 
 
 def generic_axis(name: str, levels: str = "[0.001, 0.01]") -> str:
@@ -124,38 +131,90 @@ def train(line: str) -> tuple[str, str]:
 HOSTILE = [
     ("seed 2**63", "", ("seeds = [0]", f"seeds = [{2**63}]"), ["[design].seeds", "0..2147483647"]),
     ("version 2**63", "", ("version = 1", f"version = {2**63}"), ["[suite].version", str(2**63), "1..2147483647"]),
-    ("a TOML array nested 5,000 deep", "x = " + "[" * 5000 + "]" * 5000 + "\n", None,
-     ["not valid TOML", "nested too deeply"]),
+    (
+        "a TOML array nested 5,000 deep",
+        "x = " + "[" * 5000 + "]" * 5000 + "\n",
+        None,
+        ["not valid TOML", "nested too deeply"],
+    ),
     ("trials = 10**7", tuning(trials=10**7), None, ["[tuning].trials", "10000000", "1..10,000"]),
-    ('sampler_args n_startup_trials = "x"', tuning(sampler_args='seed = 0, n_startup_trials = "x"'), None,
-     ["[tuning].sampler_args.n_startup_trials", "expected int, got str 'x'"]),
-    ("sampler_args gamma = 3", tuning(sampler_args="seed = 0, gamma = 3"), None,
-     ["[tuning].sampler_args.gamma", "cannot be given in a suite"]),
-    ('sampler_args qmc_type = "foo"', tuning(sampler="QMCSampler", sampler_args='seed = 0, qmc_type = "foo"'), None,
-     ["[tuning].sampler_args", "refused by Optuna", "qmc_type='foo'"]),
-    ("pruner_args n_startup_trials = -1", tuning(pruner="MedianPruner", pruner_args="n_startup_trials = -1"), None,
-     ["[tuning].pruner_args", "refused by Optuna", "n_startup_trials"]),
-    ('pruner_args n_warmup_steps = "x"', tuning(pruner="MedianPruner", pruner_args='n_warmup_steps = "x"'), None,
-     ["[tuning].pruner_args.n_warmup_steps", "expected int"]),
+    (
+        'sampler_args n_startup_trials = "x"',
+        tuning(sampler_args='seed = 0, n_startup_trials = "x"'),
+        None,
+        ["[tuning].sampler_args.n_startup_trials", "expected int, got str 'x'"],
+    ),
+    (
+        "sampler_args gamma = 3",
+        tuning(sampler_args="seed = 0, gamma = 3"),
+        None,
+        ["[tuning].sampler_args.gamma", "cannot be given in a suite"],
+    ),
+    (
+        'sampler_args qmc_type = "foo"',
+        tuning(sampler="QMCSampler", sampler_args='seed = 0, qmc_type = "foo"'),
+        None,
+        ["[tuning].sampler_args", "refused by Optuna", "qmc_type='foo'"],
+    ),
+    (
+        "pruner_args n_startup_trials = -1",
+        tuning(pruner="MedianPruner", pruner_args="n_startup_trials = -1"),
+        None,
+        ["[tuning].pruner_args", "refused by Optuna", "n_startup_trials"],
+    ),
+    (
+        'pruner_args n_warmup_steps = "x"',
+        tuning(pruner="MedianPruner", pruner_args='n_warmup_steps = "x"'),
+        None,
+        ["[tuning].pruner_args.n_warmup_steps", "expected int"],
+    ),
     ("lr = 1e308", "", train("lr = 1e308"), ["[train].lr", "1e+308", "a number in (0, 10]"]),
     ("lr = 10**50", "", train(f"lr = {10**50}"), ["[train].lr", "a number in (0, 10]"]),
     ("weight_decay = 1e300", "", train("weight_decay = 1e300"), ["[train].weight_decay", "a number in [0, 1]"]),
-    ("an lr axis level of 1e300", generic_axis("lr_level", "[0.001, 1e300]"), None,
-     ["[axes].lr_level", "1e+300", "a number in (0, 10]"]),
+    (
+        "an lr axis level of 1e300",
+        generic_axis("lr_level", "[0.001, 1e300]"),
+        None,
+        ["[axes].lr_level", "1e+300", "a number in (0, 10]"],
+    ),
     ("crop_padding = 100000", "", train("crop_padding = 100000"), ["[train].crop_padding", "[0, 1024]"]),
-    ("crop_padding = 9 on 8x8 digits", "", train("crop_padding = 9"),
-     ["[train].crop_padding", "8-pixel side of digits", "0..8"]),
-    ("widths = []", "", ("widths = [16]", "widths = []"),
-     ['[backbones."mlp"].widths', "a non-empty list", "[1, 1048576]"]),
+    (
+        "crop_padding = 9 on 8x8 digits",
+        "",
+        train("crop_padding = 9"),
+        ["[train].crop_padding", "8-pixel side of digits", "0..8"],
+    ),
+    (
+        "widths = []",
+        "",
+        ("widths = [16]", "widths = []"),
+        ['[backbones."mlp"].widths', "a non-empty list", "[1, 1048576]"],
+    ),
     ("widths = [4e9]", "", ("widths = [16]", "widths = [4e9]"), ['[backbones."mlp"].widths', "expected int"]),
-    ("widths = [4000000000]", "", ("widths = [16]", "widths = [4000000000]"),
-     ['[backbones."mlp"].widths', "[1, 1048576]"]),
-    ("val_size = 1436 on digits", "", train("val_size = 1436"),
-     ["[train].val_size", "leaving 1 to train 10 classes", "1..1427"]),
-    ("train_subset = 3 with 10 classes", "", train("train_subset = 3"),
-     ["[train].train_subset", "fewer than the 10 classes", "10..1293"]),
-    ("a 25,000-character description", "", ('name = "t"', f'name = "t"\ndescription = "{"x" * 25_000}"'),
-     ["[suite].description", "25,000", "at most 5,000"]),
+    (
+        "widths = [4000000000]",
+        "",
+        ("widths = [16]", "widths = [4000000000]"),
+        ['[backbones."mlp"].widths', "[1, 1048576]"],
+    ),
+    (
+        "val_size = 1436 on digits",
+        "",
+        train("val_size = 1436"),
+        ["[train].val_size", "leaving 1 to train 10 classes", "1..1427"],
+    ),
+    (
+        "train_subset = 3 with 10 classes",
+        "",
+        train("train_subset = 3"),
+        ["[train].train_subset", "fewer than the 10 classes", "10..1293"],
+    ),
+    (
+        "a 25,000-character description",
+        "",
+        ('name = "t"', f'name = "t"\ndescription = "{"x" * 25_000}"'),
+        ["[suite].description", "25,000", "at most 5,000"],
+    ),
     ("an axis named it's", generic_axis("it's"), None, ["[axes]", '"it\'s" is not allowed', "letters, digits"]),
     ("an axis named ../x", generic_axis("../x"), None, ["[axes]", "'../x' is not allowed", "MLflow key"]),
     ("an axis named seed", generic_axis("seed"), None, ["[axes].seed", "reserved", "run_id, suite, suite_version"]),
@@ -164,8 +223,11 @@ HOSTILE = [
 ]
 
 
-@pytest.mark.parametrize("extra, edit, expected", CASES + [c[1:] for c in HOSTILE],
-                         ids=[" ".join(c[2][:2]) for c in CASES] + [c[0] for c in HOSTILE])
+@pytest.mark.parametrize(
+    "extra, edit, expected",
+    CASES + [c[1:] for c in HOSTILE],
+    ids=[" ".join(c[2][:2]) for c in CASES] + [c[0] for c in HOSTILE],
+)
 def test_bad_suite_exits_2_naming_file_field_and_allowed_values(tmp_path, capsys, extra, edit, expected):
     path = suite_file(tmp_path, extra, edit)
     out = tmp_path / "out"
@@ -184,11 +246,17 @@ def test_dry_run_checks_the_data_too(tmp_path, capsys):
 
 def test_sizes_come_from_the_cards_without_loading_data(tmp_path, capsys, monkeypatch):
     """fashion-mnist is not needed on disk to refuse a split it cannot give."""
-    import ffbench.datasets
+    import ffbench.data.datasets
 
-    monkeypatch.setattr(ffbench.datasets, "_load", lambda *a: pytest.fail("data loaded to check sizes"))
-    path = suite_file(tmp_path, "", [('datasets = ["digits"]', 'datasets = ["fashion-mnist"]'),
-                                     ("epochs = 1", "epochs = 1\nval_size = 5000\ntrain_subset = 60000")])
+    monkeypatch.setattr(ffbench.data.datasets, "_load", lambda *a: pytest.fail("data loaded to check sizes"))
+    path = suite_file(
+        tmp_path,
+        "",
+        [
+            ('datasets = ["digits"]', 'datasets = ["fashion-mnist"]'),
+            ("epochs = 1", "epochs = 1\nval_size = 5000\ntrain_subset = 60000"),
+        ],
+    )
     code, _, err = run_cli(capsys, "run", str(path), "--dry-run")
     assert code == 2 and "[train].train_subset" in err and "55000 training images of fashion-mnist" in err, err
 
@@ -206,8 +274,15 @@ def ffbench_process(*argv: str, cwd: Path, root: Path = ROOT, limit_s: int = LIM
     if shutil.which("timeout"):
         cmd = ["timeout", "-k", "5", str(limit_s), *cmd]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "FFBENCH_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=limit_s + 30,
-                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT)))
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=limit_s + 30,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT)),
+    )
 
 
 def fifo(path: Path) -> None:
@@ -236,8 +311,12 @@ def idx_bomb(path: Path) -> None:
         f.write(gzip.compress(header, compresslevel=1))
         for _ in range(256):
             f.write(zeros)
-    suite_file(path.parent, f'[datasets.mnist]\nroot = "{root}"\n', ('datasets = ["digits"]', 'datasets = ["mnist"]'),
-               name=path.name)
+    suite_file(
+        path.parent,
+        f'[datasets.mnist]\nroot = "{root}"\n',
+        ('datasets = ["digits"]', 'datasets = ["mnist"]'),
+        name=path.name,
+    )
 
 
 # (what, make(suite path), what the message must name)
@@ -245,8 +324,11 @@ SUITE_FILES = [
     ("a named pipe (FIFO) as the suite", fifo, ["is a named pipe (FIFO), not a regular file"]),
     ("a link to /dev/zero as the suite", dev_zero, ["is a device or socket, not a regular file"]),
     ("a 1 MB suite file", too_large, ["larger than 1,000,000 bytes", "at most 1 MB"]),
-    ("a gzip bomb as an IDX file", idx_bomb, ["train-images-idx3-ubyte.gz", "holds more than 47040000",
-                                             "trailing bytes"]),
+    (
+        "a gzip bomb as an IDX file",
+        idx_bomb,
+        ["train-images-idx3-ubyte.gz", "holds more than 47040000", "trailing bytes"],
+    ),
 ]
 
 
@@ -262,7 +344,7 @@ def test_suite_files_that_are_not_plain_suites(tmp_path, what, make, expected):
 
 
 def test_idx_headers_that_do_not_fit_the_dataset_are_refused_before_their_data(tmp_path):
-    from ffbench.datasets import DataError, read_idx
+    from ffbench.data.datasets import DataError, read_idx
 
     f = tmp_path / "train-images-idx3-ubyte.gz"
     with gzip.open(f, "wb") as g:
@@ -328,8 +410,9 @@ def test_corrupt_idx_files_stop_the_planner(tmp_path, capsys):
     write_idx(root / "train-labels-idx1-ubyte", [60000])
     write_idx(root / "t10k-images-idx3-ubyte", [10000, 28, 28])
     write_idx(root / "t10k-labels-idx1-ubyte", [10000])
-    path = suite_file(tmp_path, f'[datasets.mnist]\nroot = "{root}"\n',
-                      ('datasets = ["digits"]', 'datasets = ["mnist"]'))
+    path = suite_file(
+        tmp_path, f'[datasets.mnist]\nroot = "{root}"\n', ('datasets = ["digits"]', 'datasets = ["mnist"]')
+    )
     out = tmp_path / "out"
     code, _, err = run_cli(capsys, "run", str(path), "--out", str(out), "--no-tracking", "--no-progress")
     assert code == 2 and "train-images-idx3-ubyte" in err and "truncated" in err, err
@@ -337,17 +420,20 @@ def test_corrupt_idx_files_stop_the_planner(tmp_path, capsys):
 
 
 def test_unused_method_section_is_a_warning(tmp_path, capsys):
-    path = suite_file(tmp_path, '[methods.sff]\nlr = 0.1\n')
+    path = suite_file(tmp_path, "[ffbench.methods.sff]\nlr = 0.1\n")
     code, _, err = run_cli(capsys, "run", str(path), "--dry-run")
     assert code == 0 and "warning:" in err and "[methods.'sff'] is not used" in err
 
 
 # ---------------------------------------------------------------- files and folders
-@pytest.mark.parametrize("content, expected", [
-    (bytes(range(256)) * 4, "not UTF-8 text"),
-    ('[suite]\nname = "café"\n'.encode("latin-1"), "not UTF-8 text (byte 19 is 0xe9)"),
-    (b"\x00\x01\x02binary", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (bytes(range(256)) * 4, "not UTF-8 text"),
+        ('[suite]\nname = "café"\n'.encode("latin-1"), "not UTF-8 text (byte 19 is 0xe9)"),
+        (b"\x00\x01\x02binary", "not valid TOML"),
+    ],
+)
 def test_unreadable_suite_text(tmp_path, capsys, content, expected):
     path = tmp_path / "s.toml"
     path.write_bytes(content)
@@ -395,7 +481,7 @@ def test_an_output_folder_that_cannot_be_written(tmp_path, capsys):
 def test_a_full_disk(tmp_path, capsys, monkeypatch):
     import sqlalchemy.exc
 
-    from ffbench import runner
+    from ffbench.execution import runner
 
     path = suite_file(tmp_path)
 
@@ -445,15 +531,22 @@ def broken_plugin(tmp_path: Path) -> dict:
 
 def test_a_broken_plugin_is_a_warning_and_the_rest_works(tmp_path):
     env = broken_plugin(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "ffbench.cli", "list", "methods", "bp"], capture_output=True,
-                       text=True, env=env, cwd=tmp_path, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "ffbench.cli", "list", "methods", "bp"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert r.returncode == 0 and r.stdout.startswith("bp  [bp]"), r.stderr
     warnings = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "'brokenff' = 'broken_plugin'" in warnings[0], r.stderr
     assert "no_such_module_for_ffbench" in warnings[0] and "Traceback" not in r.stderr
 
+
 def test_a_suite_naming_a_method_of_a_broken_plugin(tmp_path, capsys, monkeypatch):
-    from ffbench.registry import METHODS
+    from ffbench.core.registry import METHODS
 
     failure = "'brokenff' = 'broken_plugin': ModuleNotFoundError: No module named 'no_such_module_for_ffbench'"
     monkeypatch.setattr(METHODS, "failures", [failure])
@@ -505,7 +598,7 @@ def test_sigint_reaching_main(tmp_path):
 
 def test_a_signal_swallowed_and_re_raised_bare_keeps_its_status():
     """Ray's waits catch the handler's exception in C and raise a bare KeyboardInterrupt: still SIGTERM."""
-    from ffbench import pool
+    from ffbench.execution import pool
 
     with pytest.raises(pool.Interrupted) as info:
         with pool.interrupts():
@@ -529,8 +622,10 @@ def test_divergence_rule():
 
 
 def test_an_exploding_loss_ends_the_run_as_diverged():
-    r = fit(RunConfig(method="bp", dataset="digits", backbone="mlp", epochs=3, lr=1e6,
-                      backbone_options={"widths": [32]}), "cpu")
+    r = fit(
+        RunConfig(method="bp", dataset="digits", backbone="mlp", epochs=3, lr=1e6, backbone_options={"widths": [32]}),
+        "cpu",
+    )
     assert r.status == "failed" and r.error.startswith(DIVERGED) and "initial loss" in r.error, r.error
     assert r.curves == []  # the diverged epoch is not evaluated: nothing to select from
 
@@ -591,8 +686,9 @@ def test_ui_server_answers_before_the_address_and_its_whole_group_stops(tmp_path
         from ffbench.cli import serve
         sys.exit(serve([sys.executable, "-c", {server!r}], "http://127.0.0.1:{port}", "test UI", 60))
     """)
-    p = subprocess.Popen([sys.executable, "-c", launcher], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, cwd=tmp_path)
+    p = subprocess.Popen(
+        [sys.executable, "-c", launcher], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+    )
     line = p.stdout.readline()
     assert line.startswith(f"test UI on http://127.0.0.1:{port}"), (line, p.stderr.read() if p.poll() else "")
     import urllib.request

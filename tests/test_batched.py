@@ -1,6 +1,7 @@
-"""Seeds trained together (``ffbench.batched``): each seed's results equal its run alone, a seed that diverges
+"""Seeds trained together (``ffbench.training.batched``): each seed's results equal its run alone, a seed that diverges
 fails alone, each seed sees its own streams, what cannot be stacked runs alone, and the runner batches a cell's
 seeds by default."""
+
 import math
 import warnings
 from types import SimpleNamespace
@@ -10,19 +11,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ffbench.batched import Unbatchable, fit_seeds, why_not
 from ffbench.cli import main
-from ffbench.config import RunConfig
-from ffbench.data import prepare
-from ffbench.execute import batch_problem
-from ffbench.method import Method, make_head, method_card, step
-from ffbench.options import Option
-from ffbench.seeds import Streams
-from ffbench.store import Store
-from ffbench.train import DIVERGED, build, fit
+from ffbench.core.config import RunConfig
+from ffbench.core.method import Method, make_head, method_card, step
+from ffbench.core.options import Option
+from ffbench.core.seeds import Streams
+from ffbench.data.data import prepare
+from ffbench.execution.execute import batch_problem
+from ffbench.record.store import Store
+from ffbench.training.batched import Unbatchable, fit_seeds, why_not
+from ffbench.training.train import DIVERGED, build, fit
 
 # A seed trained with others equals its run alone bit for bit: every stacked kernel is used only where it gives
-# each seed's result exactly, weight gradients are summed seed by seed (ffbench.batched). So every value, the
+# each seed's result exactly, weight gradients are summed seed by seed (ffbench.training.batched). So every value, the
 # training losses included, is compared exactly (NaN equal to NaN).
 
 SEEDS = [0, 1, 2]
@@ -48,9 +49,19 @@ CASES = {  # id: (method, backbone, backbone options, method options, training f
 
 
 def configs(method, backbone="mlp", backbone_options=MLP, method_options=None, seeds=SEEDS, epochs=2, **train):
-    return [RunConfig(method=method, dataset="digits", backbone=backbone, seed=s, epochs=epochs,
-                      backbone_options=backbone_options, method_options=method_options or {}, **train)
-            for s in seeds]
+    return [
+        RunConfig(
+            method=method,
+            dataset="digits",
+            backbone=backbone,
+            seed=s,
+            epochs=epochs,
+            backbone_options=backbone_options,
+            method_options=method_options or {},
+            **train,
+        )
+        for s in seeds
+    ]
 
 
 def same(a, b) -> bool:
@@ -85,15 +96,19 @@ def test_batched_seeds_equal_their_runs_alone(case):
         together = fit_seeds(runs, "cpu")
     except Unbatchable as exc:  # the fallback: taken before training, and stated (the runner says it once)
         assert "differs from seed" in str(exc) and "step alone in" in str(exc), exc
-        warnings.warn(f"{case}: the seeds train one at a time on this machine: {exc}")
+        warnings.warn(f"{case}: the seeds train one at a time on this machine: {exc}", stacklevel=2)
         return
     for a, b in zip(alone, together):
         assert_same(a, b, SEEDS)
 
 
 # ---------------------------------------------------------------- one seed diverges, the others go on
-@method_card(name="test.seednan", summary="test-only: from the second epoch its loss is NaN where its draw at "
-             "initialisation is above a bar", rules=("head",), capabilities=frozenset({"any-backbone"}))
+@method_card(
+    name="test.seednan",
+    summary="test-only: from the second epoch its loss is NaN where its draw at initialisation is above a bar",
+    rules=("head",),
+    capabilities=frozenset({"any-backbone"}),
+)
 class SeedNaN(Method):
     bar = 2.0  # the test sets it between the seeds' draws
 
@@ -140,8 +155,12 @@ def test_a_diverging_seed_fails_alone_and_the_others_are_unchanged(monkeypatch):
 SEEN: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (x, y, draw) per training step
 
 
-@method_card(name="test.recorder", summary="test-only: records its mini-batches and a draw per row from its "
-             "method stream", rules=("head",), capabilities=frozenset({"any-backbone"}))
+@method_card(
+    name="test.recorder",
+    summary="test-only: records its mini-batches and a draw per row from its method stream",
+    rules=("head",),
+    capabilities=frozenset({"any-backbone"}),
+)
 class Recorder(Method):
     def __init__(self, backbone, num_classes, options, ctx):
         super().__init__(backbone, num_classes, options, ctx)
@@ -195,17 +214,29 @@ class Tangled(nn.Module):
         return self.inner(h) * self.scale
 
 
-@method_card(name="test.unstackable", summary="test-only: a layer the seed stacking cannot express",
-             options={"layer": Option(str, "tangled", "tangled (a tensor and a sub-layer in one module) or "
-                                                      "reflect (a reflect-padded convolution on the input)",
-                                      choices=("tangled", "reflect"))},
-             rules=("head",), capabilities=frozenset({"any-backbone"}))
+@method_card(
+    name="test.unstackable",
+    summary="test-only: a layer the seed stacking cannot express",
+    options={
+        "layer": Option(
+            str,
+            "tangled",
+            "tangled (a tensor and a sub-layer in one module) or reflect (a reflect-padded convolution on the input)",
+            choices=("tangled", "reflect"),
+        )
+    },
+    rules=("head",),
+    capabilities=frozenset({"any-backbone"}),
+)
 class Unstackable(Method):
     def __init__(self, backbone, num_classes, options, ctx):
         super().__init__(backbone, num_classes, options, ctx)
         c = backbone.in_shape[0]
-        self.extra = (Tangled(num_classes) if options["layer"] == "tangled"
-                      else nn.Conv2d(c, c, 3, padding=1, padding_mode="reflect"))
+        self.extra = (
+            Tangled(num_classes)
+            if options["layer"] == "tangled"
+            else nn.Conv2d(c, c, 3, padding=1, padding_mode="reflect")
+        )
         self.head = make_head("linear", backbone.out_shapes[-1], num_classes)
         self.opt = ctx.make_optimizer(self.parameters())
 
@@ -223,8 +254,12 @@ class Unstackable(Method):
         return {"head": self._scores(x)}, []
 
 
-@method_card(name="test.pooledloss", summary="test-only: one loss over the whole mini-batch, not ctx.per_seed",
-             rules=("head",), capabilities=frozenset({"any-backbone"}))
+@method_card(
+    name="test.pooledloss",
+    summary="test-only: one loss over the whole mini-batch, not ctx.per_seed",
+    rules=("head",),
+    capabilities=frozenset({"any-backbone"}),
+)
 class PooledLoss(Method):
     def __init__(self, backbone, num_classes, options, ctx):
         super().__init__(backbone, num_classes, options, ctx)
@@ -246,8 +281,12 @@ def test_a_loss_not_per_seed_is_unbatchable():
         fit_seeds(runs, "cpu")
 
 
-@method_card(name="test.mixing", summary="test-only: centres its features over the whole mini-batch, so stacked "
-             "seeds see each other's rows", rules=("head",), capabilities=frozenset({"any-backbone"}))
+@method_card(
+    name="test.mixing",
+    summary="test-only: centres its features over the whole mini-batch, so stacked seeds see each other's rows",
+    rules=("head",),
+    capabilities=frozenset({"any-backbone"}),
+)
 class Mixing(PooledLoss):
     def _scores(self, x):
         h = self.backbone(x)
@@ -272,7 +311,7 @@ def test_a_first_step_that_differs_stacked_is_refused_before_training():
 def test_the_first_step_check_leaves_the_runs_untouched():
     """The check builds its own copies from the runs' streams and restores the global random state: runs after
     it (and the global stream) are what they are without it."""
-    import ffbench.batched as batched
+    import ffbench.training.batched as batched
 
     runs = configs("sff", "cnn", {"channels": [4, 8], "pool": [1]}, seeds=[0, 1], epochs=1, crop_padding=1, flip=True)
     key = next(iter(batched._VERIFIED), None)
@@ -299,8 +338,10 @@ def test_why_not_batch():
         fit_seeds([two[0], two[0]], "cpu")
 
 
-@pytest.mark.parametrize("layer, why", [("tangled", "Tangled holds its own tensors and sub-layers"),
-                                        ("reflect", "Conv2d with padding .*'reflect'")])
+@pytest.mark.parametrize(
+    "layer, why",
+    [("tangled", "Tangled holds its own tensors and sub-layers"), ("reflect", "Conv2d with padding .*'reflect'")],
+)
 def test_a_layer_the_stacking_cannot_express_is_unbatchable(layer, why):
     runs = configs("test.unstackable", "cnn", {"channels": [4], "pool": []}, {"layer": layer}, seeds=[0, 1], epochs=1)
     with pytest.raises(Unbatchable, match=why):
@@ -374,8 +415,9 @@ def test_an_unknown_batch_seeds_is_refused(write_suite, tmp_path, capsys):
 def test_runner_batches_by_default_with_the_results_of_one_at_a_time(write_suite, tmp_path, capsys):
     code, batched = run_suite(write_suite, tmp_path, "both", '["bp", "sff"]', epochs=2, where="default")
     assert code == 0, capsys.readouterr().err
-    code, alone = run_suite(write_suite, tmp_path, "both", '["bp", "sff"]', epochs=2, head="batch_seeds = false",
-                            where="apart")
+    code, alone = run_suite(
+        write_suite, tmp_path, "both", '["bp", "sff"]', epochs=2, head="batch_seeds = false", where="apart"
+    )
     assert code == 0, capsys.readouterr().err
     assert "seeds train one at a time" not in capsys.readouterr().err  # false is a choice, not a fallback
     by_id = {r["run_id"]: r for r in alone}
@@ -386,8 +428,9 @@ def test_runner_batches_by_default_with_the_results_of_one_at_a_time(write_suite
         assert b["manifest"]["batched"] == {"seeds": [0, 1, 2]} and "batched" not in a["manifest"]
         assert a["metrics"] == b["metrics"]
         for ra, rb in zip(a["curves"], b["curves"], strict=True):
-            assert {k: v for k, v in ra.items() if k != "epoch_time_s"} == {k: v for k, v in rb.items()
-                                                                           if k != "epoch_time_s"}, b["run_id"]
+            assert {k: v for k, v in ra.items() if k != "epoch_time_s"} == {
+                k: v for k, v in rb.items() if k != "epoch_time_s"
+            }, b["run_id"]
 
 
 TUNED = """
@@ -411,8 +454,21 @@ def test_a_trial_s_tuning_seeds_train_together_and_the_pruner_decides_as_one_at_
     for where, head in (("together", ""), ("apart", "batch_seeds = false")):
         text = SUITE.format(name="tuned", methods='["bp"]', epochs=3, head=head) + TUNED
         out = tmp_path / f"out-{where}"
-        assert main(["run", str(write_suite(text, name=where)), "--out", str(out), "--no-progress", "--device",
-                     "cpu", "--no-tracking"]) == 0
+        assert (
+            main(
+                [
+                    "run",
+                    str(write_suite(text, name=where)),
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                    "--device",
+                    "cpu",
+                    "--no-tracking",
+                ]
+            )
+            == 0
+        )
         outs[where] = {r["run_id"]: r for r in Store(out / "results.db").rows("tuned")}
     together, apart = outs["together"], outs["apart"]
     assert together.keys() == apart.keys()
@@ -450,8 +506,17 @@ def test_batched_seeds_equal_their_runs_alone_at_each_onednn_level(level):
     import sys
 
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": level}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
-           " or ".join(f"test_batched_seeds_equal_their_runs_alone[{c}]" for c in CONV_CASES)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        __file__,
+        "-k",
+        " or ".join(f"test_batched_seeds_equal_their_runs_alone[{c}]" for c in CONV_CASES),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert f"{len(CONV_CASES)} passed" in out.stdout, out.stdout[-1000:]

@@ -1,6 +1,7 @@
 """`ffbench board` end to end: a real suite trained into a store (bp, bp.deepsup, ff.hinton on synthetic data, 1
 epoch) and a committed per-seed CSV on one page; the numbers against the store; sortable and readable in
 headless Chromium at 1400 and 390 px."""
+
 from __future__ import annotations
 
 import json
@@ -9,11 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from ffbench import resultset, runner
-from ffbench.cli import main
-from ffbench.store import Store
 from test_report_browser import CHROMIUM, MIN_WINDOW, PHONE, chromium
+
+from ffbench.cli import main
+from ffbench.execution import runner
+from ffbench.record import resultset
+from ffbench.record.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = ROOT / "benchmarks" / "studies" / "small-data.csv"
@@ -102,8 +104,9 @@ def test_the_page_sorts_and_never_scrolls_sideways(built, width, tmp_path):
         wrapper = tmp_path / f"frame-{width}.html"
         wrapper.write_text(PHONE.format(src=page.name, width=width))
         page = wrapper
-    proc = chromium([f"--window-size={max(width, MIN_WINDOW)},2000", "--dump-dom", page.resolve().as_uri()],
-                    tmp_path, page.stem)
+    proc = chromium(
+        [f"--window-size={max(width, MIN_WINDOW)},2000", "--dump-dom", page.resolve().as_uri()], tmp_path, page.stem
+    )
     m = re.search(r'<pre id="probe">(.*?)</pre>', proc.stdout)
     assert m, proc.stderr[-2000:]
     seen = json.loads(m.group(1).replace("&quot;", '"'))

@@ -1,5 +1,6 @@
 """A run stopped mid-way resumes from its last epoch checkpoint and ends exactly as if it never stopped:
 per method in-process, and with a real worker process killed with SIGKILL."""
+
 import signal
 import subprocess
 import sys
@@ -9,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ffbench.checkpoint import Checkpoint
-from ffbench.config import RunConfig
-from ffbench.store import DONE, Store
-from ffbench.train import fit
+from ffbench.core.config import RunConfig
+from ffbench.record.store import DONE, Store
+from ffbench.training.checkpoint import Checkpoint
+from ffbench.training.train import fit
 
 CNN = {"channels": [8, 16], "pool": [1]}
 CASES = {  # every shipped method on a backbone it trains, a few seconds each on digits
@@ -31,14 +32,16 @@ class Stop(Exception):
 
 def config(method: str) -> RunConfig:
     backbone, options, train = CASES[method]
-    return RunConfig(method=method, dataset="digits", backbone=backbone, epochs=3, seed=3,
-                     backbone_options=options, **train)
+    return RunConfig(
+        method=method, dataset="digits", backbone=backbone, epochs=3, seed=3, backbone_options=options, **train
+    )
 
 
 def stop_after(epoch: int):
     def on_epoch(row):
         if row["epoch"] == epoch:
             raise Stop
+
     return on_epoch
 
 
@@ -116,10 +119,15 @@ widths = [64, 64]
 def test_a_sigkilled_worker_resumes_from_its_checkpoint(tmp_path):
     suite = tmp_path / "resume.toml"
     suite.write_text(SUITE)
-    env = {"PYTHONPATH": str(ROOT), "FFBENCH_THREADS": "1", "OMP_NUM_THREADS": "1", "FFBENCH_CHECKPOINT_S": "0",
-           "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": "/usr/bin:/bin"}
-    cmd = [sys.executable, "-m", "ffbench.cli", "run", str(suite), "--no-progress", "--device", "cpu",
-           "--no-tracking"]
+    env = {
+        "PYTHONPATH": str(ROOT),
+        "FFBENCH_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "FFBENCH_CHECKPOINT_S": "0",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PATH": "/usr/bin:/bin",
+    }
+    cmd = [sys.executable, "-m", "ffbench.cli", "run", str(suite), "--no-progress", "--device", "cpu", "--no-tracking"]
     out, fresh = tmp_path / "out", tmp_path / "fresh"
     proc = subprocess.Popen([*cmd, "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     saved = out / "checkpoints"
@@ -134,12 +142,12 @@ def test_a_sigkilled_worker_resumes_from_its_checkpoint(tmp_path):
     done = subprocess.run([*cmd, "--out", str(out)], env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr
     assert not list(saved.glob("*.pt"))  # recorded: the checkpoint is gone
-    row, = Store(out / "results.db").rows("resume")
+    (row,) = Store(out / "results.db").rows("resume")
     after = row["manifest"]["resumed"][0]["after_epoch"]
     assert row["status"] == DONE and 1 <= after < 40
     ref = subprocess.run([*cmd, "--out", str(fresh)], env=env, capture_output=True, text=True, timeout=240)
     assert ref.returncode == 0, ref.stderr
-    clean, = Store(fresh / "results.db").rows("resume")
+    (clean,) = Store(fresh / "results.db").rows("resume")
     assert "resumed" not in clean["manifest"]
     assert row["metrics"] == clean["metrics"]
     assert without_time(row["curves"]) == without_time(clean["curves"])
@@ -157,16 +165,27 @@ class Hostile:
 
 def signed(path, cfg: RunConfig, content: bytes) -> bytes:
     """``content`` as a checkpoint file that verifies (made with the output folder's own key)."""
-    from ffbench import checkpoint
+    from ffbench.training import checkpoint
 
     digest = checkpoint._digest(checkpoint._key(path.parent), checkpoint.binding(path.stem, cfg.to_dict()), content)
     return checkpoint.MAGIC + digest.encode() + b"\n" + content
 
 
-@pytest.mark.parametrize("forgery", ["unsigned, finished, 0.999", "signed, finished, 0.999", "another run's",
-                                     "missing key", "wrong shape", "hostile pickle", "signed hostile pickle"])
-def test_a_forged_or_damaged_checkpoint_is_discarded_and_the_run_trains_from_the_start(tmp_path, every_epoch,
-                                                                                     capsys, forgery):
+@pytest.mark.parametrize(
+    "forgery",
+    [
+        "unsigned, finished, 0.999",
+        "signed, finished, 0.999",
+        "another run's",
+        "missing key",
+        "wrong shape",
+        "hostile pickle",
+        "signed hostile pickle",
+    ],
+)
+def test_a_forged_or_damaged_checkpoint_is_discarded_and_the_run_trains_from_the_start(
+    tmp_path, every_epoch, capsys, forgery
+):
     import io
     import pickle
 
@@ -175,8 +194,12 @@ def test_a_forged_or_damaged_checkpoint_is_discarded_and_the_run_trains_from_the
     with pytest.raises(Stop):
         fit(cfg, "cpu", on_epoch=stop_after(1), checkpoint=str(path))
     state = torch.load(io.BytesIO(path.read_bytes().partition(b"\n")[2]), weights_only=True)
-    made_up = {**state, "epoch": cfg.epochs, "metrics": {**state["metrics"], "test_acc": 0.999},
-               "curves": state["curves"] * cfg.epochs}
+    made_up = {
+        **state,
+        "epoch": cfg.epochs,
+        "metrics": {**state["metrics"], "test_acc": 0.999},
+        "curves": state["curves"] * cfg.epochs,
+    }
     saver = Checkpoint(path, cfg.to_dict())
     if forgery == "unsigned, finished, 0.999":
         torch.save(made_up, path)

@@ -1,5 +1,6 @@
 """The ffbench command explains itself: help with defaults and examples, --version, "did you mean" for
 typos, unused settings as warnings, reports of a stored suite by name, and a dry run's time estimate."""
+
 import textwrap
 
 import pytest
@@ -64,11 +65,14 @@ def test_version(capsys):
     assert done.value.code == 0 and capsys.readouterr().out.strip() == f"ffbench {__version__}"
 
 
-@pytest.mark.parametrize("edit, expected", [
-    (('methods = ["bp", "bp.deepsup"]', 'methods = ["bp", "bp.depsup"]'), "did you mean 'bp.deepsup'?"),
-    (("epochs = 1", "epoch = 1"), "[train].epoch: unknown key (did you mean 'epochs'?)"),
-    (("[backbones.mlp]", "[backbone.mlp]"), "file.backbone: unknown key (did you mean 'backbones'?)"),
-])
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (('methods = ["bp", "bp.deepsup"]', 'methods = ["bp", "bp.depsup"]'), "did you mean 'bp.deepsup'?"),
+        (("epochs = 1", "epoch = 1"), "[train].epoch: unknown key (did you mean 'epochs'?)"),
+        (("[backbones.mlp]", "[backbone.mlp]"), "file.backbone: unknown key (did you mean 'backbones'?)"),
+    ],
+)
 def test_typos_get_a_suggestion(tmp_path, capsys, edit, expected):
     path = write(tmp_path, SUITE.replace(*edit))
     code, _, err = run_cli(capsys, "run", path, "--dry-run")
@@ -83,7 +87,7 @@ def test_unknown_suite_and_dataset_names_get_a_suggestion(capsys):
 
 
 def test_an_unused_method_section_is_a_warning_at_planning(tmp_path, capsys):
-    path = write(tmp_path, SUITE + '\n[methods.sff]\nlr = 0.01\n')
+    path = write(tmp_path, SUITE + "\n[ffbench.methods.sff]\nlr = 0.01\n")
     code, out, err = run_cli(capsys, "run", path, "--dry-run")
     assert code == 0 and "warning:" in err and "[methods.'sff'] is not used" in err and "6 evaluation runs" in out
 

@@ -2,6 +2,7 @@
 without a backward pass trains alone. The end-of-run table and the report say how each cell was executed,
 never show a zero-width interval for the batch's equal per-seed shares, and show '—' (not 0) for the
 activations saved for backward of a method that keeps none; peak GPU memory is absent on the CPU."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,10 +13,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ffbench import stats
+from ffbench.analysis.report import build_report, report_dir
 from ffbench.cli import main
-from ffbench.method import Method, method_card
-from ffbench.report import build_report, report_dir
-from ffbench.store import Store
+from ffbench.core.method import Method, method_card
+from ffbench.record.store import Store
 
 
 class _Own(nn.Module):
@@ -30,8 +31,12 @@ class _Own(nn.Module):
         return self.inner(h) * self.scale
 
 
-@method_card(name="test.nobackward", summary="test-only: a read-out trained by a delta rule, no backward pass",
-             rules=("head",), capabilities=frozenset({"any-backbone"}))
+@method_card(
+    name="test.nobackward",
+    summary="test-only: a read-out trained by a delta rule, no backward pass",
+    rules=("head",),
+    capabilities=frozenset({"any-backbone"}),
+)
 class NoBackward(Method):
     def __init__(self, backbone, num_classes, options, ctx):
         super().__init__(backbone, num_classes, options, ctx)
@@ -79,8 +84,9 @@ def ran(tmp_path_factory):
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        code = main(["run", str(tmp / "alike.toml"), "--out", str(out), "--no-progress", "--device", "cpu",
-                     "--no-tracking"])
+        code = main(
+            ["run", str(tmp / "alike.toml"), "--out", str(out), "--no-progress", "--device", "cpu", "--no-tracking"]
+        )
     assert code == 0, buf.getvalue()
     return out, buf.getvalue()
 
@@ -121,7 +127,7 @@ def test_the_report_compares_time_like_for_like(ran):
     out, _ = ran
     build_report(out, "alike", kinds=["comparison"], n_resamples=200)
     md = (report_dir(out, "alike") / "comparison.md").read_text()
-    sec = md[md.index("Time and memory"):]
+    sec = md[md.index("Time and memory") :]
     assert "executed" in sec and "independent measurements" in sec and "batched ×3" in sec
     assert "— (no backward pass)" in sec and "no interval: one measurement" in sec
     header = next(ln for ln in sec.splitlines() if ln.startswith("| task | method | executed"))
@@ -133,21 +139,54 @@ def test_the_report_compares_time_like_for_like(ran):
 def test_intervals_count_batches_not_seeds_and_peak_memory_shows_where_measured():
     """Two batches of three seeds and three runs alone in one cell (as CUDA would record them): two
     measurements for the batched row, three for the row alone, never pooled; the peak column appears."""
-    from ffbench import results
+    from ffbench.execution import results
 
-    rows = [{"method": "bp", "seed": s, "status": "done", "batched_seeds": b, "epoch_time_s": t,
-             "peak_mem_bytes": 2**20 * m} for b, t, m in (("0,1,2", 0.10, 30), ("3,4,5", 0.12, 31)) for s in range(3)]
-    rows += [{"method": "bp", "seed": 6 + i, "status": "done", "batched_seeds": None, "epoch_time_s": t,
-              "peak_mem_bytes": 2**20 * 12} for i, t in enumerate((0.20, 0.22, 0.21))]
+    rows = [
+        {
+            "method": "bp",
+            "seed": s,
+            "status": "done",
+            "batched_seeds": b,
+            "epoch_time_s": t,
+            "peak_mem_bytes": 2**20 * m,
+        }
+        for b, t, m in (("0,1,2", 0.10, 30), ("3,4,5", 0.12, 31))
+        for s in range(3)
+    ]
+    rows += [
+        {
+            "method": "bp",
+            "seed": 6 + i,
+            "status": "done",
+            "batched_seeds": None,
+            "epoch_time_s": t,
+            "peak_mem_bytes": 2**20 * 12,
+        }
+        for i, t in enumerate((0.20, 0.22, 0.21))
+    ]
     long = stats.compute_table(pd.DataFrame(rows), ["epoch_time_s", "peak_mem_bytes"], ["method"])
     t = long[long["quantity"] == "epoch_time_s"].set_index("executed")
     assert t.loc["batched ×3", "measurements"] == 2 and t.loc["batched ×3", "ci_method"] == "t over batches"
     assert t.loc["batched ×3", "mean"] == pytest.approx(0.11)
     assert stats.t_interval([0.10, 0.12]).low == pytest.approx(t.loc["batched ×3", "ci_low"])
     assert t.loc["alone", "measurements"] == 3 and t.loc["alone", "mean"] == pytest.approx(0.21)
-    row = dict(dataset="d", backbone="mlp", method="bp", n=9, failed=0, test_acc_mean=90.0, test_acc_sd=1.0,
-               test_acc_ci_low=89.0, test_acc_ci_high=91.0, verdict="control", executed="alone + batched ×3",
-               epoch_time_s=0.21, saved_MB_per_step=1.5, no_backward=False, peak_MB_per_step=12.0)
+    row = dict(
+        dataset="d",
+        backbone="mlp",
+        method="bp",
+        n=9,
+        failed=0,
+        test_acc_mean=90.0,
+        test_acc_sd=1.0,
+        test_acc_ci_low=89.0,
+        test_acc_ci_high=91.0,
+        verdict="control",
+        executed="alone + batched ×3",
+        epoch_time_s=0.21,
+        saved_MB_per_step=1.5,
+        no_backward=False,
+        peak_MB_per_step=12.0,
+    )
     text = results.format_table(pd.DataFrame([row]))
     assert "| peak GPU MB/step |" in text and text.splitlines()[2].endswith("| 12.00 |")
     assert "a cell run both ways shows its runs alone" in text

@@ -1,17 +1,18 @@
 """cwc / cwc.nocfse: loss formulas, ILT windows, stop-gradient, step-and-free memory, frozen-layer BN,
 backbone and channel checks, and that it learns digits."""
+
 import math
 
 import pytest
 import torch
 import torch.nn as nn
 
-import methods.cwc as cwc
-from ffbench import backbones
-from ffbench.config import RunConfig
-from ffbench.method import Context
-from ffbench.registry import METHODS
-from ffbench.train import SavedTensorMeter, fit, method_options
+import ffbench.methods.cwc as cwc
+from ffbench.core.config import RunConfig
+from ffbench.core.method import Context
+from ffbench.core.registry import METHODS
+from ffbench.training import backbones
+from ffbench.training.train import SavedTensorMeter, fit, method_options
 
 CH = [10, 20, 20, 40]
 
@@ -22,15 +23,16 @@ def sp(u):
 
 def make(name="cwc", backbone="cnn.cfse", channels=CH, k=10, epochs=4, **opts):
     bb = backbones.build(backbone, (1, 8, 8), k, {"channels": list(channels)})
-    ctx = Context(device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), optimizer="adam",
-                  lr=0.01, epochs=epochs)
+    ctx = Context(
+        device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), optimizer="adam", lr=0.01, epochs=epochs
+    )
     options = method_options(RunConfig(method=name, dataset="digits", backbone=backbone, method_options=opts))
     return METHODS.get(name).obj(bb, k, options, ctx)
 
 
 def test_losses_hand_computed():
     g, y = torch.tensor([[1.0, 2.0, 0.5]]), torch.tensor([1])
-    ce = -2 + math.log(math.e + math.e ** 2 + math.e ** 0.5)
+    ce = -2 + math.log(math.e + math.e**2 + math.e**0.5)
     pvn = 0.5 * (sp(2 - 2) + sp((1 + 0.5) / 2 - 2))
     assert cwc.cwc_loss(g, y, "cwc").item() == pytest.approx(ce, rel=1e-6)
     assert cwc.cwc_loss(g, y, "pvn").item() == pytest.approx(pvn, rel=1e-6)
@@ -41,7 +43,8 @@ def test_class_goodness_is_mean_square_per_channel_group():
     h = torch.zeros(1, 4, 2, 2)
     h[0, 2:] = 3.0  # the second of two groups
     h[0, 0, 0, 0] = 2.0
-    from ffbench.method import grouped_goodness
+    from ffbench.core.method import grouped_goodness
+
     assert grouped_goodness(h, 2).tolist() == [[0.5, 9.0]]
 
 
@@ -149,8 +152,19 @@ def test_bad_backbones_and_channels_are_rejected():
 
 @pytest.mark.parametrize("name,backbone", [("cwc", "cnn.cfse"), ("cwc.nocfse", "cnn")])
 def test_learns_digits(name, backbone):
-    r = fit(RunConfig(method=name, dataset="digits", backbone=backbone, epochs=3, batch_size=128,
-                      optimizer="adam", lr=0.01, backbone_options={"channels": [10, 20, 40, 80]}), "cpu")
+    r = fit(
+        RunConfig(
+            method=name,
+            dataset="digits",
+            backbone=backbone,
+            epochs=3,
+            batch_size=128,
+            optimizer="adam",
+            lr=0.01,
+            backbone_options={"channels": [10, 20, 40, 80]},
+        ),
+        "cpu",
+    )
     assert r.status == "done"
     assert r.metrics["test_acc.avg"] > 0.8 and r.metrics["test_acc.sf"] > 0.75, r.metrics  # chance 0.10
     assert {"train_loss.unit1", "train_loss.unit4", "train_loss.head"} <= set(r.curves[0])
@@ -161,15 +175,22 @@ def test_design_hook_names_bad_cells():
     assert cwc_cls.skip(RunConfig("cwc", "digits", "cnn.cfse", backbone_options={"channels": CH})) is None
     assert "cnn.cfse backbone only" in cwc_cls.skip(RunConfig("cwc", "digits", "cnn"))
     assert "not divisible" in plain_cls.skip(
-        RunConfig("cwc.nocfse", "digits", "cnn", backbone_options={"channels": [16, 32, 64, 64]}))
+        RunConfig("cwc.nocfse", "digits", "cnn", backbone_options={"channels": [16, 32, 64, 64]})
+    )
     assert "not divisible" in cwc_cls.skip(
-        RunConfig("cwc", "digits", "cnn.cfse", classes=3, backbone_options={"channels": [12, 30, 31]}))
+        RunConfig("cwc", "digits", "cnn.cfse", classes=3, backbone_options={"channels": [12, 30, 31]})
+    )
 
 
 def test_every_option_value_trains_and_evaluates():
     x, y = torch.randn(6, 1, 8, 8), torch.arange(6)
-    values = {"loss": cwc.LOSSES, "ilt": ("fast", "none"), "ilt_scaling": ("exact",), "frozen_bn": ("train",),
-              "sf_double_softmax": (True,)}
+    values = {
+        "loss": cwc.LOSSES,
+        "ilt": ("fast", "none"),
+        "ilt_scaling": ("exact",),
+        "frozen_bn": ("train",),
+        "sf_double_softmax": (True,),
+    }
     for key, levels in values.items():  # one option at a time, the others at their defaults
         for level in levels:
             m = make(channels=[10, 10, 20, 20], **{key: level})

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from ffbench.data import DeviceLoader, Split, augment_batch, prepare
-from ffbench.datasets import DataNotFoundError, cifar10, fashion_mnist, mnist, read_cifar_folder, read_idx
-from ffbench.seeds import Streams
+from ffbench.core.seeds import Streams
+from ffbench.data.data import DeviceLoader, Split, augment_batch, prepare
+from ffbench.data.datasets import DataNotFoundError, cifar10, fashion_mnist, mnist, read_cifar_folder, read_idx
 
 CPU = torch.device("cpu")
 
@@ -56,7 +56,7 @@ def test_augmentation_crops_within_padding_and_flips():
     assert out.shape == x.shape
     for i in range(2):  # every output is the image shifted by at most 2 pixels, zero filled
         padded = torch.nn.functional.pad(x[i], (2, 2, 2, 2))
-        assert any(torch.equal(out[i], padded[:, r:r + 5, c:c + 5]) for r in range(5) for c in range(5))
+        assert any(torch.equal(out[i], padded[:, r : r + 5, c : c + 5]) for r in range(5) for c in range(5))
     flipped = augment_batch(x.repeat(50, 1, 1, 1), torch.Generator().manual_seed(1), flip=True)
     n_flipped = sum(torch.equal(f, x[i % 2].flip(2)) for i, f in enumerate(flipped))
     assert 20 < n_flipped < 80
@@ -72,8 +72,12 @@ def test_idx_reader_on_generated_files(tmp_path):
     imgs = np.random.default_rng(0).integers(0, 255, (7, 28, 28))
     _write_idx(tmp_path / "imgs.gz", imgs)
     assert np.array_equal(read_idx(tmp_path / "imgs.gz"), imgs)
-    for name, arr in (("train-images-idx3-ubyte", imgs), ("train-labels-idx1-ubyte", np.arange(7) % 10),
-                      ("t10k-images-idx3-ubyte", imgs[:3]), ("t10k-labels-idx1-ubyte", np.arange(3))):
+    for name, arr in (
+        ("train-images-idx3-ubyte", imgs),
+        ("train-labels-idx1-ubyte", np.arange(7) % 10),
+        ("t10k-images-idx3-ubyte", imgs[:3]),
+        ("t10k-labels-idx1-ubyte", np.arange(3)),
+    ):
         _write_idx(tmp_path / f"{name}.gz", arr)
     raw = mnist(root=str(tmp_path), download=False)
     assert raw.train_x.shape == (7, 1, 28, 28) and raw.test_y.tolist() == [0, 1, 2]

@@ -1,4 +1,5 @@
 """Dataset files are checked as they are read, hostile pickles are refused, and a wrong root is an error."""
+
 import gzip
 import io
 import os
@@ -8,23 +9,28 @@ import struct
 import numpy as np
 import pytest
 
-from ffbench import datasets
-from ffbench.datasets import DataError, DataNotFoundError, cifar10, fetch, mnist, read_idx, verify
+from ffbench.data import datasets
+from ffbench.data.datasets import DataError, DataNotFoundError, cifar10, fetch, mnist, read_idx, verify
 
 RNG = np.random.default_rng(0)
 
 
 def idx_bytes(arr: np.ndarray, type_code: int = 0x08) -> bytes:
-    return bytes([0, 0, type_code, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape) + \
-        arr.astype(np.uint8).tobytes()
+    return (
+        bytes([0, 0, type_code, arr.ndim])
+        + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+        + arr.astype(np.uint8).tobytes()
+    )
 
 
 def write_mnist(folder, n_train=12, n_test=5, gz=True):
     folder.mkdir(parents=True, exist_ok=True)
-    arrays = {"train-images-idx3-ubyte": RNG.integers(0, 255, (n_train, 28, 28)),
-              "train-labels-idx1-ubyte": np.arange(n_train) % 10,
-              "t10k-images-idx3-ubyte": RNG.integers(0, 255, (n_test, 28, 28)),
-              "t10k-labels-idx1-ubyte": np.arange(n_test) % 10}
+    arrays = {
+        "train-images-idx3-ubyte": RNG.integers(0, 255, (n_train, 28, 28)),
+        "train-labels-idx1-ubyte": np.arange(n_train) % 10,
+        "t10k-images-idx3-ubyte": RNG.integers(0, 255, (n_test, 28, 28)),
+        "t10k-labels-idx1-ubyte": np.arange(n_test) % 10,
+    }
     for name, arr in arrays.items():
         if gz:
             with gzip.open(folder / f"{name}.gz", "wb") as f:
@@ -108,8 +114,12 @@ def write_cifar(root, payload=None):
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"batch_label": b"x", b"data": RNG.integers(0, 255, (4, 3072), dtype=np.uint8),
-                 b"labels": [0, 1, 2, 9], b"filenames": [b"a.png"] * 4}
+        batch = {
+            b"batch_label": b"x",
+            b"data": RNG.integers(0, 255, (4, 3072), dtype=np.uint8),
+            b"labels": [0, 1, 2, 9],
+            b"filenames": [b"a.png"] * 4,
+        }
         (folder / name).write_bytes(py2_pickle(batch))
     if payload is not None:
         (folder / "test_batch").write_bytes(payload)
@@ -215,7 +225,7 @@ root = "{root}"
 
 def test_a_relative_root_is_the_suite_files_and_a_cell_never_mixes_data(tmp_path, monkeypatch, capsys):
     from ffbench.cli import main
-    from ffbench.store import Store
+    from ffbench.record.store import Store
 
     home = tmp_path / "suites"
     write_mnist(home / "data", n_train=300, n_test=60, gz=False)

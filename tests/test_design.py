@@ -1,4 +1,5 @@
 """Design: axes, cell enumeration and constraint filtering, content-hash cell IDs, suite validation."""
+
 import json
 import subprocess
 import sys
@@ -6,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ffbench import design as design_mod
-from ffbench.design import expand
-from ffbench.registry import AXES
-from ffbench.suite import SuiteError, load
+from ffbench.core.registry import AXES
+from ffbench.plan import design as design_mod
+from ffbench.plan.design import expand
+from ffbench.plan.suite import SuiteError, load
 
 BASE = """
 [suite]
@@ -39,18 +40,46 @@ bn = ["inside", "none"]
 """
 
 
-def write(tmp_path: Path, extra: str = ABLATION_AXES, *, name="t", version=1, epochs=1, design_extra="",
-          methods='["bp", "bp.deepsup", "sff"]', backbones='["mlp", "cnn", "resnet18"]', file="suite.toml") -> Path:
+def write(
+    tmp_path: Path,
+    extra: str = ABLATION_AXES,
+    *,
+    name="t",
+    version=1,
+    epochs=1,
+    design_extra="",
+    methods='["bp", "bp.deepsup", "sff"]',
+    backbones='["mlp", "cnn", "resnet18"]',
+    file="suite.toml",
+) -> Path:
     p = tmp_path / file
-    p.write_text(BASE.format(name=name, version=version, epochs=epochs, methods=methods, backbones=backbones,
-                             design_extra=design_extra, extra=extra,
-                             mlp="[backbones.mlp]\nwidths = [16]\n" if "mlp" in backbones else ""))
+    p.write_text(
+        BASE.format(
+            name=name,
+            version=version,
+            epochs=epochs,
+            methods=methods,
+            backbones=backbones,
+            design_extra=design_extra,
+            extra=extra,
+            mlp="[backbones.mlp]\nwidths = [16]\n" if "mlp" in backbones else "",
+        )
+    )
     return p
 
 
 def test_builtin_axes_registered():
-    for name in ("granularity", "head_kernel", "bn", "classes", "train_size", "goodness", "negatives", "inference",
-                 "ln"):
+    for name in (
+        "granularity",
+        "head_kernel",
+        "bn",
+        "classes",
+        "train_size",
+        "goodness",
+        "negatives",
+        "inference",
+        "ln",
+    ):
         assert name in AXES, name
     assert AXES.get("bn").card.options["levels"].choices == ("inside", "outside", "none")
 
@@ -72,7 +101,8 @@ def test_full_factorial_with_constraints(tmp_path):
     assert all(c.factors["bn"] is None for c in mlp)  # the axis does not apply: level recorded as None
     cnn_sff = [c for c in d.cells if c.factors["backbone"] == "cnn" and c.factors["method"] == "sff"]
     assert {(c.factors["granularity"], c.factors["head_kernel"], c.factors["bn"]) for c in cnn_sff} == {
-        (g, k, b) for g in ("layer", "block") for k in (1, 3) for b in ("inside", "none")}
+        (g, k, b) for g in ("layer", "block") for k in (1, 3) for b in ("inside", "none")
+    }
     for c in cnn_sff:  # the levels reach the resolved configuration
         assert c.config.backbone_options["granularity"] == c.factors["granularity"]
         assert c.config.backbone_options["bn"] == c.factors["bn"]
@@ -82,16 +112,31 @@ def test_full_factorial_with_constraints(tmp_path):
 
 
 def test_declared_subset_exclude_and_one_at_a_time(tmp_path):
-    only = 'only = [{granularity = "block"}, {method = "bp", head_kernel = 3}]\nexclude = [{bn = "none", head_kernel = 3}]'
+    only = (
+        'only = [{granularity = "block"}, {method = "bp", head_kernel = 3}]\nexclude = [{bn = "none", head_kernel = 3}]'
+    )
     d = expand(load(str(write(tmp_path, design_extra=only, backbones='["cnn"]'))))
     assert {(c.factors["method"], c.factors["granularity"]) for c in d.cells} >= {("bp", "layer"), ("sff", "block")}
-    assert all(c.factors["granularity"] == "block" or (c.factors["method"], c.factors["head_kernel"]) == ("bp", 3)
-               for c in d.cells)
+    assert all(
+        c.factors["granularity"] == "block" or (c.factors["method"], c.factors["head_kernel"]) == ("bp", 3)
+        for c in d.cells
+    )
     assert not any(c.factors["bn"] == "none" and c.factors["head_kernel"] == 3 for c in d.cells)
     assert any(r == "excluded by [design].exclude[0]" for _, r in d.dropped)
 
-    oat = expand(load(str(write(tmp_path, design_extra='plan = "one-at-a-time"', methods='["sff"]',
-                                backbones='["cnn"]', file="oat.toml"))))
+    oat = expand(
+        load(
+            str(
+                write(
+                    tmp_path,
+                    design_extra='plan = "one-at-a-time"',
+                    methods='["sff"]',
+                    backbones='["cnn"]',
+                    file="oat.toml",
+                )
+            )
+        )
+    )
     # base (layer, 1, inside) + block (stage dropped on cnn) + kernel 3 + bn none
     assert len(oat.cells) == 4
     base = {"granularity": "layer", "head_kernel": 1, "bn": "inside"}
@@ -121,8 +166,8 @@ def test_generic_method_option_axis_skips_methods_without_the_option(tmp_path):
 
 IDS_SCRIPT = """
 import json, sys
-from ffbench.design import expand
-from ffbench.suite import load
+from ffbench.plan.design import expand
+from ffbench.plan.suite import load
 print(json.dumps([c.cell_id for c in expand(load(sys.argv[1])).cells]))
 """
 
@@ -130,8 +175,13 @@ print(json.dumps([c.cell_id for c in expand(load(sys.argv[1])).cells]))
 def test_cell_ids_stable_across_processes(tmp_path):
     path = write(tmp_path, ABLATION_AXES + TUNING)
     here = [c.cell_id for c in expand(load(str(path))).cells]
-    out = subprocess.run([sys.executable, "-c", IDS_SCRIPT, str(path)], capture_output=True, text=True, check=True,
-                         env={"PYTHONHASHSEED": "123", "PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [sys.executable, "-c", IDS_SCRIPT, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123", "PATH": "/usr/bin:/bin"},
+    )
     assert json.loads(out.stdout) == here
 
 
@@ -157,19 +207,30 @@ ALL = None
 AT = ABLATION_AXES + TUNING
 
 
-@pytest.mark.parametrize("base, change, affected", [
-    (ABLATION_AXES, dict(epochs=2), ALL), (ABLATION_AXES, dict(version=2), ALL),
-    (ABLATION_AXES, dict(name="other"), ALL),
-    (ABLATION_AXES, dict(extra=ABLATION_AXES.replace('bn = ["inside", "none"]', 'bn = ["inside", "outside"]')), "bn"),
-    (ABLATION_AXES, dict(extra=AT), ALL),  # tuning on
-    (AT, dict(extra=AT.replace("trials = 3", "trials = 4")), ALL),
-    (AT, dict(extra=AT.replace("seed = 0", "seed = 1")), ALL),
-    (AT, dict(extra=AT.replace("seeds = [100]", "seeds = [101]")), ALL),
-    (AT, dict(extra=AT.replace("MedianPruner", "NopPruner")), ALL),
-    (AT, dict(extra=AT + '[tuning.space."bp"]\nlr = ["log", 1e-3, 1e-1]\n'), "bp"),
-    (ABLATION_AXES, dict(extra=ABLATION_AXES.replace("[axes]", '[backbones.cnn]\nchannels = [8, 8, 8, 8]\n[axes]')),
-     "cnn"),
-])
+@pytest.mark.parametrize(
+    "base, change, affected",
+    [
+        (ABLATION_AXES, dict(epochs=2), ALL),
+        (ABLATION_AXES, dict(version=2), ALL),
+        (ABLATION_AXES, dict(name="other"), ALL),
+        (
+            ABLATION_AXES,
+            dict(extra=ABLATION_AXES.replace('bn = ["inside", "none"]', 'bn = ["inside", "outside"]')),
+            "bn",
+        ),
+        (ABLATION_AXES, dict(extra=AT), ALL),  # tuning on
+        (AT, dict(extra=AT.replace("trials = 3", "trials = 4")), ALL),
+        (AT, dict(extra=AT.replace("seed = 0", "seed = 1")), ALL),
+        (AT, dict(extra=AT.replace("seeds = [100]", "seeds = [101]")), ALL),
+        (AT, dict(extra=AT.replace("MedianPruner", "NopPruner")), ALL),
+        (AT, dict(extra=AT + '[tuning.space."bp"]\nlr = ["log", 1e-3, 1e-1]\n'), "bp"),
+        (
+            ABLATION_AXES,
+            dict(extra=ABLATION_AXES.replace("[axes]", "[backbones.cnn]\nchannels = [8, 8, 8, 8]\n[axes]")),
+            "cnn",
+        ),
+    ],
+)
 def test_cell_ids_change_with_any_setting(tmp_path, base, change, affected):
     """Every cell the change touches gets a new ID; the others keep theirs."""
     a = _by_factors(write(tmp_path, base, file="a.toml"))
@@ -177,8 +238,11 @@ def test_cell_ids_change_with_any_setting(tmp_path, base, change, affected):
     assert a and b
     for key, cid in b.items():
         f = json.loads(key)
-        touched = affected is ALL or affected in (f["method"], f["backbone"]) or (
-            affected == "bn" and f.get("bn") == "outside")
+        touched = (
+            affected is ALL
+            or affected in (f["method"], f["backbone"])
+            or (affected == "bn" and f.get("bn") == "outside")
+        )
         if touched:
             assert cid not in a.values(), (key, change)
         else:
@@ -195,20 +259,23 @@ def test_cell_ids_change_with_ffbench_version_not_with_eval_seeds(tmp_path, monk
     assert not (_ids(path) & a)
 
 
-@pytest.mark.parametrize("extra, where, allowed", [
-    ('[axes]\ngranularity = ["layer", "blok"]', "[axes].granularity", "allowed: layer, block, stage"),
-    ('[axes]\nbn = ["inside", 3]', "[axes].bn", "expected str"),
-    ('[axes]\nhead_kernel = [1, 2]', "[axes].head_kernel", "an odd integer >= 1"),
-    ('[axes]\nclasses = [1]', "[axes].classes", "an integer >= 2"),
-    ('[axes]\ntrain_size = [0]', "[axes].train_size", '"full"'),
-    ('[axes]\ngranularity = ["layer", "layer"]', "[axes].granularity", "given twice"),
-    ('[axes]\nkernel_size = [1, 3]', "[axes].kernel_size", "registered: adapt, bn, classes"),
-    ('[axes]\ninference = ["average", "vote-all"]', "[axes].inference", "allowed: 'average', 'last'"),
-    ('[axes.x]\nmethod_option = "nosuch"\nlevels = [1]', "[axes].x.method_option", "has the option 'nosuch'"),
-    ('[axes.x]\ntrain_field = "nosuch"\nlevels = [1]', "[axes].x.train_field", "allowed: epochs, batch_size"),
-    ('[axes.x]\ntrain_field = "epochs"\nlevels = [0]', "[axes].x", "an integer in [1, 100000]"),
-    ('[axes]\ngoodness = ["sum"]', "[axes].goodness", "applies to none of the suite's methods"),
-])
+@pytest.mark.parametrize(
+    "extra, where, allowed",
+    [
+        ('[axes]\ngranularity = ["layer", "blok"]', "[axes].granularity", "allowed: layer, block, stage"),
+        ('[axes]\nbn = ["inside", 3]', "[axes].bn", "expected str"),
+        ("[axes]\nhead_kernel = [1, 2]", "[axes].head_kernel", "an odd integer >= 1"),
+        ("[axes]\nclasses = [1]", "[axes].classes", "an integer >= 2"),
+        ("[axes]\ntrain_size = [0]", "[axes].train_size", '"full"'),
+        ('[axes]\ngranularity = ["layer", "layer"]', "[axes].granularity", "given twice"),
+        ("[axes]\nkernel_size = [1, 3]", "[axes].kernel_size", "registered: adapt, bn, classes"),
+        ('[axes]\ninference = ["average", "vote-all"]', "[axes].inference", "allowed: 'average', 'last'"),
+        ('[axes.x]\nmethod_option = "nosuch"\nlevels = [1]', "[axes].x.method_option", "has the option 'nosuch'"),
+        ('[axes.x]\ntrain_field = "nosuch"\nlevels = [1]', "[axes].x.train_field", "allowed: epochs, batch_size"),
+        ('[axes.x]\ntrain_field = "epochs"\nlevels = [0]', "[axes].x", "an integer in [1, 100000]"),
+        ('[axes]\ngoodness = ["sum"]', "[axes].goodness", "applies to none of the suite's methods"),
+    ],
+)
 def test_bad_axis_levels_name_file_field_and_allowed_values(tmp_path, extra, where, allowed):
     path = write(tmp_path, extra, methods='["bp", "sff"]', backbones='["cnn"]')
     with pytest.raises(SuiteError) as err:
@@ -217,11 +284,14 @@ def test_bad_axis_levels_name_file_field_and_allowed_values(tmp_path, extra, whe
     assert str(path) in msg and where in msg and allowed in msg, msg
 
 
-@pytest.mark.parametrize("design_extra, where, allowed", [
-    ('plan = "half"', "[design].plan", "allowed: full, one-at-a-time"),
-    ('exclude = [{bn = "outside"}]', "[design].exclude[0].bn", "allowed: 'inside', 'none'"),
-    ('only = [{color = "red"}]', "[design].only[0].color", "allowed: method, dataset, backbone, granularity"),
-])
+@pytest.mark.parametrize(
+    "design_extra, where, allowed",
+    [
+        ('plan = "half"', "[design].plan", "allowed: full, one-at-a-time"),
+        ('exclude = [{bn = "outside"}]', "[design].exclude[0].bn", "allowed: 'inside', 'none'"),
+        ('only = [{color = "red"}]', "[design].only[0].color", "allowed: method, dataset, backbone, granularity"),
+    ],
+)
 def test_bad_design_subsets_rejected(tmp_path, design_extra, where, allowed):
     path = write(tmp_path, design_extra=design_extra)
     with pytest.raises(SuiteError) as err:

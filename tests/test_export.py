@@ -1,4 +1,5 @@
-"""Getting a suite's results out as tidy tables (ffbench.export), from a real store with synthetic numbers."""
+"""Getting a suite's results out as tidy tables (ffbench.record.export), from a real store with synthetic numbers."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,10 +7,10 @@ import importlib.util
 
 import pandas as pd
 import pytest
-
-from ffbench import export
-from ffbench.store import Store
 from test_report import make_store
+
+from ffbench.record import export
+from ffbench.record.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +27,23 @@ def test_three_tidy_tables_match_the_store(out):
     runs, curves, units = t["runs"], t["curves"], t["units"]
     stored = Store(out / "results.db").frame("reptest")
     assert len(runs) == len(stored) == 13 and set(runs["status"]) == {"done", "failed"}  # failures kept
-    assert list(runs.columns[:15]) == ["run_id", "suite", "suite_version", "cell_id", "config_hash",
-                                       "code_fingerprint", "superseded", "role", "seed", "trial", "status", "method",
-                                       "dataset", "backbone", "classes"]
+    assert list(runs.columns[:15]) == [
+        "run_id",
+        "suite",
+        "suite_version",
+        "cell_id",
+        "config_hash",
+        "code_fingerprint",
+        "superseded",
+        "role",
+        "seed",
+        "trial",
+        "status",
+        "method",
+        "dataset",
+        "backbone",
+        "classes",
+    ]
     assert not runs["superseded"].any() and runs["config_hash"].notna().all()
     assert {"cfg.epochs", "test_acc", "epoch_time_s", "saved_bytes_per_step"} <= set(runs.columns)
     assert "curves" not in runs
@@ -86,8 +101,23 @@ def test_the_command_writes_csv_and_parquet(out, tmp_path, capsys):
     assert len(runs) == 13 and len(units) == 36 and runs["test_acc"].max() <= 1.0
     if importlib.util.find_spec("pyarrow") is None:
         pytest.skip("pyarrow is absent: the parquet round trip cannot run")
-    assert export.main_export(_args("reptest", "--out", str(out), "--format", "parquet", "--percent",
-                                    "--role", "all", "--to", str(tmp_path / "pq"))) == 0
+    assert (
+        export.main_export(
+            _args(
+                "reptest",
+                "--out",
+                str(out),
+                "--format",
+                "parquet",
+                "--percent",
+                "--role",
+                "all",
+                "--to",
+                str(tmp_path / "pq"),
+            )
+        )
+        == 0
+    )
     curves = pd.read_parquet(tmp_path / "pq" / "curves.parquet")
     assert len(curves) == len(export.load(out, role="all")["curves"]) and curves["value"].max() > 1.0
 
@@ -99,8 +129,10 @@ def test_clear_errors_without_traceback(out, tmp_path, monkeypatch, capsys):
     assert "--suite-version 'x': a number or 'all'" in capsys.readouterr().err
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyarrow" else real(name, *a))
-    assert export.main_export(_args("reptest", "--out", str(out), "--format", "parquet",
-                                    "--to", str(tmp_path / "pq"))) == 2
+    assert (
+        export.main_export(_args("reptest", "--out", str(out), "--format", "parquet", "--to", str(tmp_path / "pq")))
+        == 2
+    )
     msg = capsys.readouterr().err
     assert "needs the Python package 'pyarrow'" in msg and "--format csv" in msg
     assert not (tmp_path / "pq").exists()  # nothing half-written

@@ -1,12 +1,13 @@
 """Memory measured fairly: the CUDA peak counts the training steps above what is resident before training
 (data splits, parameters), and ASGE's step saves only its conv / ReLU / goodness graph (its pooling and
 LayerNorm hand-off runs without a graph, with the same values)."""
+
 import torch
 
-from ffbench import backbones
-from ffbench.method import Context
-from ffbench.registry import METHODS
-from ffbench.train import SavedTensorMeter, TrainingPeak
+from ffbench.core.method import Context
+from ffbench.core.registry import METHODS
+from ffbench.training import backbones
+from ffbench.training.train import SavedTensorMeter, TrainingPeak
 
 
 def test_training_peak_is_above_the_resident_memory_and_excludes_evaluation():
@@ -54,7 +55,7 @@ def test_asge_step_saves_its_analytic_size():
         p = m.patches[k]
         # conv input, ReLU map (its square reuses it), the fixed projection (a buffer), log-softmax output,
         # int64 targets and the loss's total weight; nothing of the RMS pooling or the LayerNorm
-        analytic = 4 * (B * c_in * 16 * 16 // (4 ** k) + B * c * hw * hw + K * c * p * p + B * K) + 8 * B + 4
+        analytic = 4 * (B * c_in * 16 * 16 // (4**k) + B * c * hw * hw + K * c * p * p + B * K) + 8 * B + 4
         assert meter.peak == analytic, (k, meter.peak, analytic)
         assert x_next.grad_fn is None and not x_next.requires_grad
         with torch.no_grad():
@@ -68,9 +69,11 @@ def test_asge_numbers_do_not_depend_on_the_graph_change():
     x, y = torch.randn(8, 1, 16, 16), torch.arange(8) % 10
     a.train_step(x, y)
     # b: the same step with the block output computed inside the graph (the former way)
+    h = x
     for k, unit in enumerate(b.backbone.units):
-        yk, out = unit.forward_pair(x if k == 0 else h)
-        from methods.asge import patch_goodness
+        yk, out = unit.forward_pair(h)
+        from ffbench.methods.asge import patch_goodness
+
         loss = b.unit_loss(k, b.heads[k](patch_goodness(yk, b.patches[k], "adaptive", "sum")), y)
         b.opts[k].zero_grad()
         loss.backward()

@@ -2,6 +2,7 @@
 code, with real processes, real SQLite stores and real MLflow databases. What must hold every time: every
 run recorded exactly once in the store and mirrored exactly once into MLflow, and a local kill resumed at
 once rather than after the lease."""
+
 import errno
 import gc
 import os
@@ -19,10 +20,10 @@ import pytest
 pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from ffbench import manifest as manifest_module  # noqa: E402
 from ffbench import tracking  # noqa: E402
 from ffbench.cli import main  # noqa: E402
-from ffbench.store import DONE, FAILED, PENDING, RUNNING, Store  # noqa: E402
+from ffbench.record import manifest as manifest_module  # noqa: E402
+from ffbench.record.store import DONE, FAILED, PENDING, RUNNING, Store  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITE = """
@@ -62,8 +63,14 @@ def env(**extra) -> dict:
 
 
 def ffbench(*args, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ffbench.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=kw.pop("env", env()), **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ffbench.cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=kw.pop("env", env()),
+        **kw,
+    )
 
 
 def finish(proc: subprocess.Popen, timeout=240) -> tuple[int, str, str]:
@@ -109,8 +116,11 @@ def mlflow_children(db: Path, suite: str) -> tuple[Counter, list]:
     exp = client.get_experiment_by_name(suite)
     runs = client.search_runs([exp.experiment_id], max_results=5000)
     tracking._forget_engine(f"sqlite:///{db}")  # the next look opens the file anew (a test replaces it)
-    kids = Counter((r.data.tags["ffbench.run_id"], r.data.tags.get("ffbench.generation", "0")) for r in runs
-                   if r.data.tags.get("ffbench.kind") in ("evaluation", "tuning"))
+    kids = Counter(
+        (r.data.tags["ffbench.run_id"], r.data.tags.get("ffbench.generation", "0"))
+        for r in runs
+        if r.data.tags.get("ffbench.kind") in ("evaluation", "tuning")
+    )
     return kids, [r for r in runs if r.data.tags.get("ffbench.kind") == "cell"]
 
 
@@ -126,7 +136,7 @@ def assert_complete(out: Path, suite: str, n_runs: int, n_cells: int) -> None:
 # ---------------------------------------------------------------- kills and interrupts
 KILL_AFTER_STORE = """
 import os, signal, sys
-from ffbench import execute
+from ffbench.execution import execute
 real = execute._mirror
 count = []
 def mirror_then_die(env, run_id):
@@ -142,9 +152,24 @@ sys.exit(main(sys.argv[1:]))
 
 def test_sigkill_between_store_and_mirror_then_sync(tmp_path):
     path, out = suite_file(tmp_path), tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-c", KILL_AFTER_STORE, "run", str(path), "--out", str(out),
-                             "--no-progress", "--device", "cpu"], env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            KILL_AFTER_STORE,
+            "run",
+            str(path),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     code, _, err = finish(proc)
     assert code == -signal.SIGKILL, err[-2000:]
     store = Store(out / "results.db")
@@ -210,8 +235,19 @@ def test_unreachable_mlflow_then_sync(tmp_path, capsys):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     path, out = suite_file(tmp_path), tmp_path / "out"
-    code = main(["run", str(path), "--out", str(out), "--no-progress", "--device", "cpu",
-                 "--tracking-uri", f"http://127.0.0.1:{port}"])
+    code = main(
+        [
+            "run",
+            str(path),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--tracking-uri",
+            f"http://127.0.0.1:{port}",
+        ]
+    )
     printed = capsys.readouterr()
     assert code == 0 and (out / "table.md").exists() and (out / "results.csv").exists()
     assert "4 finished run(s) of 'faults' await mirroring" in printed.out and "Traceback" not in printed.err
@@ -224,7 +260,7 @@ def test_unreachable_mlflow_then_sync(tmp_path, capsys):
 def test_read_only_mlflow_database_does_not_stop_the_suite(tmp_path, capsys):
     path, out = suite_file(tmp_path, methods='["bp"]'), tmp_path / "out"
     assert main(["run", str(path), "--out", str(out), "--no-progress", "--device", "cpu", "--no-tracking"]) == 0
-    from ffbench.tracking import Tracker, default_tracking_uri
+    from ffbench.record.tracking import Tracker, default_tracking_uri
 
     Tracker(default_tracking_uri(out), out / "mlartifacts")  # an MLflow database exists, then turns read-only
     os.chmod(out / "mlflow.db", 0o444)
@@ -244,8 +280,9 @@ def test_three_independent_workers(tmp_path, existing):
     if existing:  # an mlflow.db that already holds another suite's experiment
         other = suite_file(tmp_path, name="other", methods='["bp"]', epochs=1)
         assert main(["run", str(other), "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
-    procs = [ffbench("worker", path, "--out", out, "--no-progress", "--device", "cpu", "--poll", "0.2")
-             for _ in range(3)]
+    procs = [
+        ffbench("worker", path, "--out", out, "--no-progress", "--device", "cpu", "--poll", "0.2") for _ in range(3)
+    ]
     results = [finish(p) for p in procs]
     assert [r[0] for r in results] == [0, 0, 0], [r[2][-2000:] for r in results]
     assert_complete(out, "faults", 6, 3)
@@ -291,15 +328,15 @@ def test_an_emptied_store_retrains_without_duplicating_mlflow_children(tmp_path)
 
 def test_infrastructure_errors_stop_the_suite_and_leave_the_run_pending(tmp_path, capsys, monkeypatch):
     path, out = suite_file(tmp_path, methods='["bp"]'), tmp_path / "out"
-    import ffbench.train
+    import ffbench.training.train
 
     def disk_full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    import ffbench.batched
+    import ffbench.training.batched
 
-    monkeypatch.setattr(ffbench.train, "fit", disk_full)
-    monkeypatch.setattr(ffbench.batched, "fit_seeds", disk_full)  # the cell's seeds train together by default
+    monkeypatch.setattr(ffbench.training.train, "fit", disk_full)
+    monkeypatch.setattr(ffbench.training.batched, "fit_seeds", disk_full)  # the cell's seeds train together by default
     code = main(["run", str(path), "--out", str(out), "--no-progress", "--device", "cpu", "--no-tracking"])
     err = capsys.readouterr().err
     assert code == 3 and "the disk is full" in err and "stays pending" in err and "Traceback" not in err
@@ -307,8 +344,10 @@ def test_infrastructure_errors_stop_the_suite_and_leave_the_run_pending(tmp_path
     assert {r["status"] for r in rows} == {PENDING} and not Store(out / "results.db").rows("faults", status=FAILED)
     # unreadable data stops the planner before anything is claimed
     bad = tmp_path / "bad.toml"
-    bad.write_text(SUITE.format(name="bad", methods='["bp"]', epochs=1).replace(
-        '"synthetic"', '"fashion-mnist"') + f'\n[datasets.fashion-mnist]\nroot = "{tmp_path}"\n')
+    bad.write_text(
+        SUITE.format(name="bad", methods='["bp"]', epochs=1).replace('"synthetic"', '"fashion-mnist"')
+        + f'\n[datasets.fashion-mnist]\nroot = "{tmp_path}"\n'
+    )
     code = main(["run", str(bad), "--out", str(tmp_path / "bad"), "--no-progress", "--no-tracking"])
     assert code == 2 and "fashion-mnist" in capsys.readouterr().err
     assert not (tmp_path / "bad" / "results.db").exists()
@@ -328,9 +367,9 @@ def test_git_state_is_read_without_taking_locks(monkeypatch):
 
 
 # ---------------------------------------------------------------- code identity and reruns
-PLUGIN = '''
-from ffbench.method import method_card
-from methods.bp import BP
+PLUGIN = """
+from ffbench.core.method import method_card
+from ffbench.methods.bp import BP
 
 
 @method_card(name="myplug", family="myplug", summary="backprop under another name (a plugin for tests)",
@@ -338,7 +377,7 @@ from methods.bp import BP
              capabilities=BP.card.capabilities)
 class MyPlug(BP):
     pass
-'''
+"""
 
 
 def test_changed_plugin_code_makes_its_cells_new_and_rerun_executes_on_purpose(tmp_path):
@@ -378,8 +417,9 @@ def small_disk(tmp_path):
     """A real 2 MB file system (tmpfs; needs root): the disk fills up for real."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True,
-                             text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True, text=True
+    )
     if mounted.returncode:
         pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip() or mounted.returncode}")
     yield disk
@@ -443,8 +483,9 @@ def test_a_half_created_mlflow_database_is_made_again_from_the_store(tmp_path, c
     MlflowClient(uri).search_experiments()  # a database with MLflow's tables, no run yet
     tracking._forget_engine(uri)
     with sqlite3.connect(db) as c:
-        c.execute("CREATE TABLE _alembic_tmp_jobs (x)" if damage == "migration cut short"
-                  else "DELETE FROM alembic_version")
+        c.execute(
+            "CREATE TABLE _alembic_tmp_jobs (x)" if damage == "migration cut short" else "DELETE FROM alembic_version"
+        )
     capsys.readouterr()
     assert main(["sync", str(path), "--out", str(out)]) == 0
     assert "half-created" in capsys.readouterr().err
@@ -461,8 +502,9 @@ def test_a_half_created_mlflow_database_is_made_again_from_the_store(tmp_path, c
 
 
 # ---------------------------------------------------------------- leases
-@pytest.mark.parametrize("option", [("--lease", "-1"), ("--lease", "0"), ("--lease", "1e9"), ("--poll", "-1"),
-                                    ("--poll", "0")])
+@pytest.mark.parametrize(
+    "option", [("--lease", "-1"), ("--lease", "0"), ("--lease", "1e9"), ("--poll", "-1"), ("--poll", "0")]
+)
 def test_lease_and_poll_outside_their_range_are_refused_before_anything_is_claimed(tmp_path, capsys, option):
     path, out = suite_file(tmp_path), tmp_path / "out"
     command = "worker" if option[0] == "--poll" else "run"
@@ -479,12 +521,30 @@ def test_a_heartbeat_from_the_future_is_clock_skew_with_a_stated_rule(tmp_path, 
     lease = 2.0
     with sqlite3.connect(out / "results.db") as c:  # a foreign host's claims: one far ahead, one a little ahead
         for row, ahead in ((rows[0], 1e6), (rows[1], lease / 2)):
-            c.execute("UPDATE runs SET status = 'running', worker = 'farhost:1', host = 'farhost', pid = 1, "
-                      "heartbeat = ? WHERE run_id = ?", (time.time() + ahead, row["run_id"]))
+            c.execute(
+                "UPDATE runs SET status = 'running', worker = 'farhost:1', host = 'farhost', pid = 1, "
+                "heartbeat = ? WHERE run_id = ?",
+                (time.time() + ahead, row["run_id"]),
+            )
     capsys.readouterr()
     t0 = time.time()
-    assert main(["run", str(path), "--out", str(out), "--no-progress", "--device", "cpu", "--no-tracking",
-                 "--lease", str(lease)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(path),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--device",
+                "cpu",
+                "--no-tracking",
+                "--lease",
+                str(lease),
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert time.time() - t0 < 60
     assert err.count("waiting for 1 run(s) held by farhost:1") == 1 and "clock skew" in err
@@ -553,7 +613,7 @@ def test_nothing_is_written_outside_the_output_folder(tmp_path, how):
 def test_a_signal_lost_in_a_finalizer_still_stops_the_run_at_the_next_epoch(capsys):
     """A signal handler's exception is swallowed when the signal lands while a finalizer runs (Python calls it
     unraisable): ``check_interrupted``, called at each epoch's end, raises it again, and nothing is printed."""
-    from ffbench import pool
+    from ffbench.execution import pool
 
     class SignalsWhenFreed:
         def __del__(self):

@@ -1,18 +1,19 @@
 """ff.hinton: loss formulas, layer-1 overlay algebra, negatives, stop-gradient, the joint step (memory,
 frozen layers, learning rates), option checks, and that it learns digits."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import ffbench.method
-import methods.ff as ff
-from ffbench import backbones
-from ffbench.config import RunConfig
-from ffbench.method import Context
-from ffbench.registry import METHODS
-from ffbench.train import SavedTensorMeter, fit, method_options
+import ffbench.core.method
+import ffbench.methods.ff as ff
+from ffbench.core.config import RunConfig
+from ffbench.core.method import Context
+from ffbench.core.registry import METHODS
+from ffbench.training import backbones
+from ffbench.training.train import SavedTensorMeter, fit, method_options
 
 
 def sp(u):
@@ -21,8 +22,13 @@ def sp(u):
 
 def make(widths=(16, 16, 16), in_shape=(1, 8, 8), k=10, epochs=2, backbone="mlp", optimizer="sgd", **opts):
     bb = backbones.build(backbone, in_shape, k, {"widths": list(widths)} if backbone == "mlp" else {})
-    ctx = Context(device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), optimizer=optimizer,
-                  lr=1e-3, epochs=epochs)
+    ctx = Context(
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        optimizer=optimizer,
+        lr=1e-3,
+        epochs=epochs,
+    )
     options = method_options(RunConfig(method="ff.hinton", dataset="digits", backbone=backbone, method_options=opts))
     return METHODS.get("ff.hinton").obj(bb, k, options, ctx)
 
@@ -97,7 +103,7 @@ def test_no_gradient_crosses_a_layer_boundary(monkeypatch):
     """One step of the summed losses, and each loss reaches its own layer (or the read-out) alone."""
     m = make(widths=(16, 16, 16))
     losses, touched, steps = [], [], []
-    unit_losses, readouts, real_step = m.unit_losses, m.train_readouts, ffbench.method.step
+    unit_losses, readouts, real_step = m.unit_losses, m.train_readouts, ffbench.core.method.step
 
     def recording_losses(k, scores, y):
         losses.append(unit_losses(k, scores, y))
@@ -112,14 +118,19 @@ def test_no_gradient_crosses_a_layer_boundary(monkeypatch):
         names, params = zip(*m.named_parameters())
         for part in losses:
             grads = torch.autograd.grad(part, params, retain_graph=True, allow_unused=True)
-            touched.append({n.split(".")[2] if n.startswith("backbone") else "head"
-                            for n, g in zip(names, grads) if g is not None and g.abs().sum() > 0})
+            touched.append(
+                {
+                    n.split(".")[2] if n.startswith("backbone") else "head"
+                    for n, g in zip(names, grads)
+                    if g is not None and g.abs().sum() > 0
+                }
+            )
         steps.append(opt)
         real_step(opt, loss)
 
     monkeypatch.setattr(m, "unit_losses", recording_losses)
     monkeypatch.setattr(m, "train_readouts", recording_readouts)
-    monkeypatch.setattr(ffbench.method, "step", recording_step)
+    monkeypatch.setattr(ffbench.core.method, "step", recording_step)
     stats = m.train_step(torch.randn(8, 1, 8, 8), torch.arange(8))
     assert touched == [{"0"}, {"1"}, {"2"}, {"head"}] and steps == [m.opt]
     assert {"loss", "loss.unit1", "loss.unit2", "loss.unit3", "loss.head"} <= set(stats)
@@ -143,14 +154,18 @@ def test_joint_step_holds_every_layer_until_the_step():
 def test_layers_that_do_not_train_stay_as_they_are(optimizer):
     """A layer outside its greedy window, or frozen by adaptation, gets no gradient and no update (Adam's
     zero-gradient update would move it); the others and the read-out train."""
+
     def step_changes(m, epoch):
         m.start_epoch(epoch)
         before = {n: p.detach().clone() for n, p in m.named_parameters()}
         x, y = torch.randn(8, 1, 8, 8), torch.arange(8)
         for _ in range(2):
             m.train_step(x, y)
-        return {n.split(".")[2] if n.startswith("backbone") else n for n, p in m.named_parameters()
-                if not torch.equal(before[n], p)}
+        return {
+            n.split(".")[2] if n.startswith("backbone") else n
+            for n, p in m.named_parameters()
+            if not torch.equal(before[n], p)
+        }
 
     m = make(widths=(16, 16, 16), epochs=6, training="greedy", optimizer=optimizer)
     step_changes(m, 0)  # layer 1 trains first: its optimizer state exists when it stops training
@@ -212,9 +227,21 @@ def test_bad_options_are_rejected():
 
 
 def test_learns_digits():
-    r = fit(RunConfig(method="ff.hinton", dataset="digits", backbone="mlp", epochs=8, batch_size=100,
-                      optimizer="sgd", lr=3e-3, weight_decay=3e-4, schedule="cooldown",
-                      backbone_options={"widths": [256, 256]}), "cpu")
+    r = fit(
+        RunConfig(
+            method="ff.hinton",
+            dataset="digits",
+            backbone="mlp",
+            epochs=8,
+            batch_size=100,
+            optimizer="sgd",
+            lr=3e-3,
+            weight_decay=3e-4,
+            schedule="cooldown",
+            backbone_options={"widths": [256, 256]},
+        ),
+        "cpu",
+    )
     assert r.status == "done"
     # chance is 0.10; the goodness rule on 8x8 digits is weaker (the label takes 10 of the 64 inputs)
     assert r.metrics["test_acc.goodness"] > 0.6 and r.metrics["test_acc.softmax"] > 0.8, r.metrics
@@ -226,15 +253,28 @@ def test_design_hook_names_bad_cells():
     ok = RunConfig("ff.hinton", "digits", "mlp", backbone_options={"widths": [8, 8]})
     assert cls.skip(ok) is None
     assert "mixed scale" in cls.skip(RunConfig("ff.hinton", "digits", "mlp", method_options={"norm": "l2"}))
-    assert "greedy" in cls.skip(RunConfig("ff.hinton", "digits", "mlp", epochs=2,
-                                                  method_options={"training": "greedy"},
-                                                  backbone_options={"widths": [8, 8, 8]}))
+    assert "greedy" in cls.skip(
+        RunConfig(
+            "ff.hinton",
+            "digits",
+            "mlp",
+            epochs=2,
+            method_options={"training": "greedy"},
+            backbone_options={"widths": [8, 8, 8]},
+        )
+    )
 
 
 def test_every_option_value_trains_and_evaluates():
     x, y = torch.randn(6, 1, 8, 8), torch.arange(6)
-    values = {"negatives": ff.NEGATIVES, "scale": tuple(ff.SCALES), "vote": ("all", "last"),
-              "training": ("greedy",), "pixels": ("as-given",), "init": ("torch",)}
+    values = {
+        "negatives": ff.NEGATIVES,
+        "scale": tuple(ff.SCALES),
+        "vote": ("all", "last"),
+        "training": ("greedy",),
+        "pixels": ("as-given",),
+        "init": ("torch",),
+    }
     for key, levels in values.items():  # one option at a time, the others at their defaults
         for level in levels:
             m = make(widths=(8, 8), **{key: level})

@@ -1,6 +1,7 @@
 """Live MLflow tracking on a real SQLite MLflow store: a run's epochs are visible while it trains, its child
 is RUNNING until the mirror finishes it, replaying the store adds no point, parents last as long as their
 cell, and the experiment opens on the run table."""
+
 import textwrap
 import time
 
@@ -9,9 +10,10 @@ import pytest
 pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from ffbench import runner, tracking  # noqa: E402
-from ffbench.store import Store  # noqa: E402
-from ffbench.workers import work  # noqa: E402
+from ffbench import tracking  # noqa: E402
+from ffbench.execution import runner
+from ffbench.execution.workers import work  # noqa: E402
+from ffbench.record.store import Store  # noqa: E402
 
 SUITE = """
 [suite]
@@ -122,7 +124,7 @@ def test_an_abandoned_attempt_is_replaced_not_extended(live_run):
 def test_parent_lasts_from_its_first_run_start_to_its_last_run_end(live_run):
     out, _, client, exp_id, _ = live_run
     rows = Store(out / "results.db").rows("live")
-    parent, = client.search_runs([exp_id], "tags.`ffbench.kind` = 'cell'")
+    (parent,) = client.search_runs([exp_id], "tags.`ffbench.kind` = 'cell'")
     assert parent.info.status == "FINISHED"
     assert parent.info.start_time == round(min(r["started"] for r in rows) * 1000)
     assert parent.info.end_time == round(max(r["finished"] for r in rows) * 1000)

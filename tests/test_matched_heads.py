@@ -1,14 +1,15 @@
 """Architecture-matched BP baselines: `head = "match:<method>"` gives bp / bp.deepsup the local method's heads,
 unit outputs and hand-off (inside the graph), so on the same weights and input their per-unit scores, rules
 and hand-offs equal the local method's; linear heads pool by average or flatten."""
+
 import pytest
 import torch
 
-from ffbench import backbones
-from ffbench.config import RunConfig
-from ffbench.method import Context, LinearHead
-from ffbench.registry import METHODS
-from ffbench.train import fit
+from ffbench.core.config import RunConfig
+from ffbench.core.method import Context, LinearHead
+from ffbench.core.registry import METHODS
+from ffbench.training import backbones
+from ffbench.training.train import fit
 
 CASES = {  # match -> (local method, backbone, options, input shape)
     "cwc": ("cwc", "cnn.cfse", {"channels": [20, 20, 40, 40]}, (1, 8, 8)),
@@ -86,7 +87,14 @@ def test_linear_head_pools_by_average_or_flatten():
 def test_match_cwc_elsewhere_is_skipped_and_a_matched_run_trains():
     cfg = RunConfig(method="bp.deepsup", dataset="synthetic", backbone="mlp", method_options={"head": "match:cwc"})
     assert "needs CwC's backbone" in METHODS.get("bp.deepsup").obj.skip(cfg)
-    cfg = RunConfig(method="bp.deepsup", dataset="synthetic", backbone="vgg.asge", epochs=1, batch_size=32,
-                    method_options={"head": "match:asge"}, backbone_options={"channels": [8, 16], "pool": [0]})
+    cfg = RunConfig(
+        method="bp.deepsup",
+        dataset="synthetic",
+        backbone="vgg.asge",
+        epochs=1,
+        batch_size=32,
+        method_options={"head": "match:asge"},
+        backbone_options={"channels": [8, 16], "pool": [0]},
+    )
     r = fit(cfg, "cpu")
     assert r.status == "done" and {"test_acc.asge.linear", "test_acc.asge.sum", "test_acc.unit2"} <= set(r.metrics)

@@ -1,6 +1,7 @@
 """`ffbench merge` and `ffbench compare` end to end, on stores written by real `ffbench run` processes: one suite
 split across two folders (--cells), the whole suite again in a third, a second version with one setting
 changed, and a store of another suite."""
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ffbench import resultset
-from ffbench.store import Store
+from ffbench.record import resultset
+from ffbench.record.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITE = """
@@ -40,8 +41,14 @@ widths = {widths}
 
 def ffbench(*args) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "FFBENCH_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "ffbench.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "ffbench.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=ROOT,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +64,14 @@ def stores(tmp_path_factory):
     other.write_text(SUITE.format(name="another", version=1, widths="[16, 16]"))
     changed = d / "changed.toml"  # version 1 with a setting changed: new cells, the old ones superseded
     changed.write_text(SUITE.format(name="split", version=1, widths="[20, 16]"))
-    for args in ((v1, "--out", d / "a", "--cells", "bp"), (v1, "--out", d / "b", "--cells", "bp.deepsup"),
-                 (v1, "--out", d / "whole"), (v2, "--out", d / "whole"),
-                 (other, "--out", d / "other", "--cells", "bp", "--seeds", "0"),
-                 (changed, "--out", d / "changed", "--cells", "bp", "--seeds", "0")):
+    for args in (
+        (v1, "--out", d / "a", "--cells", "bp"),
+        (v1, "--out", d / "b", "--cells", "bp.deepsup"),
+        (v1, "--out", d / "whole"),
+        (v2, "--out", d / "whole"),
+        (other, "--out", d / "other", "--cells", "bp", "--seeds", "0"),
+        (changed, "--out", d / "changed", "--cells", "bp", "--seeds", "0"),
+    ):
         if args[0] == changed:
             shutil.copytree(d / "a", d / "changed")
         r = ffbench("run", *args, "--no-tracking", "--no-progress")
@@ -92,8 +103,9 @@ def test_merge_two_folders_then_the_same_store_again(stores, tmp_path):
     before = (dest / "results.db").read_bytes()
     again = ffbench("merge", dest, stores / "a", "--no-tracking")
     assert again.returncode == 0, again.stderr
-    assert [ln.split()[1:] for ln in again.stdout.splitlines() if ln.startswith(str(stores / "a"))] == \
-        [["3", "0", "0", "3", "0"]]
+    assert [ln.split()[1:] for ln in again.stdout.splitlines() if ln.startswith(str(stores / "a"))] == [
+        ["3", "0", "0", "3", "0"]
+    ]
     assert "0 run(s) written" in again.stdout
     assert len(Store(dest / "results.db").rows("split")) == 6
     assert before == (dest / "results.db").read_bytes()  # nothing at all written
@@ -115,8 +127,10 @@ def test_a_run_with_different_results_in_two_stores_is_a_conflict(stores, tmp_pa
     shutil.copytree(stores / "a", elsewhere)
     con = sqlite3.connect(elsewhere / "results.db")
     run_id, metrics = con.execute("SELECT run_id, metrics FROM runs WHERE seed = 1").fetchone()
-    con.execute("UPDATE runs SET metrics = ? WHERE run_id = ?",
-                (metrics.replace('"test_acc": ', '"test_acc": 0.5, "was": '), run_id))
+    con.execute(
+        "UPDATE runs SET metrics = ? WHERE run_id = ?",
+        (metrics.replace('"test_acc": ', '"test_acc": 0.5, "was": '), run_id),
+    )
     con.commit()
     con.close()
     dest = tmp_path / "merged"
@@ -184,8 +198,8 @@ def test_superseded_cells_stay_superseded_and_a_different_design_is_refused(stor
 
 
 def test_a_finished_run_replaces_the_same_run_pending_in_dest(stores, tmp_path):
-    from ffbench import runner
-    from ffbench.runner import init_suite
+    from ffbench.execution import runner
+    from ffbench.execution.runner import init_suite
 
     # DEST planned (every run registered pending, as `ffbench run` does before training) but not trained
     suite, design, _ = runner.prepare(str(stores / "v1.toml"))
@@ -193,8 +207,9 @@ def test_a_finished_run_replaces_the_same_run_pending_in_dest(stores, tmp_path):
     init_suite(suite, design, Store(dest / "results.db"))
     r = ffbench("merge", dest, stores / "a", "--no-tracking")
     assert r.returncode == 0, r.stderr
-    assert [ln.split()[1:] for ln in r.stdout.splitlines() if ln.startswith(str(stores / "a"))] == \
-        [["3", "0", "3", "0", "0"]]  # runs, added, updated, identical, conflicts
+    assert [ln.split()[1:] for ln in r.stdout.splitlines() if ln.startswith(str(stores / "a"))] == [
+        ["3", "0", "3", "0", "0"]
+    ]  # runs, added, updated, identical, conflicts
     statuses = pd.Series({row["run_id"]: row["status"] for row in Store(dest / "results.db").rows("split")})
     assert (statuses == "done").sum() == 3 and (statuses == "pending").sum() == 3
 
@@ -203,7 +218,7 @@ def test_the_unpaired_interval_is_welchs():
     import numpy as np
     from scipy import stats as sps
 
-    from ffbench.compare_runs import welch
+    from ffbench.analysis.compare_runs import welch
 
     a, b = np.array([0.70, 0.72, 0.75]), np.array([0.80, 0.79, 0.85, 0.83])
     d, lo, hi = welch(a, b)

@@ -1,5 +1,6 @@
 """The MLflow mirror as a replayable projection of the store: idempotent writes, sync, parents created once
 across processes, and a tracker that degrades instead of blocking when the server is down."""
+
 import os
 import socket
 import subprocess
@@ -15,9 +16,9 @@ pytest.importorskip("mlflow")  # imported once for the whole module (it is slow)
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from ffbench import tracking  # noqa: E402
-from ffbench.config import RunConfig  # noqa: E402
-from ffbench.store import DONE, FAILED, Store  # noqa: E402
-from ffbench.tracking import Tracker, mirror, sync  # noqa: E402
+from ffbench.core.config import RunConfig  # noqa: E402
+from ffbench.record.store import DONE, FAILED, Store  # noqa: E402
+from ffbench.record.tracking import Tracker, mirror, sync  # noqa: E402
 
 SUITE = "mirror-suite"
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,10 +29,25 @@ def result():
     """What a finished run leaves in the store (the shape train.fit returns): two epochs of curves with
     per-rule and per-unit accuracies, final metrics and compute figures."""
     config = RunConfig("bp", "synthetic", "mlp", seed=0, epochs=2, batch_size=64, backbone_options={"widths": [16]})
-    curves = [{"epoch": e, "train_loss": 2.0 / e, "val_acc": 0.3 * e, "val_acc.unit1": 0.2 * e,
-               "test_acc": 0.29 * e, "epoch_time_s": 0.01} for e in (1, 2)]
-    metrics = {"val_acc": 0.6, "test_acc": 0.58, "test_acc.last_epoch": 0.58, "test_acc.unit1": 0.4,
-               "best_epoch": 2, "diverged": float("nan")}
+    curves = [
+        {
+            "epoch": e,
+            "train_loss": 2.0 / e,
+            "val_acc": 0.3 * e,
+            "val_acc.unit1": 0.2 * e,
+            "test_acc": 0.29 * e,
+            "epoch_time_s": 0.01,
+        }
+        for e in (1, 2)
+    ]
+    metrics = {
+        "val_acc": 0.6,
+        "test_acc": 0.58,
+        "test_acc.last_epoch": 0.58,
+        "test_acc.unit1": 0.4,
+        "best_epoch": 2,
+        "diverged": float("nan"),
+    }
     compute = {"epoch_time_s": 0.01, "images_per_s": 5e4, "saved_bytes_per_step": 1.5e5, "device": "cpu"}
     return config, SimpleNamespace(metrics=metrics, curves=curves, compute=compute)
 
@@ -43,16 +59,34 @@ def make_store(tmp_path, result, n_cells=2, seeds=(0, 1), finish=True) -> Store:
     for c in range(n_cells):
         factors = {"method": "bp", "dataset": "synthetic", "backbone": "mlp", "lr": c}
         for seed in seeds:
-            rows.append({"run_id": f"r{c}s{seed}", "suite": SUITE, "suite_version": 1, "cell_id": f"cell{c}",
-                         "role": "evaluation", "seed": seed, "trial": None, "factors": factors,
-                         "config": dict(config.to_dict(), seed=seed)})
+            rows.append(
+                {
+                    "run_id": f"r{c}s{seed}",
+                    "suite": SUITE,
+                    "suite_version": 1,
+                    "cell_id": f"cell{c}",
+                    "role": "evaluation",
+                    "seed": seed,
+                    "trial": None,
+                    "factors": factors,
+                    "config": dict(config.to_dict(), seed=seed),
+                }
+            )
     store.add_runs(rows)
     if finish:
         for r in rows:
             assert store.claim(r["run_id"], "w", 60)
             status = FAILED if r["run_id"] == "r0s1" else DONE
-            store.finish(r["run_id"], "w", status, metrics=res.metrics, curves=res.curves, compute=res.compute,
-                         manifest={"ffbench": "test"}, error="boom" if status == FAILED else None)
+            store.finish(
+                r["run_id"],
+                "w",
+                status,
+                metrics=res.metrics,
+                curves=res.curves,
+                compute=res.compute,
+                manifest={"ffbench": "test"},
+                error="boom" if status == FAILED else None,
+            )
     return store
 
 
@@ -95,9 +129,21 @@ def test_mirroring_a_row_twice_gives_one_complete_child(tmp_path, result):
 
 def test_sync_replays_what_the_store_holds_and_mlflow_lacks(tmp_path, result):
     store = make_store(tmp_path, result, n_cells=2, seeds=(0, 1, 2))
-    store.add_runs([{"run_id": "pending", "suite": SUITE, "suite_version": 1, "cell_id": "cell0",
-                     "role": "evaluation", "seed": 9, "trial": None, "factors": {"method": "bp"},
-                     "config": result[0].to_dict()}])
+    store.add_runs(
+        [
+            {
+                "run_id": "pending",
+                "suite": SUITE,
+                "suite_version": 1,
+                "cell_id": "cell0",
+                "role": "evaluation",
+                "seed": 9,
+                "trial": None,
+                "factors": {"method": "bp"},
+                "config": result[0].to_dict(),
+            }
+        ]
+    )
     t = tracker_for(tmp_path)
     assert mirror(store, t, "r1s0")  # one was mirrored live before the interruption
     calls = []
@@ -105,7 +151,8 @@ def test_sync_replays_what_the_store_holds_and_mlflow_lacks(tmp_path, result):
     assert calls == [1] and store.unmirrored(SUITE) == []
     kids = children(t)
     assert sorted(k.data.tags["ffbench.run_id"] for k in kids) == sorted(
-        f"r{c}s{s}" for c in range(2) for s in range(3))
+        f"r{c}s{s}" for c in range(2) for s in range(3)
+    )
     assert {k.data.tags["ffbench.run_id"]: k.info.status for k in kids}["r0s1"] == "FAILED"
     assert sorted(p.data.tags["ffbench.cell_id"] for p in parents(t)) == ["cell0", "cell1"]
     by_cell = {p.data.tags["ffbench.cell_id"]: p.info.run_id for p in parents(t)}
@@ -134,7 +181,7 @@ def test_store_migration_adds_the_mirror_column(tmp_path, result):
 RACER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from ffbench.tracking import Tracker
+    from ffbench.record.tracking import Tracker
     out, name = Path(sys.argv[1]), sys.argv[2]
     import mlflow.tracking  # the slow part, before the start line
     (out / f"ready-{name}").touch()
@@ -149,8 +196,16 @@ RACER = textwrap.dedent("""
 
 def test_three_processes_create_one_parent_on_a_fresh_folder(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path), str(i)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env) for i in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(tmp_path), str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(3)
+    ]
     deadline = time.time() + 120
     while len(list(tmp_path.glob("ready-*"))) < 3 and time.time() < deadline:
         time.sleep(0.05)

@@ -3,6 +3,7 @@ aggregates count the runs of the cells the suite's current design declares (conf
 real stores, real MLflow and real processes; superseded runs are kept, named once, shown apart on request
 and deleted only by `ffbench prune`. Also: method-only axes as method variants, no stale verdict or page
 after a method is removed or the version bumped, and the shipped suites' controls."""
+
 from __future__ import annotations
 
 import glob
@@ -13,12 +14,14 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-
-from ffbench import export, resultset, results
-from ffbench.cli import main
-from ffbench.report import report_dir
-from ffbench.store import Store
 from test_faults import PLUGIN  # backprop under another name, a plugin whose code a test edits
+
+from ffbench.analysis import report
+from ffbench.analysis.report import report_dir
+from ffbench.cli import main
+from ffbench.execution import results
+from ffbench.record import export, resultset
+from ffbench.record.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITE = """
@@ -48,10 +51,15 @@ def write(path: Path, name="onerec", version=1, methods='["bp", "myplug"]', extr
 
 
 def ffbench(*args: str, plugins: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(plugins)]), "OMP_NUM_THREADS": "1",
-           "FFBENCH_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "ffbench.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(plugins)]),
+        "OMP_NUM_THREADS": "1",
+        "FFBENCH_THREADS": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "ffbench.cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def plugin_dir(tmp_path: Path) -> Path:
@@ -107,8 +115,11 @@ def test_a_changed_plugin_and_setting_count_once_in_every_reader(tmp_path, capsy
     assert len(table) == 6 and set(table["cell_id"]) == set(res.frame["cell_id"])
 
     # MLflow: the current cells' parents carry the same n and verdict; the superseded ones are tagged so
-    current = {p.data.tags["ffbench.cell_id"]: p for p in parents(out, "onerec")
-               if p.data.tags.get("ffbench.superseded") == "false"}
+    current = {
+        p.data.tags["ffbench.cell_id"]: p
+        for p in parents(out, "onerec")
+        if p.data.tags.get("ffbench.superseded") == "false"
+    }
     assert set(current) == res.cells
     assert sorted(int(p.data.metrics["n"]) for p in current.values()) == [3, 3]
     plug = next(p for p in current.values() if p.data.tags["method"] == "myplug")
@@ -125,8 +136,22 @@ def test_a_changed_plugin_and_setting_count_once_in_every_reader(tmp_path, capsy
     assert every[every["method"] == "myplug"].groupby("superseded")["code_fingerprint"].nunique()[True] == 2
 
     # the report on request shows them apart, never pooled
-    assert main(["report", "onerec", "--out", str(out), "--kind", "comparison", "--include-superseded",
-                 "--resamples", "500"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "onerec",
+                "--out",
+                str(out),
+                "--kind",
+                "comparison",
+                "--include-superseded",
+                "--resamples",
+                "500",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "(superseded " in text and "n=6" not in text and "shown apart" in text
 
@@ -176,10 +201,10 @@ def test_a_removed_method_and_a_version_bump_leave_no_stale_verdict_or_page(tmp_
     assert "suite version 2" in (root / "comparison.html").read_text()
 
 
-VARPLUG = '''
-from ffbench.method import method_card
-from ffbench.options import Option
-from methods.bp import BP
+VARPLUG = """
+from ffbench.core.method import method_card
+from ffbench.core.options import Option
+from ffbench.methods.bp import BP
 
 
 @method_card(name="varplug", family="varplug", summary="backprop with an option of its own (a plugin for tests)",
@@ -188,7 +213,7 @@ from methods.bp import BP
              rules=BP.card.rules, capabilities=BP.card.capabilities)
 class VarPlug(BP):
     pass
-'''
+"""
 
 
 def test_a_method_only_axis_is_a_variant_of_its_method_beside_the_control(tmp_path, monkeypatch, capsys):
@@ -197,8 +222,12 @@ def test_a_method_only_axis_is_a_variant_of_its_method_beside_the_control(tmp_pa
     import varplug  # noqa: F401  (registers the method)
 
     path, out = tmp_path / "var.toml", tmp_path / "out"
-    write(path, name="var", methods='["bp", "varplug"]',
-          tail='[axes.feedback_scale]\nmethod_option = "feedback_scale"\nlevels = [0.5, 1.0]\n')
+    write(
+        path,
+        name="var",
+        methods='["bp", "varplug"]',
+        tail='[axes.feedback_scale]\nmethod_option = "feedback_scale"\nlevels = [0.5, 1.0]\n',
+    )
     assert main(["run", str(path), "--out", str(out), "--no-progress", "--device", "cpu", "--no-tracking"]) == 0
     printed = capsys.readouterr().out
     for variant in ("varplug[feedback_scale=0.5]", "varplug[feedback_scale=1]"):
@@ -216,8 +245,13 @@ def test_a_method_only_axis_is_a_variant_of_its_method_beside_the_control(tmp_pa
 
 def test_an_axis_with_one_level_per_method_leaves_the_control_whole():
     """class-count's `head`: bp at 'linear', bp.deepsup at each matched head; the control stays 'bp'."""
-    frame = pd.DataFrame({"method": ["bp", "bp.deepsup", "bp.deepsup", "sff"],
-                          "head": ["linear", "match:sff", "match:cwc", None], "classes": [2, 2, 2, 2]})
+    frame = pd.DataFrame(
+        {
+            "method": ["bp", "bp.deepsup", "bp.deepsup", "sff"],
+            "head": ["linear", "match:sff", "match:cwc", None],
+            "classes": [2, 2, 2, 2],
+        }
+    )
     folded, factors = resultset.fold_variants(frame, ["method", "head", "classes"], control="bp")
     assert factors == ["method", "classes"]
     assert list(folded["method"]) == ["bp", "bp.deepsup[head=match:sff]", "bp.deepsup[head=match:cwc]", "sff"]
@@ -228,7 +262,7 @@ def test_an_axis_with_one_level_per_method_leaves_the_control_whole():
 
 
 def test_failures_in_words():
-    from ffbench.report_context import fail_rate
+    from ffbench.analysis.report_context import fail_rate
 
     assert fail_rate(0, 3, 0.0, 0.708) == "none of 3"
     assert fail_rate(1, 3, 0.0084, 0.906) == "1 of 3 (1–91%)"
@@ -236,11 +270,11 @@ def test_failures_in_words():
 
 
 def test_every_shipped_suite_runs_its_control_on_every_backbone_it_uses():
-    from ffbench.design import expand
-    from ffbench.registry import METHODS
-    from ffbench.suite import load
+    from ffbench.core.registry import METHODS
+    from ffbench.plan.design import expand
+    from ffbench.plan.suite import load
 
-    for path in sorted(glob.glob(str(ROOT / "suites" / "*.toml"))):
+    for path in sorted(glob.glob(str(ROOT / "ffbench" / "suites" / "*.toml"))):
         suite = load(path)
         cells = [c.factors for c in expand(suite).cells]
         for task in sorted({(c["dataset"], c["backbone"]) for c in cells}):
@@ -260,8 +294,8 @@ def test_the_results_table_and_the_headline_read_the_same_runs(tmp_path, capsys)
     write(path, name="same", methods='["bp", "bp.deepsup"]', extra="lr = 0.1\n")
     assert main(run) == 0
     capsys.readouterr()
-    from ffbench.design import expand
-    from ffbench.suite import load as load_suite
+    from ffbench.plan.design import expand
+    from ffbench.plan.suite import load as load_suite
 
     suite = load_suite(str(path))
     design, store = expand(suite), Store(out / "results.db")
@@ -270,13 +304,15 @@ def test_the_results_table_and_the_headline_read_the_same_runs(tmp_path, capsys)
     store.add_runs([{**{k: old[k] for k in keys}, "run_id": f"{old['cell_id']}-s9", "seed": 9}])  # left pending
     table, _ = results.results_table(store, suite, design)
     agg = results.cell_aggregates(store, suite, design)
-    lines = results.headline(store, "same", "bp", n_resamples=200)
+    lines = report.headline(store, "same", "bp", n_resamples=200)
     for r in table.to_dict("records"):
         cell = next(c for c in design.cells if c.factors["method"] == r["method"])
         assert r["n"] == agg[cell.cell_id]["summary"]["n"] == 3
         assert r["verdict"] == agg[cell.cell_id]["summary"]["verdict_vs_control"]
         if r["method"] != "bp":
-            assert any(ln.startswith(f"  {r['method']} on synthetic / mlp: {r['verdict']}") and "(3 pairs)" in ln
-                       for ln in lines), lines
+            assert any(
+                ln.startswith(f"  {r['method']} on synthetic / mlp: {r['verdict']}") and "(3 pairs)" in ln
+                for ln in lines
+            ), lines
     assert any("7 runs of 2 superseded cells" in ln for ln in lines)
     assert any("All 6 evaluation runs finished" in ln for ln in lines) and not any("not finished" in ln for ln in lines)

@@ -5,6 +5,7 @@ The test starts its own server (initdb + pg_ctl in a temporary directory, on a f
 system user when run as root). It needs the PostgreSQL server binaries (Debian: `apt-get install -y
 postgresql`) and psycopg2 (`pip install -e '.[postgres]'`), and is skipped, saying which is missing, without them.
 """
+
 import glob
 import os
 import pwd
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ffbench.store import DONE, Store
+from ffbench.record.store import DONE, Store
 
 SUITE = """
 [suite]
@@ -66,8 +67,10 @@ def _free_port() -> int:
 def pg_url():
     bindir = _bindir()
     if bindir is None or not (bindir / "pg_ctl").exists():
-        pytest.skip("PostgreSQL server binaries not found (looked in /usr/lib/postgresql/*/bin and on PATH); "
-                    "install them: apt-get install -y postgresql")
+        pytest.skip(
+            "PostgreSQL server binaries not found (looked in /usr/lib/postgresql/*/bin and on PATH); "
+            "install them: apt-get install -y postgresql"
+        )
     try:
         import psycopg2  # noqa: F401
     except ImportError:
@@ -92,13 +95,27 @@ def pg_url():
 
     try:
         run(bindir / "initdb", "-D", data, "-A", "trust", "-U", "ffbench", "-E", "UTF8", "--no-sync")
-        run(bindir / "pg_ctl", "-D", data, "-l", tmp / "log", "-w", "-t", "60", "-o",
-            f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200", "start")
+        run(
+            bindir / "pg_ctl",
+            "-D",
+            data,
+            "-l",
+            tmp / "log",
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            "start",
+        )
         run(bindir / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "ffbench", "ffbench")
         yield f"postgresql+psycopg2://ffbench@127.0.0.1:{port}/ffbench"
     finally:
-        subprocess.run(prefix + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            prefix + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -106,10 +123,10 @@ def pg_url():
 def test_workers_on_two_machines_share_a_suite_through_postgresql(tmp_path, pg_url, write_suite):
     import optuna
 
-    from ffbench import studies
-    from ffbench.design import expand
-    from ffbench.selection import choose_best
-    from ffbench.suite import load
+    from ffbench.execution import studies
+    from ffbench.execution.selection import choose_best
+    from ffbench.plan.design import expand
+    from ffbench.plan.suite import load
 
     path = write_suite(SUITE, "pg")
     env = {**os.environ, "FFBENCH_THREADS": "1"}
@@ -117,9 +134,27 @@ def test_workers_on_two_machines_share_a_suite_through_postgresql(tmp_path, pg_u
     for i in range(2):  # two "machines": no shared local directory, only the database
         out = tmp_path / f"machine{i}"
         outs.append(out)
-        cmd = [sys.executable, "-m", "ffbench.cli", "worker", str(path), "--out", str(out), "--store", pg_url,
-               "--optuna-storage", pg_url, "--device", "cpu", "--lease", "60", "--poll", "0.3", "--no-tracking",
-               "--no-progress"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "ffbench.cli",
+            "worker",
+            str(path),
+            "--out",
+            str(out),
+            "--store",
+            pg_url,
+            "--optuna-storage",
+            pg_url,
+            "--device",
+            "cpu",
+            "--lease",
+            "60",
+            "--poll",
+            "0.3",
+            "--no-tracking",
+            "--no-progress",
+        ]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
     logs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n\n".join(logs)[-4000:]

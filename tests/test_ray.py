@@ -1,6 +1,7 @@
 """The Ray executor on a real two-node Ray cluster on 127.0.0.1: the same results as a local run, a killed
 worker process retried and every run recorded once, a killed driver resumed, tuning with pruning, and a
 node without the data."""
+
 import argparse
 import gzip
 import os
@@ -19,10 +20,11 @@ import pytest
 
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'ffbench[ray]')")
 
-from ffbench import ray_executor, runner, studies  # noqa: E402
-from ffbench.execute import InfrastructureError  # noqa: E402
-from ffbench.store import DONE, PENDING, PRUNED, Store  # noqa: E402
-from ffbench.suite import SuiteError  # noqa: E402
+from ffbench import studies  # noqa: E402
+from ffbench.execution import ray_executor, runner
+from ffbench.execution.execute import InfrastructureError  # noqa: E402
+from ffbench.plan.suite import SuiteError  # noqa: E402
+from ffbench.record.store import DONE, PENDING, PRUNED, Store  # noqa: E402
 
 RAY = Path(sys.executable).with_name("ray")
 # a loopback-only test cluster: no token authentication (Ray turns it on when ~/.ray/auth_token exists)
@@ -71,8 +73,14 @@ def _free_port() -> int:
 
 def _start(args: list[str]) -> subprocess.Popen:
     """`ray start ...` in its own process group: the node's daemons stay in it after `ray start` returns."""
-    p = subprocess.Popen([str(RAY), "start", *args, "--disable-usage-stats"], env=ENV, start_new_session=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(
+        [str(RAY), "start", *args, "--disable-usage-stats"],
+        env=ENV,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     out, _ = p.communicate(timeout=120)
     if p.returncode:
         raise RuntimeError(f"ray start failed:\n{out[-3000:]}")
@@ -95,8 +103,20 @@ def cluster():
     address = f"127.0.0.1:{port}"
     groups = []
     try:
-        groups.append(_start(["--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "1",
-                              "--include-dashboard=false"]).pid)
+        groups.append(
+            _start(
+                [
+                    "--head",
+                    "--node-ip-address",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--num-cpus",
+                    "1",
+                    "--include-dashboard=false",
+                ]
+            ).pid
+        )
         groups.append(_start(["--address", address, "--node-ip-address", "127.0.0.1", "--num-cpus", "1"]).pid)
         yield {"address": address, "head": groups[0], "worker": groups[1]}
     finally:
@@ -110,8 +130,12 @@ def cluster():
 @pytest.fixture
 def write(write_suite):
     def make(name, methods='["bp"]', seeds="[0, 1]", epochs=2, width=16, dataset="synthetic", extra=""):
-        return write_suite(SUITE.format(name=name, methods=methods, seeds=seeds, epochs=epochs, width=width,
-                                        dataset=dataset, extra=extra), name)
+        return write_suite(
+            SUITE.format(
+                name=name, methods=methods, seeds=seeds, epochs=epochs, width=width, dataset=dataset, extra=extra
+            ),
+            name,
+        )
 
     return make
 
@@ -143,8 +167,12 @@ def test_options_are_checked_with_clear_messages():
     parser = argparse.ArgumentParser()
     ray_executor.add_ray_arguments(parser)
     args = parser.parse_args(["--executor", "ray", "--ray-address", "ray://head:10001", "--ray-cpus-per-run", "2"])
-    assert ray_executor.ray_options(args) == {"address": "ray://head:10001", "cpus_per_run": 2, "max_retries": 2,
-                                              "data_dir": None}
+    assert ray_executor.ray_options(args) == {
+        "address": "ray://head:10001",
+        "cpus_per_run": 2,
+        "max_retries": 2,
+        "data_dir": None,
+    }
     with pytest.raises(SuiteError, match=r"--ray-address 'head'.*auto, host:port.*ray://host:port"):
         ray_executor.RayOptions(address="head").check()
     with pytest.raises(SuiteError, match=r"--ray-cpus-per-run 0: must be a whole number >= 1"):
@@ -177,7 +205,11 @@ def test_ray_gives_the_same_results_as_a_local_run(cluster, tmp_path, write):
         assert b[rid]["metrics"] == a[rid]["metrics"], rid  # same seeds, same numbers, bit for bit
         assert _no_time(b[rid]["curves"]) == _no_time(a[rid]["curves"])
         m = b[rid]["manifest"]
-        assert m["executor"] == "ray" and m["host"] == socket.gethostname() and m["streams"] == a[rid]["manifest"]["streams"]
+        assert (
+            m["executor"] == "ray"
+            and m["host"] == socket.gethostname()
+            and m["streams"] == a[rid]["manifest"]["streams"]
+        )
     assert len({r["manifest"]["ray"]["node_id"] for r in b.values()}) == 2  # both nodes took runs
     assert mlflow_children(remote) == {rid: 1 for rid in a}
 
@@ -231,7 +263,7 @@ def test_a_killed_worker_process_is_retried_and_every_run_recorded_once(cluster,
 
 DRIVER = """
 import sys
-from ffbench import ray_executor, runner
+from ffbench.execution import ray_executor, runner
 try:
     ray_executor.run_suite(sys.argv[1], sys.argv[2], device="cpu", address=sys.argv[3], progress=False)
 except BaseException as exc:  # as the command does: one line and the exit status
@@ -244,8 +276,12 @@ except BaseException as exc:  # as the command does: one line and the exit statu
 
 def _driver_until(cluster, path, out, done: int, store=None):
     """A driver in its own process, running until the store holds ``done`` finished runs."""
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(path), str(out), cluster["address"]], env=ENV,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(path), str(out), cluster["address"]],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     end = time.time() + 150
     while time.time() < end:
         if store is None and (out / "results.db").exists():
@@ -305,10 +341,12 @@ def test_tuning_through_ray_prunes_as_locally(cluster, tmp_path, write):
 def _write_mnist(folder: Path, n_train=120, n_test=40) -> None:
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True)
-    arrays = {"train-images-idx3-ubyte": rng.integers(0, 255, (n_train, 28, 28)),
-              "train-labels-idx1-ubyte": np.arange(n_train) % 10,
-              "t10k-images-idx3-ubyte": rng.integers(0, 255, (n_test, 28, 28)),
-              "t10k-labels-idx1-ubyte": np.arange(n_test) % 10}
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 255, (n_train, 28, 28)),
+        "train-labels-idx1-ubyte": np.arange(n_train) % 10,
+        "t10k-images-idx3-ubyte": rng.integers(0, 255, (n_test, 28, 28)),
+        "t10k-labels-idx1-ubyte": np.arange(n_test) % 10,
+    }
     for name, arr in arrays.items():
         head = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
         with gzip.open(folder / f"{name}.gz", "wb") as f:

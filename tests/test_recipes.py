@@ -1,17 +1,18 @@
 """Recipes: each method's `reference` recipe equals the spec (methods.md), resolves per dataset, and meets the
 suite's values with a warning; CwC's ILT windows per dataset and budget; the CIFAR-100 class-group model;
 the harness options the recipes set (normalisation, last-N validation split, loeweX's cool-down)."""
+
 import numpy as np
 import pytest
 import torch
 
-from ffbench import data as data_mod
-from ffbench.config import TRAIN_FIELDS
-from ffbench.design import expand, resolve_with_warnings
-from ffbench.registry import BACKBONES, METHODS
-from ffbench.seeds import Streams
-from ffbench.suite import load
-from ffbench.train import lr_factor
+from ffbench.core.config import TRAIN_FIELDS
+from ffbench.core.registry import BACKBONES, METHODS
+from ffbench.core.seeds import Streams
+from ffbench.data import data as data_mod
+from ffbench.plan.design import expand, resolve_with_warnings
+from ffbench.plan.suite import load
+from ffbench.training.train import lr_factor
 
 IMAGENET = [[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]
 
@@ -36,8 +37,11 @@ epochs = 20
 
 def suite(write_suite, methods, datasets, backbones, train="", extra=""):
     q = lambda xs: "[" + ", ".join(f'"{x}"' for x in xs) + "]"  # noqa: E731
-    return load(write_suite(SUITE.format(methods=q(methods), datasets=q(datasets), backbones=q(backbones),
-                                         train=train, extra=extra)))
+    return load(
+        write_suite(
+            SUITE.format(methods=q(methods), datasets=q(datasets), backbones=q(backbones), train=train, extra=extra)
+        )
+    )
 
 
 def reference(m):
@@ -47,26 +51,62 @@ def reference(m):
 # (method, dataset, backbone) -> the settings methods.md gives for the reference code (section in the comment)
 SPEC = {
     ("ff.hinton", "mnist", "mlp"): {  # §2.3 loeweX
-        "optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 3e-4, "batch_size": 100,
-        "schedule": "cooldown-loewex", "val_size": 10000, "opt.head_lr": 1e-2, "opt.head_weight_decay": 3e-3,
-        "opt.init": "loewex", "opt.rule": "softmax", "opt.pixels": "as-given", "opt.negatives": "uniform", "opt.vote": "skip-first",
-        "opt.peer_weight": 0.03, "opt.peer_momentum": 0.9, "opt.scale": "sum-rms", "opt.training": "simultaneous",
-        "data.normalize": "none", "data.val_split": "last"},
+        "optimizer": "sgd",
+        "lr": 1e-3,
+        "momentum": 0.9,
+        "weight_decay": 3e-4,
+        "batch_size": 100,
+        "schedule": "cooldown-loewex",
+        "val_size": 10000,
+        "opt.head_lr": 1e-2,
+        "opt.head_weight_decay": 3e-3,
+        "opt.init": "loewex",
+        "opt.rule": "softmax",
+        "opt.pixels": "as-given",
+        "opt.negatives": "uniform",
+        "opt.vote": "skip-first",
+        "opt.peer_weight": 0.03,
+        "opt.peer_momentum": 0.9,
+        "opt.scale": "sum-rms",
+        "opt.training": "simultaneous",
+        "data.normalize": "none",
+        "data.val_split": "last",
+    },
     ("cwc", "mnist", "cnn.cfse"): {  # §3.3, §3.6
-        "optimizer": "adam", "lr": 0.01, "weight_decay": 0.0, "batch_size": 128, "schedule": "constant",
-        "opt.ilt": "acc", "opt.ilt_table": "mnist", "opt.ilt_scaling": "exact", "opt.head_lr": 0.01,
-        "opt.sf_double_softmax": True, "opt.frozen_bn": "train", "data.normalize": [[0.1307], [0.3081]],
-        "bb.channels": [20, 80, 240, 480], "bb.pool": [1, 3]},
+        "optimizer": "adam",
+        "lr": 0.01,
+        "weight_decay": 0.0,
+        "batch_size": 128,
+        "schedule": "constant",
+        "opt.ilt": "acc",
+        "opt.ilt_table": "mnist",
+        "opt.ilt_scaling": "exact",
+        "opt.head_lr": 0.01,
+        "opt.sf_double_softmax": True,
+        "opt.frozen_bn": "train",
+        "data.normalize": [[0.1307], [0.3081]],
+        "bb.channels": [20, 80, 240, 480],
+        "bb.pool": [1, 3],
+    },
     ("cwc", "fashion-mnist", "cnn.cfse"): {"opt.ilt_table": "fashion-mnist", "data.normalize": [[0.5], [0.5]]},
     ("cwc", "cifar10", "cnn.cfse"): {"opt.ilt_table": "cifar10", "data.normalize": IMAGENET},
     ("cwc", "cifar100", "cnn.cfse"): {  # §3.1 class-group model; ImageNet statistics as shipped (§3.3)
-        "opt.ilt_table": "cifar100", "data.normalize": IMAGENET, "bb.channels": [60, 120, 240, 400, 800, 1600],
-        "bb.pool": [1, 3, 5], "bb.class_groups": [20, 20, 20, 20, 100, 100]},
+        "opt.ilt_table": "cifar100",
+        "data.normalize": IMAGENET,
+        "bb.channels": [60, 120, 240, 400, 800, 1600],
+        "bb.pool": [1, 3, 5],
+        "bb.class_groups": [20, 20, 20, 20, 100, 100],
+    },
     ("cwc.nocfse", "fashion-mnist", "cnn"): {"opt.ilt_table": "fashion-mnist", "opt.sf_double_softmax": True},
     ("asge", "mnist", "vgg.asge"): {"opt.goodness": "sum", "opt.alpha": 1.0},  # §5.2 digest
     ("sff", "mnist", "cnn"): {"opt.kernel": 1, "opt.loss": "ce", "opt.ln": "sample", "opt.rule": "average"},
     ("bp", "cifar10", "cnn"): {  # §1.2 CwComp Backprop.py
-        "optimizer": "adam", "lr": 1e-3, "batch_size": 128, "opt.pool": "flatten", "data.normalize": [[0.5] * 3] * 2},
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "batch_size": 128,
+        "opt.pool": "flatten",
+        "data.normalize": [[0.5] * 3] * 2,
+    },
 }
 
 
@@ -112,21 +152,36 @@ def test_default_recipe_leaves_the_configuration_alone(write_suite):
     for cell in d.cells:
         assert "recipe" not in cell.config.method_options and cell.config.dataset_options == {}
         assert cell.config.batch_size == 64  # [train] still wins under ffbench ...
-    assert any("ff.hinton: [train] batch_size = 64 differs from recipe 'ffbench' value 100; applied" in w
-               for w in d.warnings)  # ... and says so
+    assert any(
+        "ff.hinton: [train] batch_size = 64 differs from recipe 'ffbench' value 100; applied" in w for w in d.warnings
+    )  # ... and says so
 
 
 def test_a_train_value_never_replaces_a_reference_recipe_silently(write_suite):
-    s = suite(write_suite, ["cwc"], ["mnist"], ["cnn.cfse"], train='batch_size = 64\noptimizer = "sgd"',
-              extra=reference("cwc"))
+    s = suite(
+        write_suite,
+        ["cwc"],
+        ["mnist"],
+        ["cnn.cfse"],
+        train='batch_size = 64\noptimizer = "sgd"',
+        extra=reference("cwc"),
+    )
     d = expand(s)
     assert d.cells[0].config.batch_size == 128 and d.cells[0].config.optimizer == "adam"
-    assert ("cwc: [train] batch_size = 64 differs from recipe 'reference' value 128; ignored "
-            '(set it in [methods."cwc"] to choose)') in d.warnings
+    assert (
+        "cwc: [train] batch_size = 64 differs from recipe 'reference' value 128; ignored "
+        '(set it in [methods."cwc"] to choose)'
+    ) in d.warnings
     assert any("[train] optimizer = 'sgd'" in w and "ignored" in w for w in d.warnings)
     # the method's own section chooses, without a warning
-    s = suite(write_suite, ["cwc"], ["mnist"], ["cnn.cfse"], train="batch_size = 64",
-              extra=reference("cwc") + "batch_size = 64\n")
+    s = suite(
+        write_suite,
+        ["cwc"],
+        ["mnist"],
+        ["cnn.cfse"],
+        train="batch_size = 64",
+        extra=reference("cwc") + "batch_size = 64\n",
+    )
     d = expand(s)
     assert d.cells[0].config.batch_size == 64 and not any("batch_size" in w for w in d.warnings)
 
@@ -139,7 +194,7 @@ def test_a_dataset_without_reference_values_is_reported(write_suite):
 
 
 def test_cwc_ilt_windows_per_dataset_and_budget(write_suite):
-    from methods import cwc
+    from ffbench.methods import cwc
 
     want = {  # methods.md §3.3, cut at the budget as the reference cuts them at its 20-epoch default
         ("mnist", 20): [(0, 2), (0, 3), (0, 4), (0, 5)],
@@ -150,8 +205,9 @@ def test_cwc_ilt_windows_per_dataset_and_budget(write_suite):
         ("cifar100", 70): [(0, 30), (0, 30), (30, 60), (30, 60), (60, 70), (60, 70)],
     }
     for (dataset, epochs), windows in want.items():
-        s = suite(write_suite, ["cwc"], [dataset], ["cnn.cfse"], train="", extra=reference("cwc")
-                  + f"epochs = {epochs}\n")
+        s = suite(
+            write_suite, ["cwc"], [dataset], ["cnn.cfse"], train="", extra=reference("cwc") + f"epochs = {epochs}\n"
+        )
         o = s and resolve_with_warnings(s, "cwc", dataset, "cnn.cfse")[0].method_options
         n = len(windows)
         got, head = cwc.ilt_windows(o["ilt"], o["ilt_table"], o["ilt_scaling"], n, epochs)
@@ -162,10 +218,9 @@ def test_cwc_ilt_windows_per_dataset_and_budget(write_suite):
 
 
 def test_cifar100_class_group_model_shapes_and_targets():
-    from ffbench import backbones
-    from ffbench.method import Context
-
-    from methods import cwc
+    from ffbench.core.method import Context
+    from ffbench.methods import cwc
+    from ffbench.training import backbones
 
     b = backbones.build("cnn.cfse", (3, 32, 32), 100, cwc.CLASS_GROUP_MODEL)
     assert [s[0] for s in b.out_shapes] == [60, 120, 240, 400, 800, 1600]
@@ -173,8 +228,11 @@ def test_cifar100_class_group_model_shapes_and_targets():
     convs = [m for m in b.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.groups for c in convs] == [1, 20, 1, 20, 1, 100]
     card = cwc.CwC.card
-    options = {**{k: v for k, v in card.defaults.items() if k in card.options}, "ilt_table": "cifar100",
-               "ilt_scaling": "exact"}
+    options = {
+        **{k: v for k, v in card.defaults.items() if k in card.options},
+        "ilt_table": "cifar100",
+        "ilt_scaling": "exact",
+    }
     m = cwc.CwC(b, 100, options, Context(torch.device("cpu"), torch.Generator(), epochs=100))
     assert m.class_groups == [20, 20, 20, 20, 100, 100] and m.head.in_features == 25600
     h = torch.randn(3, 60, 4, 4)
@@ -207,5 +265,6 @@ def test_last_n_validation_and_unit_range_pixels():
     assert torch.allclose(d2.test.x, (torch.as_tensor(raw.test_x, dtype=torch.float32) / raw.scale - 0.5) / 0.25)
     with pytest.raises(ValueError, match="val_split"):
         data_mod.prepare("digits", Streams(0), torch.device("cpu"), val_split="first")
-    assert not np.array_equal(data_mod.prepare("digits", Streams(0), torch.device("cpu"), val_size=100).val.y.numpy(),
-                              raw.train_y[-100:])  # the default stays the seeded stratified split
+    assert not np.array_equal(
+        data_mod.prepare("digits", Streams(0), torch.device("cpu"), val_size=100).val.y.numpy(), raw.train_y[-100:]
+    )  # the default stays the seeded stratified split

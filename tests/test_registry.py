@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ffbench.cli import main
-from ffbench.registry import METHODS, Card, DuplicateNameError, Registry, UnknownNameError
+from ffbench.core.registry import METHODS, Card, DuplicateNameError, Registry, UnknownNameError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,6 +20,7 @@ def test_duplicate_name_names_both_origins():
         pass
 
     with pytest.raises(DuplicateNameError) as err:
+
         @reg.register(name="x.one", summary="second")
         def second():
             pass
@@ -40,7 +41,7 @@ def test_wildcards_and_unknown_names():
 
 
 def test_builtin_methods_come_from_entry_points():
-    # bp is declared in pyproject.toml as an entry point; no import of methods.bp happened here
+    # bp is declared in pyproject.toml as an entry point; no import of ffbench.methods.bp happened here
     assert METHODS.names("bp*") == ["bp", "bp.deepsup"]
     card = METHODS.get("bp.deepsup").card
     assert card.family == "bp" and "head" in card.options
@@ -49,8 +50,9 @@ def test_builtin_methods_come_from_entry_points():
 def install_plugin(folder, module: str, name: str, ending: str = "") -> None:
     """A plugin module defining method ``name``, installed in ``folder`` with an ``ffbench.methods`` entry point
     (``ending``: code its import runs after registering)."""
-    (folder / f"{module}.py").write_text(textwrap.dedent(f"""
-        from ffbench.method import Method, method_card
+    (folder / f"{module}.py").write_text(
+        textwrap.dedent(f"""
+        from ffbench.core.method import Method, method_card
 
         @method_card(name="{name}", summary="a plugin installed through an entry point",
                      rules=("none",), capabilities=frozenset({{"any-backbone"}}))
@@ -59,7 +61,10 @@ def install_plugin(folder, module: str, name: str, ending: str = "") -> None:
                 return {{}}
             def evaluate(self, x):
                 return {{}}, []
-    """) + ending + "\n")
+    """)
+        + ending
+        + "\n"
+    )
     dist = folder / f"{module}-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 0.1\n")
@@ -68,9 +73,14 @@ def install_plugin(folder, module: str, name: str, ending: str = "") -> None:
 
 def test_throwaway_plugin_is_discovered_through_an_entry_point(tmp_path):
     install_plugin(tmp_path, "throwaway_plugin", "throwaway.demo")
-    code = "from ffbench.registry import METHODS; print(METHODS.names('throwaway*'), METHODS.names('bp'))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONPATH": str(tmp_path), "PATH": ""}).stdout
+    code = "from ffbench.core.registry import METHODS; print(METHODS.names('throwaway*'), METHODS.names('bp'))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(tmp_path), "PATH": ""},
+    ).stdout
     assert out.strip() == "['throwaway.demo'] ['bp']"
 
 
@@ -82,7 +92,7 @@ def test_cli_lists_matching_cards(capsys):
 
 
 def test_capabilities_must_be_known_and_say_where_a_method_runs():
-    from ffbench.method import check_capabilities
+    from ffbench.core.method import check_capabilities
 
     check_capabilities("ok", frozenset({"flat", "negatives"}))
     check_capabilities("ok", frozenset({"backbones:cnn|mlp"}))
@@ -96,20 +106,42 @@ def test_capabilities_must_be_known_and_say_where_a_method_runs():
 def test_a_plugin_that_fails_to_import_loads_nothing_of_itself_and_is_one_warning(tmp_path, ending):
     install_plugin(tmp_path, "half_plugin", "half.demo", ending)
     environ = {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]), "PATH": os.environ.get("PATH", "")}
-    listed = subprocess.run([sys.executable, "-m", "ffbench.cli", "list", "methods"], capture_output=True, text=True,
-                            env=environ)
+    listed = subprocess.run(
+        [sys.executable, "-m", "ffbench.cli", "list", "methods"], capture_output=True, text=True, env=environ
+    )
     assert listed.returncode == 0 and "bp.deepsup" in listed.stdout and "half.demo" not in listed.stdout
     warnings = [line for line in listed.stderr.splitlines() if line.strip()]
     assert len(warnings) == 1 and "half_plugin" in warnings[0] and warnings[0].startswith("warning:")
     suite = tmp_path / "s.toml"
-    suite.write_text('[suite]\nname = "s"\nversion = 1\n[design]\nmethods = ["half.demo"]\ndatasets = ["synthetic"]\n'
-                     'backbones = ["mlp"]\nseeds = [0]\n')
-    run = subprocess.run([sys.executable, "-m", "ffbench.cli", "run", str(suite), "--out", str(tmp_path / "out"),
-                          "--dry-run"], capture_output=True, text=True, env=environ)
+    suite.write_text(
+        '[suite]\nname = "s"\nversion = 1\n[design]\nmethods = ["half.demo"]\ndatasets = ["synthetic"]\n'
+        'backbones = ["mlp"]\nseeds = [0]\n'
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "ffbench.cli", "run", str(suite), "--out", str(tmp_path / "out"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=environ,
+    )
     assert run.returncode == 2 and "half.demo" in run.stderr and "failed to load" in run.stderr
     # every other plugin is whole: a suite of ffbench's own methods, backbones and datasets trains
     suite.write_text(suite.read_text().replace('"half.demo"', '"bp"') + "[train]\nepochs = 1\n")
-    run = subprocess.run([sys.executable, "-m", "ffbench.cli", "run", str(suite), "--out", str(tmp_path / "out"),
-                          "--no-tracking", "--no-progress", "--device", "cpu"], capture_output=True, text=True,
-                         env={**environ, "OMP_NUM_THREADS": "1"})
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ffbench.cli",
+            "run",
+            str(suite),
+            "--out",
+            str(tmp_path / "out"),
+            "--no-tracking",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        env={**environ, "OMP_NUM_THREADS": "1"},
+    )
     assert run.returncode == 0 and "ran 1 of 1" in run.stdout, run.stderr

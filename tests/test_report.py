@@ -1,6 +1,7 @@
 """Reports built from a suite's results in a real store (synthetic numbers: rendering and statistics are
 under test here; tests/test_runner.py builds one from really trained runs). tests/test_report_browser.py
 opens them in headless Chromium."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from ffbench import stats
+from ffbench.analysis.document import Section
+from ffbench.analysis.report import REPORTS, ReportKind, build_report, report_dir, report_files, report_kind
 from ffbench.cli import add_report_arguments, main_report
-from ffbench.document import Section
-from ffbench.report import REPORTS, ReportKind, build_report, report_dir, report_files, report_kind
 from ffbench.stats import cell_summaries
 
 SUITE = """
@@ -62,8 +63,8 @@ def make_store(out: Path) -> Path:
     rule 'last', so that unit's accuracy equals the model's), bp does not."""
     import numpy as np
 
-    from ffbench.config import RunConfig
-    from ffbench.store import Store
+    from ffbench.core.config import RunConfig
+    from ffbench.record.store import Store
 
     (out / "reptest.toml").write_text(SUITE)
     store = Store(out / "results.db")
@@ -81,10 +82,22 @@ def make_store(out: Path) -> Path:
             runs += [("tuning", 100, trial, f"t{trial}") for trial in range(3)]
         for role, seed, trial, tag in runs:
             run_id = f"{cell}-{'s' if role == 'evaluation' else ''}{tag}"
-            config = RunConfig(method=method, dataset="digits", backbone="mlp", epochs=3, seed=seed,
-                               classes=classes).to_dict()
-            rows.append(dict(run_id=run_id, suite="reptest", suite_version=1, cell_id=cell, role=role, seed=seed,
-                             trial=trial, factors=factors, config=config))
+            config = RunConfig(
+                method=method, dataset="digits", backbone="mlp", epochs=3, seed=seed, classes=classes
+            ).to_dict()
+            rows.append(
+                dict(
+                    run_id=run_id,
+                    suite="reptest",
+                    suite_version=1,
+                    cell_id=cell,
+                    role=role,
+                    seed=seed,
+                    trial=trial,
+                    factors=factors,
+                    config=config,
+                )
+            )
             if seed == 3:
                 outcomes[run_id] = ("failed", {}, [], "Diverged: non-finite training loss (nan) in epoch 2")
                 continue
@@ -96,14 +109,19 @@ def make_store(out: Path) -> Path:
                 metrics.update({k: v for k, v in curves[-1].items() if k.startswith("val_acc.")})
             else:  # tuning never looks at the test set
                 curves = [{k: v for k, v in r.items() if not k.startswith("test_")} for r in curves]
-            compute = {"epoch_time_s": 0.1 * (1 + units) + rng.normal(0, 0.005), "images_per_s": 5000.0,
-                       "saved_bytes_per_step": 40000 * (3 - units), "peak_mem_bytes": None}
+            compute = {
+                "epoch_time_s": 0.1 * (1 + units) + rng.normal(0, 0.005),
+                "images_per_s": 5000.0,
+                "saved_bytes_per_step": 40000 * (3 - units),
+                "peak_mem_bytes": None,
+            }
             outcomes[run_id] = ("done", metrics, curves, None, compute)
     store.add_runs(rows)
     for run_id, (status, metrics, curves, error, *compute) in outcomes.items():
         assert store.claim(run_id, "test", 600)
-        assert store.finish(run_id, "test", status, metrics=metrics, curves=curves,
-                            compute=compute[0] if compute else {}, error=error)
+        assert store.finish(
+            run_id, "test", status, metrics=metrics, curves=curves, compute=compute[0] if compute else {}, error=error
+        )
     return out
 
 
@@ -133,14 +151,26 @@ def test_build_report_writes_every_kind(built):
         assert pngs and html.count("data:image/png;base64,") == len(pngs)  # every figure embedded
         assert all(f"figures/{kind}/{p.name}" in md for p in pngs)  # and linked from the markdown
         assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
-        assert "src=\"http" not in html and "<link" not in html  # self-contained
+        assert 'src="http' not in html and "<link" not in html  # self-contained
 
 
 def test_report_states_methods_n_family_rope_and_seed(built):
     out, _ = built
     md = (report_dir(out, "reptest") / "comparison.md").read_text()
-    for phrase in (f"{RESAMPLES} resamples", "seeded 1", "Holm", "Benjamini–Hochberg", "ROPE", "±0.5 pp",
-                   "paired t-test", "Wilcoxon", "Hedges' g", "fewer than 6 pairs", "α = 0.05", "BCa"):
+    for phrase in (
+        f"{RESAMPLES} resamples",
+        "seeded 1",
+        "Holm",
+        "Benjamini–Hochberg",
+        "ROPE",
+        "±0.5 pp",
+        "paired t-test",
+        "Wilcoxon",
+        "Hedges' g",
+        "fewer than 6 pairs",
+        "α = 0.05",
+        "BCa",
+    ):
         assert phrase in md, phrase
     # the failed run is counted and listed, never silently dropped
     assert "1 failed" in md and "Diverged: non-finite training loss" in md and "-s3 |" in md
@@ -149,7 +179,9 @@ def test_report_states_methods_n_family_rope_and_seed(built):
     row = re.compile(r"\| bp\.deepsup \| [^|]+ \| bp \| digits / mlp / classes=")
     verdict_rows = [ln for ln in md.splitlines() if row.search(ln)]
     assert len(verdict_rows) == 4 and all(ln.split(" | ")[0][2:] in stats.VERDICTS for ln in verdict_rows)
-    advisor = [ln for ln in md.splitlines() if ln.startswith("| digits / mlp / classes=") and "| bp.deepsup | bp |" in ln]
+    advisor = [
+        ln for ln in md.splitlines() if ln.startswith("| digits / mlp / classes=") and "| bp.deepsup | bp |" in ln
+    ]
     assert len(advisor) == 2
     assert "Tuning budget curves" in md and "bp.deepsup" in md
     abl = (report_dir(out, "reptest") / "ablation.md").read_text()
@@ -172,7 +204,7 @@ def test_tables_are_saved_as_csv(built):
 
 
 def test_cell_summaries_from_the_store(suite_out):
-    from ffbench.store import Store
+    from ffbench.record.store import Store
 
     frame = Store(suite_out / "results.db").frame("reptest")
     out = cell_summaries(frame, control="bp", n_resamples=RESAMPLES)
@@ -188,8 +220,21 @@ def test_cell_summaries_from_the_store(suite_out):
 
 def test_default_settings_and_the_command_line(suite_out, capsys):
     parser = add_report_arguments(argparse.ArgumentParser())
-    args = parser.parse_args([str(suite_out / "reptest.toml"), "--out", str(suite_out / "cli"), "--kind", "comparison",
-                              "--store", str(suite_out / "results.db"), "--rope-pp", "1", "--rope-pp", "digits=0.2"])
+    args = parser.parse_args(
+        [
+            str(suite_out / "reptest.toml"),
+            "--out",
+            str(suite_out / "cli"),
+            "--kind",
+            "comparison",
+            "--store",
+            str(suite_out / "results.db"),
+            "--rope-pp",
+            "1",
+            "--rope-pp",
+            "digits=0.2",
+        ]
+    )
     assert main_report(args) == 0
     md = (report_dir(suite_out / "cli", "reptest") / "comparison.md").read_text()
     assert "digits: ±0.2 pp" in md and "10000 resamples" in md and "seeded 0" in md  # defaults stated
@@ -202,6 +247,7 @@ def test_default_settings_and_the_command_line(suite_out, capsys):
 def test_a_report_kind_is_a_plugin(suite_out):
     name = "test-minimal"
     if name not in REPORTS:
+
         @report_kind(name, "a minimal kind defined in a test")
         class Minimal(ReportKind):
             title = "Minimal"
@@ -209,14 +255,13 @@ def test_a_report_kind_is_a_plugin(suite_out):
             def build(self, ctx):
                 return [Section("Cells").table("cells", ctx.cells())]
 
-    paths = build_report(suite_out / "plugin", "reptest", kinds=[name], store=suite_out / "results.db",
-                         n_resamples=500)
+    paths = build_report(suite_out / "plugin", "reptest", kinds=[name], store=suite_out / "results.db", n_resamples=500)
     md = next(p for p in paths if p.name == f"{name}.md").read_text()
     assert "# Minimal: reptest" in md and "| method |" in md
 
 
 def test_missing_tuning_runs_and_missing_store_are_explained(suite_out, tmp_path):
-    from ffbench.store import Store
+    from ffbench.record.store import Store
 
     frame = Store(suite_out / "results.db").frame("reptest")
     paths = build_report(tmp_path, "reptest", kinds=["comparison"], frame=frame, n_resamples=500)
@@ -231,14 +276,26 @@ def test_missing_tuning_runs_and_missing_store_are_explained(suite_out, tmp_path
 def test_factors_come_from_the_stored_rows(tmp_path):
     """An axis named like a metric ('train_size' starts with 'train_') is still a factor: the report takes
     the factors from the rows' stored factors, not from the column names."""
-    from ffbench.report_context import load_tables
-    from ffbench.store import Store
+    from ffbench.analysis.report_context import load_tables
+    from ffbench.record.store import Store
 
     store = Store(tmp_path / "results.db")
-    rows = [dict(run_id=f"c{size}-{m}-s{seed}", suite="ts", suite_version=1, cell_id=f"c{size}-{m}", role="evaluation",
-                 seed=seed, trial=None, config={"seed": seed},
-                 factors={"backbone": "mlp", "dataset": "digits", "method": m, "train_size": size, "bn": None})
-            for size in (100, 1000) for m in ("bp", "sff") for seed in (0, 1, 2)]
+    rows = [
+        dict(
+            run_id=f"c{size}-{m}-s{seed}",
+            suite="ts",
+            suite_version=1,
+            cell_id=f"c{size}-{m}",
+            role="evaluation",
+            seed=seed,
+            trial=None,
+            config={"seed": seed},
+            factors={"backbone": "mlp", "dataset": "digits", "method": m, "train_size": size, "bn": None},
+        )
+        for size in (100, 1000)
+        for m in ("bp", "sff")
+        for seed in (0, 1, 2)
+    ]
     store.add_runs(rows)
     for r in rows:
         assert store.claim(r["run_id"], "test", 600)
@@ -260,8 +317,11 @@ def test_report_kinds_are_listed(capsys):
 def _md_tables(md: str) -> list[list[str]]:
     """The header cells of every markdown table."""
     lines = md.splitlines()
-    return [[c.strip() for c in ln.strip("|").split(" | ")] for ln, nxt in zip(lines, lines[1:])
-            if ln.startswith("| ") and nxt.startswith("|---")]
+    return [
+        [c.strip() for c in ln.strip("|").split(" | ")]
+        for ln, nxt in zip(lines, lines[1:])
+        if ln.startswith("| ") and nxt.startswith("|---")
+    ]
 
 
 def test_every_page_opens_with_the_headline_and_cites_only_papers(built):
@@ -299,7 +359,7 @@ def test_layers_mark_the_model_output_and_leave_it_out_of_the_correlations(built
     for name in ("corr_within", "corr_across"):
         table = pd.read_csv(root / "tables" / "layers" / f"{name}.csv")
         assert len(table) and set(table["unit"]) == {1}, name
-    within = md[md.index("## Layer–model correlation within runs"):md.index("## Layer–model correlation across")]
+    within = md[md.index("## Layer–model correlation within runs") : md.index("## Layer–model correlation across")]
     assert "| bp.deepsup / digits / mlp / classes=5 | 1 |" in within
     assert not re.search(r"\| bp\.deepsup / [^|]+ \| 2 \|", within)
 
@@ -307,12 +367,18 @@ def test_layers_mark_the_model_output_and_leave_it_out_of_the_correlations(built
 def test_figures_are_large_clipped_shared_with_legends_outside():
     import pandas as pd
 
-    from ffbench import figures as F
-    from ffbench.document import png_bytes
+    from ffbench.analysis import figures as F
+    from ffbench.analysis.document import png_bytes
 
     # a t band from three seeds near 100% overshoots: the figure clips it to the metric's range
-    bands = pd.DataFrame([{"task": t, "method": m, "epoch": e, "mean": 0.97, "ci_low": 0.9, "ci_high": 1.4}
-                          for t in ("a", "b") for m in ("bp", "sff", "my.method") for e in (1, 2, 3)])
+    bands = pd.DataFrame(
+        [
+            {"task": t, "method": m, "epoch": e, "mean": 0.97, "ci_low": 0.9, "ci_high": 1.4}
+            for t in ("a", "b")
+            for m in ("bp", "sff", "my.method")
+            for e in (1, 2, 3)
+        ]
+    )
     fig = F.learning_curves(bands)
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert len(axes) == 2 and axes[0].get_shared_y_axes().joined(axes[0], axes[1])  # one scale for all panels
@@ -329,7 +395,7 @@ def test_figures_are_large_clipped_shared_with_legends_outside():
 
 
 def test_one_colour_per_method_everywhere():
-    from ffbench import figures as F
+    from ffbench.analysis import figures as F
 
     builtins = list(F.BUILTIN_COLORS)
     assert len({F.method_color(m) for m in builtins}) == len(builtins)  # the built-ins never share a colour
@@ -338,7 +404,12 @@ def test_one_colour_per_method_everywhere():
     import subprocess
     import sys
 
-    code = "from ffbench.figures import method_color; print(method_color('my.method'))"
-    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           env={"PYTHONHASHSEED": "123", "PATH": ""}).stdout.strip()
+    code = "from ffbench.analysis.figures import method_color; print(method_color('my.method'))"
+    other = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123", "PATH": ""},
+    ).stdout.strip()
     assert other == str(F.method_color("my.method"))

@@ -2,6 +2,7 @@
 and a phone width (390 px): every figure loads, and the headline and verdict tables never widen the page
 (they fit, or their container scrolls sideways by design, its first column frozen), their accuracy or
 difference column in view; on a phone a figure keeps its size and scrolls in its own box."""
+
 from __future__ import annotations
 
 import json
@@ -10,17 +11,27 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from ffbench.report import build_report, report_dir
 from test_report import make_store
-from test_small_data_report import SUITE_NAME as SMALL_SUITE, make_small_store
-from test_transfer_report import SUITE_NAME as TRANSFER_SUITE, make_transfer_store
+from test_small_data_report import SUITE_NAME as SMALL_SUITE
+from test_small_data_report import make_small_store
+from test_transfer_report import SUITE_NAME as TRANSFER_SUITE
+from test_transfer_report import make_transfer_store
+
+from ffbench.analysis.report import build_report, report_dir
 
 CHROMIUM = "/usr/bin/chromium"
 WIDTHS = (1400, 390)
 KEY_TABLES = ("headline_winners", "headline_verdicts", "comparisons", "pairs")  # must be readable at a glance
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+]
 
 # Runs after load (images decoded): what a reader would see, written into the DOM for --dump-dom.
 PROBE = """<script>window.addEventListener('load',()=>{
@@ -49,8 +60,12 @@ MIN_WINDOW = 500
 
 def chromium(args: list[str], tmp: Path, name: str) -> subprocess.CompletedProcess:
     profile = tmp / f"profile-{name}"
-    return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=5000", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=5000", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def probe(html: Path, tmp: Path, width: int) -> dict:
@@ -61,16 +76,18 @@ def probe(html: Path, tmp: Path, width: int) -> dict:
         wrapper = tmp / f"{html.stem}-{width}-frame.html"
         wrapper.write_text(PHONE.format(src=page.name, width=width))
         page = wrapper
-    proc = chromium([f"--window-size={max(width, MIN_WINDOW)},2000", "--dump-dom", page.resolve().as_uri()], tmp,
-                    page.stem)
+    proc = chromium(
+        [f"--window-size={max(width, MIN_WINDOW)},2000", "--dump-dom", page.resolve().as_uri()], tmp, page.stem
+    )
     m = re.search(r'<pre id="probe">(.*?)</pre>', proc.stdout)
     assert m, f"{html.name} did not load in Chromium (rc {proc.returncode}): {proc.stderr[-2000:]}"
     return json.loads(m.group(1).replace("&quot;", '"'))
 
 
 def screenshot(html: Path, out: Path, tmp: Path, width: int = 1400, height: int = 2000) -> Path:
-    proc = chromium([f"--window-size={width},{height}", f"--screenshot={out}", html.resolve().as_uri()], tmp,
-                    f"shot-{out.stem}")
+    proc = chromium(
+        [f"--window-size={width},{height}", f"--screenshot={out}", html.resolve().as_uri()], tmp, f"shot-{out.stem}"
+    )
     assert out.exists(), f"no screenshot of {html.name}: {proc.stderr[-2000:]}"
     return out
 
@@ -83,8 +100,10 @@ def pages(tmp_path_factory):
     build_report(out, "reptest", control="bp", all_pairs=True, n_resamples=300, seed=1)
     root = report_dir(out, "reptest")
     kinds = []  # the kinds whose factors the store above lacks, each from its own store
-    for make, suite, kind in ((make_small_store, SMALL_SUITE, "small-data"),
-                              (make_transfer_store, TRANSFER_SUITE, "transfer")):
+    for make, suite, kind in (
+        (make_small_store, SMALL_SUITE, "small-data"),
+        (make_transfer_store, TRANSFER_SUITE, "transfer"),
+    ):
         kind_out = make(tmp_path_factory.mktemp(kind))
         build_report(kind_out, suite, kinds=[kind], n_resamples=300, seed=1)
         kinds.append(report_dir(kind_out, suite) / f"{kind}.html")

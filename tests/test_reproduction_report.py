@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from ffbench import stats
-from ffbench.config import RunConfig
-from ffbench.report import REPORTS, build_report
-from ffbench.store import Store
-from reports.reproduction import PUBLISHED, reproduction_rows, where
+from ffbench.analysis.report import REPORTS, build_report
+from ffbench.core.config import RunConfig
+from ffbench.record.store import Store
+from ffbench.reports.reproduction import PUBLISHED, reproduction_rows, where
 
 SUITE = """
 [suite]
@@ -42,11 +42,28 @@ def store_dir(tmp_path_factory):
     for (method, dataset, backbone), (metric, values) in RUNS.items():
         for seed, v in enumerate(values):
             run_id = f"{method}-{dataset}-{backbone}-s{seed}"
-            cfg = RunConfig(method=method, dataset=dataset, backbone=backbone, seed=seed, epochs=4, batch_size=100,
-                            method_options={"recipe": "reference"} if method != "bp" else {}).to_dict()
-            rows.append(dict(run_id=run_id, suite="repro-test", suite_version=1, cell_id=f"{method}{dataset}",
-                             role="evaluation", seed=seed, trial=None, config=cfg,
-                             factors={"method": method, "dataset": dataset, "backbone": backbone}))
+            cfg = RunConfig(
+                method=method,
+                dataset=dataset,
+                backbone=backbone,
+                seed=seed,
+                epochs=4,
+                batch_size=100,
+                method_options={"recipe": "reference"} if method != "bp" else {},
+            ).to_dict()
+            rows.append(
+                dict(
+                    run_id=run_id,
+                    suite="repro-test",
+                    suite_version=1,
+                    cell_id=f"{method}{dataset}",
+                    role="evaluation",
+                    seed=seed,
+                    trial=None,
+                    config=cfg,
+                    factors={"method": method, "dataset": dataset, "backbone": backbone},
+                )
+            )
             metrics, curves = {"test_acc": v, metric: v, "val_acc": v}, []
             if method == "cwc":
                 metrics["test_acc.sf"], curves = CWC_SF[seed], CWC_CURVES[seed]
@@ -70,7 +87,9 @@ def test_rows_place_the_published_number_against_the_interval(store_dir):
     assert ff["budget"] == "4 epochs, batch 100, 50000 training images" and ff["epoch_time_s"] == pytest.approx(3.0)
     cwc = table.loc[("cwc", "mnist", "cnn.cfse")].set_index("metric")  # the source names no predictor: both rules
     assert list(cwc.index) == ["test_acc.avg", "test_acc.sf"] and "not stated" in cwc["source"].iloc[0]
-    assert cwc.loc["test_acc.avg", "published_vs_ci"] == "above" and cwc.loc["test_acc.sf", "published_vs_ci"] == "inside"
+    assert (
+        cwc.loc["test_acc.avg", "published_vs_ci"] == "above" and cwc.loc["test_acc.sf", "published_vs_ci"] == "inside"
+    )
     assert cwc.loc["test_acc.sf", "best_on_test"] == pytest.approx(np.mean(CWC_SF) + 0.003)  # test-set selection
     assert np.isnan(cwc.loc["test_acc.avg", "best_on_test"]) and np.isnan(ff["best_on_test"])  # no curves: none
     diff = table.loc[("sff − bp", "cifar10", "resnet18")]
@@ -83,7 +102,8 @@ def test_every_published_number_has_a_source_and_a_plausible_value():
     for key, pub in PUBLISHED.items():
         assert pub.source and ("§" in pub.source) and pub.metrics
         assert (0 < pub.value < 1) if pub.versus is None else (-1 < pub.value < 1), key
-    from methods.asge import PREDICTIONS  # ASGE's strategy is not stated (§5.3): every rule the method logs
+    from ffbench.methods.asge import PREDICTIONS  # ASGE's strategy is not stated (§5.3): every rule the method logs
+
     assert PUBLISHED[("asge", "mnist", "vgg.asge")].metrics == tuple(f"test_acc.{r}" for r in PREDICTIONS)
 
 
@@ -101,9 +121,21 @@ def test_a_study_that_only_shares_a_published_row_gets_no_reproduction_page(tmp_
     store = Store(tmp_path / "results.db")
     for seed in range(3):  # ff.hinton on MNIST with the ffbench recipe: a study, not a reproduction
         cfg = RunConfig(method="ff.hinton", dataset="mnist", backbone="mlp", seed=seed, train_subset=1000).to_dict()
-        store.add_runs([dict(run_id=f"s{seed}", suite="study", suite_version=1, cell_id="c", role="evaluation",
-                             seed=seed, trial=None, config=cfg,
-                             factors={"method": "ff.hinton", "dataset": "mnist", "backbone": "mlp"})])
+        store.add_runs(
+            [
+                dict(
+                    run_id=f"s{seed}",
+                    suite="study",
+                    suite_version=1,
+                    cell_id="c",
+                    role="evaluation",
+                    seed=seed,
+                    trial=None,
+                    config=cfg,
+                    factors={"method": "ff.hinton", "dataset": "mnist", "backbone": "mlp"},
+                )
+            ]
+        )
         assert store.claim(f"s{seed}", "test", 600)
         assert store.finish(f"s{seed}", "test", "done", metrics={"test_acc": 0.9}, curves=[], compute={})
     paths = build_report(tmp_path, "study", n_resamples=50)
@@ -113,14 +145,25 @@ def test_a_study_that_only_shares_a_published_row_gets_no_reproduction_page(tmp_
 
 def test_a_row_whose_runs_are_unfinished_counts_no_seed():
     import pandas as pd
-    frame = pd.DataFrame({  # a finished MNIST seed gives the column; Fashion-MNIST's runs are still going
-        "method": ["cwc"] * 3, "dataset": ["mnist", "fashion-mnist", "fashion-mnist"], "backbone": ["cnn.cfse"] * 3,
-        "seed": [0, 0, 1], "status": ["done", "running", "pending"], "test_acc.avg": [0.99, np.nan, np.nan],
-        "test_acc.sf": [0.994, np.nan, np.nan], "curves": [[], [], []]})
+
+    frame = pd.DataFrame(
+        {  # a finished MNIST seed gives the column; Fashion-MNIST's runs are still going
+            "method": ["cwc"] * 3,
+            "dataset": ["mnist", "fashion-mnist", "fashion-mnist"],
+            "backbone": ["cnn.cfse"] * 3,
+            "seed": [0, 0, 1],
+            "status": ["done", "running", "pending"],
+            "test_acc.avg": [0.99, np.nan, np.nan],
+            "test_acc.sf": [0.994, np.nan, np.nan],
+            "curves": [[], [], []],
+        }
+    )
     table = reproduction_rows(frame).set_index(["dataset", "metric"])
     assert table.loc[("mnist", "test_acc.sf"), "n"] == 1
     assert (table.loc["fashion-mnist", "n"] == 0).all() and table.loc["fashion-mnist", "mean"].isna().all()
-    assert (table.loc["fashion-mnist", "runs"] == 2).all() and (table.loc["fashion-mnist", "published_vs_ci"] == "—").all()
+    assert (table.loc["fashion-mnist", "runs"] == 2).all() and (
+        table.loc["fashion-mnist", "published_vs_ci"] == "—"
+    ).all()
     unfinished = frame.iloc[1:].drop(columns=["test_acc.avg", "test_acc.sf"])  # no run has the metric yet
     assert list(reproduction_rows(unfinished)["n"]) == [0, 0]
     same = frame.assign(dataset="mnist", status="done", **{"test_acc.sf": 0.9937})  # three seeds, one value

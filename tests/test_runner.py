@@ -1,10 +1,11 @@
 """The foundation end to end: a real suite into a real store and a real MLflow database."""
+
 import pytest
 from mlflow.tracking import MlflowClient
 
 from ffbench.cli import main
-from ffbench.runner import run_suite
-from ffbench.store import Store
+from ffbench.execution.runner import run_suite
+from ffbench.record.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,10 @@ def test_every_run_is_stored_with_config_metrics_and_manifest(smoke):
     rows = Store(out / "results.db").rows("smoke")
     assert len(rows) == 4 and {r["status"] for r in rows} == {"done"}
     r = rows[0]
-    assert r["config"]["epochs"] == 2 and r["config"]["backbone_options"] == {"widths": [32, 32], "granularity": "layer"}
+    assert r["config"]["epochs"] == 2 and r["config"]["backbone_options"] == {
+        "widths": [32, 32],
+        "granularity": "layer",
+    }
     assert 0 <= r["metrics"]["test_acc"] <= 1 and len(r["curves"]) == 2
     assert r["compute"]["saved_bytes_per_step"] > 0 and r["compute"]["epoch_time_s"] > 0
     assert set(r["manifest"]) >= {"torch", "git_commit", "git_dirty", "device", "streams"}
@@ -47,8 +51,7 @@ def test_mlflow_hierarchy_suite_cell_seed(smoke):
     for parent in parents:
         assert parent.data.tags["dataset"] == "synthetic" and parent.data.tags["cfg.epochs"] == "2"
         assert parent.data.metrics["n"] == 2 and "test_acc_mean" in parent.data.metrics
-        children = client.search_runs([exp.experiment_id],
-                                      f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
         assert sorted(c.data.tags["seed"] for c in children) == ["0", "1"]
         child = children[0]
         assert child.data.tags["ffbench.role"] == "evaluation" and child.info.status == "FINISHED"
@@ -76,7 +79,11 @@ def test_report_command_writes_reports_and_attaches_them_to_mlflow(smoke, capsys
     cells = client.search_runs([exp.experiment_id], "tags.`ffbench.kind` = 'cell'")
     verdicts = {c.data.tags["method"]: c.data.tags["verdict_vs_control"] for c in cells}
     assert verdicts["bp"] == "control" and verdicts["bp.deepsup"] in {
-        "better", "worse", "equivalent", "insufficient evidence"}
+        "better",
+        "worse",
+        "equivalent",
+        "insufficient evidence",
+    }
     # two seeds: no bootstrap interval (n < 3), so too little evidence for any verdict but "control"
     assert verdicts["bp.deepsup"] == "insufficient evidence"
     assert all(c.data.metrics["n"] == 2 and "test_acc_mean" in c.data.metrics for c in cells)

@@ -1,36 +1,45 @@
 """SFF: unit-local gradients, step-and-free memory, torchvision wrappers left intact, learning, options."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torchvision
 
-import methods.sff as sff_mod
-from ffbench import backbones
-from ffbench.config import RunConfig
-from ffbench.data import prepare
-from ffbench.method import Context
-from ffbench.train import SavedTensorMeter, build, evaluate, fit
-from ffbench.seeds import Streams
+import ffbench.methods.sff as sff_mod
+from ffbench.core.config import RunConfig
+from ffbench.core.method import Context
+from ffbench.core.seeds import Streams
+from ffbench.data.data import prepare
+from ffbench.training import backbones
+from ffbench.training.train import SavedTensorMeter, build, evaluate, fit
 
 CPU = torch.device("cpu")
 SMALL_CNN = {"channels": [8, 16, 16, 32], "granularity": "block"}
 
 
 def make(method, backbone="cnn", bopts=None, mopts=None, dataset="digits", seed=0):
-    cfg = RunConfig(method=method, dataset=dataset, backbone=backbone, seed=seed,
-                    backbone_options=dict(SMALL_CNN if bopts is None and backbone == "cnn" else bopts or {}),
-                    method_options=mopts or {})
+    cfg = RunConfig(
+        method=method,
+        dataset=dataset,
+        backbone=backbone,
+        seed=seed,
+        backbone_options=dict(SMALL_CNN if bopts is None and backbone == "cnn" else bopts or {}),
+        method_options=mopts or {},
+    )
     streams = Streams(seed)
     data = prepare(dataset, streams, CPU)
     return build(cfg, data, streams, CPU), data
 
 
-@pytest.mark.parametrize("mopts,bopts", [
-    ({}, None),
-    ({"head_input": "ln", "ln": "channel", "kernel": 3, "loss": "margin"}, None),
-    ({}, {"channels": [8, 16, 16], "granularity": "layer", "bn": "outside"}),
-])
+@pytest.mark.parametrize(
+    "mopts,bopts",
+    [
+        ({}, None),
+        ({"head_input": "ln", "ln": "channel", "kernel": 3, "loss": "margin"}, None),
+        ({}, {"channels": [8, 16, 16], "granularity": "layer", "bn": "outside"}),
+    ],
+)
 def test_unit_parameters_get_gradient_from_their_own_loss_only(monkeypatch, mopts, bopts):
     method, data = make("sff", bopts=bopts, mopts=mopts)
     owner = {}
@@ -42,16 +51,16 @@ def test_unit_parameters_get_gradient_from_their_own_loss_only(monkeypatch, mopt
     for p, k in owner.items():
         p.register_hook(lambda grad, k=k: seen.append((current[0], k)))
 
-    import ffbench.method
+    import ffbench.core.method
 
-    real_step = ffbench.method.step
+    real_step = ffbench.core.method.step
 
     def tracking_step(opt, loss):
         current[0] = method.opts.index(opt)
         real_step(opt, loss)
         current[0] = None
 
-    monkeypatch.setattr(ffbench.method, "step", tracking_step)
+    monkeypatch.setattr(ffbench.core.method, "step", tracking_step)
     method.train_step(data.train.x[:32], data.train.y[:32])
     assert seen and all(loss_k == unit_k for loss_k, unit_k in seen)
     assert {k for _, k in seen} == set(range(len(method.opts)))  # every unit learned from its own loss
@@ -151,13 +160,23 @@ def test_saved_bytes_step_and_free_resnet18():
 
 
 def test_sff_learns_digits_quickly():
-    r = fit(RunConfig(method="sff", dataset="digits", backbone="cnn", epochs=3, lr=3e-3,
-                      backbone_options=SMALL_CNN), CPU)
+    r = fit(
+        RunConfig(method="sff", dataset="digits", backbone="cnn", epochs=3, lr=3e-3, backbone_options=SMALL_CNN), CPU
+    )
     assert r.status == "done"
     assert r.metrics["test_acc"] > 0.85, r.metrics  # chance is 0.10
     assert "test_acc.last" in r.metrics and "test_acc.unit2" in r.metrics
-    r = fit(RunConfig(method="sff.layer", dataset="digits", backbone="mlp", epochs=3, lr=3e-3,
-                      backbone_options={"widths": [64, 64]}), CPU)
+    r = fit(
+        RunConfig(
+            method="sff.layer",
+            dataset="digits",
+            backbone="mlp",
+            epochs=3,
+            lr=3e-3,
+            backbone_options={"widths": [64, 64]},
+        ),
+        CPU,
+    )
     assert r.metrics["test_acc"] > 0.85, r.metrics
 
 

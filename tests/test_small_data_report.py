@@ -1,6 +1,7 @@
 """The 'small-data' report kind on a small store with synthetic numbers: sff 5 pp ahead of bp at 500 images
 and 2 pp behind on the full split, bp.deepsup 1 pp ahead of bp everywhere; the gaps, their intervals and
 verdicts, the crossing point, the headline and the rendered pages."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,20 +11,31 @@ import pandas as pd
 import pytest
 
 from ffbench import stats
-from ffbench.config import RunConfig
-from ffbench.report import REPORTS, build_report, report_dir
-from ffbench.report_context import Options, ReportContext, load_tables
-from ffbench.store import Store
-from reports.small_data import (SmallData, crossing_text, crossings, gap_crossings, size_gaps, size_label,
-                                size_order, size_positions)
+from ffbench.analysis.report import REPORTS, build_report, report_dir
+from ffbench.analysis.report_context import Options, ReportContext, load_tables
+from ffbench.core.config import RunConfig
+from ffbench.record.store import Store
+from ffbench.reports.small_data import (
+    SmallData,
+    crossing_text,
+    crossings,
+    gap_crossings,
+    size_gaps,
+    size_label,
+    size_order,
+    size_positions,
+)
 
 SUITE_NAME = "smalltest"
 SIZES = [500, 1000, 5000, "full"]
 N_FULL = 55000
 SEEDS = [0, 1, 2, 3, 4]
 BP = {500: 0.70, 1000: 0.75, 5000: 0.83, "full": 0.90}
-OFFSET = {"bp": {s: 0.0 for s in SIZES}, "bp.deepsup": {s: 0.01 for s in SIZES},
-          "sff": {500: 0.05, 1000: 0.04, 5000: -0.01, "full": -0.02}}
+OFFSET = {
+    "bp": {s: 0.0 for s in SIZES},
+    "bp.deepsup": {s: 0.01 for s in SIZES},
+    "sff": {500: 0.05, 1000: 0.04, 5000: -0.01, "full": -0.02},
+}
 SEED_EFFECT = [-0.010, 0.004, 0.0, 0.008, -0.003]  # shared by every method (the same data subset)
 FAILED = ("bp.deepsup", 5000, 4)  # one diverged run
 
@@ -41,18 +53,37 @@ def make_small_store(out: Path) -> Path:
         for size in SIZES:
             for seed in SEEDS:
                 run_id = f"{method}-{size}-s{seed}"
-                config = RunConfig(method=method, dataset="fashion-mnist", backbone="cnn", epochs=2, seed=seed,
-                                   train_subset=None if size == "full" else size).to_dict()
-                rows.append(dict(run_id=run_id, suite=SUITE_NAME, suite_version=1, cell_id=f"{method}{size}",
-                                 role="evaluation", seed=seed, trial=None, config=config,
-                                 factors={"method": method, "dataset": "fashion-mnist", "backbone": "cnn",
-                                          "train_size": size}))
+                config = RunConfig(
+                    method=method,
+                    dataset="fashion-mnist",
+                    backbone="cnn",
+                    epochs=2,
+                    seed=seed,
+                    train_subset=None if size == "full" else size,
+                ).to_dict()
+                rows.append(
+                    dict(
+                        run_id=run_id,
+                        suite=SUITE_NAME,
+                        suite_version=1,
+                        cell_id=f"{method}{size}",
+                        role="evaluation",
+                        seed=seed,
+                        trial=None,
+                        config=config,
+                        factors={"method": method, "dataset": "fashion-mnist", "backbone": "cnn", "train_size": size},
+                    )
+                )
                 if (method, size, seed) == FAILED:
                     outcomes[run_id] = ("diverged", {}, {}, "Diverged: non-finite training loss")
                     continue
                 v = accuracy(method, size, seed)
-                outcomes[run_id] = ("done", {"test_acc": v, "val_acc": v + 0.01},
-                                    {"n_train": N_FULL if size == "full" else size, "num_classes": 10}, None)
+                outcomes[run_id] = (
+                    "done",
+                    {"test_acc": v, "val_acc": v + 0.01},
+                    {"n_train": N_FULL if size == "full" else size, "num_classes": 10},
+                    None,
+                )
     store.add_runs(rows)
     for run_id, (status, metrics, compute, error) in outcomes.items():
         assert store.claim(run_id, "test", 600)
@@ -107,9 +138,11 @@ def test_the_crossing_point_lies_between_the_sizes_where_the_sign_changes(ctx):
     assert crossings([500, 1000, 5000, "full"], [0.05, 0.04, -0.01, -0.02]) == [(1000, 5000, 1, -1)]
     assert crossings([1, 2, 3, 4], [-0.01, 0.0, np.nan, 0.02]) == [(1, 4, -1, 1)]  # zero and undefined skipped
     assert crossing_text("sff", "bp", [1, 2, 3], [0.01, 0.02, 0.03]) == (
-        "sff vs bp: no crossing (sff is ahead of bp at every size)")
+        "sff vs bp: no crossing (sff is ahead of bp at every size)"
+    )
     assert crossing_text("a", "b", [1, 2, 3, 4, 5], [0.01, -0.01, 0.02, 0.01, -0.03]) == (
-        "a is ahead of b up to 1 images, behind at 2, ahead from 3 up to 4 and behind from 5")
+        "a is ahead of b up to 1 images, behind at 2, ahead from 3 up to 4 and behind from 5"
+    )
     assert crossing_text("a", "b", [1, 2], [-0.01, 0.01]) == "a is behind b up to 1 images and ahead from 2"
     gaps = size_gaps(ctx.frame, "test_acc", ctx.factors, control="bp", n_resamples=200)
     cross = gap_crossings(gaps, [], label=lambda v: size_label(v, N_FULL)).set_index(["method", "reference"])

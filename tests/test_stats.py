@@ -1,4 +1,5 @@
 """ffbench.stats against known values: published examples, hand-computed cases, scipy / statsmodels."""
+
 from __future__ import annotations
 
 import math
@@ -105,9 +106,16 @@ def test_bootstrap_degenerate_cases():
 
 
 def test_cell_table_counts_failures_and_missing_runs():
-    df = pd.DataFrame({"method": ["bp"] * 5, "dataset": "d", "backbone": "mlp", "seed": range(5),
-                       "status": ["done", "done", "done", "failed", "pending"],
-                       "test_acc": [0.9, 0.8, 0.85, np.nan, np.nan]})
+    df = pd.DataFrame(
+        {
+            "method": ["bp"] * 5,
+            "dataset": "d",
+            "backbone": "mlp",
+            "seed": range(5),
+            "status": ["done", "done", "done", "failed", "pending"],
+            "test_acc": [0.9, 0.8, 0.85, np.nan, np.nan],
+        }
+    )
     t = S.cell_table(df, "test_acc", n_resamples=1000)
     r = t.iloc[0]
     assert (r["runs"], r["n"], r["failures"], r["missing"]) == (5, 3, 1, 1)
@@ -129,11 +137,15 @@ def test_holm_and_bh_match_statsmodels_and_hand_values():
 
 # ---------------------------------------------------------------- verdicts
 def _frame(deltas: dict[str, np.ndarray], base: np.ndarray, dataset: str = "d") -> pd.DataFrame:
-    rows = [{"method": "bp", "dataset": dataset, "backbone": "mlp", "seed": s, "status": "done", "test_acc": v}
-            for s, v in enumerate(base)]
+    rows = [
+        {"method": "bp", "dataset": dataset, "backbone": "mlp", "seed": s, "status": "done", "test_acc": v}
+        for s, v in enumerate(base)
+    ]
     for m, d in deltas.items():
-        rows += [{"method": m, "dataset": dataset, "backbone": "mlp", "seed": s, "status": "done", "test_acc": v}
-                 for s, v in enumerate(base + d)]
+        rows += [
+            {"method": m, "dataset": dataset, "backbone": "mlp", "seed": s, "status": "done", "test_acc": v}
+            for s, v in enumerate(base + d)
+        ]
     return pd.DataFrame(rows)
 
 
@@ -141,11 +153,16 @@ def test_verdicts_on_constructed_data():
     rng = np.random.default_rng(11)
     n = 10
     base = 0.9 + rng.normal(0, 0.01, n)  # seed-to-seed variation, shared (common random numbers)
-    frame = _frame({"real_up": 0.03 + rng.normal(0, 0.003, n),  # a real difference
-                    "real_down": -0.03 + rng.normal(0, 0.003, n),
-                    "same": rng.normal(0, 0.0005, n),  # equivalent within ±0.5 pp
-                    "tiny": 0.002 + rng.normal(0, 0.0002, n),  # significant, but inside the ROPE
-                    "noise": rng.normal(0, 0.02, n)}, base)  # pure noise
+    frame = _frame(
+        {
+            "real_up": 0.03 + rng.normal(0, 0.003, n),  # a real difference
+            "real_down": -0.03 + rng.normal(0, 0.003, n),
+            "same": rng.normal(0, 0.0005, n),  # equivalent within ±0.5 pp
+            "tiny": 0.002 + rng.normal(0, 0.0002, n),  # significant, but inside the ROPE
+            "noise": rng.normal(0, 0.02, n),
+        },
+        base,
+    )  # pure noise
     comp = S.compare(frame, control="bp", rope=0.005, n_resamples=2000).set_index("method")
     assert comp.loc["real_up", "verdict"] == "better"
     assert comp.loc["real_down", "verdict"] == "worse"
@@ -195,11 +212,23 @@ def test_all_pairs_are_exploratory_with_bh_and_failures_are_counted():
 
 def test_an_axis_that_does_not_apply_to_the_control_pairs_with_every_level():
     base = np.array([0.9, 0.91, 0.89, 0.92])
-    rows = [{"method": "bp", "dataset": "d", "backbone": "mlp", "kernel": None, "seed": s, "status": "done",
-             "test_acc": v} for s, v in enumerate(base)]
+    rows = [
+        {"method": "bp", "dataset": "d", "backbone": "mlp", "kernel": None, "seed": s, "status": "done", "test_acc": v}
+        for s, v in enumerate(base)
+    ]
     for k, shift in ((1, 0.02), (3, -0.02)):
-        rows += [{"method": "sff", "dataset": "d", "backbone": "mlp", "kernel": k, "seed": s, "status": "done",
-                  "test_acc": v + shift} for s, v in enumerate(base)]
+        rows += [
+            {
+                "method": "sff",
+                "dataset": "d",
+                "backbone": "mlp",
+                "kernel": k,
+                "seed": s,
+                "status": "done",
+                "test_acc": v + shift,
+            }
+            for s, v in enumerate(base)
+        ]
     comp = S.compare(pd.DataFrame(rows), control="bp", n_resamples=500)
     assert sorted(comp["kernel"]) == [1, 3]
     assert comp.set_index("kernel")["delta"].to_dict() == pytest.approx({1: 0.02, 3: -0.02})
@@ -242,8 +271,10 @@ def test_nemenyi_cd_matches_demsar():
 
 
 def test_friedman_and_average_ranks():
-    m = pd.DataFrame({"a": [0.9, 0.8, 0.7, 0.95], "b": [0.85, 0.75, 0.72, 0.9], "c": [0.8, 0.7, 0.6, 0.9]},
-                     index=["t1", "t2", "t3", "t4"])
+    m = pd.DataFrame(
+        {"a": [0.9, 0.8, 0.7, 0.95], "b": [0.85, 0.75, 0.72, 0.9], "c": [0.8, 0.7, 0.6, 0.9]},
+        index=["t1", "t2", "t3", "t4"],
+    )
     ranks = S.average_ranks(m)
     assert ranks.to_dict() == {"a": 1.25, "b": 1.875, "c": 2.875}
     fr = S.friedman(m)
@@ -257,10 +288,28 @@ def test_aggregate_normalised_iqm():
     rows = []
     for task, nc in (("d1", 10), ("d2", 2)):
         for s in range(4):
-            rows.append({"method": "bp", "dataset": task, "backbone": "m", "seed": s, "status": "done",
-                         "num_classes": nc, "test_acc": 0.9})
-            rows.append({"method": "x", "dataset": task, "backbone": "m", "seed": s, "status": "done",
-                         "num_classes": nc, "test_acc": 0.9 - 0.01 * s})
+            rows.append(
+                {
+                    "method": "bp",
+                    "dataset": task,
+                    "backbone": "m",
+                    "seed": s,
+                    "status": "done",
+                    "num_classes": nc,
+                    "test_acc": 0.9,
+                }
+            )
+            rows.append(
+                {
+                    "method": "x",
+                    "dataset": task,
+                    "backbone": "m",
+                    "seed": s,
+                    "status": "done",
+                    "num_classes": nc,
+                    "test_acc": 0.9 - 0.01 * s,
+                }
+            )
     agg = S.aggregate(pd.DataFrame(rows), control="bp", n_resamples=1000).set_index("method")
     assert agg.loc["bp", "iqm"] == pytest.approx(1.0)
     scores = np.concatenate([(0.9 - 0.01 * np.arange(4) - 0.1) / 0.8, (0.9 - 0.01 * np.arange(4) - 0.5) / 0.4])
@@ -277,10 +326,26 @@ def test_ablation_effects_recover_known_main_effects_and_interaction():
         seed_effect = rng.normal(0, 0.01)
         for a in ("a1", "a2"):
             for b in ("b1", "b2"):
-                y = (0.8 + 0.05 * (a == "a2") + 0.02 * (b == "b2") + 0.03 * (a == "a2" and b == "b2")
-                     + seed_effect + rng.normal(0, 0.001))
-                rows.append({"method": "m", "dataset": "d", "backbone": "x", "A": a, "B": b, "seed": s,
-                             "status": "done", "test_acc": y})
+                y = (
+                    0.8
+                    + 0.05 * (a == "a2")
+                    + 0.02 * (b == "b2")
+                    + 0.03 * (a == "a2" and b == "b2")
+                    + seed_effect
+                    + rng.normal(0, 0.001)
+                )
+                rows.append(
+                    {
+                        "method": "m",
+                        "dataset": "d",
+                        "backbone": "x",
+                        "A": a,
+                        "B": b,
+                        "seed": s,
+                        "status": "done",
+                        "test_acc": y,
+                    }
+                )
     df, _ = S.prepare(pd.DataFrame(rows), metric="test_acc")
     terms, info = S.ablation_model(df, "test_acc", ["A", "B"])
     assert set(terms["term"]) == {"A", "B", "A:B", "seed"} and info["df_resid"] == 32 - 1 - 3 - 7
@@ -304,10 +369,21 @@ def _curve_frame() -> pd.DataFrame:
         for e in range(1, 7):
             u1 = min(0.9, 0.3 + 0.2 * e) + 0.01 * s  # fast
             u2 = 0.1 + 0.12 * e + 0.005 * s  # slow, still rising
-            curves.append({"epoch": e, "val_acc": u2, "test_acc": u2 + 0.01, "test_acc.unit1": u1,
-                           "test_acc.unit2": u2 + 0.01})
-        rows.append({"run_id": f"r{s}", "method": "ff", "dataset": "d", "backbone": "mlp", "seed": s,
-                     "status": "done", "curves": curves, "test_acc": curves[-1]["test_acc"]})
+            curves.append(
+                {"epoch": e, "val_acc": u2, "test_acc": u2 + 0.01, "test_acc.unit1": u1, "test_acc.unit2": u2 + 0.01}
+            )
+        rows.append(
+            {
+                "run_id": f"r{s}",
+                "method": "ff",
+                "dataset": "d",
+                "backbone": "mlp",
+                "seed": s,
+                "status": "done",
+                "curves": curves,
+                "test_acc": curves[-1]["test_acc"],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -351,8 +427,17 @@ def test_spearman_p_is_exact_for_few_epochs():
 
 def test_expected_max_and_budget_curves():
     np.testing.assert_allclose(S.expected_max([0.1, 0.5, 0.3]), [0.3, 3.5 / 9, 0.1 / 27 + 0.3 * 7 / 27 + 0.5 * 19 / 27])
-    tun = pd.DataFrame({"method": "bp", "dataset": "d", "backbone": "m", "seed": 0, "trial": [2, 0, 1, 3],
-                        "status": ["done", "done", "failed", "done"], "val_acc": [0.7, 0.5, np.nan, 0.6]})
+    tun = pd.DataFrame(
+        {
+            "method": "bp",
+            "dataset": "d",
+            "backbone": "m",
+            "seed": 0,
+            "trial": [2, 0, 1, 3],
+            "status": ["done", "done", "failed", "done"],
+            "val_acc": [0.7, 0.5, np.nan, 0.6],
+        }
+    )
     b = S.budget_curves(tun)
     assert list(b["best_so_far"]) == [0.5, 0.5, 0.7, 0.7] and (b["failures"] == 1).all()
     assert b["expected_max"].iloc[0] == pytest.approx(0.6)
@@ -378,9 +463,14 @@ def test_wilcoxon_matches_scipy_exact_without_ties(n):
     assert got["p"] == pytest.approx(ref.pvalue, rel=1e-9)
 
 
-@pytest.mark.parametrize("d", [[0, -2, 0, 0, 1, 0, -1, 0, 0, 0, -1, 0, -1, 1],  # n = 14, 8 zeros, tied ranks
-                               [0, 0, 1, 1, 1, 2, 2, -1, 3, 3, -2, 1, 2, 0, 4, -1, 2, 1],
-                               [1, 1, 1, -1, 2, 2, -2, 3]])
+@pytest.mark.parametrize(
+    "d",
+    [
+        [0, -2, 0, 0, 1, 0, -1, 0, 0, 0, -1, 0, -1, 1],  # n = 14, 8 zeros, tied ranks
+        [0, 0, 1, 1, 1, 2, 2, -1, 3, 3, -2, 1, 2, 0, 4, -1, 2, 1],
+        [1, 1, 1, -1, 2, 2, -2, 3],
+    ],
+)
 def test_wilcoxon_with_ties_and_zeros_equals_enumeration(d):
     d = np.asarray(d, float) / 1000
     got = S.wilcoxon_signed_rank(d)
@@ -404,9 +494,11 @@ def test_wilcoxon_beyond_the_exact_limit_is_a_seeded_monte_carlo():
 def _acc_with_a_failure() -> pd.DataFrame:
     rng = np.random.default_rng(8)
     base = 0.9 + rng.normal(0, 0.01, 6)
-    rows = [{"method": m, "dataset": "d", "backbone": "mlp", "seed": s, "status": "done", "test_acc": v,
-             "num_classes": 10} for m, vals in (("bp", base), ("x", base + 0.008 + rng.normal(0, 0.004, 6)))
-            for s, v in enumerate(vals)]
+    rows = [
+        {"method": m, "dataset": "d", "backbone": "mlp", "seed": s, "status": "done", "test_acc": v, "num_classes": 10}
+        for m, vals in (("bp", base), ("x", base + 0.008 + rng.normal(0, 0.004, 6)))
+        for s, v in enumerate(vals)
+    ]
     rows[-1]["status"] = "failed"  # x's seed 5
     return pd.DataFrame(rows)
 
@@ -416,8 +508,21 @@ def test_every_directional_quantity_follows_higher_is_better():
     loss = acc.assign(test_acc=-acc["test_acc"])  # the same data as a loss: lower is better
     a = S.compare(acc, n_resamples=500, chance=0.1).iloc[0]
     b = S.compare(loss, n_resamples=500, chance=-0.1, higher_is_better=False).iloc[0]
-    for k in ("verdict", "bayes_p_worse", "bayes_p_rope", "bayes_p_better", "ps_paired", "ps_paired_ci_low",
-              "ps_paired_ci_high", "ps", "sens_verdict", "survives_failures", "p_t", "p_wilcoxon", "one_seed"):
+    for k in (
+        "verdict",
+        "bayes_p_worse",
+        "bayes_p_rope",
+        "bayes_p_better",
+        "ps_paired",
+        "ps_paired_ci_low",
+        "ps_paired_ci_high",
+        "ps",
+        "sens_verdict",
+        "survives_failures",
+        "p_t",
+        "p_wilcoxon",
+        "one_seed",
+    ):
         assert a[k] == pytest.approx(b[k], abs=1e-12) if isinstance(a[k], float) else a[k] == b[k], k
     assert a["bayes_p_better"] > 0.5 and a["ps_paired"] > 0.5  # x is better on accuracy, and on the loss
     for k in ("delta", "sens_delta", "hedges_g"):  # signed differences, method − reference, in the metric's units
@@ -446,7 +551,7 @@ def test_outlying_is_the_leave_one_out_residual_test():
 
 
 def test_a_collapsed_seed_is_flagged_beside_the_verdict():
-    from ffbench.report_context import verdict_label
+    from ffbench.analysis.report_context import verdict_label
 
     rng = np.random.default_rng(2)
     base = 0.9 + rng.normal(0, 0.01, 10)
@@ -463,12 +568,27 @@ def test_a_collapsed_seed_is_flagged_beside_the_verdict():
 
 
 def test_the_end_of_run_table_shows_the_flag_beside_the_verdict():
-    from ffbench import results
+    from ffbench.execution import results
 
-    row = dict(dataset="digits", backbone="mlp", method="x", n=10, failed=0, test_acc_mean=91.0, test_acc_sd=3.0,
-               test_acc_ci_low=89.0, test_acc_ci_high=93.0, delta_vs_control=-0.2, delta_ci_low_vs_control=-2.0,
-               delta_ci_high_vs_control=1.6, verdict="insufficient evidence",
-               one_seed="seed 7 outlying (p 2e-09 < 0.05/10), without it: better", executed="alone",
-               epoch_time_s=0.5, saved_MB_per_step=1.0, no_backward=False)
+    row = dict(
+        dataset="digits",
+        backbone="mlp",
+        method="x",
+        n=10,
+        failed=0,
+        test_acc_mean=91.0,
+        test_acc_sd=3.0,
+        test_acc_ci_low=89.0,
+        test_acc_ci_high=93.0,
+        delta_vs_control=-0.2,
+        delta_ci_low_vs_control=-2.0,
+        delta_ci_high_vs_control=1.6,
+        verdict="insufficient evidence",
+        one_seed="seed 7 outlying (p 2e-09 < 0.05/10), without it: better",
+        executed="alone",
+        epoch_time_s=0.5,
+        saved_MB_per_step=1.0,
+        no_backward=False,
+    )
     line = next(ln for ln in results.format_table(pd.DataFrame([row])).splitlines() if ln.startswith("| digits"))
     assert "| insufficient evidence (seed 7 outlying (p 2e-09 < 0.05/10), without it: better) |" in line

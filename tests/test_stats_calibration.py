@@ -1,6 +1,7 @@
 """Calibration of ffbench.stats on simulated data with known truth (fixed generators), and the newer
 statistics against reference implementations (scipy, statsmodels, baycomp when installed) or numerical
 integration."""
+
 from __future__ import annotations
 
 import math
@@ -11,18 +12,29 @@ import pytest
 from scipy import stats as ss
 
 from ffbench import stats as S
-from ffbench.correctness import decode_correct, encode_correct
+from ffbench.core.correctness import decode_correct, encode_correct
 
 ALPHA = 0.05
 
 
-def _frame(values: dict[str, np.ndarray], dataset: str = "d", status: dict[str, list] | None = None,
-           num_classes: int = 10) -> pd.DataFrame:
+def _frame(
+    values: dict[str, np.ndarray], dataset: str = "d", status: dict[str, list] | None = None, num_classes: int = 10
+) -> pd.DataFrame:
     rows = []
     for m, v in values.items():
         st = (status or {}).get(m, ["done"] * len(v))
-        rows += [{"method": m, "dataset": dataset, "backbone": "mlp", "seed": s, "status": st[s],
-                  "test_acc": x, "num_classes": num_classes} for s, x in enumerate(v)]
+        rows += [
+            {
+                "method": m,
+                "dataset": dataset,
+                "backbone": "mlp",
+                "seed": s,
+                "status": st[s],
+                "test_acc": x,
+                "num_classes": num_classes,
+            }
+            for s, x in enumerate(v)
+        ]
     return pd.DataFrame(rows)
 
 
@@ -41,8 +53,10 @@ def test_default_cell_interval_covers_95_percent(n):
 
 def test_bca_is_an_option_and_undercovers_at_three_seeds():
     rng = np.random.default_rng(7)
-    hits = sum(ci.low <= 0 <= ci.high for ci in
-               (S.mean_interval(x, "BCa", n_resamples=500, rng=1) for x in rng.normal(0, 1, (300, 3))))
+    hits = sum(
+        ci.low <= 0 <= ci.high
+        for ci in (S.mean_interval(x, "BCa", n_resamples=500, rng=1) for x in rng.normal(0, 1, (300, 3)))
+    )
     assert hits / 300 < 0.85  # the reason t is the default below BCA_MIN_N
     assert S.mean_interval(np.arange(40.0), "auto").method.startswith("BCa")
     assert S.mean_interval(np.arange(9.0), "auto").method == "t"
@@ -61,8 +75,18 @@ def test_ablation_ols_interval_covers_95_percent_on_a_2x2_design_with_4_seeds():
             for a in ("a1", "a2"):
                 for b in ("b1", "b2"):
                     y = 0.8 + 0.02 * (a == "a2") - 0.01 * (b == "b2") + block + rng.normal(0, 0.005)
-                    rows.append({"method": "m", "dataset": "d", "backbone": "x", "A": a, "B": b, "seed": s,
-                                 "status": "done", "test_acc": y})
+                    rows.append(
+                        {
+                            "method": "m",
+                            "dataset": "d",
+                            "backbone": "x",
+                            "A": a,
+                            "B": b,
+                            "seed": s,
+                            "status": "done",
+                            "test_acc": y,
+                        }
+                    )
         df, _ = S.prepare(pd.DataFrame(rows), metric="test_acc")
         eff = S.ablation_effects(df, "test_acc", ["A", "B"], n_resamples=50)
         for r in eff.itertuples():
@@ -79,8 +103,16 @@ def _verdicts(true_deltas, n, sd, draws, rng, rope=0.005):
     tt = S.paired_tests(d, rope)
     out = []
     for i in range(draws):
-        res = S.decide(np.full(len(true_deltas), n), tt["delta"][i], tt["sd"][i], tt["p_t"][i], tt["p_equiv"][i],
-                       rope, False, alpha=ALPHA)
+        res = S.decide(
+            np.full(len(true_deltas), n),
+            tt["delta"][i],
+            tt["sd"][i],
+            tt["p_t"][i],
+            tt["p_equiv"][i],
+            rope,
+            False,
+            alpha=ALPHA,
+        )
         assert res["family_size"] == len(true_deltas) and res["family_hypotheses"] == 2 * len(true_deltas)
         out.append(res["verdict"])
     return np.array(out)
@@ -92,8 +124,10 @@ def test_paired_tests_match_scipy():
     tt = S.paired_tests(d, 0.005)
     for i, row in enumerate(d):
         assert tt["p_t"][i] == pytest.approx(ss.ttest_1samp(row, 0).pvalue)
-        tost = max(ss.ttest_1samp(row, -0.005, alternative="greater").pvalue,
-                   ss.ttest_1samp(row, 0.005, alternative="less").pvalue)
+        tost = max(
+            ss.ttest_1samp(row, -0.005, alternative="greater").pvalue,
+            ss.ttest_1samp(row, 0.005, alternative="less").pvalue,
+        )
         assert tt["p_tost"][i] == pytest.approx(tost) and tt["p_equiv"][i] == pytest.approx(min(1, 2 * tost))
 
 
@@ -118,9 +152,14 @@ def test_difference_and_equivalence_claims_share_one_familywise_error():
 
 def test_comparisons_without_a_verdict_stay_out_of_the_family():
     rng = np.random.default_rng(3)
-    frame = _frame({"bp": 0.9 + rng.normal(0, 0.01, 6), "a": 0.93 + rng.normal(0, 0.01, 6),
-                    "b": np.r_[0.9, 0.91, np.full(4, np.nan)]},
-                   status={"b": ["done", "done", "pending", "pending", "pending", "pending"]})
+    frame = _frame(
+        {
+            "bp": 0.9 + rng.normal(0, 0.01, 6),
+            "a": 0.93 + rng.normal(0, 0.01, 6),
+            "b": np.r_[0.9, 0.91, np.full(4, np.nan)],
+        },
+        status={"b": ["done", "done", "pending", "pending", "pending", "pending"]},
+    )
     comp = S.compare(frame, control="bp").set_index("method")
     assert not comp.loc["b", "in_family"] and comp.loc["a", "in_family"]
     assert comp.loc["a", "family_size"] == 1 and comp.loc["a", "family_hypotheses"] == 2
@@ -143,13 +182,15 @@ def test_failures_enter_the_verdict_through_the_sensitivity_analysis():
     base = 0.9 + rng.normal(0, 0.01, 10)
     x = base + rng.normal(0, 0.0005, 10)
     x[[3, 7]] = np.nan
-    frame = _frame({"bp": base, "x": x}, status={"x": ["done"] * 3 + ["failed"] + ["done"] * 3 + ["diverged"]
-                                                 + ["done"] * 2})
+    frame = _frame(
+        {"bp": base, "x": x}, status={"x": ["done"] * 3 + ["failed"] + ["done"] * 3 + ["diverged"] + ["done"] * 2}
+    )
     c = S.compare(frame, control="bp").iloc[0]
     assert c["verdict"] == "equivalent" and c["n_pairs"] == 8  # over the survivors
     assert (c["fail_method"], c["outcomes_method"], c["fail_reference"]) == (2, 10, 0)
     assert (c["fail_rate_method_low"], c["fail_rate_method_high"]) == pytest.approx(
-        tuple(ss.binomtest(2, 10).proportion_ci(method="exact")))
+        tuple(ss.binomtest(2, 10).proportion_ci(method="exact"))
+    )
     assert c["p_fail"] == pytest.approx(0.5) and c["fail_test"] == "McNemar exact"  # 2 discordant seeds
     assert c["reliability_flag"] == ""  # two failures are no significant difference...
     assert c["sens_verdict"] != "equivalent" and not c["survives_failures"]  # ...but the verdict does not survive
@@ -163,7 +204,7 @@ def test_all_failed_and_nan_runs_are_failures():
     assert c["verdict"] == "insufficient evidence" and c["n_pairs"] == 0
     assert c["fail_method"] == 10 and c["failures_method"] == 10  # 'done' with NaN counts as failed
     assert c["sens_verdict"] == "worse" and not c["survives_failures"]
-    assert c["p_fail"] == pytest.approx(2 * 0.5 ** 10) and c["reliability_flag"] == "less reliable"
+    assert c["p_fail"] == pytest.approx(2 * 0.5**10) and c["reliability_flag"] == "less reliable"
     counts = S.status_counts(frame[frame["method"] == "x"], "test_acc")
     assert counts == {"runs": 10, "n": 0, "failures": 10, "missing": 0}
 
@@ -183,8 +224,10 @@ def test_clopper_pearson_and_mcnemar_match_references():
 def test_nan_input_and_all_nan_aggregate():
     r = S.paired_comparison([0.91, np.nan, 0.92, 0.93], [0.9, 0.9, np.nan, 0.9], n_resamples=200)
     assert r["n_pairs"] == 2 and r["dropped"] == 2 and np.isfinite(r["p_t"])
-    assert S.compare(_frame({"bp": [0.9, 0.9, 0.9], "x": [np.nan, 0.95, 0.95]}), control="bp")["verdict"].iloc[0] \
+    assert (
+        S.compare(_frame({"bp": [0.9, 0.9, 0.9], "x": [np.nan, 0.95, 0.95]}), control="bp")["verdict"].iloc[0]
         == "insufficient evidence"
+    )
     frame = _frame({"bp": np.full(3, np.nan), "x": np.full(3, np.nan)})
     assert len(S.aggregate(frame, control="bp", n_resamples=100)) == 0  # no crash, nothing to aggregate
 
@@ -236,8 +279,10 @@ def test_seeds_needed_for_a_large_effect_and_for_equivalence():
     assert S.seeds_needed(0.05, 0.003, comparisons=10) == 3
     n = S.seeds_needed_equivalence(0.005, 0.003)
     assert S.power_equivalence(0.005 / 0.003, n) >= 0.8 > S.power_equivalence(0.005 / 0.003, n - 1)
-    assert S.seeds_needed_equivalence(0.005, 0.0) == 3 and S.seeds_needed_equivalence(0.005, 0.003,
-                                                                                      true_delta=0.006) is None
+    assert (
+        S.seeds_needed_equivalence(0.005, 0.0) == 3
+        and S.seeds_needed_equivalence(0.005, 0.003, true_delta=0.006) is None
+    )
 
 
 def test_equivalence_power_matches_simulation():
@@ -267,11 +312,31 @@ def _multi(datasets=6, axis=True):
     for i in range(datasets):
         base = rng.uniform(0.6, 0.95)
         for s in range(3):
-            rows.append({"method": "bp", "dataset": f"d{i}", "backbone": "mlp", "kernel": None, "seed": s,
-                         "status": "done", "test_acc": base + rng.normal(0, 0.002), "num_classes": 10})
+            rows.append(
+                {
+                    "method": "bp",
+                    "dataset": f"d{i}",
+                    "backbone": "mlp",
+                    "kernel": None,
+                    "seed": s,
+                    "status": "done",
+                    "test_acc": base + rng.normal(0, 0.002),
+                    "num_classes": 10,
+                }
+            )
             for k, shift in ((1, 0.01), (3, -0.01)) if axis else ((None, 0.01),):
-                rows.append({"method": "sff", "dataset": f"d{i}", "backbone": "mlp", "kernel": k, "seed": s,
-                             "status": "done", "test_acc": base + shift + rng.normal(0, 0.002), "num_classes": 10})
+                rows.append(
+                    {
+                        "method": "sff",
+                        "dataset": f"d{i}",
+                        "backbone": "mlp",
+                        "kernel": k,
+                        "seed": s,
+                        "status": "done",
+                        "test_acc": base + shift + rng.normal(0, 0.002),
+                        "num_classes": 10,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -287,22 +352,27 @@ def test_across_datasets_uses_datasets_as_blocks_and_axis_levels_as_treatments()
     assert ad.loc["sff[kernel=1]", "bayes_p_better"] > 0.9 and ad.loc["sff[kernel=3]", "bayes_p_worse"] > 0.9
     agg = S.aggregate(_multi(), control="bp", n_resamples=300).set_index("method")
     assert agg.loc["bp", "runs"] == 18  # the control's runs once, not once per kernel level
-    assert agg.loc["sff[kernel=1]", "prob_improvement_ci_low"] <= agg.loc["sff[kernel=1]", "prob_improvement"] \
+    assert (
+        agg.loc["sff[kernel=1]", "prob_improvement_ci_low"]
+        <= agg.loc["sff[kernel=1]", "prob_improvement"]
         <= agg.loc["sff[kernel=1]", "prob_improvement_ci_high"]
+    )
     prof = S.aggregate_profiles(_multi(), control="bp", n_resamples=200)
     assert set(prof["method"]) == set(agg.index) and prof["fraction"].between(0, 1).all()
 
 
 def test_control_rank_tests_follow_demsar():
-    m = pd.DataFrame({"c": [0.9, 0.8, 0.7, 0.95, 0.6], "a": [0.85, 0.75, 0.72, 0.9, 0.5],
-                      "b": [0.8, 0.7, 0.6, 0.9, 0.55]})
+    m = pd.DataFrame(
+        {"c": [0.9, 0.8, 0.7, 0.95, 0.6], "a": [0.85, 0.75, 0.72, 0.9, 0.5], "b": [0.8, 0.7, 0.6, 0.9, 0.55]}
+    )
     out = S.control_rank_tests(m, "c").set_index("treatment")
     ranks = S.average_ranks(m)
     se = math.sqrt(3 * 4 / (6 * 5))
     assert out.loc["b", "z"] == pytest.approx((ranks["b"] - ranks["c"]) / se)
     p = 2 * ss.norm.sf(abs(out["z"]))
-    np.testing.assert_allclose(out["p_holm"], np.minimum(1, np.maximum.accumulate(
-        np.sort(p) * np.array([2, 1])))[np.argsort(np.argsort(p))])
+    np.testing.assert_allclose(
+        out["p_holm"], np.minimum(1, np.maximum.accumulate(np.sort(p) * np.array([2, 1])))[np.argsort(np.argsort(p))]
+    )
 
 
 # ---------------------------------------------------------------- sources of variance
@@ -322,16 +392,19 @@ def test_variance_sources_separate_seeds_from_the_test_set():
 
 
 def test_a_run_stores_its_per_example_test_correctness():
-    from ffbench.config import RunConfig
-    from ffbench.train import fit
+    from ffbench.core.config import RunConfig
+    from ffbench.training.train import fit
 
-    res = fit(RunConfig(method="bp", dataset="digits", backbone="mlp", epochs=2,
-                        backbone_options={"widths": [32]}), device="cpu")
+    res = fit(
+        RunConfig(method="bp", dataset="digits", backbone="mlp", epochs=2, backbone_options={"widths": [32]}),
+        device="cpu",
+    )
     m = res.metrics
     correct = decode_correct(m["test_correct_bits"], m["n_test"])
     assert correct.mean() == pytest.approx(m["test_acc"])
-    frame = pd.DataFrame([{"method": "bp", "dataset": "digits", "backbone": "mlp", "seed": s, "status": "done",
-                           **m} for s in range(3)])
+    frame = pd.DataFrame(
+        [{"method": "bp", "dataset": "digits", "backbone": "mlp", "seed": s, "status": "done", **m} for s in range(3)]
+    )
     vt = S.variance_table(frame)
     assert len(vt) == 1 and vt["n_seeds"].iloc[0] == 3 and vt["sd_seed"].iloc[0] == 0
 
@@ -350,8 +423,10 @@ def test_seed_advice_is_for_effects_the_verdict_can_call_better():
     verdicts = _verdicts([rope], n, sd, 2000, np.random.default_rng(6), rope)[:, 0]
     assert (verdicts == "better").mean() >= 0.75  # the advised power (0.8), less what falls inside the ROPE
     below = S.seed_advice(comp, deltas=[0.002])
-    assert below.loc[below["delta"] == 0.002, "below_rope"].all() and below.loc[below["delta"] == 0.002,
-                                                                                   "seeds_needed"].isna().all()
+    assert (
+        below.loc[below["delta"] == 0.002, "below_rope"].all()
+        and below.loc[below["delta"] == 0.002, "seeds_needed"].isna().all()
+    )
 
 
 def test_one_seed_flag_is_rare_on_normal_seeds_and_frequent_when_one_collapses():

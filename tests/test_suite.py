@@ -1,7 +1,7 @@
 import pytest
 
 from ffbench.cli import main
-from ffbench.suite import SuiteError, load
+from ffbench.plan.suite import SuiteError, load
 
 GOOD = """
 [suite]
@@ -22,29 +22,38 @@ def write(tmp_path, extra="", base=GOOD):
 
 
 def test_good_suite_loads(tmp_path):
-    s = load(write(tmp_path, '[train]\nepochs = 2\n[backbones.mlp]\nwidths = [8]\n[methods.bp]\nhead = "goodness"\n'))
+    s = load(
+        write(tmp_path, '[train]\nepochs = 2\n[backbones.mlp]\nwidths = [8]\n[ffbench.methods.bp]\nhead = "goodness"\n')
+    )
     assert s.name == "t" and s.train == {"epochs": 2} and s.method_settings == {"bp": {"head": "goodness"}}
 
 
-@pytest.mark.parametrize("extra, base_edit, where, allowed", [
-    ("", ('methods = ["bp"]', 'methods = ["nope"]'), "[design].methods", "bp, bp.deepsup"),
-    ("", ('datasets = ["synthetic"]', 'datasets = ["imagenet"]'), "[design].datasets", "digits"),
-    ("[train]\nepoch = 3\n", None, "[train].epoch", "allowed: epochs, batch_size"),
-    ("[train]\nepochs = \"ten\"\n", None, "[train].epochs", "expected int"),
-    ("[train]\nepochs = 0\n", None, "[train].epochs", "an integer in [1, 100000]"),
-    ("[train]\noptimizer = \"lamb\"\n", None, "[train].optimizer", "allowed: sgd, adam, adamw"),
-    ("[methods.bp]\nhead = \"mlp\"\n", None, '[methods."bp"].head', "allowed: linear, goodness"),
-    ("[methods.\"bp.depsup\"]\nlr = 0.1\n", None, "bp.depsup", "not in [design].methods"),
-    ("[backbones.mlp]\ngranularity = \"stage\"\n", None, '[backbones."mlp"].granularity', "allowed: layer"),
-    ("[backbones.mlp]\ndepth = 3\n", None, '[backbones."mlp"].depth', "allowed: widths, granularity"),
-    ("", ("version = 1", "version = \"one\""), "[suite].version", "expected int"),
-    ("[extra]\nx = 1\n", None, "file.extra", "allowed: suite, design"),
-    ("", ('name = "t"', 'name = "a/b"'), "[suite].name", "letters, digits, '.', '-' and '_'"),
-    ("", ("version = 1", 'version = 1\ncontrol = "sff"'), "[suite].control", "not one of [design].methods; "
-                                                                             "allowed: bp"),
-    ("[train]\nval_size = 1.5\n", None, "[train].val_size", "a fraction in (0, 1) or a positive count"),
-    ("[datasets.synthetic]\nroot = 5\n", None, '[datasets."synthetic"].root', "reads no files"),
-])
+@pytest.mark.parametrize(
+    "extra, base_edit, where, allowed",
+    [
+        ("", ('methods = ["bp"]', 'methods = ["nope"]'), "[design].methods", "bp, bp.deepsup"),
+        ("", ('datasets = ["synthetic"]', 'datasets = ["imagenet"]'), "[design].datasets", "digits"),
+        ("[train]\nepoch = 3\n", None, "[train].epoch", "allowed: epochs, batch_size"),
+        ('[train]\nepochs = "ten"\n', None, "[train].epochs", "expected int"),
+        ("[train]\nepochs = 0\n", None, "[train].epochs", "an integer in [1, 100000]"),
+        ('[train]\noptimizer = "lamb"\n', None, "[train].optimizer", "allowed: sgd, adam, adamw"),
+        ('[ffbench.methods.bp]\nhead = "mlp"\n', None, '[methods."bp"].head', "allowed: linear, goodness"),
+        ('[methods."bp.depsup"]\nlr = 0.1\n', None, "bp.depsup", "not in [design].methods"),
+        ('[backbones.mlp]\ngranularity = "stage"\n', None, '[backbones."mlp"].granularity', "allowed: layer"),
+        ("[backbones.mlp]\ndepth = 3\n", None, '[backbones."mlp"].depth', "allowed: widths, granularity"),
+        ("", ("version = 1", 'version = "one"'), "[suite].version", "expected int"),
+        ("[extra]\nx = 1\n", None, "file.extra", "allowed: suite, design"),
+        ("", ('name = "t"', 'name = "a/b"'), "[suite].name", "letters, digits, '.', '-' and '_'"),
+        (
+            "",
+            ("version = 1", 'version = 1\ncontrol = "sff"'),
+            "[suite].control",
+            "not one of [design].methods; allowed: bp",
+        ),
+        ("[train]\nval_size = 1.5\n", None, "[train].val_size", "a fraction in (0, 1) or a positive count"),
+        ("[datasets.synthetic]\nroot = 5\n", None, '[datasets."synthetic"].root', "reads no files"),
+    ],
+)
 def test_bad_input_names_file_field_and_allowed_values(tmp_path, extra, base_edit, where, allowed):
     base = GOOD.replace(*base_edit) if base_edit else GOOD
     path = write(tmp_path, extra, base)
@@ -67,12 +76,15 @@ def test_unknown_suite_name_lists_named_suites():
 
 
 def test_split_sizes_against_the_data(tmp_path):
-    from ffbench.config import SplitError, split_sizes
+    from ffbench.core.config import SplitError, split_sizes
 
     assert split_sizes(0.1, None, None, n_train=600, num_classes=10) == (60, 540)
     assert split_sizes(100, 500, 2, n_train=600, num_classes=10) == (100, 500)
-    for args, field in (((0.1, None, 11), "classes"), ((600, None, None), "val_size"),
-                        ((0.1, 541, None), "train_subset")):
+    for args, field in (
+        ((0.1, None, 11), "classes"),
+        ((600, None, None), "val_size"),
+        ((0.1, 541, None), "train_subset"),
+    ):
         with pytest.raises(SplitError) as err:
             split_sizes(*args, n_train=600, num_classes=10)
         assert err.value.field == field

@@ -4,14 +4,15 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from ffbench.config import RunConfig
-from ffbench.method import LocalMethod, Method, make_head, method_card
-from ffbench.seeds import Streams
-from ffbench.train import SavedTensorMeter, StepSums, fit
+from ffbench.core.config import RunConfig
+from ffbench.core.method import LocalMethod, Method, make_head, method_card
+from ffbench.core.seeds import Streams
+from ffbench.training.train import SavedTensorMeter, StepSums, fit
 
 
-@method_card(name="test.nan", summary="test-only: its loss is NaN", rules=("head",),
-             capabilities=frozenset({"any-backbone"}))
+@method_card(
+    name="test.nan", summary="test-only: its loss is NaN", rules=("head",), capabilities=frozenset({"any-backbone"})
+)
 class NaNMethod(Method):
     def __init__(self, backbone, num_classes, options, ctx):
         super().__init__(backbone, num_classes, options, ctx)
@@ -24,8 +25,12 @@ class NaNMethod(Method):
         return {"head": self.head(self.backbone(x))}, []
 
 
-@method_card(name="test.local", summary="test-only: greedy per-unit heads, step and free", rules=("last",),
-             capabilities=frozenset({"any-backbone", "unit-heads"}))
+@method_card(
+    name="test.local",
+    summary="test-only: greedy per-unit heads, step and free",
+    rules=("last",),
+    capabilities=frozenset({"any-backbone", "unit-heads"}),
+)
 class Greedy(LocalMethod):
     def make_head(self, k, shape):
         return make_head("linear", shape, self.num_classes)
@@ -38,8 +43,14 @@ class Greedy(LocalMethod):
 
 
 def digits_mlp(method, **kw):
-    return RunConfig(method=method, dataset="digits", backbone="mlp", epochs=kw.pop("epochs", 8),
-                     backbone_options={"widths": [128, 128]}, **kw)
+    return RunConfig(
+        method=method,
+        dataset="digits",
+        backbone="mlp",
+        epochs=kw.pop("epochs", 8),
+        backbone_options={"widths": [128, 128]},
+        **kw,
+    )
 
 
 def test_bp_and_deepsup_learn_digits():
@@ -80,7 +91,7 @@ def test_same_seed_same_result_and_streams_stable_across_processes():
     a, b = fit(digits_mlp("bp", epochs=2, seed=4), "cpu"), fit(digits_mlp("bp", epochs=2, seed=4), "cpu")
     assert [r["val_acc"] for r in a.curves] == [r["val_acc"] for r in b.curves]
     here = Streams(11).as_dict()
-    code = "from ffbench.seeds import Streams; print(Streams(11).as_dict())"
+    code = "from ffbench.core.seeds import Streams; print(Streams(11).as_dict())"
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert eval(there) == here and len(set(here.values())) == len(here)
 
@@ -111,8 +122,15 @@ def test_step_sums_equal_adding_each_key_alone():
     """Stacked sums are the per-key float64 sums bit for bit, also for values per seed, mixed shapes and
     dtypes, and keys that change mid-epoch."""
     gen = torch.Generator().manual_seed(0)
-    steps = [{"loss": torch.rand((), generator=gen) * 1e3, "seeds": torch.rand(3, generator=gen),
-              "part": torch.rand((), generator=gen, dtype=torch.float64), "n": torch.tensor(i)} for i in range(50)]
+    steps = [
+        {
+            "loss": torch.rand((), generator=gen) * 1e3,
+            "seeds": torch.rand(3, generator=gen),
+            "part": torch.rand((), generator=gen, dtype=torch.float64),
+            "n": torch.tensor(i),
+        }
+        for i in range(50)
+    ]
     steps[30] = {"part": steps[30]["part"], "loss": steps[30]["loss"], "extra": torch.tensor(2.5)}
     sums, each = StepSums(), {}
     for i, stats in enumerate(steps):

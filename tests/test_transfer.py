@@ -1,28 +1,41 @@
 """Transfer: the pretraining stage (saved, hashed, reused, loaded with weights_only), the adaptation modes
 (what trains, what stays exactly as the source left it), the suite's [transfer] section and its checks."""
+
 import json
 import textwrap
 
 import pytest
 import torch
 
-from ffbench import runner, transfer
-from ffbench.config import RunConfig
-from ffbench.data import prepare
-from ffbench.design import expand
-from ffbench.seeds import Streams
-from ffbench.suite import SuiteError, load
-from ffbench.train import build, fit
+from ffbench.core.config import RunConfig
+from ffbench.core.seeds import Streams
+from ffbench.data.data import prepare
+from ffbench.execution import runner
+from ffbench.plan.design import expand
+from ffbench.plan.suite import SuiteError, load
+from ffbench.training import transfer
+from ffbench.training.train import build, fit
 
 MLP = {"widths": [32, 32]}
-SOURCE = RunConfig(method="sff", dataset="digits", backbone="mlp", epochs=1, keep_classes=[0, 1, 2, 3, 4],
-                   backbone_options=MLP).without_seed()
+SOURCE = RunConfig(
+    method="sff", dataset="digits", backbone="mlp", epochs=1, keep_classes=[0, 1, 2, 3, 4], backbone_options=MLP
+).without_seed()
 
 
 def target(method="sff", adapt="fine-tune", **kw):
     source = {**SOURCE, "method": method}
-    return RunConfig(method=method, dataset="digits", backbone="mlp", epochs=kw.pop("epochs", 1), seed=kw.pop("seed", 0),
-                     keep_classes=[5, 6, 7, 8, 9], backbone_options=MLP, adapt=adapt, source=source, **kw)
+    return RunConfig(
+        method=method,
+        dataset="digits",
+        backbone="mlp",
+        epochs=kw.pop("epochs", 1),
+        seed=kw.pop("seed", 0),
+        keep_classes=[5, 6, 7, 8, 9],
+        backbone_options=MLP,
+        adapt=adapt,
+        source=source,
+        **kw,
+    )
 
 
 def built(config):
@@ -97,10 +110,20 @@ def test_linear_probe_leaves_the_backbone_exactly_as_the_source_trained_it(tmp_p
 
 def test_frozen_batchnorm_keeps_the_source_statistics(tmp_path):
     cnn = {"channels": [8, 10], "pool": [1]}
-    source = RunConfig(method="bp", dataset="digits", backbone="cnn", epochs=1, keep_classes=[0, 1, 2, 3, 4],
-                       backbone_options=cnn).without_seed()
-    config = RunConfig(method="bp", dataset="digits", backbone="cnn", epochs=2, keep_classes=[5, 6, 7, 8, 9],
-                       backbone_options=cnn, adapt="last-k-units", adapt_units=1, source=source)
+    source = RunConfig(
+        method="bp", dataset="digits", backbone="cnn", epochs=1, keep_classes=[0, 1, 2, 3, 4], backbone_options=cnn
+    ).without_seed()
+    config = RunConfig(
+        method="bp",
+        dataset="digits",
+        backbone="cnn",
+        epochs=2,
+        keep_classes=[5, 6, 7, 8, 9],
+        backbone_options=cnn,
+        adapt="last-k-units",
+        adapt_units=1,
+        source=source,
+    )
     state, _ = transfer.pretrained(config, torch.device("cpu"), tmp_path)
     r = fit(config, "cpu", weights_dir=str(tmp_path), keep_model=True)
     now = r.model.backbone.state_dict()
@@ -114,8 +137,9 @@ def test_the_modes_train_what_they_say(tmp_path):
     counts = {}
     for mode in ("fine-tune", "linear-probe", "local-heads-only", "last-k-units"):
         method = built(target("sff", mode))
-        transfer.start(method, target("sff", mode), *transfer.pretrained(target("sff", mode), torch.device("cpu"),
-                                                                         tmp_path))
+        transfer.start(
+            method, target("sff", mode), *transfer.pretrained(target("sff", mode), torch.device("cpu"), tmp_path)
+        )
         counts[mode] = sum(p.numel() for p in method.parameters() if p.requires_grad)
     units = [sum(p.numel() for p in u.parameters()) for u in method.backbone.units]
     heads = [sum(p.numel() for p in h.parameters()) for h in method.heads]
@@ -162,8 +186,9 @@ def write(tmp_path, text, name="tr.toml"):
 
 
 def test_a_transfer_suite_runs_and_cells_share_their_source(tmp_path):
-    s = runner.run_suite(str(write(tmp_path, SUITE + TRANSFER)), tmp_path / "out", device="cpu", progress=False,
-                         track=False)
+    s = runner.run_suite(
+        str(write(tmp_path, SUITE + TRANSFER)), tmp_path / "out", device="cpu", progress=False, track=False
+    )
     rows = [r for r in s["store"].rows("tr") if r["role"] == "evaluation"]
     assert len(rows) == 2 * 7 and all(r["status"] == "done" for r in rows)  # bp has no local-heads-only
     scratch = [r for r in rows if r["factors"]["adapt"] == "scratch"]
@@ -196,17 +221,25 @@ def test_suite_mistakes_are_named_before_anything_trains(tmp_path):
 
 
 def test_a_source_that_gives_the_backbone_other_shapes_is_refused_at_planning(tmp_path):
-    text = SUITE.replace('methods = ["sff", "bp"]', 'methods = ["bp"]').replace('backbones = ["mlp"]', 'backbones = ["cnn.cfse"]')
-    text = text.replace("[backbones.mlp]\nwidths = [32, 32]\n", "[backbones.\"cnn.cfse\"]\nchannels = [10, 20]\npool = [1]\n")
+    text = SUITE.replace('methods = ["sff", "bp"]', 'methods = ["bp"]').replace(
+        'backbones = ["mlp"]', 'backbones = ["cnn.cfse"]'
+    )
+    text = text.replace(
+        "[backbones.mlp]\nwidths = [32, 32]\n", '[backbones."cnn.cfse"]\nchannels = [10, 20]\npool = [1]\n'
+    )
     path = write(tmp_path, text + '\n[transfer]\ndataset = "digits"\nepochs = 1\n\n[axes]\nadapt = ["fine-tune"]\n')
-    with pytest.raises(SuiteError, match=r"\[transfer\]: the source digits \(images \(1, 8, 8\), 10 classes\) cannot "
-                                         r"start cnn.cfse on the target digits \(images \(1, 8, 8\), 5 classes\): "
-                                         r"parameter shapes differ"):
+    with pytest.raises(
+        SuiteError,
+        match=r"\[transfer\]: the source digits \(images \(1, 8, 8\), 10 classes\) cannot "
+        r"start cnn.cfse on the target digits \(images \(1, 8, 8\), 5 classes\): "
+        r"parameter shapes differ",
+    ):
         runner.prepare(str(path), tmp_path / "out")
 
 
 def test_a_source_of_another_image_size_is_refused_at_planning(tmp_path):
-    from ffbench.datasets import DataError, load as load_data
+    from ffbench.data.datasets import DataError
+    from ffbench.data.datasets import load as load_data
 
     try:
         load_data("fashion-mnist")
@@ -214,8 +247,11 @@ def test_a_source_of_another_image_size_is_refused_at_planning(tmp_path):
         pytest.skip("Fashion-MNIST is not installed (make test installs it)")
     text = SUITE.replace('datasets = ["digits"]', 'datasets = ["fashion-mnist"]')
     path = write(tmp_path, text + '\n[transfer]\ndataset = "digits"\nepochs = 1\n\n[axes]\nadapt = ["fine-tune"]\n')
-    with pytest.raises(SuiteError, match=r"the source digits \(images \(1, 8, 8\).*fashion-mnist \(images "
-                                         r"\(1, 28, 28\).*the image sizes differ"):
+    with pytest.raises(
+        SuiteError,
+        match=r"the source digits \(images \(1, 8, 8\).*fashion-mnist \(images "
+        r"\(1, 28, 28\).*the image sizes differ",
+    ):
         runner.prepare(str(path), tmp_path / "out")
 
 
@@ -227,10 +263,14 @@ def test_imagenet_weights_missing_offline_is_a_clear_error(tmp_path, monkeypatch
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     text = SUITE.replace('backbones = ["mlp"]', 'backbones = ["resnet18"]').replace(
-        '[backbones.mlp]\nwidths = [32, 32]\n', "")
+        "[backbones.mlp]\nwidths = [32, 32]\n", ""
+    )
     path = write(tmp_path, text + '\n[transfer]\ndataset = "imagenet"\n\n[axes]\nadapt = ["fine-tune"]\n')
-    with pytest.raises(SuiteError, match=r"imagenet.*ImageNet weights of resnet18 are missing: .*hub/checkpoints/"
-                                         r"resnet18-[0-9a-f]+\.pth does not exist and https://\S+ could not be downloaded"):
+    with pytest.raises(
+        SuiteError,
+        match=r"imagenet.*ImageNet weights of resnet18 are missing: .*hub/checkpoints/"
+        r"resnet18-[0-9a-f]+\.pth does not exist and https://\S+ could not be downloaded",
+    ):
         runner.prepare(str(path), tmp_path / "out")
 
 
@@ -238,8 +278,9 @@ def test_imagenet_weights_load_where_names_and_shapes_match(tmp_path):
     import torchvision
 
     donor = torchvision.models.resnet18(num_classes=1000).state_dict()
-    config = RunConfig(method="bp", dataset="digits", backbone="resnet18", adapt="fine-tune",
-                       source={"weights": "imagenet"})
+    config = RunConfig(
+        method="bp", dataset="digits", backbone="resnet18", adapt="fine-tune", source={"weights": "imagenet"}
+    )
     method = built(config)
     skipped = transfer.load_backbone(method, donor, config.source)
     model = method.backbone.source.state_dict()
@@ -248,15 +289,34 @@ def test_imagenet_weights_load_where_names_and_shapes_match(tmp_path):
     assert torch.equal(method.backbone.units[-1][0].conv2.weight, donor["layer4.1.conv2.weight"])  # the units share it
 
 
-@pytest.mark.parametrize("method, backbone, options, rule, loss", [
-    ("cwc", "cnn.cfse", {"channels": [10, 20], "pool": [1]}, "sf", "loss.head"),  # the Sf head, from the first epoch
-    ("asge", "vgg.asge", {"channels": [8, 16]}, "linear", "loss.readout"),  # the read-out reads every (fixed) block
-])
-def test_linear_probe_of_methods_without_trainable_heads_trains_their_read_out(tmp_path, method, backbone, options,
-                                                                               rule, loss):
-    source = RunConfig(method=method, dataset="digits", backbone=backbone, epochs=1, backbone_options=options).without_seed()
-    config = RunConfig(method=method, dataset="digits", backbone=backbone, epochs=3, backbone_options=options,
-                       adapt="linear-probe", source=source)
+@pytest.mark.parametrize(
+    "method, backbone, options, rule, loss",
+    [
+        (
+            "cwc",
+            "cnn.cfse",
+            {"channels": [10, 20], "pool": [1]},
+            "sf",
+            "loss.head",
+        ),  # the Sf head, from the first epoch
+        ("asge", "vgg.asge", {"channels": [8, 16]}, "linear", "loss.readout"),  # the read-out reads every (fixed) block
+    ],
+)
+def test_linear_probe_of_methods_without_trainable_heads_trains_their_read_out(
+    tmp_path, method, backbone, options, rule, loss
+):
+    source = RunConfig(
+        method=method, dataset="digits", backbone=backbone, epochs=1, backbone_options=options
+    ).without_seed()
+    config = RunConfig(
+        method=method,
+        dataset="digits",
+        backbone=backbone,
+        epochs=3,
+        backbone_options=options,
+        adapt="linear-probe",
+        source=source,
+    )
     state, _ = transfer.pretrained(config, torch.device("cpu"), tmp_path)
     r = fit(config, "cpu", weights_dir=str(tmp_path), keep_model=True)
     assert r.status == "done", r.error
@@ -272,8 +332,8 @@ def test_two_processes_needing_one_source_train_it_once(tmp_path):
 
     code = textwrap.dedent(f"""
         import torch
-        from ffbench import transfer
-        from ffbench.config import RunConfig
+        from ffbench.training import transfer
+        from ffbench.core.config import RunConfig
         config = RunConfig.from_dict({target().to_dict()!r})
         print(transfer.pretrained(config, torch.device("cpu"), {str(tmp_path)!r})[1]["reused"])
     """)
@@ -308,8 +368,9 @@ def test_a_damaged_source_is_trained_again_never_a_method_failure(tmp_path, caps
         pt.write_bytes(pickle.dumps({"w": Hostile(marker)}))
     elif damage == "wrong shapes":
         buffer = io.BytesIO()
-        torch.save({k: torch.zeros(*(s + 1 for s in v.shape)) for k, v in torch.load(pt, weights_only=True).items()},
-                   buffer)
+        torch.save(
+            {k: torch.zeros(*(s + 1 for s in v.shape)) for k, v in torch.load(pt, weights_only=True).items()}, buffer
+        )
         pt.write_bytes(buffer.getvalue())
     if damage == "sidecar []":
         meta.write_text("[]")

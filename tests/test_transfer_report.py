@@ -2,6 +2,7 @@
 scratch and adapted (linear-probe, fine-tune) from checkpoints trained on classes 0-4; fine-tuning gains
 10-15 pp over scratch, sff 3 pp ahead of bp when fine-tuned. The gains, differences, verdicts, source
 accuracies, headline, rendered pages, and the tolerance of rows without the transfer fields."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,18 +12,35 @@ import pandas as pd
 import pytest
 
 from ffbench import stats
-from ffbench.config import RunConfig
-from ffbench.report import REPORTS, build_report, report_dir
-from ffbench.report_context import Options, ReportContext, load_tables
-from ffbench.store import Store
-from reports.transfer import (SCRATCH, Transfer, class_text, method_differences, mode_order, mode_winner,
-                              pretraining_gains, source_accuracy, source_label, target_label, transfer_frame)
+from ffbench.analysis.report import REPORTS, build_report, report_dir
+from ffbench.analysis.report_context import Options, ReportContext, load_tables
+from ffbench.core.config import RunConfig
+from ffbench.record.store import Store
+from ffbench.reports.transfer import (
+    SCRATCH,
+    Transfer,
+    class_text,
+    method_differences,
+    mode_order,
+    mode_winner,
+    pretraining_gains,
+    source_accuracy,
+    source_label,
+    target_label,
+    transfer_frame,
+)
 
 SUITE_NAME = "transfertest"
 SEEDS = [0, 1, 2, 3]
 TARGET, SOURCE = [5, 6, 7, 8, 9], [0, 1, 2, 3, 4]
-MEANS = {("bp", None): 0.80, ("sff", None): 0.78, ("bp", "linear-probe"): 0.85, ("sff", "linear-probe"): 0.84,
-         ("bp", "fine-tune"): 0.90, ("sff", "fine-tune"): 0.93}
+MEANS = {
+    ("bp", None): 0.80,
+    ("sff", None): 0.78,
+    ("bp", "linear-probe"): 0.85,
+    ("sff", "linear-probe"): 0.84,
+    ("bp", "fine-tune"): 0.90,
+    ("sff", "fine-tune"): 0.93,
+}
 SEED_EFFECT = [-0.006, 0.004, 0.0, 0.003]
 SOURCE_ACC = {"bp": [0.990, 0.991, 0.992, 0.989], "sff": [0.970, 0.975, 0.980, 0.985]}
 GROUPS = ["dataset", "backbone"]
@@ -36,29 +54,46 @@ def accuracy(method: str, adapt: str | None, seed: int) -> float:
 def make_transfer_store(out: Path) -> Path:
     store = Store(out / "results.db")
     rows, outcomes = [], {}
-    for (method, adapt) in MEANS:
+    for method, adapt in MEANS:
         for seed in SEEDS:
             run_id = f"{method}-{adapt or 'scratch'}-s{seed}"
             config = RunConfig(method=method, dataset="mnist", backbone="cnn", epochs=2, seed=seed).to_dict()
             # the transfer fields, by hand: the source task (no seed) is set on adapted runs only
-            source = {"method": method, "dataset": "mnist", "backbone": "cnn", "epochs": 5,
-                      "keep_classes": SOURCE} if adapt else None
+            source = (
+                {"method": method, "dataset": "mnist", "backbone": "cnn", "epochs": 5, "keep_classes": SOURCE}
+                if adapt
+                else None
+            )
             config.update(keep_classes=TARGET, adapt=adapt, adapt_units=1, source=source)
-            rows.append(dict(run_id=run_id, suite=SUITE_NAME, suite_version=1, cell_id=f"{method}{adapt}",
-                             role="evaluation", seed=seed, trial=None, config=config,
-                             factors={"method": method, "dataset": "mnist", "backbone": "cnn",
-                                      "adapt": adapt or SCRATCH}))
+            rows.append(
+                dict(
+                    run_id=run_id,
+                    suite=SUITE_NAME,
+                    suite_version=1,
+                    cell_id=f"{method}{adapt}",
+                    role="evaluation",
+                    seed=seed,
+                    trial=None,
+                    config=config,
+                    factors={"method": method, "dataset": "mnist", "backbone": "cnn", "adapt": adapt or SCRATCH},
+                )
+            )
             manifest = {"device": "cpu"}
             if adapt:  # the seed's checkpoint, shared by both modes
-                manifest["source"] = {"key": f"{method}-src-s{seed}", "sha256": "0" * 64,
-                                      "val_acc": SOURCE_ACC[method][seed] - 0.002,
-                                      "test_acc": SOURCE_ACC[method][seed], "train_time_s": 12.0}
+                manifest["source"] = {
+                    "key": f"{method}-src-s{seed}",
+                    "sha256": "0" * 64,
+                    "val_acc": SOURCE_ACC[method][seed] - 0.002,
+                    "test_acc": SOURCE_ACC[method][seed],
+                    "train_time_s": 12.0,
+                }
             outcomes[run_id] = ({"test_acc": accuracy(method, adapt, seed)}, manifest)
     store.add_runs(rows)
     for run_id, (metrics, manifest) in outcomes.items():
         assert store.claim(run_id, "test", 600)
-        assert store.finish(run_id, "test", "done", metrics=metrics, curves=[], compute={"num_classes": 5},
-                            manifest=manifest)
+        assert store.finish(
+            run_id, "test", "done", metrics=metrics, curves=[], compute={"num_classes": 5}, manifest=manifest
+        )
     return out
 
 
@@ -85,11 +120,17 @@ def paired(a: tuple, b: tuple) -> np.ndarray:
 def test_labels_describe_the_source_task_against_the_target():
     assert class_text([0, 1, 2, 3, 4]) == "0-4" and class_text([1, 3]) == "1, 3" and class_text(None) == ""
     assert target_label("mnist", [5, 6, 7, 8, 9]) == "mnist classes 5-9" and target_label("mnist", None) == "mnist"
-    assert source_label({"dataset": "mnist", "keep_classes": SOURCE}, "mnist", TARGET) == "mnist classes 0-4 → classes 5-9"
+    assert (
+        source_label({"dataset": "mnist", "keep_classes": SOURCE}, "mnist", TARGET) == "mnist classes 0-4 → classes 5-9"
+    )
     assert source_label({"dataset": "fashion-mnist", "keep_classes": None}, "mnist", None) == "fashion-mnist → mnist"
     assert source_label({"weights": "imagenet"}, "cifar10", None) == "imagenet weights → cifar10"
-    assert mode_order(["fine-tune", "scratch", "other", "linear-probe"]) == ["scratch", "linear-probe", "fine-tune",
-                                                                              "other"]
+    assert mode_order(["fine-tune", "scratch", "other", "linear-probe"]) == [
+        "scratch",
+        "linear-probe",
+        "fine-tune",
+        "other",
+    ]
 
 
 def test_the_frame_marks_scratch_runs_and_reads_the_checkpoints(tf):

@@ -1,17 +1,20 @@
 """Tuning: an equal budget of Optuna trials per method per cell, pruning, evaluation on fresh seeds only."""
+
 import math
 from pathlib import Path
 
 import optuna
 import pytest
 
-from ffbench import results, runner, stats, studies
-from ffbench.design import expand
-from ffbench.execute import Env
-from ffbench.selection import choose_best
-from ffbench.workers import work
-from ffbench.store import DONE, FAILED, FINISHED, PRUNED, Store
-from ffbench.suite import SuiteError, load
+from ffbench import stats
+from ffbench.execution import results, runner, studies
+from ffbench.execution.execute import Env
+from ffbench.execution.selection import choose_best
+from ffbench.execution.workers import work
+from ffbench.plan import tuning
+from ffbench.plan.design import expand
+from ffbench.plan.suite import SuiteError, load
+from ffbench.record.store import DONE, FAILED, FINISHED, PRUNED, Store
 
 SUITE = """
 [suite]
@@ -50,11 +53,27 @@ weight_decay = ["log", 1e-6, 1e-3]
 def write(write_suite):
     """The suite above with the given [tuning] settings, written into the test's directory."""
 
-    def make(tag="a", tuning_seeds="100", sampler="TPESampler", sampler_extra=", n_startup_trials = 2",
-             pruner="MedianPruner", pruner_args="n_startup_trials = 2", extra="") -> Path:
-        return write_suite(SUITE.format(tag=tag, tuning_seeds=tuning_seeds, sampler=sampler,
-                                        sampler_extra=sampler_extra, pruner=pruner, pruner_args=pruner_args,
-                                        extra=extra), tag)
+    def make(
+        tag="a",
+        tuning_seeds="100",
+        sampler="TPESampler",
+        sampler_extra=", n_startup_trials = 2",
+        pruner="MedianPruner",
+        pruner_args="n_startup_trials = 2",
+        extra="",
+    ) -> Path:
+        return write_suite(
+            SUITE.format(
+                tag=tag,
+                tuning_seeds=tuning_seeds,
+                sampler=sampler,
+                sampler_extra=sampler_extra,
+                pruner=pruner,
+                pruner_args=pruner_args,
+                extra=extra,
+            ),
+            tag,
+        )
 
     return make
 
@@ -104,7 +123,9 @@ def test_budget_is_exact_and_evaluation_uses_fresh_seeds(tmp_path, write):
         assert aggregates[cell_id]["summary"]["tuning_best_trial"] == int(g.loc[g["chosen"], "trial"].iloc[0])
     # bp used the suite's space, bp.deepsup its card's default space
     assert {c.factors["method"]: sorted(c.tuning["space"]) for c in design.cells} == {
-        "bp": ["lr", "weight_decay"], "bp.deepsup": ["lr", "weight_decay"]}
+        "bp": ["lr", "weight_decay"],
+        "bp.deepsup": ["lr", "weight_decay"],
+    }
     # resume: nothing left to do
     again = runner.run_suite(str(path), tmp_path / "out", device="cpu", progress=False, track=False)
     assert again["executed"] == 0
@@ -118,8 +139,13 @@ def test_pruned_trials_are_recorded_and_evaluation_fails_visibly(tmp_path, write
     trials = store.rows(suite.name, role="tuning")
     assert len(trials) == 6 and {r["status"] for r in trials} == {PRUNED}
     assert all(r["metrics"]["pruned_at_step"] == 0 and "pruned at step 0" in r["error"] for r in trials)
-    states = {t.state for c in s["design"].cells for t in optuna.load_study(
-        study_name=studies.study_name(suite, c), storage=studies.open_storage(s["optuna_storage"])).trials}
+    states = {
+        t.state
+        for c in s["design"].cells
+        for t in optuna.load_study(
+            study_name=studies.study_name(suite, c), storage=studies.open_storage(s["optuna_storage"])
+        ).trials
+    }
     assert states == {optuna.trial.TrialState.PRUNED}
     evals = store.rows(suite.name, role="evaluation")
     assert len(evals) == 4 and {r["status"] for r in evals} == {FAILED}
@@ -160,20 +186,36 @@ def test_a_dead_workers_trial_is_failed_and_its_slot_redone(tmp_path, write, mon
     assert len(store.rows(suite.name, cell_id=cell.cell_id, role="evaluation")) == 2
 
 
-@pytest.mark.parametrize("kwargs, where, allowed", [
-    (dict(tuning_seeds="0"), "[tuning].seeds", "must be disjoint"),
-    (dict(sampler="Hyperband"), "[tuning].sampler", "allowed: TPESampler, RandomSampler"),
-    (dict(sampler="RandomSampler", sampler_extra=", n_startup_trials = 2"), "[tuning].sampler_args.n_startup_trials",
-     "allowed: seed"),
-    (dict(pruner="Median"), "[tuning].pruner", "allowed: MedianPruner"),
-    (dict(extra='[tuning.space."bp.deepsup"]\nlr = ["log", 0, 1]'), '[tuning.space."bp.deepsup"].lr', "low > 0"),
-    (dict(extra='[tuning.space."bp.deepsup"]\nhead = ["choice", "linear", "conv"]'), '[tuning.space."bp.deepsup"].head',
-     "allowed: one of linear, goodness"),
-    (dict(extra='[tuning.space."bp.deepsup"]\ncolour = ["choice", 1, 2]'), '[tuning.space."bp.deepsup"].colour',
-     "training fields (epochs"),
-    (dict(extra='[tuning.space."sff"]\nlr = ["log", 1e-4, 1e-2]'), '[tuning.space."sff"]', "allowed: bp, bp.deepsup"),
-    (dict(sampler="GridSampler", sampler_extra=""), "[tuning].sampler", 'needs every parameter as ["choice", ...]'),
-])
+@pytest.mark.parametrize(
+    "kwargs, where, allowed",
+    [
+        (dict(tuning_seeds="0"), "[tuning].seeds", "must be disjoint"),
+        (dict(sampler="Hyperband"), "[tuning].sampler", "allowed: TPESampler, RandomSampler"),
+        (
+            dict(sampler="RandomSampler", sampler_extra=", n_startup_trials = 2"),
+            "[tuning].sampler_args.n_startup_trials",
+            "allowed: seed",
+        ),
+        (dict(pruner="Median"), "[tuning].pruner", "allowed: MedianPruner"),
+        (dict(extra='[tuning.space."bp.deepsup"]\nlr = ["log", 0, 1]'), '[tuning.space."bp.deepsup"].lr', "low > 0"),
+        (
+            dict(extra='[tuning.space."bp.deepsup"]\nhead = ["choice", "linear", "conv"]'),
+            '[tuning.space."bp.deepsup"].head',
+            "allowed: one of linear, goodness",
+        ),
+        (
+            dict(extra='[tuning.space."bp.deepsup"]\ncolour = ["choice", 1, 2]'),
+            '[tuning.space."bp.deepsup"].colour',
+            "training fields (epochs",
+        ),
+        (
+            dict(extra='[tuning.space."sff"]\nlr = ["log", 1e-4, 1e-2]'),
+            '[tuning.space."sff"]',
+            "allowed: bp, bp.deepsup",
+        ),
+        (dict(sampler="GridSampler", sampler_extra=""), "[tuning].sampler", 'needs every parameter as ["choice", ...]'),
+    ],
+)
 def test_bad_tuning_sections_rejected(write, kwargs, where, allowed):
     path = write(**kwargs)
     with pytest.raises(SuiteError) as err:
@@ -191,12 +233,12 @@ def test_sampler_must_be_seeded(write):
 
 def test_samplers_are_pinned_and_seeded_per_slot():
     spec = {"sampler": "TPESampler", "sampler_args": {"seed": 3, "n_startup_trials": 2}, "space": {}}
-    a, b, a2 = (studies.make_sampler(spec, k) for k in (0, 1, 0))
+    a, b, a2 = (tuning.make_sampler(spec, k) for k in (0, 1, 0))
     assert isinstance(a, optuna.samplers.TPESampler)
     draw = [s._rng.rng.random() for s in (a, b, a2)]
     assert draw[0] == draw[2] != draw[1]  # same slot, same stream; another slot, another stream
     qmc = {"sampler": "QMCSampler", "sampler_args": {"seed": 3, "scramble": True}, "space": {}}
-    assert studies.make_sampler(qmc, 0)._seed == studies.make_sampler(qmc, 5)._seed == 3  # a shared sequence
+    assert tuning.make_sampler(qmc, 0)._seed == tuning.make_sampler(qmc, 5)._seed == 3  # a shared sequence
 
 
 def test_expected_max_budget_estimator():

@@ -1,12 +1,14 @@
 """Repeats of the hyperparameter search: each repeat is the whole search again (its own study, its own tuning
 seeds), and its choice runs on the evaluation seeds, so the spread over repeats measures search variance."""
+
 import numpy as np
 import pytest
 
-from ffbench import runner, stats, studies
-from ffbench.store import FINISHED
-from ffbench.suite import SuiteError, load
-from ffbench.tuning import REPEAT, REPEAT_SEED_STRIDE
+from ffbench import stats
+from ffbench.execution import runner, studies
+from ffbench.plan.suite import SuiteError, load
+from ffbench.plan.tuning import REPEAT, REPEAT_SEED_STRIDE
+from ffbench.record.store import FINISHED
 
 SUITE = """
 [suite]
@@ -56,8 +58,11 @@ def test_search_variance_is_unbiased_and_removes_seed_noise():
 def test_repeats_must_keep_tuning_and_evaluation_seeds_apart(write_suite):
     with pytest.raises(SuiteError, match=r"\[tuning\]\.repeats"):
         load(str(write_suite(SUITE.format(repeats=0, seeds="100"))))
-    clash = write_suite(SUITE.format(repeats=2, seeds=f"{REPEAT_SEED_STRIDE - 1}, 100").replace(
-        "seeds = [0, 1]", f"seeds = [0, {2 * REPEAT_SEED_STRIDE - 1}]"))
+    clash = write_suite(
+        SUITE.format(repeats=2, seeds=f"{REPEAT_SEED_STRIDE - 1}, 100").replace(
+            "seeds = [0, 1]", f"seeds = [0, {2 * REPEAT_SEED_STRIDE - 1}]"
+        )
+    )
     with pytest.raises(SuiteError, match="also in \\[design\\].seeds"):
         load(str(clash))
 
@@ -70,8 +75,12 @@ def test_each_repeat_searches_on_its_own_and_its_choice_is_evaluated(tmp_path, w
     (cell,) = design.cells
     slots = store.rows(suite.name, cell_id=cell.cell_id, role="tuning")
     assert sorted(r["trial"] for r in slots) == [0, 1, 2, 3] and all(r["status"] in FINISHED for r in slots)
-    assert {r["trial"]: r["config"]["seed"] for r in slots} == {0: 100, 1: 100, 2: 100 + REPEAT_SEED_STRIDE,
-                                                                 3: 100 + REPEAT_SEED_STRIDE}
+    assert {r["trial"]: r["config"]["seed"] for r in slots} == {
+        0: 100,
+        1: 100,
+        2: 100 + REPEAT_SEED_STRIDE,
+        3: 100 + REPEAT_SEED_STRIDE,
+    }
     storage = studies.open_storage(s["optuna_storage"])
     for repeat in (0, 1):  # one study per repeat, each with its own two trials
         study = studies.load_study(storage, suite, cell, 2 * repeat)
@@ -91,7 +100,7 @@ def test_each_repeat_searches_on_its_own_and_its_choice_is_evaluated(tmp_path, w
 
 @pytest.mark.slow
 def test_report_shows_search_variance(tmp_path, write_suite):
-    from ffbench.report import build_report
+    from ffbench.analysis.report import build_report
 
     path = write_suite(SUITE.format(repeats=3, seeds="100"))
     s = runner.run_suite(str(path), tmp_path / "out", device="cpu", progress=False, track=False)

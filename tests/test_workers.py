@@ -1,4 +1,5 @@
 """Workers: several processes share a suite, each run executes once; killed workers; resume; failures."""
+
 import os
 import signal
 import subprocess
@@ -10,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ffbench import results, runner, studies
 from ffbench.cli import main
-from ffbench.pool import assign_devices
-from ffbench.store import DONE, FAILED, RUNNING, Store
+from ffbench.execution import results, runner, studies
+from ffbench.execution.pool import assign_devices
+from ffbench.record.store import DONE, FAILED, RUNNING, Store
 
 SUITE = """
 [suite]
@@ -56,8 +57,9 @@ def write(write_suite):
     """The suite above with the given name, version, methods, epochs and extra sections."""
 
     def make(name="w", version=1, methods='["bp", "bp.deepsup"]', epochs=2, extra="") -> Path:
-        return write_suite(SUITE.format(name=name, version=version, methods=methods, epochs=epochs, extra=extra),
-                           f"{name}-{version}")
+        return write_suite(
+            SUITE.format(name=name, version=version, methods=methods, epochs=epochs, extra=extra), f"{name}-{version}"
+        )
 
     return make
 
@@ -89,26 +91,46 @@ def test_two_worker_processes_run_every_run_exactly_once(tmp_path, write):
 
 
 def _start_worker(path: Path, out: Path, lease: float) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "ffbench.cli", "worker", str(path), "--out", str(out), "--device", "cpu",
-           "--lease", str(lease), "--poll", "0.2", "--no-tracking", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ffbench.cli",
+        "worker",
+        str(path),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--lease",
+        str(lease),
+        "--poll",
+        "0.2",
+        "--no-tracking",
+        "--no-progress",
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
 
 
-def _kill_when_running(proc: subprocess.Popen, store: Store, suite: str, role: str,
-                       timeout: float = 90) -> list[str]:
+def _kill_when_running(proc: subprocess.Popen, store: Store, suite: str, role: str, timeout: float = 90) -> list[str]:
     """SIGKILL the worker while it holds a row of ``role`` (a tuning slot: once its Optuna trial is asked);
     return the ids of every row it held when it died (a cell's evaluation seeds are claimed together)."""
     end = time.time() + timeout
     while time.time() < end:
-        held = [s for s in store.states(suite) if s["status"] == RUNNING and s["role"] == role
-                and s["worker"] and s["worker"].endswith(f":{proc.pid}")]
+        held = [
+            s
+            for s in store.states(suite)
+            if s["status"] == RUNNING and s["role"] == role and s["worker"] and s["worker"].endswith(f":{proc.pid}")
+        ]
         if held and role == "tuning":  # wait until it has asked Optuna for its trial
             held = [h for h in held if store.rows(run_id=h["run_id"])[0]["optuna_trial"] is not None]
         if held:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            return sorted(s["run_id"] for s in store.states(suite) if s["status"] == RUNNING
-                          and s["worker"] and s["worker"].endswith(f":{proc.pid}"))
+            return sorted(
+                s["run_id"]
+                for s in store.states(suite)
+                if s["status"] == RUNNING and s["worker"] and s["worker"].endswith(f":{proc.pid}")
+            )
         assert proc.poll() is None, "the worker exited before it could be killed"
         time.sleep(0.02)
     proc.kill()
@@ -122,7 +144,7 @@ def test_killed_workers_then_restart_lose_and_duplicate_nothing(tmp_path, write)
     out = tmp_path / "out"
     store = Store(out / "results.db")
     # a worker dies (SIGKILL) in the middle of a tuning trial, another in the middle of an evaluation run
-    killed_trial, = _kill_when_running(_start_worker(path, out, lease), store, "k", "tuning")
+    (killed_trial,) = _kill_when_running(_start_worker(path, out, lease), store, "k", "tuning")
     killed_evals = _kill_when_running(_start_worker(path, out, lease), store, "k", "evaluation")
     assert killed_evals and {store.rows(run_id=r)[0]["status"] for r in killed_evals} == {RUNNING}
     # the suite is run again: only what is missing runs, the dead workers' runs are redone
@@ -137,8 +159,9 @@ def test_killed_workers_then_restart_lose_and_duplicate_nothing(tmp_path, write)
     # Optuna: the killed trial was marked failed; the budget (store slots) is still exactly 2
     import optuna
 
-    study = optuna.load_study(study_name=studies.study_name(suite, design.cells[0]),
-                              storage=studies.open_storage(s["optuna_storage"]))
+    study = optuna.load_study(
+        study_name=studies.study_name(suite, design.cells[0]), storage=studies.open_storage(s["optuna_storage"])
+    )
     states = Counter(t.state.name for t in study.trials)
     assert states == {"COMPLETE": 2, "FAIL": 1}
     assert s["executed"] >= 2
@@ -147,8 +170,12 @@ def test_killed_workers_then_restart_lose_and_duplicate_nothing(tmp_path, write)
 def test_failures_are_recorded_counted_and_shown(tmp_path, capsys, write):
     # SGD at a learning rate of 10 with momentum 0.99 diverges (an impossible setting, e.g. too large a train_size,
     # or an absurd one, such as a learning rate of 1e6, stops the planner)
-    path = write(name="f", methods='["bp"]', extra='[methods.bp]\noptimizer = "sgd"\nmomentum = 0.99\n\n'
-                 '[axes.lr]\ntrain_field = "lr"\nlevels = [0.001, 10.0]')
+    path = write(
+        name="f",
+        methods='["bp"]',
+        extra='[ffbench.methods.bp]\noptimizer = "sgd"\nmomentum = 0.99\n\n'
+        '[axes.lr]\ntrain_field = "lr"\nlevels = [0.001, 10.0]',
+    )
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--no-tracking", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "2 failed runs (recorded as outcomes):" in out
@@ -162,10 +189,12 @@ def test_failures_are_recorded_counted_and_shown(tmp_path, capsys, write):
 
 def test_versions_never_mix(tmp_path, write):
     out = tmp_path / "out"
-    v1 = runner.run_suite(str(write(name="v", version=1, methods='["bp"]', epochs=1)), out,
-                          device="cpu", progress=False, track=False)
-    v2 = runner.run_suite(str(write(name="v", version=2, methods='["bp"]', epochs=1)), out,
-                          device="cpu", progress=False, track=False)
+    v1 = runner.run_suite(
+        str(write(name="v", version=1, methods='["bp"]', epochs=1)), out, device="cpu", progress=False, track=False
+    )
+    v2 = runner.run_suite(
+        str(write(name="v", version=2, methods='["bp"]', epochs=1)), out, device="cpu", progress=False, track=False
+    )
     assert v2["executed"] == 2  # nothing of version 1 is reused
     table, frame = results.results_table(v2["store"], v2["suite"], v2["design"])
     assert set(frame["suite_version"]) == {2} and list(table["n"]) == [2]
@@ -196,9 +225,20 @@ def test_launcher_gives_back_the_runs_of_a_dead_local_worker(tmp_path, write):
 def test_a_one_seed_cell_shows_no_spread_rather_than_nan():
     import pandas as pd
 
-    row = dict(dataset="mnist", backbone="cnn", method="cwc", n=1, failed=0, test_acc_mean=91.4, test_acc_sd=float("nan"),
-               test_acc_ci_low=float("nan"), test_acc_ci_high=float("nan"), verdict="control", epoch_time_s=457.7,
-               saved_MB_per_step=114.9)
+    row = dict(
+        dataset="mnist",
+        backbone="cnn",
+        method="cwc",
+        n=1,
+        failed=0,
+        test_acc_mean=91.4,
+        test_acc_sd=float("nan"),
+        test_acc_ci_low=float("nan"),
+        test_acc_ci_high=float("nan"),
+        verdict="control",
+        epoch_time_s=457.7,
+        saved_MB_per_step=114.9,
+    )
     two = {**row, "method": "bp", "n": 2, "test_acc_sd": 0.25, "verdict": None}
     text = results.format_table(pd.DataFrame([row, two]))
     assert "| 91.40 ± — | — |" in text and "| 91.40 ± 0.25 |" in text and "nan" not in text
@@ -223,8 +263,25 @@ def test_part_of_a_suite_now_and_the_rest_later(tmp_path, write):
 
 def test_spawned_workers_keep_to_the_part_asked_for(tmp_path, write, capsys):
     path, out = write(methods='["bp", "bp.deepsup"]', epochs=1), tmp_path / "out"
-    assert main(["run", str(path), "--out", str(out), "--workers", "2", "--cells", "bp", "--seeds", "0-1",
-                 "--no-tracking", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(path),
+                "--out",
+                str(out),
+                "--workers",
+                "2",
+                "--cells",
+                "bp",
+                "--seeds",
+                "0-1",
+                "--no-tracking",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     states = Store(out / "results.db").states("w", 1)
     assert sorted((r["run_id"].endswith(("-s0", "-s1")), r["status"]) for r in states) == [(True, DONE)] * 2
     assert "ran 2 of 2 runs" in capsys.readouterr().out

@@ -8,6 +8,7 @@ number next to ffbench's mean and 95% CI over seeds, the budget run and seconds 
 Results go to ``<out>/<suite>/`` (default ``ffbench-out/reproduction``); the report to
 ``<out>/<suite>/reports/<suite>/reproduction.{html,md}``. Running again executes only what is missing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SUITES = sorted(p.stem for p in (ROOT / "suites").glob("repro-*.toml"))
+SUITES = sorted(p.stem for p in (ROOT / "ffbench" / "suites").glob("repro-*.toml"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     for name in args.suites:
         out = Path(args.out) / name
-        suite = str(ROOT / "suites" / f"{name}.toml")
+        suite = str(ROOT / "ffbench" / "suites" / f"{name}.toml")
         run = [*ffbench, "run", suite, "--out", str(out), "--device", args.device]
         code |= subprocess.call(run + (["--dry-run"] if args.dry_run else []))
         if not args.dry_run:

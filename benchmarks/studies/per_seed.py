@@ -10,13 +10,14 @@ accuracy (%), best epoch and training time, and for each rule its best test accu
 
 The output folder defaults to ffbench-out/<suite> (``--out`` to change it).
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from ffbench.export import load
+from ffbench.record.export import load
 
 KEEP = ["status", "test_acc", "val_acc", "best_epoch", "train_time_s", "n_train"]
 
@@ -35,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     table = runs[["run_id", *factors, "seed", "suite_version", *[c for c in KEEP if c in runs], *rules]]
     test = curves[curves["metric"].str.match(r"test_acc(\.|$)") & ~curves["metric"].str.startswith("test_acc.unit")]
     best = test.pivot_table(index="run_id", columns="metric", values="value", aggfunc="max")
-    best.columns = [f"best_test.{c.removeprefix('test_acc.')}" if c != "test_acc" else "best_test" for c in best.columns]
+    best.columns = [
+        f"best_test.{c.removeprefix('test_acc.')}" if c != "test_acc" else "best_test" for c in best.columns
+    ]
     table = table.join(best, on="run_id").drop(columns="run_id").sort_values([*factors, "seed"])
     path = (Path(args.dest) if args.dest else Path(__file__).parent) / f"{args.suite}.csv"
     table.to_csv(path, index=False, float_format="%.4f")

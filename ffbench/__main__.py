@@ -1,0 +1,5 @@
+"""python -m ffbench: the command line."""
+
+from ffbench.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,427 @@
+"""Original forward-forward, ``ff.hinton`` (Hinton 2022), following methods.md §2: the official MATLAB recipe
+(2a, read through ff-py) and loeweX (2b), combined as in §2.6, with the §2.7 / §9 pitfalls made options.
+
+Per layer: RMS-normalise the (detached) input -> linear -> ReLU; goodness g = sum h^2; loss = BCE-with-logits
+on g - theta (positives 1, negatives 0, mean over the 2B rows) + peer normalisation on the positive half.
+The layers' losses and the softmax read-out's are summed and stepped once per batch (loeweX); each layer's
+input is detached, so each layer's gradient is its own loss's.
+
+Efficiency: the label lives in the first K inputs, and normalisation only rescales the input vector, so
+layer 1 on ``overlay(x, labels)`` equals ``(W x_rest + W[:, :K] labels) / norm + b`` with the norm computed
+from ||x_rest||^2 + ||labels||^2. One B-row matmul of the image is shared by the positive, negative and
+neutral rows, and K-label inference costs one image matmul plus K cheap rank-K corrections in layer 1.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ffbench.core.method import LocalMethod, linear, method_card
+from ffbench.core.options import Option
+from ffbench.core.registry import ByDataset
+
+SCALES = {"sum-rms": ("sum", "rms"), "mean-l2": ("mean", "l2")}  # goodness, normalisation; theta = N or 2
+NEGATIVES = ("uniform", "permutation", "hard")
+EPS = 1e-8
+
+
+class _StraightReLU(torch.autograd.Function):
+    """ReLU whose backward passes the gradient everywhere (MATLAB/loeweX): it only changes the peer-norm
+    term, since the goodness gradient 2h is already 0 where the unit is off. Saves nothing for backward."""
+
+    @staticmethod
+    def forward(ctx, z):
+        return z.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class _DenseGrad(torch.autograd.Function):
+    """Identity whose backward hands on a contiguous gradient: a seed's block of a concatenation then sums
+    its bias gradient over the same memory layout as its run alone (a strided sum rounds differently)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
+def ff_loss(g_pos: torch.Tensor, g_neg: torch.Tensor, theta: float) -> torch.Tensor:
+    """BCE-with-logits on g - theta, target 1 for positives and 0 for negatives, mean over the 2B rows."""
+    return F.softplus(torch.cat([theta - g_pos, g_neg - theta])).mean()
+
+
+def peer_loss(running_mean: torch.Tensor) -> torch.Tensor:
+    """Peer normalisation: mean over units of (mean_j m_j - m_j)^2; its gradient is 2(m_j - mean m)/N."""
+    return (running_mean.mean() - running_mean).pow(2).mean()
+
+
+def sample_negatives(
+    y: torch.Tensor, k: int, kind: str, gen: torch.Generator, logits: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Negative labels: ``uniform`` over the K-1 wrong classes (never the true one), ``permutation`` of the
+    batch's labels (may equal the true label, mpezeshki), or ``hard``: drawn from the neutral-label softmax
+    with the true class masked out (official MATLAB)."""
+    if kind == "uniform":
+        return (y + torch.randint(1, k, y.shape, generator=gen, device=y.device)) % k
+    if kind == "permutation":
+        return y[torch.randperm(len(y), generator=gen, device=y.device)]
+    if kind == "hard":  # torch.multinomial's one-sample draw, argmax p / Exp(1), without its checks' host syncs
+        probs = logits.float().scatter(1, y[:, None], float("-inf")).softmax(1)
+        return (probs / torch.empty_like(probs).exponential_(generator=gen)).argmax(1)
+    raise AssertionError(kind)  # options are validated before the method is built
+
+
+def resolve_scale(scale: str, goodness: str, norm: str) -> tuple[str, str]:
+    """The scale conventions travel together (§9.1): ``goodness``/``norm`` may only restate ``scale``."""
+    want_g, want_n = SCALES[scale]
+    if goodness not in ("auto", want_g) or norm not in ("auto", want_n):
+        g, n = (want_g if goodness == "auto" else goodness), (want_n if norm == "auto" else norm)
+        fix = next((s for s, pair in SCALES.items() if pair == (g, n)), None)
+        hint = f"set scale={fix!r} instead" if fix else "valid pairs: sum+rms (theta=N), mean+l2 (theta=2)"
+        raise ValueError(
+            f"ff: mixed scale conventions goodness={g!r} with norm={n!r} under scale={scale!r}; "
+            f"goodness, normalisation and threshold travel together ({hint})"
+        )
+    return want_g, want_n
+
+
+_OPTIONS = {
+    "scale": Option(
+        str,
+        "sum-rms",
+        "goodness, normalisation and threshold together",
+        choices=tuple(SCALES),
+        source="official: sum-rms; mpezeshki: mean-l2",
+    ),
+    "goodness": Option(str, "auto", "may only restate scale", choices=("auto", "sum", "mean")),
+    "norm": Option(str, "auto", "may only restate scale", choices=("auto", "rms", "l2")),
+    "theta_scale": Option(float, 1.0, "threshold = theta_scale x the convention's threshold", gt=0),
+    "negatives": Option(str, "uniform", "negative labels", choices=NEGATIVES, source="§2.7"),
+    "vote": Option(
+        str,
+        "skip-first",
+        "layers summed by the goodness rule and read by the softmax head",
+        choices=("skip-first", "all", "last"),
+        source="official: skip-first",
+    ),
+    "training": Option(
+        str, "simultaneous", "every layer every batch, or greedy epoch blocks", choices=("simultaneous", "greedy")
+    ),
+    "peer_weight": Option(float, 0.03, "peer-normalisation weight", ge=0, source="official"),
+    "peer_momentum": Option(float, 0.9, "running mean of activities", ge=0, lt=1, source="official"),
+    "head_lr": Option(float, 1e-2, "softmax read-out learning rate", gt=0),
+    "head_weight_decay": Option(float, 3e-3, "softmax read-out weight decay", ge=0),
+    "label_value": Option(float, 1.0, "value of the one-hot label slot", gt=0),
+    "pixels": Option(
+        str,
+        "unit-range",
+        "each image min-max scaled to [0, 1], or the harness's input",
+        choices=("unit-range", "as-given"),
+    ),
+    "rule": Option(
+        (str, type(None)),
+        None,
+        "the rule reported as the run's accuracy (and selecting its epoch); unset: goodness",
+        choices=("goodness", "softmax"),
+        source="loeweX reports the softmax read-out",
+    ),
+    "init": Option(
+        str,
+        "normal",
+        "N(0, 1/fan_in) weights and zero biases (official), N(0, 1/fan_out) and zero "
+        "biases (loeweX: std from the weight's dim 0), or torch's",
+        choices=("normal", "loewex", "torch"),
+    ),
+}
+
+
+def _problem(o: dict, n_layers: int, epochs: int) -> str | None:
+    """Why options ``o`` cannot train ``n_layers`` layers for ``epochs`` epochs, or None."""
+    try:
+        resolve_scale(o["scale"], o["goodness"], o["norm"])
+    except ValueError as exc:
+        return str(exc)
+    if o["vote"] == "skip-first" and n_layers < 2:
+        return "ff.hinton: vote='skip-first' needs at least 2 layers; use vote='all' or 'last'"
+    if o["training"] == "greedy" and epochs < n_layers:
+        return f"ff.hinton greedy training needs epochs >= layers ({epochs} < {n_layers})"
+    return None
+
+
+# loeweX/Forward-Forward @da516f09 (methods.md §2.3), the PyTorch reference with a published 1.45% (its
+# softmax read-out: the `softmax` rule); ffbench's recipe mixes the official init with this optimizer.
+_REFERENCE = {
+    "optimizer": ("sgd", "§2.3 config.yaml: SGD"),
+    "lr": (1e-3, "§2.3 config.yaml: lr 1e-3"),
+    "momentum": (0.9, "§2.3 config.yaml: momentum 0.9"),
+    "weight_decay": (3e-4, "§2.3 config.yaml: weight decay 3e-4"),
+    "schedule": ("cooldown-loewex", "§2.3 utils.py: lr 2 (1 + E - e) / E for e > E / 2"),
+    "batch_size": (100, "§2.3 config.yaml: batch 100"),
+    "head_lr": (1e-2, "§2.3 config.yaml: downstream lr 1e-2 (optimizer groups as fixed in PR #7, §2.7.1)"),
+    "head_weight_decay": (3e-3, "§2.3 config.yaml: downstream weight decay 3e-3"),
+    "init": ("loewex", "§2.3: N(0, 1/sqrt(dim 0 of the weight)), biases 0"),
+    "pixels": ("as-given", "§2.3: ToTensor only, so pixels / 255 (with dataset.normalize = none)"),
+    "dataset.normalize": ("none", "§2.3: ToTensor only, values in [0, 1]"),
+    "dataset.val_split": (ByDataset({"mnist": "last"}), "§2.3 utils.py: train on the first 50k, validate on 50k-60k"),
+    "val_size": (ByDataset({"mnist": 10000}), "§2.3: the last 10k MNIST training images validate"),
+    "scale": ("sum-rms", "§2.3: RMS norm, sum of squares, theta = N"),
+    "negatives": ("uniform", "§2.3 ff_mnist.py: uniform over the 9 wrong classes"),
+    "vote": ("skip-first", "§2.3: the classifier reads layers with index >= 1"),
+    "training": ("simultaneous", "§2.3: all losses summed, one optimizer step"),
+    "peer_weight": (0.03, "§2.3 config.yaml: peer normalisation 0.03"),
+    "peer_momentum": (0.9, "§2.3 config.yaml: running-mean momentum 0.9"),
+    "label_value": (1.0, "§2.3 ff_mnist.py: one-hot label, neutral 0.1 per slot"),
+    "rule": ("softmax", "§2.3: test accuracy is the downstream classifier's; no goodness-per-label inference"),
+}
+
+
+@method_card(
+    name="ff.hinton",
+    family="ff",
+    recipes={"reference": _REFERENCE},
+    summary="Original forward-forward: label in the first K inputs, RMS norm between layers, sum-of-squares "
+    "goodness with theta = N, logistic loss, peer normalisation, per-layer losses on detached inputs "
+    "summed and stepped once; inference "
+    "by goodness per label (default) and by a neutral-label softmax read-out",
+    paper="Hinton 2022, arXiv 2212.13345 (methods.md §2)",
+    code="official ffcode.zip via jesper-olsen/ff-py main.py; loeweX/Forward-Forward src/ff_model.py",
+    defaults={
+        "optimizer": "sgd",
+        "lr": 1e-3,
+        "momentum": 0.9,
+        "weight_decay": 3e-4,
+        "schedule": "cooldown",
+        "batch_size": 100,
+    },
+    options=_OPTIONS,
+    rules=("goodness", "softmax"),
+    rule_option="rule",
+    capabilities=frozenset({"flat", "negatives", "label-in-input", "unit-scores"}),
+    tuning_space={"lr": ("log", 1e-4, 1e-2), "weight_decay": ("log", 1e-5, 1e-3)},
+    notes="scale: sum-rms (goodness sum h^2, RMS norm, theta=N, official) or mean-l2 (mean h^2, L2 norm, "
+    "theta=2, mpezeshki); goodness/norm may restate it, a mixed pair is an error; theta = theta_scale x "
+    "the convention's threshold. vote: layers summed by the goodness rule and fed to the softmax head "
+    "(skip-first = official). training: simultaneous (each layer trains on its own loss every batch) or "
+    "greedy (layer l trains in epochs [l*E/L, (l+1)*E/L)). Neutral label = label_value/K per slot "
+    "(0.1 for 10 classes). pixels unit-range: each image min-max scaled to [0, 1] (the recipes' "
+    "pixel range; for MNIST it exactly undoes the harness standardisation), as-given: the harness's input. "
+    "init normal: N(0, 1/fan_in) weights, zero biases (official). Backbone: mlp.",
+)
+class FF(LocalMethod):
+    """The unit loop is the base's; a unit's input is a state: for layer 1 (|x_rest|^2, W1 x_rest, labels),
+    for layer l > 1 the normalised activity of layer l-1. Class scores of a unit are its goodness per label
+    row: (B, 2) [positive, negative] in training, (B, K) [one per label] in evaluation."""
+
+    adapt_modes = ("linear-probe", "last-k-units", "fine-tune")  # no head has parameters
+    joint_step = True  # the layers' and the read-out's losses summed, one step (loeweX)
+    probe_rule = "softmax"
+
+    @classmethod
+    def skip(cls, config):
+        o = {**{k: v for k, v in cls.card.defaults.items() if k in cls.card.options}, **config.method_options}
+        return _problem(o, len(config.backbone_options.get("widths", [])) or 3, config.epochs)
+
+    def __init__(self, backbone, num_classes, options, ctx):
+        o, k = options, num_classes
+        for unit in backbone.units:
+            lin = [m for m in unit.modules() if isinstance(m, nn.Linear)]
+            if backbone.is_conv or len(lin) != 1:
+                kind = "convolutional units" if backbone.is_conv else "units that are not one linear layer each"
+                raise ValueError(
+                    f"ff.hinton trains fully connected layers on the flattened image; this backbone "
+                    f"has {kind}. Allowed backbones: mlp"
+                )
+        widths = [lin.out_features for lin in self._linears(backbone)]
+        self.in_dim = self._linears(backbone)[0].in_features
+        if self.in_dim < k:
+            raise ValueError(f"ff.hinton writes the label over the first {k} inputs, but the input has {self.in_dim}")
+        why = _problem(o, len(widths), ctx.epochs)
+        if why:
+            raise ValueError(why)
+        super().__init__(backbone, num_classes, options, ctx)
+        self.goodness, self.norm = resolve_scale(o["scale"], o["goodness"], o["norm"])
+        self.thetas = [o["theta_scale"] * (n if self.goodness == "sum" else 2.0) for n in widths]
+        n_layers = len(widths)
+        self.vote = {"skip-first": list(range(1, n_layers)), "all": list(range(n_layers)), "last": [n_layers - 1]}[
+            o["vote"]
+        ]
+        if o["init"] in ("normal", "loewex"):
+            with torch.no_grad():
+                for lin in self.linears:
+                    fan = lin.in_features if o["init"] == "normal" else lin.out_features
+                    lin.weight.normal_(0.0, fan**-0.5)
+                    lin.bias.zero_()
+        for i, n in enumerate(widths):
+            self.register_buffer(f"peer_mean{i}", torch.zeros(n))
+        self.head = nn.Linear(sum(widths[i] for i in self.vote), k, bias=False)
+        nn.init.zeros_(self.head.weight)
+        self.make_joint_optimizer(
+            {"params": list(self.head.parameters()), "lr": o["head_lr"], "weight_decay": o["head_weight_decay"]}
+        )
+        self._label_consts = None  # _label_rows' tensors and the (device, dtype) they are for
+        self.label_value = o["label_value"]
+        if o["training"] == "greedy":  # layer l trains in epochs [l*E/L, (l+1)*E/L)
+            self.windows = [(i * ctx.epochs // n_layers, (i + 1) * ctx.epochs // n_layers) for i in range(n_layers)]
+
+    def make_head(self, k, shape):
+        return nn.Identity()  # a layer's class scores are its goodness per label row
+
+    @staticmethod
+    def _linears(backbone):
+        """Each unit's linear layer (looked up each time: seeds trained together replace it by a stacked one)."""
+        return [next(m for m in unit.modules() if hasattr(m, "in_features")) for unit in backbone.units]
+
+    @property
+    def linears(self):
+        return self._linears(self.backbone)
+
+    # ---------------------------------------------------------------- pieces
+    def _normalise(self, h):
+        if self.norm == "rms":
+            return h / (h.pow(2).mean(-1, keepdim=True).sqrt() + EPS)
+        return h / (h.norm(dim=-1, keepdim=True) + EPS)
+
+    def _good(self, h):
+        return h.pow(2).sum(-1) if self.goodness == "sum" else h.pow(2).mean(-1)
+
+    def _image(self, x):
+        """Flattened image with the label slots zeroed: its squared norm, and W1 @ it (B rows)."""
+        xr = x.flatten(1)
+        if self.options["pixels"] == "unit-range":  # per image to [0, 1]: undoes the harness standardisation
+            lo, hi = xr.aminmax(dim=1, keepdim=True)
+            xr = (xr - lo) / (hi - lo).clamp_min(EPS)
+        else:
+            xr = xr.clone()
+        xr[:, : self.num_classes] = 0
+        return xr.pow(2).sum(1), linear(xr, self.linears[0].weight)
+
+    def _label_rows(self, like):
+        """(a one-hot label row's squared norm, the neutral row (1, 1, K), its squared norm), made once per
+        device and dtype: the same for every row, and computed as the per-row arithmetic computes them."""
+        if self._label_consts is None or self._label_consts[0] != (like.device, like.dtype):
+            k, lv = self.num_classes, self.label_value
+            neutral = like.new_full((1, 1, k), lv / k)
+            one_hot = like.new_full((1,), lv).pow(2)  # its one non-zero slot squared; the zeros add nothing
+            self._label_consts = (like.device, like.dtype), (one_hot, neutral, neutral.pow(2).sum(-1))
+        return self._label_consts[1]
+
+    def _first(self, ssq, base, labels, label_ssq=None):
+        """Layer-1 pre-activations of overlay(x, labels); labels (V, B or 1, K) -> (V, B, N). ``label_ssq``: the
+        labels' squared norm where every row has the same (``_label_rows``), else computed from them."""
+        lin = self.linears[0]
+        if lin.weight.dim() == 2:
+            return self._overlay(ssq, base, labels, label_ssq, lin.weight, lin.bias)
+        # seeds trained together: each seed's rows with its own weights, by the kernels of its run alone
+        # (a broadcast over seeds would sum the bias gradient in another order, and FF amplifies such bits)
+        n = lin.weight.shape[0]
+        rows = labels.chunk(n, 1) if labels.shape[1] > 1 else [labels] * n
+        return torch.cat(
+            [
+                _DenseGrad.apply(self._overlay(s, b, lab, label_ssq, w, bias))
+                for s, b, lab, w, bias in zip(ssq.chunk(n), base.chunk(n), rows, lin.weight, lin.bias)
+            ],
+            1,
+        )
+
+    def _overlay(self, ssq, base, labels, label_ssq, weight, bias):
+        total = ssq + (labels.pow(2).sum(-1) if label_ssq is None else label_ssq)
+        denom = (total / self.in_dim if self.norm == "rms" else total).sqrt() + EPS
+        return (base + labels @ weight[:, : self.num_classes].t()) / denom[..., None] + bias
+
+    def _neutral(self, ssq, base):
+        """Normalised activities of every layer for the neutral label (called without grad)."""
+        _, neutral, neutral_ssq = self._label_rows(base)
+        z = self._first(ssq, base, neutral, neutral_ssq)[0]
+        feats = []
+        for i, lin in enumerate(self.linears):
+            if i:
+                z = lin(feats[-1])
+            feats.append(self._normalise(z.relu()))
+        return feats
+
+    def _layer(self, k, state):
+        """Layer k > 0 on label-major rows (V label blocks of R rows); with seeds trained together each label
+        block holds every seed's rows, so they are regrouped seed-major for the stacked layer and back."""
+        lin, n = self.linears[k], self.ctx.seeds
+        if n == 1:
+            return lin(state)
+        v, width = self._rows, state.shape[-1]
+        z = lin(state.reshape(v, n, -1, width).transpose(0, 1).reshape(-1, width))
+        return z.reshape(n, v, -1, z.shape[-1]).transpose(0, 1).reshape(-1, z.shape[-1])
+
+    # ---------------------------------------------------------------- the unit, its loss, the read-out
+    def forward_unit(self, k, state):
+        if k == 0:
+            ssq, base, labels = state  # one-hot label rows
+            self._rows = labels.shape[0]
+            z = self._first(ssq, base, labels, self._label_rows(base)[0]).flatten(0, 1)  # (V*B, N), label-major
+        else:
+            z = self._layer(k, state)
+        h = self._activity = _StraightReLU.apply(z) if torch.is_grad_enabled() else z.relu()  # peer term reads it
+        last = k + 1 == len(self.backbone.units)  # nothing reads the last layer's hand-off
+        return self._good(h).view(self._rows, -1).t(), h, None if last else self._normalise(h.detach())
+
+    def unit_loss(self, k, scores, y):
+        return self.unit_losses(k, scores, y)
+
+    def unit_losses(self, k, scores, y):
+        """The FF loss on a seed's rows plus peer normalisation of its positive rows' mean activity (with
+        seeds trained together each has its own running mean: a (seeds, units) buffer)."""
+        o, h, ctx = self.options, self._activity, self.ctx
+        loss = ctx.per_seed(lambda s: ff_loss(s[:, 0], s[:, 1], self.thetas[k]), scores)
+        if o["peer_weight"]:
+            peer = getattr(self, f"peer_mean{k}")
+            if ctx.seeds == 1:
+                m = o["peer_momentum"] * peer + (1 - o["peer_momentum"]) * h[: len(y)].mean(0)
+                loss = loss + o["peer_weight"] * peer_loss(m)
+            else:  # each seed's mean and term with the kernels of its run alone (same sums, same order)
+                mean = torch.stack([block.mean(0) for block in h[: len(y)].chunk(ctx.seeds)])
+                m = o["peer_momentum"] * peer + (1 - o["peer_momentum"]) * mean
+                loss = loss + o["peer_weight"] * torch.stack([peer_loss(row) for row in m])
+            peer.copy_(m.detach())  # the buffer is not saved for backward: updating it now is safe
+        g = scores.detach() / self.thetas[k]
+        self._goodness[f"goodness_pos.unit{k + 1}"] = ctx.per_seed(lambda t: t[:, 0].mean(), g)
+        self._goodness[f"goodness_neg.unit{k + 1}"] = ctx.per_seed(lambda t: t[:, 1].mean(), g)
+        return loss
+
+    def train_readouts(self, features, y):
+        return {"loss.head": self.ctx.per_seed(F.cross_entropy, self._logits, y)}  # stepped with the layers'
+
+    def train_step(self, x, y):
+        with torch.set_grad_enabled(self.active[0]):
+            ssq, base = self._image(x)
+        with torch.no_grad():
+            feats = torch.cat([f for i, f in enumerate(self._neutral(ssq, base)) if i in self.vote], 1)
+        self._logits = self.head(feats)  # the read-out's loss reads it, and so do hard negatives (detached)
+        logits = self._logits.detach() if self.options["negatives"] == "hard" else None
+        y_neg = self.ctx.per_seed_rows(
+            lambda g, t, s: sample_negatives(t, self.num_classes, self.options["negatives"], g, s), y, logits
+        )
+        labels = F.one_hot(torch.stack([y, y_neg]), self.num_classes).to(x.dtype) * self.label_value
+        self._goodness = {}
+        stats = super().train_step((ssq, base, labels), y)
+        return {**stats, **self._goodness}
+
+    def rules(self, scores, features):
+        return {"goodness": sum(scores[i] for i in self.vote)}
+
+    @property
+    def max_eval_batch(self):
+        return max(1, 2**14 // self.num_classes)  # B*K rows per pass: K = 100 would otherwise take GBs
+
+    @torch.no_grad()
+    def evaluate(self, x):
+        k = self.num_classes
+        ssq, base = self._image(x)
+        logits = self.head(torch.cat([self._neutral(ssq, base)[i] for i in self.vote], 1))
+        eye = torch.eye(k, device=x.device, dtype=x.dtype)[:, None, :] * self.label_value
+        rules, scores = super().evaluate((ssq, base, eye))
+        return {**rules, "softmax": logits}, scores

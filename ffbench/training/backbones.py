@@ -1,0 +1,294 @@
+"""Backbones and their partition into units (layers, blocks or stages).
+
+A ``Backbone`` is a sequence of units; running them in order is the plain forward pass. Local methods
+attach a head to each unit and cut the gradient at unit boundaries; BP runs them end to end. The
+torchvision models are wrapped, not rewritten: their blocks are the same module objects, only the stem
+is adapted to small images (3x3 stride-1 first convolution, no max-pool; any channel count).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from ffbench.core.options import Option, check_options
+from ffbench.core.registry import BACKBONES, Card
+
+GRANULARITIES = ("layer", "block", "stage")
+BN_PLACEMENTS = ("inside", "outside", "none")
+
+
+class Backbone(nn.Module):
+    """Units applied in order. ``out_shapes[k]`` is unit k's output shape without the batch dimension."""
+
+    def __init__(
+        self,
+        units: Sequence[nn.Module],
+        names: Sequence[str],
+        in_shape: tuple[int, ...],
+        granularity: str,
+        source: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.units = nn.ModuleList(units)
+        self.unit_names = list(names)
+        self.in_shape = tuple(in_shape)
+        self.granularity = granularity
+        object.__setattr__(self, "source", source)  # the wrapped model, kept unregistered
+        with torch.no_grad():
+            h = torch.zeros(2, *in_shape)
+            shapes = []
+            was_training = self.training
+            self.eval()
+            for u in self.units:
+                h = u(h)
+                shapes.append(tuple(h.shape[1:]))
+            self.train(was_training)
+        self.out_shapes = shapes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for u in self.units:
+            x = u(x)
+        return x
+
+    @property
+    def is_conv(self) -> bool:
+        return len(self.out_shapes[-1]) == 3
+
+
+def _group(modules: list[nn.Module], bounds: list[int]) -> list[nn.Module]:
+    """Split ``modules`` at the given start indices into nn.Sequential units."""
+    edges = list(bounds) + [len(modules)]
+    return [nn.Sequential(*modules[a:b]) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def _granularity(choices: tuple[str, ...], default: str | None = None) -> Option:
+    kw = {} if default is None else {"default": default}
+    return Option(str, help="what a unit is", choices=choices, **kw)
+
+
+_BN_INSIDE = Option(str, help="BatchNorm placement (torchvision models: inside only)", choices=("inside",))
+_WIDTHS = Option(int, help="a width", ge=1, le=2**20)
+
+
+def _layers(default: list[int], help: str) -> Option:
+    """Widths or channels per layer: at least one layer, each in [1, 2**20]."""
+    return Option(
+        list, default, help, item=_WIDTHS, check=bool, check_doc=f"a non-empty list, each {_WIDTHS.describe()}"
+    )
+
+
+# ---------------------------------------------------------------- MLP
+@BACKBONES.register(
+    Card(
+        name="mlp",
+        family="mlp",
+        summary="Fully connected ReLU layers on the flattened image; a unit is a layer",
+        options={
+            "widths": _layers([1000, 1000, 1000], "layer widths"),
+            "granularity": _granularity(("layer",), "layer"),
+        },
+        capabilities=frozenset({"flat"}),
+    )
+)
+def mlp(in_shape, num_classes, widths=(1000, 1000, 1000), granularity="layer") -> Backbone:
+    dims = [int(torch.tensor(in_shape).prod())] + [int(w) for w in widths]
+    units = [
+        nn.Sequential(*([nn.Flatten()] if i == 0 else []), nn.Linear(a, b), nn.ReLU())
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))
+    ]
+    return Backbone(units, [f"fc{i + 1}" for i in range(len(units))], in_shape, granularity)
+
+
+# ---------------------------------------------------------------- CwC-style simple CNN
+def _simple_cnn(
+    in_shape, channels, groups, pool, bn, kernel, granularity, class_groups: list[int] | None = None
+) -> Backbone:
+    layers, c_in = [], in_shape[0]
+    for i, (c, g) in enumerate(zip(channels, groups)):
+        if c_in % g or c % g:
+            raise ValueError(f"cnn layer {i + 1}: groups={g} must divide the input ({c_in}) and output ({c}) channels")
+        mods: list[nn.Module] = []
+        if bn == "outside" and i > 0:  # normalises the (detached) input: trained by this unit, not the last
+            mods.append(nn.BatchNorm2d(c_in, eps=1e-4))
+        mods += [nn.Conv2d(c_in, c, kernel, padding=kernel // 2, groups=g), nn.ReLU()]
+        if i in pool:
+            mods.append(nn.MaxPool2d(2))
+        if bn == "inside":
+            mods.append(nn.BatchNorm2d(c, eps=1e-4))
+        layers.append(nn.Sequential(*mods))
+        c_in = c
+    if granularity == "layer":
+        bounds = list(range(len(layers)))
+    else:  # a block (and a stage: one resolution) ends at each pooling layer
+        bounds = [0] + [i + 1 for i in sorted(pool) if i + 1 < len(layers)]
+    units = _group(layers, bounds)
+    names = [f"{granularity}{k + 1}" for k in range(len(units))]
+    backbone = Backbone(units, names, in_shape, granularity)
+    if class_groups:  # per layer, and per unit (a unit's goodness reads its last layer)
+        backbone.layer_class_groups = list(class_groups)
+        backbone.class_groups = [class_groups[b - 1] for b in [*bounds[1:], len(layers)]]
+    return backbone
+
+
+_CNN_OPTIONS = {
+    "channels": _layers([20, 80, 240, 480], "output channels per layer"),
+    "pool": Option(list, [1, 3], "layers (0-based) followed by 2x2 max-pooling", item=Option(int, ge=0)),
+    "bn": Option(str, "inside", "BatchNorm inside the unit, on its (detached) input, or none", choices=BN_PLACEMENTS),
+    "kernel": Option(int, 3, "conv kernel size", ge=1),
+    "granularity": _granularity(GRANULARITIES, "layer"),
+}
+
+
+@BACKBONES.register(
+    Card(
+        name="cnn",
+        family="cnn",
+        summary="CwC-style simple CNN: conv3x3 -> ReLU -> [max-pool on odd layers] -> BatchNorm, per layer",
+        paper="Papachristodoulou et al., AAAI 2024",
+        code="andreaspapac/CwComp src/Layer_cnn.py",
+        options=_CNN_OPTIONS,
+        capabilities=frozenset({"conv"}),
+    )
+)
+def cnn(
+    in_shape, num_classes, channels=(20, 80, 240, 480), pool=(1, 3), bn="inside", kernel=3, granularity="layer"
+) -> Backbone:
+    return _simple_cnn(in_shape, list(channels), [1] * len(channels), set(pool), bn, kernel, granularity)
+
+
+@BACKBONES.register(
+    Card(
+        name="cnn.cfse",
+        family="cnn",
+        summary="The simple CNN with CFSE: odd layers are grouped convolutions with groups = class count (or "
+        "the layer's class groups: CwC's CIFAR-100 class-group model)",
+        paper="Papachristodoulou et al., AAAI 2024",
+        code="andreaspapac/CwComp src/Models.py",
+        options={
+            **_CNN_OPTIONS,
+            "class_groups": Option(
+                (list, type(None)),
+                None,
+                "class groups per layer (each divides the class "
+                "count; unset: the class count on every layer); odd layers are grouped by it",
+                item=_WIDTHS,
+                source="CwComp CW_Comp_ClassGroup: [20, 20, 20, 20, 100, 100]",
+            ),
+        },
+        capabilities=frozenset({"conv", "cfse"}),
+    )
+)
+def cnn_cfse(
+    in_shape,
+    num_classes,
+    channels=(20, 80, 240, 480),
+    pool=(1, 3),
+    bn="inside",
+    kernel=3,
+    granularity="layer",
+    class_groups=None,
+) -> Backbone:
+    per_layer = list(class_groups) if class_groups else [num_classes] * len(channels)
+    if len(per_layer) != len(channels) or any(num_classes % g for g in per_layer):
+        raise ValueError(
+            f"cnn.cfse: class_groups {per_layer} needs one entry per layer ({len(channels)}), each "
+            f"dividing the class count {num_classes}"
+        )
+    groups = [per_layer[i] if i % 2 else 1 for i in range(len(channels))]
+    for i, (c, g) in enumerate(zip(channels, groups)):
+        if c % g:
+            raise ValueError(
+                f"cnn.cfse: layer {i + 1} has {c} channels, not divisible by its {g} class groups; "
+                f"choose channels that are multiples of {g}"
+            )
+    return _simple_cnn(
+        in_shape, list(channels), groups, set(pool), bn, kernel, granularity, per_layer if class_groups else None
+    )
+
+
+# ---------------------------------------------------------------- torchvision models
+def _small_stem_conv(old: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, old.out_channels, 3, stride=1, padding=1, bias=old.bias is not None)
+
+
+@BACKBONES.register(
+    Card(
+        name="resnet18",
+        family="resnet",
+        summary="torchvision ResNet18, small-image stem (3x3 stride 1, no max-pool); units: 8 residual blocks "
+        "(block) or 4 stages (stage); the stem belongs to the first unit",
+        paper="He et al. 2016",
+        code="torchvision.models.resnet18",
+        options={"granularity": _granularity(("block", "stage"), "block"), "bn": _BN_INSIDE},
+        capabilities=frozenset({"conv", "torchvision"}),
+    )
+)
+def resnet18(in_shape, num_classes, granularity="block", bn="inside") -> Backbone:
+    import torchvision
+
+    m = torchvision.models.resnet18(num_classes=num_classes)
+    m.conv1 = _small_stem_conv(m.conv1, in_shape[0])
+    m.maxpool = nn.Identity()
+    stem = [m.conv1, m.bn1, m.relu]
+    stages = [m.layer1, m.layer2, m.layer3, m.layer4]
+    if granularity == "stage":
+        units = [nn.Sequential(*stem, m.layer1)] + [nn.Sequential(s) for s in stages[1:]]
+        names = [f"stage{i + 1}" for i in range(4)]
+    else:
+        blocks = [b for s in stages for b in s]
+        units = [nn.Sequential(*stem, blocks[0])] + [nn.Sequential(b) for b in blocks[1:]]
+        names = [f"block{i + 1}" for i in range(len(blocks))]
+    return Backbone(units, names, in_shape, granularity, source=m)
+
+
+@BACKBONES.register(
+    Card(
+        name="mobilenetv3",
+        family="mobilenet",
+        summary="torchvision MobileNetV3-Small, small-image stem (stride 1); units: inverted-residual blocks "
+        "(block) or resolution stages (stage)",
+        paper="Howard et al. 2019",
+        code="torchvision.models.mobilenet_v3_small",
+        options={
+            "granularity": _granularity(("block", "stage"), "block"),
+            "bn": _BN_INSIDE,
+            "bn_momentum": Option(float, 0.1, "BatchNorm momentum", gt=0, le=1),
+        },
+        capabilities=frozenset({"conv", "torchvision"}),
+        notes="bn_momentum defaults to PyTorch's 0.1: torchvision's MobileNetV3 uses 0.01, whose running statistics "
+        "need hundreds of steps to settle, so short budgets evaluate at chance; 0.01 restores torchvision's.",
+    )
+)
+def mobilenetv3(in_shape, num_classes, granularity="block", bn="inside", bn_momentum=0.1) -> Backbone:
+    import torchvision
+
+    m = torchvision.models.mobilenet_v3_small(num_classes=num_classes)
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.momentum = bn_momentum
+    stem_conv = m.features[0][0]
+    m.features[0][0] = nn.Conv2d(in_shape[0], stem_conv.out_channels, 3, stride=1, padding=1, bias=False)
+    f = list(m.features)
+    # stem + first block, then one unit per block; the final 1x1 conv joins the last block
+    blocks = [[f[0], f[1]]] + [[b] for b in f[2:-1]]
+    blocks[-1].append(f[-1])
+    units = [nn.Sequential(*b) for b in blocks]
+    names = [f"block{i + 1}" for i in range(len(units))]
+    if granularity == "stage":  # a stage = the blocks at one spatial resolution
+        sizes = [s[-1] for s in Backbone(units, names, in_shape, "block").out_shapes]
+        bounds = [0] + [i for i in range(1, len(sizes)) if sizes[i] < sizes[i - 1]]
+        flat = [[mod for mod in u] for u in units]
+        edges = bounds + [len(units)]
+        units = [nn.Sequential(*[mod for blk in flat[a:b] for mod in blk]) for a, b in zip(edges[:-1], edges[1:])]
+        names = [f"stage{i + 1}" for i in range(len(units))]
+    return Backbone(units, names, in_shape, granularity, source=m)
+
+
+def build(name: str, in_shape: tuple[int, ...], num_classes: int, options: dict | None = None) -> Backbone:
+    """The backbone ``name`` with ``options`` checked against its card (the one place they are checked)."""
+    entry = BACKBONES.get(name)
+    options = check_options(entry.card.options, dict(options or {}), f"backbone {name}")
+    return entry.obj(tuple(in_shape), num_classes, **options)
