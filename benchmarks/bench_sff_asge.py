@@ -69,8 +69,7 @@ def ms(values, scale=1.0, fmt="{:.2f}"):
 def part_sff(args, device):
     from ffbench.core.config import RunConfig
     from ffbench.core.seeds import Streams
-    from ffbench.methods.sff import unit_saved_bytes
-    from ffbench.training.train import build
+    from ffbench.training.train import build, unit_saved_bytes
 
     arms = [("bp", {}), ("bp.deepsup", {"head": "goodness"}), ("sff", {})]
     table = []

@@ -13,6 +13,7 @@ import ffbench.methods.asge as asge_mod
 from ffbench.core.config import RunConfig
 from ffbench.core.seeds import Streams
 from ffbench.data.data import prepare
+from ffbench.training import backbones
 from ffbench.training.train import build, fit
 
 CPU = torch.device("cpu")
@@ -43,7 +44,7 @@ def test_block_is_conv_relu_rmspool_channel_layernorm():
     method, _ = make()
     block = method.backbone.units[0]
     assert isinstance(block.conv, nn.Conv2d) and isinstance(block.act, nn.ReLU)
-    assert isinstance(block.pool, asge_mod.RMSPool2d) and isinstance(block.norm, nn.LayerNorm)
+    assert isinstance(block.pool, backbones.RMSPool2d) and isinstance(block.norm, nn.LayerNorm)
     assert isinstance(method.backbone.units[2].pool, nn.Identity)  # not in `pool`
     x = torch.randn(4, 1, 8, 8)
     y, out = block.forward_pair(x)
@@ -96,14 +97,13 @@ def test_blocks_learn_from_their_own_loss_only(monkeypatch):
         p.register_hook(lambda grad, k=k: seen.append((current[0], k)))
     import ffbench.core.method
 
-    real_step = asge_mod.step
+    real_step = ffbench.core.method.step
 
     def tracking_step(opt, loss):
         current[0] = "readout" if opt is method.readout_opt else method.opts.index(opt)
         real_step(opt, loss)
 
-    monkeypatch.setattr(asge_mod, "step", tracking_step)  # the read-out
-    monkeypatch.setattr(ffbench.core.method, "step", tracking_step)  # the unit loop
+    monkeypatch.setattr(ffbench.core.method, "step", tracking_step)  # the unit loop and the read-out
     stats = method.train_step(data.train.x[:32], data.train.y[:32])
     assert seen and all(loss_k == unit_k for loss_k, unit_k in seen)
     assert {k for _, k in seen} == {0, 1, 2, "readout"}

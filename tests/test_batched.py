@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from ffbench.cli import main
 from ffbench.core.config import RunConfig
-from ffbench.core.method import Method, make_head, method_card, step
+from ffbench.core.heads import make_head
+from ffbench.core.method import Method, method_card, step
 from ffbench.core.options import Option
 from ffbench.core.seeds import Streams
 from ffbench.data.data import prepare
@@ -110,6 +111,7 @@ def test_batched_seeds_equal_their_runs_alone(case):
     capabilities=frozenset({"any-backbone"}),
 )
 class SeedNaN(Method):
+    seed_batching = True  # its losses come from ctx.per_seed
     bar = 2.0  # the test sets it between the seeds' draws
 
     def __init__(self, backbone, num_classes, options, ctx):
@@ -162,6 +164,8 @@ SEEN: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (x, y, draw)
     capabilities=frozenset({"any-backbone"}),
 )
 class Recorder(Method):
+    seed_batching = True  # its losses come from ctx.per_seed
+
     def __init__(self, backbone, num_classes, options, ctx):
         super().__init__(backbone, num_classes, options, ctx)
         self.head = make_head("linear", backbone.out_shapes[-1], num_classes)
@@ -229,6 +233,8 @@ class Tangled(nn.Module):
     capabilities=frozenset({"any-backbone"}),
 )
 class Unstackable(Method):
+    seed_batching = True  # its losses come from ctx.per_seed
+
     def __init__(self, backbone, num_classes, options, ctx):
         super().__init__(backbone, num_classes, options, ctx)
         c = backbone.in_shape[0]
@@ -261,6 +267,8 @@ class Unstackable(Method):
     capabilities=frozenset({"any-backbone"}),
 )
 class PooledLoss(Method):
+    seed_batching = True  # its losses come from ctx.per_seed
+
     def __init__(self, backbone, num_classes, options, ctx):
         super().__init__(backbone, num_classes, options, ctx)
         self.head = make_head("linear", backbone.out_shapes[-1], num_classes)

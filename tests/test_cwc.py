@@ -43,7 +43,7 @@ def test_class_goodness_is_mean_square_per_channel_group():
     h = torch.zeros(1, 4, 2, 2)
     h[0, 2:] = 3.0  # the second of two groups
     h[0, 0, 0, 0] = 2.0
-    from ffbench.core.method import grouped_goodness
+    from ffbench.core.heads import grouped_goodness
 
     assert grouped_goodness(h, 2).tolist() == [[0.5, 9.0]]
 

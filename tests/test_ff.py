@@ -103,15 +103,17 @@ def test_no_gradient_crosses_a_layer_boundary(monkeypatch):
     """One step of the summed losses, and each loss reaches its own layer (or the read-out) alone."""
     m = make(widths=(16, 16, 16))
     losses, touched, steps = [], [], []
-    unit_losses, readouts, real_step = m.unit_losses, m.train_readouts, ffbench.core.method.step
+    unit_loss, readouts, real_step = m.unit_loss, m.readouts, ffbench.core.method.step
+    x, y = torch.randn(8, 1, 8, 8), torch.arange(8)
 
-    def recording_losses(k, scores, y):
-        losses.append(unit_losses(k, scores, y))
-        return losses[-1]
+    def recording_loss(k, scores, y, h):
+        out = unit_loss(k, scores, y, h)
+        losses.append(out["loss"])
+        return out
 
-    def recording_readouts(features, y):
-        out = readouts(features, y)
-        losses.append(out["loss.head"])
+    def recording_readouts(features):
+        out = readouts(features)
+        losses.append(torch.nn.functional.cross_entropy(out["head"], y))  # the loss the loop takes of it
         return out
 
     def recording_step(opt, loss):
@@ -128,10 +130,10 @@ def test_no_gradient_crosses_a_layer_boundary(monkeypatch):
         steps.append(opt)
         real_step(opt, loss)
 
-    monkeypatch.setattr(m, "unit_losses", recording_losses)
-    monkeypatch.setattr(m, "train_readouts", recording_readouts)
+    monkeypatch.setattr(m, "unit_loss", recording_loss)
+    monkeypatch.setattr(m, "readouts", recording_readouts)
     monkeypatch.setattr(ffbench.core.method, "step", recording_step)
-    stats = m.train_step(torch.randn(8, 1, 8, 8), torch.arange(8))
+    stats = m.train_step(x, y)
     assert touched == [{"0"}, {"1"}, {"2"}, {"head"}] and steps == [m.opt]
     assert {"loss", "loss.unit1", "loss.unit2", "loss.unit3", "loss.head"} <= set(stats)
     assert all(not v.requires_grad and v.dim() == 0 for v in stats.values())

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from ffbench.core.config import RunConfig
-from ffbench.core.method import Context, LinearHead
+from ffbench.core.heads import LinearHead
+from ffbench.core.method import Context
 from ffbench.core.registry import METHODS
 from ffbench.training import backbones
 from ffbench.training.train import fit
@@ -81,7 +82,7 @@ def test_linear_head_pools_by_average_or_flatten():
     assert avg.fc.in_features == 4 and flat.fc.in_features == 36
     assert torch.allclose(flat(h), flat.fc(h.flatten(1))) and torch.allclose(avg(h), avg.fc(h.mean((2, 3))))
     bp = build("bp", "cnn", {"channels": [8, 16]}, (1, 8, 8), pool="flatten")
-    assert bp.head.fc.in_features == 16 * 4 * 4
+    assert bp.heads[-1].fc.in_features == 16 * 4 * 4
 
 
 def test_match_cwc_elsewhere_is_skipped_and_a_matched_run_trains():

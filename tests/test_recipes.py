@@ -243,7 +243,7 @@ def test_cifar100_class_group_model_shapes_and_targets():
     assert groups.shape == (3, 20) and target.tolist() == [0, 1, 19]  # y // 5: consecutive fine labels
     assert torch.allclose(groups, h.reshape(3, 20, -1).pow(2).mean(2))
     assert torch.equal(scores[:, 5:10], groups[:, 1:2].expand(3, 5))  # a group's score on each of its classes
-    loss = m.unit_loss(0, scores, y)
+    loss = m.unit_loss(0, scores, y, h)
     assert torch.allclose(loss, torch.nn.functional.cross_entropy(groups, target))
     assert m.heads[5].ratio == 1 and m.windows[4] == (60, 85) and m.head_start == 85
 

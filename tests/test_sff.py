@@ -12,7 +12,7 @@ from ffbench.core.method import Context
 from ffbench.core.seeds import Streams
 from ffbench.data.data import prepare
 from ffbench.training import backbones
-from ffbench.training.train import SavedTensorMeter, build, evaluate, fit
+from ffbench.training.train import SavedTensorMeter, build, evaluate, fit, unit_saved_bytes
 
 CPU = torch.device("cpu")
 SMALL_CNN = {"channels": [8, 16, 16, 32], "granularity": "block"}
@@ -153,7 +153,7 @@ def test_saved_bytes_step_and_free_resnet18():
             method.train_step(x, y)
         measured[name] = meter.peak
         x_y[name] = method
-    per_unit = sff_mod.unit_saved_bytes(x_y["sff"], x, y)
+    per_unit = unit_saved_bytes(x_y["sff"], x, y)
     assert measured["sff"] == max(per_unit)
     assert measured["sff"] < measured["bp"] / 2
     assert measured["bp"] > 0.8 * sum(per_unit)

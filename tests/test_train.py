@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from ffbench.core.config import RunConfig
-from ffbench.core.method import LocalMethod, Method, make_head, method_card
+from ffbench.core.heads import make_head
+from ffbench.core.method import LocalMethod, Method, method_card
 from ffbench.core.seeds import Streams
 from ffbench.training.train import SavedTensorMeter, StepSums, fit
 

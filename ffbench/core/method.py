@@ -1,32 +1,39 @@
-"""The method contract, and the parts local methods share (heads, goodness, the unit loop).
+"""The method contract: what a method writes, and the unit loop the harness runs for it.
 
-The harness owns data, seeds, evaluation, timing and logging. A method owns only:
-  * ``__init__``: how it builds its trainable parts around a backbone, with optimizers from ``ctx``;
-  * ``train_step(x, y)``: one mini-batch, returning tensors to log (``loss`` at least): scalars, or one
-    value per seed when seeds train together (below);
-  * ``evaluate(x)``: ``({rule: class scores}, [class scores per unit])``, the one inference hook; the
-    harness puts the card's default rule first;
-  * optionally ``start_epoch(epoch)`` (layer schedules) and the class method ``skip(config)`` (why a
-    configuration cannot run, decided before anything trains).
-It never sees the validation or test labels, the clock or the tracker.
+A **local method** (``LocalMethod``) trains a backbone unit by unit. It writes:
 
-``LocalMethod`` owns the unit loop of every method trained unit by unit (one optimizer per unit,
-forward -> head -> loss -> backward -> step -> hand-off, one unit's graph alive at a time; or, with
-``joint_step``, one optimizer and one step of the summed losses per batch); a local method supplies its
-head per unit, its unit loss, its hand-off and its inference rules.
+* ``make_head(k, shape)``: unit k's head, features -> class scores (None: the unit has no loss);
+* ``unit_loss(k, scores, y, h)``: unit k's loss on the rows it is given, reduced over them (a mean), from
+  its class scores, the labels and the features the head read; or a dict with that ``loss`` and other values
+  to log (``<name>.unit<k>``);
+* ``rules(scores, features)``: the inference rules, class scores per rule;
+* where it differs from the default: ``pass_on(k, h)`` (the hand-off), ``unit_outputs(k, x)`` (what the head
+  reads and what is handed on), ``readouts(features)`` (read-outs trained on the detached features, with the
+  optimizer ``readout_opt``), ``windows`` (a layer schedule) and ``update`` (below);
+* and on its card (``@method_card``), its options (``Option``), rules and capabilities; ``skip(config)``
+  says why a configuration cannot run, before anything trains.
 
-Seeds trained together (``ffbench.training.batched``): the harness stacks ``ctx.seeds`` copies of a method, each
-built from its own seed, into one model whose layers hold a leading seed dimension, and folds their
-mini-batches into one (seed 0's rows, then seed 1's, ...). Code that is row-wise needs nothing; what
-reduces over rows or draws random numbers goes through ``ctx.per_seed`` (a loss or statistic: one value
-per seed, each computed on that seed's rows alone) and ``ctx.per_seed_rows`` (draws from each seed's own
-stream), and ``step`` back-propagates the sum of the seeds' losses, so every seed gets the gradient it
-would get alone. With one seed both helpers are exactly the plain call.
+The harness owns the rest: the optimizers per unit, the step-and-free loop (forward -> head -> loss ->
+backward -> step, one unit's graph alive at a time), detaching between units, device placement, seeds
+trained together (each seed's loss computed on its own rows, the method's buffers its own), checkpoints and
+timing. ``update`` chooses how the loop steps: ``local`` (each unit its own optimizer, step-and-free),
+``joint`` (inputs still detached, every loss summed and stepped once by ``self.opt``), or ``end-to-end``
+(nothing detached: backpropagation, the baselines).
+
+A **whole-network method** (``Method``) writes ``train_step(x, y)`` (one mini-batch, returning the values to
+log, ``loss`` at least) and ``evaluate(x)`` (``({rule: class scores}, [class scores per unit])``) itself, with
+optimizers from ``ctx.make_optimizer``. The harness trains its seeds one at a time unless the class sets
+``seed_batching = True`` (it then reduces its losses with ``ctx.per_seed``).
+
+Random draws (negatives, sampling) come from ``ctx.draw(fn, *rows)``: ``fn(generator, *rows)`` with the run's
+stream, so that seeds trained together each draw from their own. A method never sees the validation or test
+labels, the clock or the tracker.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
@@ -41,6 +48,8 @@ from ffbench.core.registry import Card
 
 if TYPE_CHECKING:  # the contract names the backbone's type; the backbones sit a layer above
     from ffbench.training.backbones import Backbone
+
+UPDATES = ("local", "joint", "end-to-end")
 
 
 @dataclass
@@ -62,24 +71,21 @@ class Context:
         if not self.generators:
             self.generators = [self.generator]
 
-    def per_seed(self, fn: Callable[..., torch.Tensor], *rows: torch.Tensor, **kw: Any) -> torch.Tensor:
-        """``fn`` reduces over the batch's rows (a mean loss, an accuracy): its value for each seed, computed
-        on that seed's block of rows alone, shape (seeds,), so each value and its gradient are the ones the
-        seed would get alone. With one seed, ``fn(*rows, **kw)`` itself."""
-        if self.seeds == 1:
-            return fn(*rows, **kw)
-        return torch.stack([fn(*block, **kw) for block in self._blocks(rows)])
-
-    def per_seed_rows(self, fn: Callable[..., torch.Tensor], *rows: torch.Tensor | None) -> torch.Tensor:
-        """Row-wise random draws: ``fn(generator, *rows)`` on each seed's rows with that seed's stream,
-        concatenated (rows may include None). With one seed, ``fn(self.generator, *rows)``."""
+    def draw(self, fn: Callable[..., torch.Tensor], *rows: torch.Tensor | None) -> torch.Tensor:
+        """Row-wise random draws: ``fn(generator, *rows)`` with the run's stream (rows may include None).
+        Seeds trained together each draw on their own rows from their own stream."""
         if self.seeds == 1:
             return fn(self.generator, *rows)
-        return torch.cat([fn(g, *block) for g, block in zip(self.generators, self._blocks(rows))])
+        return torch.cat([fn(g, *block) for g, block in zip(self.generators, seed_blocks(rows, self.seeds))])
 
-    def _blocks(self, rows) -> list[tuple]:
-        split = [r.chunk(self.seeds) if r is not None else [None] * self.seeds for r in rows]
-        return list(zip(*split))
+    def per_seed(self, fn: Callable[..., torch.Tensor], *rows: torch.Tensor, **kw: Any) -> torch.Tensor:
+        """For a whole-network method that sets ``seed_batching``: ``fn`` reduced over each seed's rows alone,
+        shape (seeds,); with one seed ``fn(*rows, **kw)`` itself. A local method never needs it."""
+        if self.seeds == 1:
+            return fn(*rows, **kw)
+        return torch.stack([fn(*block, **kw) for block in seed_blocks(rows, self.seeds)])
+
+    per_seed_rows = draw  # the 0.1 name
 
     def make_optimizer(
         self, params: Iterable[nn.Parameter] | Iterable[dict[str, Any]], **overrides: Any
@@ -116,14 +122,47 @@ class Context:
                 group["lr"] = group["base_lr"] * factor
 
 
+def seed_blocks(rows: Iterable[torch.Tensor | None], seeds: int) -> list[tuple]:
+    """Each seed's block of every tensor of ``rows`` (seed-major rows; None stays None)."""
+    split = [r.chunk(seeds) if r is not None else [None] * seeds for r in rows]
+    return list(zip(*split))
+
+
+def reduce_per_seed(method: nn.Module, fn: Callable[..., Any], *rows: torch.Tensor | None) -> Any:
+    """``fn`` on each seed's rows alone, its results stacked per seed (a tensor, or a dict of tensors); with
+    one seed ``fn(*rows)`` itself. While seed i's block runs, the method's own buffers (stacked by
+    ``ffbench.training.batched``) are seed i's, so a running statistic updated in place lands in its row."""
+    seeds = method.ctx.seeds
+    if seeds == 1:
+        return fn(*rows)
+    owners = method.__dict__.get("_seed_owners")
+    if owners is None:  # the Method modules whose own buffers are stacked (found once)
+        owners = method.__dict__["_seed_owners"] = [m for m in method.modules() if isinstance(m, Method) and m._buffers]
+    stacked = [(m, dict(m._buffers)) for m in owners]
+    out = []
+    try:
+        for i, block in enumerate(seed_blocks(rows, seeds)):
+            for m, buffers in stacked:
+                m._buffers.update({k: b[i] for k, b in buffers.items() if b is not None})
+            out.append(fn(*block))
+    finally:
+        for m, buffers in stacked:
+            m._buffers.update(buffers)
+    if isinstance(out[0], dict):
+        return {k: torch.stack([o[k] for o in out]) for k in out[0]}
+    return torch.stack(out)
+
+
 class Method(nn.Module, ABC):
-    """Base class of every method plugin, registered with ``@method_card``.
+    """Base class of every method plugin, registered with ``@method_card``: a whole-network method writes
+    ``train_step`` and ``evaluate`` itself (a local method inherits them from ``LocalMethod``).
 
     ``card`` is set by the decorator; ``options`` holds the card's defaults updated with the suite's
     values, validated against ``card.options`` before the method is built (a method never re-checks them).
     """
 
     card: ClassVar[Card]
+    seed_batching: ClassVar[bool] = False  # seeds may train stacked: its losses are one per seed (ctx.per_seed)
 
     def __init__(self, backbone: Backbone, num_classes: int, options: dict[str, Any], ctx: Context):
         super().__init__()
@@ -142,9 +181,8 @@ class Method(nn.Module, ABC):
     def default_rule(self) -> str:
         """The rule reported as the run's accuracy: the card's ``rule_option`` value, else its first rule."""
         card = self.card
-        return (
-            self.report_rule or (self.options.get(card.rule_option) if card.rule_option else None) or card.rules[0]
-        )  # unset: first
+        chosen = self.options.get(card.rule_option) if card.rule_option else None
+        return self.report_rule or chosen or card.rules[0]
 
     max_eval_batch: int | None = None  # a cap on the harness's evaluation batch (e.g. one row per label)
     report_rule: str | None = None  # set by adapt(): the rule a mode reports instead of the card's default
@@ -184,52 +222,70 @@ class Method(nn.Module, ABC):
 
 
 class LocalMethod(Method):
-    """A method trained unit by unit, step-and-free (unless ``joint_step``): no gradient crosses a unit boundary.
+    """A method trained unit by unit: the module docstring lists what it writes; this class runs the loop.
 
-    Per batch, for each unit k the harness-owned loop runs ``forward_unit`` (unit -> head: class scores
-    and the hand-off), ``unit_loss``, backward and the unit's optimizer step (its graph is freed before
-    unit k+1 runs), then ``train_readouts`` trains any read-out on the detached per-unit features.
-    A subclass supplies ``make_head``, ``unit_loss``, ``rules`` and where it differs ``pass_on`` (the
-    hand-off's transformation, which an architecture-matched BP baseline runs inside its graph; ``hand_off``
-    applies it to the detached output without a graph), ``unit_outputs``, ``unit_params``, ``windows`` (a
-    layer schedule) and ``train_readouts``.
-
-    With ``joint_step`` the units' losses and the read-outs' (``train_readouts`` then returns them with
-    their graphs and does not step) are summed and stepped once per batch by one optimizer, ``self.opt``,
-    which the subclass makes with ``make_joint_optimizer`` once its read-outs exist. Each unit's input is
-    still detached, so each unit's gradient is its own loss's; every graph is alive until the step. A unit
-    that does not train (outside its window, or frozen) runs without a graph and gets no gradient, so the
-    optimizer leaves it as it is.
+    Per batch, for each unit k that trains this epoch (``windows[k]``), the loop runs ``unit_outputs``, the
+    head, ``unit_loss`` on each seed's rows, then (``update = "local"``) backward and unit k's optimizer
+    step, freeing its graph before unit k+1 runs; the hand-off to unit k+1 is ``pass_on`` on the detached
+    output (inside the graph under ``end-to-end``). A unit outside its window runs without a graph. Then
+    each read-out of ``readouts`` gets its cross-entropy per seed, stepped by ``readout_opt``. Under ``joint``
+    and ``end-to-end`` every loss is summed and stepped once by ``self.opt`` (``make_joint_optimizer``).
+    Logged: ``loss`` (the sum), ``loss.unit<k>``, ``loss.<read-out>`` and what ``unit_loss`` adds.
     """
 
-    joint_step: ClassVar[bool] = False  # one optimizer step of the summed losses per batch (above)
+    update: ClassVar[str] = "local"  # how the loop steps: local, joint or end-to-end (module docstring)
+    seed_batching = True  # the loop computes every loss per seed
+    readouts_read_all: ClassVar[bool] = False  # the read-outs read every unit's features (run them all)
+
+    # the 0.1 contract's hooks, and what replaces each (CHANGELOG.md: porting a 0.1 plugin)
+    _PORTED: ClassVar[dict[str, str]] = {
+        "train_readouts": "readouts(features) returning {name: class scores}; the loop trains them",
+        "unit_losses": "unit_loss only: the loop calls it on each seed's rows",
+        "joint_step": 'update = "joint"',
+    }
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        for old, new in LocalMethod._PORTED.items():
+            if old in cls.__dict__:
+                raise TypeError(
+                    f"{cls.__module__}.{cls.__name__} defines {old!r}, a hook of the ffbench 0.1 method "
+                    f"contract; in 0.2 write {new} (CHANGELOG.md, 'Porting a 0.1 plugin')"
+                )
+        # unit_loss(k, scores, y) of 0.1 still works: the features are passed where it takes them
+        params = inspect.signature(cls.unit_loss).parameters
+        cls._loss_reads_h = len(params) >= 5 or any(p.kind is p.VAR_POSITIONAL for p in params.values())
 
     def __init__(self, backbone: Backbone, num_classes: int, options: dict[str, Any], ctx: Context):
         super().__init__(backbone, num_classes, options, ctx)
         self.heads = nn.ModuleList(self.make_head(k, shape) for k, shape in enumerate(self.head_shapes()))
-        if not self.joint_step:
+        if self.update == "local":
             self.opts = [ctx.make_optimizer(self.unit_params(k)) for k in range(len(backbone.units))]
         self.windows = [(0, ctx.epochs)] * len(backbone.units)  # the epochs [start, end) each unit trains in
-        self.active = [True] * len(backbone.units)  # which units train this epoch (frozen ones run without grad)
+        self.active = [True] * len(backbone.units)  # which units train this epoch (the others run without grad)
 
-    # ------------------------------------------------------------ what a local method supplies
+    # ------------------------------------------------------------ what a local method writes
+    def make_head(self, k: int, shape: tuple[int, ...]) -> nn.Module | None:
+        """Unit k's head: the unit's features (of ``shape``) -> class scores (B, K); None: no loss on unit k."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def unit_loss(self, k: int, scores: torch.Tensor, y: torch.Tensor, h: torch.Tensor) -> Any:
+        """Unit k's loss on the rows given (one seed's): a scalar reduced over them, or a dict of it (``loss``)
+        and other scalars to log. ``h``: the features the head read (for a term on the activity)."""
+
+    @abstractmethod
+    def rules(self, scores: list[torch.Tensor], features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Inference rules from the per-unit class scores (and head inputs)."""
+
     def head_shapes(self) -> list[tuple[int, ...]]:
         """The shape each head reads (default: the units' output shapes)."""
         return list(self.backbone.out_shapes)
 
-    def make_head(self, k: int, shape: tuple[int, ...]) -> nn.Module:
-        """Unit k's head: the unit's features -> class scores (B, K)."""
-        raise NotImplementedError
-
     def unit_params(self, k: int) -> list[nn.Parameter]:
         """What unit k's optimizer trains (default: the unit and its head)."""
-        return [*self.backbone.units[k].parameters(), *self.heads[k].parameters()]
-
-    def make_joint_optimizer(self, *readouts: dict[str, Any]) -> None:
-        """Under ``joint_step``: ``self.opt``, one parameter group of every unit's parameters (the run's
-        settings), then ``readouts`` (parameter groups with their own settings, ``Context.make_optimizer``)."""
-        units = [p for k in range(len(self.backbone.units)) for p in self.unit_params(k)]
-        self.opt = self.ctx.make_optimizer([{"params": units}, *readouts])
+        head = self.heads[k]
+        return [*self.backbone.units[k].parameters(), *(head.parameters() if head is not None else ())]
 
     def unit_outputs(self, k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(what the head reads, what is handed on) for unit k on its input; both the unit output by default."""
@@ -241,41 +297,34 @@ class LocalMethod(Method):
         architecture-matched BP baseline back-propagates through (default: unchanged)."""
         return h
 
-    def hand_off(self, k: int, h: torch.Tensor) -> torch.Tensor:
-        """Unit k's output -> unit k+1's input, cut from the graph: ``pass_on`` on the detached output,
-        computed without recording a graph no loss reaches."""
-        with torch.no_grad():
-            return self.pass_on(k, h.detach())
-
-    @abstractmethod
-    def unit_loss(self, k: int, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Unit k's loss on its class scores: a mean over the rows (with seeds trained together the loop
-        calls it on each seed's rows, ``unit_losses``)."""
-
-    def unit_losses(self, k: int, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Unit k's loss, one per seed (a scalar for one seed): ``unit_loss`` on each seed's rows."""
-        return self.ctx.per_seed(lambda s, t: self.unit_loss(k, s, t), scores, y)
-
-    def train_readouts(self, features: list[torch.Tensor], y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Train read-outs on the detached per-unit features (head inputs); return their losses (under
-        ``joint_step`` with their graphs: the loop steps them)."""
+    def readouts(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Class scores of each read-out trained on the detached per-unit features (head inputs), by name; the
+        loop trains them with cross-entropy and ``readout_opt`` (under ``joint``: with ``self.opt``)."""
         return {}
 
-    @abstractmethod
-    def rules(self, scores: list[torch.Tensor], features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Inference rules from the per-unit class scores (and head inputs)."""
+    # ------------------------------------------------------------ what the harness runs
+    def make_joint_optimizer(self, *readouts: dict[str, Any]) -> None:
+        """Under ``joint`` or ``end-to-end``: ``self.opt``, one parameter group of every unit's parameters (the
+        run's settings), then ``readouts`` (parameter groups with their own settings, ``Context.make_optimizer``)."""
+        units = [p for k in range(len(self.backbone.units)) for p in self.unit_params(k)]
+        self.opt = self.ctx.make_optimizer([{"params": units}, *readouts])
 
-    # ------------------------------------------------------------ the loop the base owns
-    def forward_unit(self, k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Unit k on its (detached) input: (class scores, head input, hand-off to unit k+1)."""
+    def forward_unit(self, k: int, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, Any]:
+        """Unit k on its input: (class scores or None, head input, hand-off to unit k+1; None after the last)."""
         feat, out = self.unit_outputs(k, x)
-        return self.heads[k](feat), feat, self.hand_off(k, out)
+        head = self.heads[k]
+        if k + 1 == len(self.backbone.units):
+            hand = None
+        elif self.update == "end-to-end":
+            hand = self.pass_on(k, out)
+        else:  # cut from the graph: computed without recording a graph no loss reaches
+            with torch.no_grad():
+                hand = self.pass_on(k, out.detach())
+        return (head(feat) if head is not None else None), feat, hand
 
     def start_epoch(self, epoch: int) -> None:
         """A layer schedule: unit k trains in the epochs of ``windows[k]``."""
         self.active = [s <= epoch < e for s, e in self.windows]
-
-    readouts_read_all: ClassVar[bool] = False  # train_readouts reads every unit's features (run them all)
 
     def units_to_run(self) -> int:
         """How many units a training step runs: up to the last one that trains (all with readouts_read_all)."""
@@ -289,7 +338,7 @@ class LocalMethod(Method):
         """linear-probe: the backbone and every head but the last (the final head and the read-outs train);
         local-heads-only: the backbone (every head trains); otherwise as ``Method``."""
         if mode == "linear-probe":
-            return [self.backbone, *self.heads[:-1]]
+            return [self.backbone, *(h for h in self.heads[:-1] if h is not None)]
         return super().fixed_in(mode, k)
 
     def adapt(self, mode: str, k: int) -> None:
@@ -301,8 +350,9 @@ class LocalMethod(Method):
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         stats: dict[str, torch.Tensor] = {}
+        logged: dict[str, torch.Tensor] = {}
         # every unit's head input stays alive until the read-outs only when there are read-outs to train
-        keep = type(self).train_readouts is not LocalMethod.train_readouts
+        keep = type(self).readouts is not LocalMethod.readouts
         features = []
         for k in range(self.units_to_run()):
             if not self.active[k]:
@@ -311,22 +361,34 @@ class LocalMethod(Method):
                 features.append(feat if keep else None)
                 continue
             scores, feat, x = self.forward_unit(k, x)
-            loss = self.unit_losses(k, scores, y)
-            if not self.joint_step:
-                step(self.opts[k], loss)  # unit k's graph is freed before unit k+1 runs
-                loss = loss.detach()
+            if scores is not None:
+                if self._loss_reads_h:
+                    loss = reduce_per_seed(self, lambda s, t, h, k=k: self.unit_loss(k, s, t, h), scores, y, feat)
+                else:
+                    loss = reduce_per_seed(self, lambda s, t, k=k: self.unit_loss(k, s, t), scores, y)
+                if isinstance(loss, dict):
+                    logged.update({f"{name}.unit{k + 1}": v for name, v in loss.items() if name != "loss"})
+                    loss = loss["loss"]
+                if self.update == "local":
+                    step(self.opts[k], loss)  # unit k's graph is freed before unit k+1 runs
+                    loss = loss.detach()
+                stats[f"loss.unit{k + 1}"] = loss
             features.append(feat.detach() if keep else None)
-            stats[f"loss.unit{k + 1}"] = loss
-        stats.update(self.train_readouts(features, y))
+        for name, scores in self.readouts(features).items():
+            loss = reduce_per_seed(self, F.cross_entropy, scores, y)
+            if self.update != "joint":
+                step(self.readout_opt, loss)
+                loss = loss.detach()
+            stats[f"loss.{name}"] = loss
         parts = list(stats.values())
         total = parts[0] if parts else torch.zeros(() if self.ctx.seeds == 1 else self.ctx.seeds, device=y.device)
         for part in parts[1:]:
             total = total + part
-        if self.joint_step:  # the logged total is the stepped sum
+        if self.update != "local":  # the logged total is the stepped sum
             if total.requires_grad:
                 step(self.opt, total)
             total, stats = total.detach(), {k: v.detach() for k, v in stats.items()}
-        return {"loss": total, **stats}
+        return {"loss": total, **stats, **{k: v.detach() for k, v in logged.items()}}
 
     def evaluate(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         scores, features = [], []
@@ -334,7 +396,8 @@ class LocalMethod(Method):
             s, feat, x = self.forward_unit(k, x)
             scores.append(s)
             features.append(feat)
-        return self.rules(scores, features), scores
+        per_unit = scores if all(s is not None for s in scores) else []  # per-unit accuracy where every unit has a head
+        return self.rules(scores, features), per_unit
 
 
 # What a method card's capabilities mean. Placement (where it runs; one is required): the design drops
@@ -399,7 +462,14 @@ def variant(base: type[Method], **fields: Any) -> type[Method]:
     return method_card(**fields)(cls)
 
 
-# ---------------------------------------------------------------- heads and goodness
+def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """Backward and update; the graph behind ``loss`` is freed here (step-and-free). A loss per seed
+    (seeds trained together) back-propagates its sum: each seed's parameters get their own loss's gradient."""
+    optimizer.zero_grad(set_to_none=True)
+    (loss if loss.dim() == 0 else loss.sum()).backward()
+    optimizer.step()
+
+
 def freeze(module: nn.Module) -> None:
     """No parameter of ``module`` trains, and its BatchNorm layers keep their running statistics (eval mode,
     whatever ``train()`` the method calls later)."""
@@ -409,109 +479,3 @@ def freeze(module: nn.Module) -> None:
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.train = types.MethodType(lambda self, mode=True: nn.Module.train(self, False), m)
             m.eval()
-
-
-def class_goodness(a: torch.Tensor) -> torch.Tensor:
-    """(B, K, H, W) or (B, K) -> (B, K): mean over positions of each class channel squared."""
-    return a.pow(2).flatten(2).mean(2) if a.dim() > 2 else a.pow(2)
-
-
-def grouped_goodness(h: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, K): mean square over each of K consecutive channel groups (C divisible by K)."""
-    b, c = h.shape[:2]
-    if c % num_classes:
-        raise ValueError(f"{c} channels cannot be split into {num_classes} class groups")
-    return h.reshape(b, num_classes, -1).pow(2).mean(2)
-
-
-class GroupedGoodnessHead(nn.Module):
-    """CwC's class scores: the mean square of each of the channel groups of a unit's output (no parameters).
-
-    ``groups`` (default K) may be a divisor of K: class-group layers (CwC's CIFAR-100 model, 20 groups of 5
-    consecutive classes) score group y // (K / groups); each group's goodness is repeated over its classes so
-    the scores stay (B, K), and ``group_view`` recovers (group scores, group targets) for the loss."""
-
-    def __init__(self, num_classes: int, groups: int | None = None):
-        super().__init__()
-        self.num_classes, self.groups = num_classes, groups or num_classes
-        if self.num_classes % self.groups:
-            raise ValueError(f"{self.groups} class groups do not divide {num_classes} classes")
-        self.ratio = self.num_classes // self.groups
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        g = grouped_goodness(h, self.groups)
-        return g.repeat_interleave(self.ratio, 1) if self.ratio > 1 else g
-
-    def group_view(self, scores: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return (scores[:, :: self.ratio], y // self.ratio) if self.ratio > 1 else (scores, y)
-
-
-class LinearHead(nn.Module):
-    """Class logits from a unit's output: global average pooling (conv) or flatten, then a linear layer."""
-
-    def __init__(self, shape: tuple[int, ...], num_classes: int, pool: str | None = "avg"):
-        super().__init__()
-        self.pool = (pool or "avg") if len(shape) == 3 else "flatten"
-        width = shape[0] if self.pool == "avg" else int(torch.tensor(shape).prod())
-        self.fc = nn.Linear(width, num_classes)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        h = h.mean((2, 3)) if self.pool == "avg" else h.flatten(1)
-        return self.fc(h)
-
-
-class GoodnessHead(nn.Module):
-    """SFF-style head: a k x k convolution with one output channel per class; scores = class goodness."""
-
-    def __init__(self, shape: tuple[int, ...], num_classes: int, kernel: int = 1):
-        super().__init__()
-        if len(shape) == 3:
-            self.proj: nn.Module = nn.Conv2d(shape[0], num_classes, kernel, padding=kernel // 2)
-        else:
-            self.proj = nn.Linear(shape[0], num_classes)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return class_goodness(self.proj(h))
-
-
-HEADS = ("linear", "goodness")
-POOLS = ("avg", "flatten")
-
-
-def make_head(
-    kind: str, shape: tuple[int, ...], num_classes: int, kernel: int = 1, pool: str | None = None
-) -> nn.Module:
-    if kind == "linear":
-        return LinearHead(shape, num_classes, pool)
-    if kind == "goodness":
-        return GoodnessHead(shape, num_classes, kernel)
-    raise ValueError(f"unknown head {kind!r}; allowed: {', '.join(HEADS)}")
-
-
-def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-    """Backward and update; the graph behind ``loss`` is freed here (step-and-free). A loss per seed
-    (seeds trained together) back-propagates its sum: each seed's parameters get their own loss's gradient."""
-    optimizer.zero_grad(set_to_none=True)
-    (loss if loss.dim() == 0 else loss.sum()).backward()
-    optimizer.step()
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear`` for a method that reads a layer's weight itself; a stacked weight (seeds, out, in)
-    applies seed i's matrix to seed i's block of rows."""
-    if weight.dim() == 2:
-        return F.linear(x, weight, bias)
-    n = weight.shape[0]
-    y = torch.bmm(x.reshape(n, -1, x.shape[-1]), weight.transpose(1, 2))
-    if bias is not None:
-        y = y + bias.unsqueeze(1)
-    return y.reshape(*x.shape[:-1], weight.shape[1])
-
-
-def accuracy_of(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return (scores.argmax(1) == y).float().mean()
-
-
-def layer_norm_detached(h: torch.Tensor) -> torch.Tensor:
-    """Per-sample layer normalisation over all non-batch dims, cut from the graph (unit hand-off)."""
-    return F.layer_norm(h.detach(), h.shape[1:])

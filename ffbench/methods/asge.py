@@ -1,5 +1,5 @@
-"""ASGE, Adaptive Spatial Goodness Encoding (Gong, Staszewski, Xu; arXiv 2509.12394), following methods.md §5,
-and its VGG-like backbone ``vgg.asge``.
+"""ASGE, Adaptive Spatial Goodness Encoding (Gong, Staszewski, Xu; arXiv 2509.12394), following methods.md §5;
+its VGG-like backbone is ``vgg.asge`` (``ffbench.training.backbones``).
 
 A block is conv -> ReLU -> RMS pooling -> LayerNorm over channels. The goodness of block l is read from its
 ReLU map Y_l (before pooling and LN): each channel map is cut into a P_l x P_l grid of patches and each patch
@@ -17,85 +17,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ffbench.core.method import LocalMethod, method_card, step
+from ffbench.core.method import LocalMethod, method_card
 from ffbench.core.options import Option
-from ffbench.core.registry import BACKBONES, Card
-from ffbench.training.backbones import Backbone
 
 
-# ---------------------------------------------------------------- the VGG-like backbone
-class RMSPool2d(nn.Module):
-    """Root of the mean square over each s x s window (eps keeps the gradient finite on all-zero windows)."""
-
-    def __init__(self, size: int, eps: float = 1e-6):
-        super().__init__()
-        self.size, self.eps = size, eps
-
-    def forward(self, x):
-        return (F.avg_pool2d(x * x, self.size) + self.eps).sqrt()
-
-
-class ChannelLayerNorm(nn.LayerNorm):
-    """LayerNorm over the channels at each position (gamma 1, beta 0, eps 1e-5)."""
-
-    def forward(self, x):
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
-class ASGEBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, kernel: int, pool: int):
-        super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2)
-        self.act = nn.ReLU()
-        self.pool = RMSPool2d(pool) if pool > 1 else nn.Identity()
-        self.norm = ChannelLayerNorm(c_out)
-
-    def relu_map(self, x):
-        """The ReLU map Y that goodness reads."""
-        return self.act(self.conv(x))
-
-    def hand_on(self, y):
-        """The block output from its ReLU map: RMS pooling, then LayerNorm over channels."""
-        return self.norm(self.pool(y))
-
-    def forward_pair(self, x):
-        """(the ReLU map that goodness reads, the block output)."""
-        y = self.relu_map(x)
-        return y, self.hand_on(y)
-
-    def forward(self, x):
-        return self.forward_pair(x)[1]
-
-
-@BACKBONES.register(
-    Card(
-        name="vgg.asge",
-        family="vgg",
-        summary="ASGE's VGG-like CNN: blocks conv3x3 -> ReLU -> RMS pooling (2x2, on the blocks in `pool`) -> "
-        "LayerNorm over channels; a unit is a block",
-        paper="Gong, Staszewski, Xu, arXiv 2509.12394 (widths and depth not found: VGG-style defaults)",
-        options={
-            "channels": Option(list, [64, 128, 256, 512], "output channels per block", item=Option(int, ge=1)),
-            "pool": Option(list, [0, 1, 2], "blocks (0-based) followed by 2x2 RMS pooling", item=Option(int, ge=0)),
-            "kernel": Option(int, 3, "conv kernel size", ge=1),
-            "granularity": Option(
-                str, "block", "a unit is a block (one conv each: the same as a layer)", choices=("block", "layer")
-            ),
-        },
-        capabilities=frozenset({"conv"}),
-    )
-)
-def vgg_asge(
-    in_shape, num_classes, channels=(64, 128, 256, 512), pool=(0, 1, 2), kernel=3, granularity="block"
-) -> Backbone:
-    c_in, units = in_shape[0], []
-    for i, c in enumerate(channels):
-        units.append(ASGEBlock(c_in, int(c), kernel, 2 if i in set(pool) else 1))
-        c_in = int(c)
-    return Backbone(units, [f"block{i + 1}" for i in range(len(units))], in_shape, granularity)
-
-
-# ---------------------------------------------------------------- spatial goodness
 def _round(p: float) -> int:
     return int(math.floor(p + 0.5))
 
@@ -235,13 +160,11 @@ class ASGE(LocalMethod):
         unit = self.backbone.units[k]
         return unit.hand_on(y) if hasattr(unit, "hand_on") else y
 
-    def unit_loss(self, k, scores, y):
+    def unit_loss(self, k, scores, y, h):
         return F.cross_entropy(scores, y)
 
-    def train_readouts(self, features, y):
-        loss = self.ctx.per_seed(F.cross_entropy, self.readout(torch.cat(features, 1)), y)
-        step(self.readout_opt, loss)
-        return {"loss.readout": loss.detach()}
+    def readouts(self, features):
+        return {"readout": self.readout(torch.cat(features, 1))}
 
     def rules(self, scores, features):
         return {"last": scores[-1], "sum": torch.stack(scores).sum(0), "linear": self.readout(torch.cat(features, 1))}

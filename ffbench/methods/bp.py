@@ -15,7 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ffbench.core.method import HEADS, POOLS, Method, make_head, method_card, step
+from ffbench.core.heads import HEADS, POOLS, make_head
+from ffbench.core.method import LocalMethod, Method, method_card
 from ffbench.core.options import Option, odd
 from ffbench.core.registry import ByDataset
 
@@ -116,42 +117,50 @@ def _skip(config) -> str | None:
     tuning_space=_TUNING,
     recipes={"reference": _REFERENCE},
 )
-class BP(Method):
+class BP(LocalMethod):
+    """Every unit's loss (a head on the last unit only, unless ``deep``) summed and back-propagated end to
+    end; with ``match:<method>`` the heads, unit outputs, losses, hand-offs and read-outs are that method's."""
+
+    update = "end-to-end"
+    deep = False  # a head on every unit (bp.deepsup)
+    adapt_modes, fixed_in, adapt = Method.adapt_modes, Method.fixed_in, Method.adapt  # every head trains
+
     @classmethod
     def skip(cls, config):
         return _skip(config)
 
     def __init__(self, backbone, num_classes, options, ctx):
+        local = matched_method(options["head"], backbone, num_classes, options["kernel"], ctx)
+        object.__setattr__(self, "_matched", local)  # the heads are built from it before nn.Module can hold it
         super().__init__(backbone, num_classes, options, ctx)
-        self.local = matched_method(options["head"], backbone, num_classes, options["kernel"], ctx)
-        if self.local is None:
-            self.head = make_head(
-                options["head"], backbone.out_shapes[-1], num_classes, options["kernel"], options["pool"]
-            )
-            self.opt = ctx.make_optimizer(self.parameters())
-        else:
-            self.opt = ctx.make_optimizer([*backbone.parameters(), *self.local.heads[-1].parameters()])
+        self.local = self.__dict__.pop("_matched")
+        if self.local is not None and self.deep:
+            self.readout_opt = getattr(self.local, "readout_opt", None)  # the read-outs keep the method's optimizer
+        self.make_joint_optimizer()
 
-    def _scores(self, x):
-        if self.local is None:
-            return self.head(self.backbone(x))
-        last = len(self.backbone.units) - 1
-        for k in range(last):
-            x = self.local.pass_on(k, self.local.unit_outputs(k, x)[1])
-        return self.local.heads[last](self.local.unit_outputs(last, x)[0])
+    def make_head(self, k, shape):
+        if not self.deep and k + 1 < len(self.backbone.units):
+            return None
+        local = self.__dict__.get("_matched")
+        if local is not None:
+            return local.heads[k]
+        o = self.options
+        return make_head(o["head"], shape, self.num_classes, o["kernel"], o["pool"])
 
-    def train_step(self, x, y):
-        scores = self._scores(x)
-        loss = (
-            self.ctx.per_seed(F.cross_entropy, scores, y)
-            if self.local is None
-            else self.local.unit_losses(len(self.backbone.units) - 1, scores, y)
-        )
-        step(self.opt, loss)
-        return {"loss": loss.detach()}
+    def unit_outputs(self, k, x):
+        return self.local.unit_outputs(k, x) if self.local is not None else super().unit_outputs(k, x)
 
-    def evaluate(self, x):
-        return {"head": self._scores(x)}, []
+    def pass_on(self, k, h):
+        return self.local.pass_on(k, h) if self.local is not None else h
+
+    def unit_loss(self, k, scores, y, h):
+        return self.local.unit_loss(k, scores, y, h) if self.local is not None else F.cross_entropy(scores, y)
+
+    def readouts(self, features):
+        return self.local.readouts(features) if self.local is not None and self.deep else {}
+
+    def rules(self, scores, features):
+        return {"head": scores[-1]}
 
 
 @method_card(
@@ -169,56 +178,13 @@ class BP(Method):
     "reference: CwComp's BP baseline's (no deep-supervision code exists; the DTG-FF audit trains it with the "
     'recipe of the method it is compared with, so set that method\'s values in [methods."bp.deepsup"]).',
 )
-class BPDeepSup(Method):
+class BPDeepSup(BP):
     probe_rule = "last"
+    deep = True
 
-    @classmethod
-    def skip(cls, config):
-        return _skip(config)
-
-    def __init__(self, backbone, num_classes, options, ctx):
-        super().__init__(backbone, num_classes, options, ctx)
-        self.local = matched_method(options["head"], backbone, num_classes, options["kernel"], ctx)
-        if self.local is None:
-            self.heads = nn.ModuleList(
-                make_head(options["head"], s, num_classes, options["kernel"], options["pool"])
-                for s in backbone.out_shapes
-            )
-            self.opt = ctx.make_optimizer(self.parameters())
-        else:  # the read-outs keep the optimizers the local method gave them
-            self.opt = ctx.make_optimizer([*backbone.parameters(), *self.local.heads.parameters()])
-
-    def _all(self, x):
-        """Per unit: class scores and head inputs, through the (matched) hand-off, gradients end to end."""
-        scores, features = [], []
-        for k, unit in enumerate(self.backbone.units):
-            if self.local is None:
-                x = unit(x)
-                scores.append(self.heads[k](x))
-                continue
-            feat, out = self.local.unit_outputs(k, x)
-            scores.append(self.local.heads[k](feat))
-            features.append(feat)
-            if k + 1 < len(self.backbone.units):
-                x = self.local.pass_on(k, out)
-        return scores, features
-
-    def train_step(self, x, y):
-        scores, features = self._all(x)
-        if self.local is None:
-            loss = sum(self.ctx.per_seed(F.cross_entropy, s, y) for s in scores)
-        else:
-            loss = sum(self.local.unit_losses(k, s, y) for k, s in enumerate(scores))
-        step(self.opt, loss)
-        stats = {"loss": loss.detach()}
-        if self.local is not None:
-            stats.update(self.local.train_readouts([f.detach() for f in features], y))
-        return stats
-
-    def evaluate(self, x):
-        scores, features = self._all(x)
+    def rules(self, scores, features):
         rules = {"last": scores[-1], "average": torch.stack([s.softmax(1) for s in scores]).mean(0)}
         if self.local is not None:
             name = self.local.card.name.split(".")[0]
             rules.update({f"{name}.{r}": v for r, v in self.local.rules(scores, features).items()})
-        return rules, scores
+        return rules

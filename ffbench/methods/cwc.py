@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ffbench.core.method import GroupedGoodnessHead, LocalMethod, method_card, step
+from ffbench.core.heads import GroupedGoodnessHead
+from ffbench.core.method import LocalMethod, method_card
 from ffbench.core.options import Option
 from ffbench.core.registry import ByDataset
 
@@ -236,7 +237,7 @@ class CwC(LocalMethod):
             options["ilt"], options["ilt_table"], options["ilt_scaling"], len(backbone.units), ctx.epochs
         )
         self.head = nn.Linear(math.prod(backbone.out_shapes[-1]), num_classes)
-        self.head_opt = ctx.make_optimizer(
+        self.readout_opt = ctx.make_optimizer(
             self.head.parameters(), optimizer="sgd", lr=options["head_lr"], momentum=0.0, weight_decay=0.0
         )
         self.start_epoch(0)
@@ -249,7 +250,7 @@ class CwC(LocalMethod):
     def make_head(self, k, shape):
         return GroupedGoodnessHead(self.num_classes, self.class_groups[k])
 
-    def unit_loss(self, k, scores, y):
+    def unit_loss(self, k, scores, y, h):
         return cwc_loss(*self.heads[k].group_view(scores, y), self.options["loss"])
 
     def start_epoch(self, epoch):
@@ -269,15 +270,13 @@ class CwC(LocalMethod):
     def units_to_run(self):
         return len(self.active) if self.head_active else super().units_to_run()  # the Sf head reads the last
 
-    def train_readouts(self, features, y):
+    def readouts(self, features):
         if not self.head_active:
             return {}
         logits = self.head(features[-1].flatten(1))
         if self.options["sf_double_softmax"]:  # the reference's defect (§3.6.2), kept as a switch
             logits = logits.softmax(1)
-        loss = self.ctx.per_seed(F.cross_entropy, logits, y)
-        step(self.head_opt, loss)
-        return {"loss.head": loss.detach()}
+        return {"head": logits}
 
     def rules(self, scores, features):
         return {"avg": scores[-1], "sf": self.head(features[-1].flatten(1))}

@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ffbench.core.method import LocalMethod, linear, method_card
+from ffbench.core.heads import linear
+from ffbench.core.method import LocalMethod, method_card
 from ffbench.core.options import Option
 from ffbench.core.registry import ByDataset
 
@@ -221,7 +222,7 @@ class FF(LocalMethod):
     row: (B, 2) [positive, negative] in training, (B, K) [one per label] in evaluation."""
 
     adapt_modes = ("linear-probe", "last-k-units", "fine-tune")  # no head has parameters
-    joint_step = True  # the layers' and the read-out's losses summed, one step (loeweX)
+    update = "joint"  # the layers' and the read-out's losses summed, one step (loeweX)
     probe_rule = "softmax"
 
     @classmethod
@@ -365,35 +366,25 @@ class FF(LocalMethod):
             z = self._first(ssq, base, labels, self._label_rows(base)[0]).flatten(0, 1)  # (V*B, N), label-major
         else:
             z = self._layer(k, state)
-        h = self._activity = _StraightReLU.apply(z) if torch.is_grad_enabled() else z.relu()  # peer term reads it
+        h = _StraightReLU.apply(z) if torch.is_grad_enabled() else z.relu()
         last = k + 1 == len(self.backbone.units)  # nothing reads the last layer's hand-off
-        return self._good(h).view(self._rows, -1).t(), h, None if last else self._normalise(h.detach())
+        pos = h[: h.shape[0] // self._rows]  # the first label block: the positive rows (peer normalisation)
+        return self._good(h).view(self._rows, -1).t(), pos, None if last else self._normalise(h.detach())
 
-    def unit_loss(self, k, scores, y):
-        return self.unit_losses(k, scores, y)
-
-    def unit_losses(self, k, scores, y):
-        """The FF loss on a seed's rows plus peer normalisation of its positive rows' mean activity (with
-        seeds trained together each has its own running mean: a (seeds, units) buffer)."""
-        o, h, ctx = self.options, self._activity, self.ctx
-        loss = ctx.per_seed(lambda s: ff_loss(s[:, 0], s[:, 1], self.thetas[k]), scores)
+    def unit_loss(self, k, scores, y, h):
+        """The FF loss plus peer normalisation of the positive rows' mean activity ``h`` (a running mean)."""
+        o = self.options
+        loss = ff_loss(scores[:, 0], scores[:, 1], self.thetas[k])
         if o["peer_weight"]:
             peer = getattr(self, f"peer_mean{k}")
-            if ctx.seeds == 1:
-                m = o["peer_momentum"] * peer + (1 - o["peer_momentum"]) * h[: len(y)].mean(0)
-                loss = loss + o["peer_weight"] * peer_loss(m)
-            else:  # each seed's mean and term with the kernels of its run alone (same sums, same order)
-                mean = torch.stack([block.mean(0) for block in h[: len(y)].chunk(ctx.seeds)])
-                m = o["peer_momentum"] * peer + (1 - o["peer_momentum"]) * mean
-                loss = loss + o["peer_weight"] * torch.stack([peer_loss(row) for row in m])
+            m = o["peer_momentum"] * peer + (1 - o["peer_momentum"]) * h.mean(0)
+            loss = loss + o["peer_weight"] * peer_loss(m)
             peer.copy_(m.detach())  # the buffer is not saved for backward: updating it now is safe
         g = scores.detach() / self.thetas[k]
-        self._goodness[f"goodness_pos.unit{k + 1}"] = ctx.per_seed(lambda t: t[:, 0].mean(), g)
-        self._goodness[f"goodness_neg.unit{k + 1}"] = ctx.per_seed(lambda t: t[:, 1].mean(), g)
-        return loss
+        return {"loss": loss, "goodness_pos": g[:, 0].mean(), "goodness_neg": g[:, 1].mean()}
 
-    def train_readouts(self, features, y):
-        return {"loss.head": self.ctx.per_seed(F.cross_entropy, self._logits, y)}  # stepped with the layers'
+    def readouts(self, features):
+        return {"head": self._logits}  # stepped with the layers'
 
     def train_step(self, x, y):
         with torch.set_grad_enabled(self.active[0]):
@@ -402,13 +393,11 @@ class FF(LocalMethod):
             feats = torch.cat([f for i, f in enumerate(self._neutral(ssq, base)) if i in self.vote], 1)
         self._logits = self.head(feats)  # the read-out's loss reads it, and so do hard negatives (detached)
         logits = self._logits.detach() if self.options["negatives"] == "hard" else None
-        y_neg = self.ctx.per_seed_rows(
+        y_neg = self.ctx.draw(
             lambda g, t, s: sample_negatives(t, self.num_classes, self.options["negatives"], g, s), y, logits
         )
         labels = F.one_hot(torch.stack([y, y_neg]), self.num_classes).to(x.dtype) * self.label_value
-        self._goodness = {}
-        stats = super().train_step((ssq, base, labels), y)
-        return {**stats, **self._goodness}
+        return super().train_step((ssq, base, labels), y)
 
     def rules(self, scores, features):
         return {"goodness": sum(scores[i] for i in self.vote)}

@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ffbench.core.method import GoodnessHead, LocalMethod, method_card, variant
+from ffbench.core.heads import GoodnessHead
+from ffbench.core.method import LocalMethod, method_card, variant
 from ffbench.core.options import Option, odd
 
 _TUNING = {"lr": ("log", 1e-4, 1e-2), "weight_decay": ("log", 1e-6, 1e-3)}
@@ -145,33 +146,11 @@ class SFF(LocalMethod):
     def pass_on(self, k, h):
         return h if self.options["head_input"] == "ln" else layer_norm(h, self.options["ln"])
 
-    def unit_loss(self, k, scores, y):
+    def unit_loss(self, k, scores, y, h):
         return goodness_loss(scores, y, self.options["loss"], self.options["margin"])
 
     def rules(self, scores, features):
         return {"average": torch.stack(scores).mean(0), "last": scores[-1]}
-
-
-def unit_saved_bytes(method: SFF, x: torch.Tensor, y: torch.Tensor) -> list[int]:
-    """Saved-for-backward bytes of each unit's step on its own (unit + aux head + loss), measured with the
-    harness's meter. Step-and-free should peak at their max; one backward over all units keeps their sum.
-    No update is made and the BatchNorm running statistics are restored."""
-    from ffbench.training.train import SavedTensorMeter
-
-    sizes, params = [], list(method.parameters())
-    buffers = [b.clone() for b in method.buffers()]
-    for k in range(len(method.heads)):
-        meter = SavedTensorMeter(params)
-        with meter.hooks():
-            g, _, x_next = method.forward_unit(k, x)
-            loss = method.unit_loss(k, g, y)
-        sizes.append(meter.peak)
-        del g, loss
-        x = x_next
-    with torch.no_grad():
-        for b, saved in zip(method.buffers(), buffers):
-            b.copy_(saved)
-    return sizes
 
 
 variant(

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ffbench.core.options import Option, check_options
 from ffbench.core.registry import BACKBONES, Card
@@ -285,6 +286,80 @@ def mobilenetv3(in_shape, num_classes, granularity="block", bn="inside", bn_mome
         units = [nn.Sequential(*[mod for blk in flat[a:b] for mod in blk]) for a, b in zip(edges[:-1], edges[1:])]
         names = [f"stage{i + 1}" for i in range(len(units))]
     return Backbone(units, names, in_shape, granularity, source=m)
+
+
+class RMSPool2d(nn.Module):
+    """Root of the mean square over each s x s window (eps keeps the gradient finite on all-zero windows)."""
+
+    def __init__(self, size: int, eps: float = 1e-6):
+        super().__init__()
+        self.size, self.eps = size, eps
+
+    def forward(self, x):
+        return (F.avg_pool2d(x * x, self.size) + self.eps).sqrt()
+
+
+class ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels at each position (gamma 1, beta 0, eps 1e-5)."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ASGEBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, kernel: int, pool: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2)
+        self.act = nn.ReLU()
+        self.pool = RMSPool2d(pool) if pool > 1 else nn.Identity()
+        self.norm = ChannelLayerNorm(c_out)
+
+    def relu_map(self, x):
+        """The ReLU map Y that goodness reads."""
+        return self.act(self.conv(x))
+
+    def hand_on(self, y):
+        """The block output from its ReLU map: RMS pooling, then LayerNorm over channels."""
+        return self.norm(self.pool(y))
+
+    def forward_pair(self, x):
+        """(the ReLU map that goodness reads, the block output)."""
+        y = self.relu_map(x)
+        return y, self.hand_on(y)
+
+    def forward(self, x):
+        return self.forward_pair(x)[1]
+
+
+@BACKBONES.register(
+    Card(
+        name="vgg.asge",
+        family="vgg",
+        summary="ASGE's VGG-like CNN: blocks conv3x3 -> ReLU -> RMS pooling (2x2, on the blocks in `pool`) -> "
+        "LayerNorm over channels; a unit is a block",
+        paper="Gong, Staszewski, Xu, arXiv 2509.12394 (widths and depth not found: VGG-style defaults)",
+        options={
+            "channels": Option(list, [64, 128, 256, 512], "output channels per block", item=Option(int, ge=1)),
+            "pool": Option(list, [0, 1, 2], "blocks (0-based) followed by 2x2 RMS pooling", item=Option(int, ge=0)),
+            "kernel": Option(int, 3, "conv kernel size", ge=1),
+            "granularity": Option(
+                str, "block", "a unit is a block (one conv each: the same as a layer)", choices=("block", "layer")
+            ),
+        },
+        capabilities=frozenset({"conv"}),
+    )
+)
+def vgg_asge(
+    in_shape, num_classes, channels=(64, 128, 256, 512), pool=(0, 1, 2), kernel=3, granularity="block"
+) -> Backbone:
+    c_in, units = in_shape[0], []
+    for i, c in enumerate(channels):
+        units.append(ASGEBlock(c_in, int(c), kernel, 2 if i in set(pool) else 1))
+        c_in = int(c)
+    return Backbone(units, [f"block{i + 1}" for i in range(len(units))], in_shape, granularity)
+
+
+# ---------------------------------------------------------------- spatial goodness
 
 
 def build(name: str, in_shape: tuple[int, ...], num_classes: int, options: dict | None = None) -> Backbone:

@@ -8,8 +8,10 @@ seeds: linear layers as batched matrix products, convolutions as grouped convolu
 BatchNorm over N x C channels (each seed keeps its own batch statistics and running averages); any other
 layer with tensors runs its own code seed by seed. The optimizers keep their settings and get the stacked
 parameters; Adam and SGD are elementwise, so each seed's update is its own. Losses and logged values are
-per seed (``Context.per_seed``), and ``step`` back-propagates their sum, so each seed's gradient is the one
-it gets alone; a seed whose loss diverges fails alone, the others go on.
+per seed (a local method's loop computes each on its seed's rows, ``core.method.reduce_per_seed``), and
+``step`` back-propagates their sum, so each seed's gradient is the one it gets alone; a seed whose loss
+diverges fails alone, the others go on. A whole-network method trains its seeds together only where its
+class sets ``seed_batching`` (its losses then come from ``ctx.per_seed``).
 
 Bit for bit: kernels sum in an order that depends on their shapes, memory layout and the processor, and
 chaotic training (FF on the quick suite) turns a last-bit difference at one step into other accuracies a few
@@ -38,23 +40,21 @@ import torch.nn.functional as F
 
 from ffbench.core.config import RunConfig
 from ffbench.core.method import Method
+from ffbench.core.registry import METHODS
 from ffbench.core.seeds import Streams
 from ffbench.data.data import Data
 from ffbench.training.train import (
-    DIVERGED,
-    Diverged,
     Record,
     RunResult,
     SavedTensorMeter,
     TrainingPeak,
     build,
     describe,
-    evaluate_seeds,
     lr_factor,
     resolve_device,
     run_data,
+    run_epochs,
     run_loader,
-    train_epoch,
 )
 
 
@@ -417,6 +417,8 @@ def config_problem(config: RunConfig) -> str | None:
     """Why runs of this configuration cannot train together, whatever their seeds, or None."""
     if config.adapt is not None:
         return "runs that adapt a pretrained source train one at a time"
+    if not METHODS.get(config.method).obj.seed_batching:
+        return f"{config.method} trains its own steps and does not declare seed_batching"
     return None
 
 
@@ -466,7 +468,7 @@ def first_step_problem(configs: list[RunConfig], datas: list[Data], device: torc
 
 def _mixed_loss(stats: dict[str, torch.Tensor], n: int) -> str | None:
     if "loss" in stats and stats["loss"].numel() != n:  # one loss over every seed's rows: their gradients mix
-        return "the method's loss is not one value per seed (ctx.per_seed)"
+        return "the method's loss is not one value per seed"
     return None
 
 
@@ -527,7 +529,7 @@ def fit_seeds(
     if why:
         raise Unbatchable(why)
     device = resolve_device(device) if isinstance(device, str) else device
-    config, n = configs[0], len(configs)
+    n = len(configs)
     streams = [Streams(c.seed) for c in configs]
     datas: list[Data] = [run_data(c, s, device) for c, s in zip(configs, streams)]
     for split in ("train", "val", "test"):
@@ -547,9 +549,7 @@ def fit_seeds(
     ]
     method = stack(copies)
     loaders = [run_loader(c, d, s, device) for c, d, s in zip(configs, datas, streams)]
-    steps = len(loaders[0])
     records = [Record(c, r) for c, r in zip(configs, results)]
-    alive = list(range(n))
     meter = SavedTensorMeter(list(method.parameters()))
     memory = TrainingPeak.for_cuda(device) if device.type == "cuda" else None
 
@@ -562,36 +562,8 @@ def fit_seeds(
         for s in range(n):
             records[s].initial_loss = float(stats["loss"].reshape(n)[s])
 
-    method.train()
     try:
-        for epoch in range(config.epochs):
-            folded = (
-                (torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])) for batches in zip(*loaders)
-            )
-            seconds, sums = train_epoch(method, folded, config, epoch, meter, memory, device, first_losses)
-            seconds /= n  # each seed's share of the batch's time
-            values = {k: v.reshape(-1).expand(n).tolist() for k, v in sums.totals().items()}
-            evaluated = records[0].evaluates(epoch)
-            if evaluated:
-                correct: list[list[torch.Tensor]] = [[] for _ in range(n)]
-                val = evaluate_seeds(method, [d.val for d in datas], config.eval_batch_size)
-                test = evaluate_seeds(method, [d.test for d in datas], config.eval_batch_size, correct)
-            for s in list(alive):
-                try:
-                    row = records[s].train_row(epoch, seconds, {k: v[s] for k, v in values.items()}, steps)
-                except Diverged as exc:  # this seed fails; the others go on (its rows keep computing, unread)
-                    results[s].status, results[s].error = "failed", DIVERGED + str(exc)
-                    alive.remove(s)
-                    continue
-                if evaluated:
-                    records[s].evaluated(row, epoch, {"val": val[s], "test": test[s]}, correct[s])
-                results[s].curves.append(row)
-                if on_epoch is not None:
-                    on_epoch(s, row)
-            if not alive:
-                break
+        run_epochs(method, datas, loaders, records, meter, memory, device, first_losses, on_epoch=on_epoch)
     except torch.OutOfMemoryError as exc:  # nothing is stored yet: the seeds train alone instead
         raise Unbatchable(f"{n} stacked copies do not fit in memory ({str(exc).splitlines()[0][:200]})") from None
-    for rec in records:
-        rec.close(steps, meter.peak // n, memory.peak // n if memory else None)
     return results

@@ -128,6 +128,26 @@ class _Held:
             self.meter._release(self.key)
 
 
+def unit_saved_bytes(method: Method, x: torch.Tensor, y: torch.Tensor) -> list[int]:
+    """Saved-for-backward bytes of each unit's step on its own (unit + aux head + loss), measured with the
+    harness's meter. Step-and-free should peak at their max; one backward over all units keeps their sum.
+    No update is made and the BatchNorm running statistics are restored."""
+    sizes, params = [], list(method.parameters())
+    buffers = [b.clone() for b in method.buffers()]
+    for k in range(len(method.heads)):
+        meter = SavedTensorMeter(params)
+        with meter.hooks():
+            g, h, x_next = method.forward_unit(k, x)
+            loss = method.unit_loss(k, g, y, h)
+        sizes.append(meter.peak)
+        del g, loss
+        x = x_next
+    with torch.no_grad():
+        for b, saved in zip(method.buffers(), buffers):
+            b.copy_(saved)
+    return sizes
+
+
 class TrainingPeak:
     """Peak device memory of the training steps above what is held before training starts (the resident
     data splits, the parameters): the peak is reset before each epoch's steps and read after them, so
@@ -457,6 +477,62 @@ def restore(state: dict[str, Any], method, gens: dict[str, torch.Generator | Non
         raise
 
 
+def run_epochs(
+    method: Method,
+    datas: list[Data],
+    loaders: list[DeviceLoader],
+    records: list[Record],
+    meter: SavedTensorMeter,
+    memory: TrainingPeak | None,
+    device: torch.device,
+    first: Callable[[dict[str, torch.Tensor]], None],
+    start: int = 0,
+    after_epoch: Callable[[int], None] | None = None,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+) -> None:
+    """The epoch loop of one run, or of seeds trained together (``method`` stacked over ``len(records)``
+    seeds, their mini-batches folded seed-major, ``ffbench.training.batched``): train, log each seed's row,
+    evaluate, then ``after_epoch(epoch)`` (a checkpoint) and ``on_epoch(seed, row)``. A seed whose loss
+    diverges fails alone; the others go on. Closes every record."""
+    config, n = records[0].config, len(records)
+    steps = len(loaders[0])
+    alive = list(range(n))
+    method.train()
+    for epoch in range(start, config.epochs):
+        batches = (
+            loaders[0]
+            if n == 1
+            else ((torch.cat([b[0] for b in folded]), torch.cat([b[1] for b in folded])) for folded in zip(*loaders))
+        )
+        seconds, sums = train_epoch(method, batches, config, epoch, meter, memory, device, first)
+        seconds /= n  # each seed's share of the batch's time
+        values = {k: v.reshape(-1).expand(n).tolist() for k, v in sums.totals().items()}
+        rows = {}
+        for s in list(alive):
+            try:
+                rows[s] = records[s].train_row(epoch, seconds, {k: v[s] for k, v in values.items()}, steps)
+            except Diverged as exc:  # this seed fails; the others go on (its rows keep computing, unread)
+                records[s].result.status, records[s].result.error = "failed", DIVERGED + str(exc)
+                alive.remove(s)
+        if not alive:
+            break
+        if records[0].evaluates(epoch):
+            correct: list[list[torch.Tensor]] = [[] for _ in range(n)]
+            val = evaluate_seeds(method, [d.val for d in datas], config.eval_batch_size)
+            test = evaluate_seeds(method, [d.test for d in datas], config.eval_batch_size, correct)
+            for s in alive:
+                records[s].evaluated(rows[s], epoch, {"val": val[s], "test": test[s]}, correct[s])
+        for s in alive:
+            records[s].result.curves.append(rows[s])
+        if after_epoch is not None:
+            after_epoch(epoch)
+        if on_epoch is not None:
+            for s in alive:
+                on_epoch(s, rows[s])
+    for rec in records:
+        rec.close(steps, meter.peak // n, memory.peak // n if memory else None)
+
+
 def fit(
     config: RunConfig,
     device: torch.device | str = "auto",
@@ -520,52 +596,45 @@ def fit(
             {"after_epoch": first_epoch, "threads": torch.get_num_threads(), "saved_with_threads": state["threads"]},
         ]
         result.manifest["resumed"] = resumed
-    method.train()
-    try:
-        for epoch in range(first_epoch, config.epochs):
-            seconds, sums = train_epoch(
-                method,
-                loader,
-                config,
-                epoch,
-                meter,
-                memory,
-                device,
-                lambda stats: setattr(rec, "initial_loss", float(stats["loss"])) if "loss" in stats else None,
-            )
-            row = rec.train_row(epoch, seconds, {k: v.item() for k, v in sums.totals().items()}, len(loader))
-            if rec.evaluates(epoch):
-                test_correct: list[torch.Tensor] = []  # the test-set sampling variance is estimated from it
-                scored = {
-                    name: evaluate(method, split, config.eval_batch_size, test_correct if name == "test" else None)
-                    for name, split in (("val", data.val), ("test", data.test))
+
+    def save(epoch: int) -> None:
+        if saver is not None and epoch + 1 < config.epochs and saver.due():
+            saver.save(
+                {
+                    "epoch": epoch + 1,
+                    "method": method.state_dict(),
+                    "optimizers": [opt.state_dict() for opt in method.ctx.optimizers],
+                    "generators": generator_states(gens),
+                    "global_rng": global_rng_state(),
+                    "curves": result.curves,
+                    "metrics": result.metrics,
+                    "best_val": rec.best_val,
+                    "train_time": rec.train_time,
+                    "initial_loss": rec.initial_loss,
+                    "saved_bytes_peak": meter.peak,
+                    "memory_peak": memory.peak if memory else None,
+                    "resumed": resumed,
+                    "threads": torch.get_num_threads(),
                 }
-                rec.evaluated(row, epoch, scored, test_correct)
-            result.curves.append(row)
-            if saver is not None and epoch + 1 < config.epochs and saver.due():
-                saver.save(
-                    {
-                        "epoch": epoch + 1,
-                        "method": method.state_dict(),
-                        "optimizers": [opt.state_dict() for opt in method.ctx.optimizers],
-                        "generators": generator_states(gens),
-                        "global_rng": global_rng_state(),
-                        "curves": result.curves,
-                        "metrics": result.metrics,
-                        "best_val": rec.best_val,
-                        "train_time": rec.train_time,
-                        "initial_loss": rec.initial_loss,
-                        "saved_bytes_peak": meter.peak,
-                        "memory_peak": memory.peak if memory else None,
-                        "resumed": resumed,
-                        "threads": torch.get_num_threads(),
-                    }
-                )
-            if on_epoch is not None:
-                on_epoch(row)
-    except Diverged as exc:
-        result.status, result.error = "failed", DIVERGED + str(exc)
-    rec.close(len(loader), meter.peak, memory.peak if memory else None)
+            )
+
+    def first(stats: dict[str, torch.Tensor]) -> None:
+        if "loss" in stats:
+            rec.initial_loss = float(stats["loss"])
+
+    run_epochs(
+        method,
+        [data],
+        [loader],
+        [rec],
+        meter,
+        memory,
+        device,
+        first,
+        start=first_epoch,
+        after_epoch=save,
+        on_epoch=None if on_epoch is None else lambda s, row: on_epoch(row),
+    )
     if source:
         result.compute["trainable_params"] = source["trainable_params"]
     if keep_model:
