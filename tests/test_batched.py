@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ffbench.cli import main
 from ffbench.core.config import RunConfig
 from ffbench.core.heads import make_head
-from ffbench.core.method import Method, method_card, step
+from ffbench.core.method import LocalMethod, Method, method_card, step
 from ffbench.core.options import Option
 from ffbench.core.seeds import Streams
 from ffbench.data.data import prepare
@@ -39,9 +39,7 @@ CASES = {  # id: (method, backbone, backbone options, method options, training f
     "deepsup-match-sff": ("bp.deepsup", "cnn", CNN, {"head": "match:sff"}, {}),
     "deepsup-match-cwc": ("bp.deepsup", "cnn.cfse", CFSE, {"head": "match:cwc"}, {"batch_size": 128}),
     "deepsup-match-asge": ("bp.deepsup", "vgg.asge", CNN, {"head": "match:asge"}, {}),
-    "ff": ("ff.hinton", "mlp", MLP, {}, {}),
-    "ff-hard": ("ff.hinton", "mlp", MLP, {"negatives": "hard"}, {}),
-    "ff-permutation": ("ff.hinton", "mlp", MLP, {"negatives": "permutation"}, {}),
+    "running-mean": ("test.running", "mlp", MLP, {}, {}),
     "cwc": ("cwc", "cnn.cfse", CFSE, {}, {"batch_size": 128}),
     "sff-mlp": ("sff", "mlp", MLP, {}, {}),
     "sff-cnn-augmented": ("sff", "cnn", CNN, {}, {"crop_padding": 1, "flip": True}),
@@ -101,6 +99,42 @@ def test_batched_seeds_equal_their_runs_alone(case):
         return
     for a, b in zip(alone, together):
         assert_same(a, b, SEEDS)
+
+
+# ---------------------------------------------------------------- a unit loss with a running statistic
+@method_card(
+    name="test.running",
+    summary="test-only: a local method whose unit loss reads the activity and updates a running mean in place "
+    "(FF's peer normalisation), and draws random label noise",
+    rules=("last",),
+    capabilities=frozenset({"any-backbone", "unit-heads"}),
+)
+class Running(LocalMethod):
+    def __init__(self, backbone, num_classes, options, ctx):
+        super().__init__(backbone, num_classes, options, ctx)
+        for k, shape in enumerate(backbone.out_shapes):
+            self.register_buffer(f"mean{k}", torch.zeros(shape[0]))
+
+    def make_head(self, k, shape):
+        return make_head("linear", shape, self.num_classes)
+
+    def unit_loss(self, k, scores, y, h):
+        running = getattr(self, f"mean{k}")
+        m = 0.9 * running + 0.1 * h.mean(0)
+        running.copy_(m.detach())  # each seed's row of the stacked buffer
+        return {"loss": F.cross_entropy(scores, y) + (m.mean() - m).pow(2).mean(), "spread": m.std()}
+
+    def train_step(self, x, y):
+        flip = self.ctx.draw(lambda g, t: torch.rand(len(t), generator=g, device=t.device) < 0.1, y)
+        return super().train_step(x, torch.where(flip, (y + 1) % self.num_classes, y))
+
+    def rules(self, scores, features):
+        return {"last": scores[-1]}
+
+
+def test_a_method_that_declares_no_seed_batching_trains_its_seeds_alone():
+    with pytest.raises(Unbatchable, match="ff.hinton does not declare seed_batching"):
+        fit_seeds(configs("ff.hinton", "mlp", MLP, {}), "cpu")
 
 
 # ---------------------------------------------------------------- one seed diverges, the others go on

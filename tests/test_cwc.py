@@ -11,8 +11,9 @@ import ffbench.methods.cwc as cwc
 from ffbench.core.config import RunConfig
 from ffbench.core.method import Context
 from ffbench.core.registry import METHODS
+from ffbench.core.seeds import Streams
 from ffbench.training import backbones
-from ffbench.training.train import SavedTensorMeter, fit, method_options
+from ffbench.training.train import SavedTensorMeter, build, fit, method_options, run_data
 
 CH = [10, 20, 20, 40]
 
@@ -135,19 +136,24 @@ def test_evaluate_rules_and_unit_scores():
     assert all(s.shape == (5, 10) for s in list(rules.values()) + units)
 
 
-def test_bad_backbones_and_channels_are_rejected():
-    with pytest.raises(ValueError, match="needs the cnn.cfse backbone"):
-        make("cwc", backbone="cnn")
-    with pytest.raises(ValueError, match="needs the cnn backbone"):
-        make("cwc.nocfse", backbone="cnn.cfse")
-    with pytest.raises(ValueError, match="not divisible by the class count 10"):
-        make("cwc.nocfse", backbone="cnn", channels=[15, 30, 30, 60])
-    with pytest.raises(ValueError, match="not divisible by the class count 3"):
-        make("cwc", backbone="cnn.cfse", channels=[12, 30, 31], k=3)
-    with pytest.raises(ValueError, match="needs the cnn.cfse backbone"):
-        bb = backbones.build("mlp", (1, 8, 8), 10, {"widths": [20]})
-        ctx = Context(device=torch.device("cpu"), generator=torch.Generator(), epochs=2)
-        METHODS.get("cwc").obj(bb, 10, method_options(RunConfig("cwc", "digits", "mlp")), ctx)
+def test_bad_backbones_and_channels_are_refused_before_anything_trains():
+    def why(name, backbone, channels=CH, classes=None):
+        options = {"widths": [20]} if backbone == "mlp" else {"channels": list(channels)}
+        config = RunConfig(name, "digits", backbone, classes=classes, backbone_options=options)
+        return METHODS.get(name).obj.skip(config)
+
+    assert "runs on the cnn.cfse backbone only" in why("cwc", "cnn")
+    assert "runs on the cnn backbone only" in why("cwc.nocfse", "cnn.cfse")
+    assert "not divisible by the class count 10" in why("cwc.nocfse", "cnn", [15, 30, 30, 60])
+    assert "not divisible by the class count 3" in why("cwc", "cnn.cfse", [12, 30, 31], classes=3)
+    assert "runs on the cnn.cfse backbone only" in why("cwc", "mlp")
+    assert why("cwc", "cnn.cfse") is None and why("cwc.nocfse", "cnn") is None
+    # a run built directly is refused with the same words
+    config = RunConfig("cwc", "digits", "cnn", backbone_options={"channels": list(CH)})
+    streams = Streams(0)
+    data = run_data(config, streams, torch.device("cpu"))
+    with pytest.raises(ValueError, match="runs on the cnn.cfse backbone only"):
+        build(config, data, streams, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("name,backbone", [("cwc", "cnn.cfse"), ("cwc.nocfse", "cnn")])

@@ -60,7 +60,7 @@ def test_layer_one_overlay_algebra_matches_the_plain_overlay():
         xr = (xr - lo) / (hi - lo)
         for v in range(2):
             plain = torch.cat([labels[v], xr[:, 10:]], 1)
-            assert torch.allclose(fast[v], m.linears[0](m._normalise(plain)), atol=1e-5)
+            assert torch.allclose(fast[v], m.linears[0](ff.normalise(plain, m.norm)), atol=1e-5)
         one_hot, neutral, neutral_ssq = m._label_rows(base)  # the squared norms every row shares, exactly
         assert torch.equal(m._first(ssq, base, labels, one_hot), fast)
         assert torch.equal(m._first(ssq, base, neutral, neutral_ssq), m._first(ssq, base, neutral.clone()))
@@ -68,11 +68,11 @@ def test_layer_one_overlay_algebra_matches_the_plain_overlay():
 
 def test_goodness_and_threshold_per_scale():
     m = make(widths=(16, 8), scale="sum-rms")
-    assert m.thetas == [16, 8] and m._good(torch.ones(2, 8)).tolist() == [8.0, 8.0]
-    assert m._normalise(torch.full((1, 4), 3.0)).pow(2).mean().item() == pytest.approx(1.0)
+    assert m.thetas == [16, 8] and ff.goodness(torch.ones(2, 8), m.goodness).tolist() == [8.0, 8.0]
+    assert ff.normalise(torch.full((1, 4), 3.0), m.norm).pow(2).mean().item() == pytest.approx(1.0)
     m = make(widths=(16, 8), scale="mean-l2", theta_scale=0.5)
-    assert m.thetas == [1.0, 1.0] and m._good(torch.ones(2, 8)).tolist() == [1.0, 1.0]
-    assert m._normalise(torch.full((1, 4), 3.0)).norm().item() == pytest.approx(1.0)
+    assert m.thetas == [1.0, 1.0] and ff.goodness(torch.ones(2, 8), m.goodness).tolist() == [1.0, 1.0]
+    assert ff.normalise(torch.full((1, 4), 3.0), m.norm).norm().item() == pytest.approx(1.0)
 
 
 def test_negatives_never_true_label_by_default():
@@ -220,12 +220,23 @@ def test_bad_options_are_rejected():
         make(scale="mean-l2", goodness="sum")
     make(scale="mean-l2", goodness="mean", norm="l2")  # restating the convention is fine
     for conv in ("cnn", "cnn.cfse"):
-        with pytest.raises(ValueError, match="Allowed backbones: mlp"):
+        with pytest.raises(ValueError, match=r"needs a fully connected backbone \(mlp\)"):
             make(backbone=conv, in_shape=(1, 8, 8))
-    with pytest.raises(ValueError, match="at least 2 layers"):
-        make(widths=(16,))
-    with pytest.raises(ValueError, match="greedy"):
-        make(widths=(16, 16, 16), epochs=2, training="greedy")
+
+    def skip(widths, epochs=2, **opts):
+        config = RunConfig(
+            method="ff.hinton",
+            dataset="digits",
+            backbone="mlp",
+            epochs=epochs,
+            backbone_options={"widths": list(widths)},
+            method_options=opts,
+        )
+        return METHODS.get("ff.hinton").obj.skip(config)
+
+    assert "at least 2 layers" in skip((16,))
+    assert "greedy" in skip((16, 16, 16), training="greedy")
+    assert skip((16, 16, 16)) is None
 
 
 def test_learns_digits():

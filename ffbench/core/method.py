@@ -166,6 +166,10 @@ class Method(nn.Module, ABC):
 
     def __init__(self, backbone: Backbone, num_classes: int, options: dict[str, Any], ctx: Context):
         super().__init__()
+        card = getattr(type(self), "card", None)
+        why = card and placement_problem(card.name, card.capabilities, backbone.is_conv)
+        if why:
+            raise ValueError(why)
         self.backbone = backbone
         self.num_classes = num_classes
         self.options = options
@@ -418,6 +422,15 @@ DESCRIPTION = {
     "label-in-input": "writes the label into the input",
     "fixed-projection": "uses a fixed random projection (never trained)",
 }
+
+
+def placement_problem(name: str, caps: frozenset[str], conv: bool) -> str | None:
+    """Why a method with capabilities ``caps`` cannot be built on a (``conv``olutional or not) backbone."""
+    if "flat" in caps and conv:
+        return f"{name} {PLACEMENT['flat']}; this backbone has convolutional units"
+    if "conv" in caps and not conv:
+        return f"{name} {PLACEMENT['conv']}; this backbone is fully connected"
+    return None
 
 
 def check_capabilities(name: str, caps: frozenset[str]) -> None:

@@ -74,8 +74,9 @@ class Card:
         for k, opt in self.options.items():
             if not isinstance(opt, Option):
                 raise TypeError(
-                    f"{self.name}: option {k!r} must be declared as an ffbench.core.options.Option "
-                    f"(type, default, choices or range), got {type(opt).__name__} {opt!r}"
+                    f"{self.name}: option {k!r} must be declared as an Option (from ffbench.api import Option: "
+                    f"type, default, help, choices or range), got {type(opt).__name__} {opt!r} "
+                    f"(CHANGELOG.md, 'Porting a 0.1 plugin')"
                 )
             if k in self.defaults:
                 opt = opt.with_default(self.defaults[k])  # validated by Option itself

@@ -215,23 +215,7 @@ class CwC(LocalMethod):
         return None
 
     def __init__(self, backbone, num_classes, options, ctx):
-        groups = [m.groups for m in backbone.modules() if isinstance(m, nn.Conv2d)]
-        layer_groups = getattr(backbone, "layer_class_groups", None) or [num_classes] * len(groups)
-        want = [layer_groups[i] if (self.cfse and i % 2) else 1 for i in range(len(groups))]
-        if not groups or groups != want or not backbone.is_conv:
-            raise ValueError(
-                f"{self.card.name} needs the {self.backbone_name} backbone (conv groups {want}); got "
-                f"groups {groups}. Use cwc with cnn.cfse (CFSE) and cwc.nocfse with cnn (FF-CNN)"
-            )
         self.class_groups = getattr(backbone, "class_groups", None) or [num_classes] * len(backbone.units)
-        bad = [shape[0] for shape, g in zip(backbone.out_shapes, self.class_groups) if shape[0] % g]
-        if bad:
-            what = (
-                f"class count {num_classes}"
-                if set(self.class_groups) == {num_classes}
-                else f"class groups {self.class_groups}"
-            )
-            raise ValueError(f"{self.card.name}: channels {bad} are not divisible by the {what}")
         super().__init__(backbone, num_classes, options, ctx)
         self.windows, self.head_start = ilt_windows(
             options["ilt"], options["ilt_table"], options["ilt_scaling"], len(backbone.units), ctx.epochs

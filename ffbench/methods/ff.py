@@ -14,85 +14,27 @@ neutral rows, and K-label inference costs one image matmul plus K cheap rank-K c
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ffbench.core.heads import linear
 from ffbench.core.method import LocalMethod, method_card
 from ffbench.core.options import Option
 from ffbench.core.registry import ByDataset
-
-SCALES = {"sum-rms": ("sum", "rms"), "mean-l2": ("mean", "l2")}  # goodness, normalisation; theta = N or 2
-NEGATIVES = ("uniform", "permutation", "hard")
-EPS = 1e-8
-
-
-class _StraightReLU(torch.autograd.Function):
-    """ReLU whose backward passes the gradient everywhere (MATLAB/loeweX): it only changes the peer-norm
-    term, since the goodness gradient 2h is already 0 where the unit is off. Saves nothing for backward."""
-
-    @staticmethod
-    def forward(ctx, z):
-        return z.clamp_min(0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad
-
-
-class _DenseGrad(torch.autograd.Function):
-    """Identity whose backward hands on a contiguous gradient: a seed's block of a concatenation then sums
-    its bias gradient over the same memory layout as its run alone (a strided sum rounds differently)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.contiguous()
-
-
-def ff_loss(g_pos: torch.Tensor, g_neg: torch.Tensor, theta: float) -> torch.Tensor:
-    """BCE-with-logits on g - theta, target 1 for positives and 0 for negatives, mean over the 2B rows."""
-    return F.softplus(torch.cat([theta - g_pos, g_neg - theta])).mean()
-
-
-def peer_loss(running_mean: torch.Tensor) -> torch.Tensor:
-    """Peer normalisation: mean over units of (mean_j m_j - m_j)^2; its gradient is 2(m_j - mean m)/N."""
-    return (running_mean.mean() - running_mean).pow(2).mean()
-
-
-def sample_negatives(
-    y: torch.Tensor, k: int, kind: str, gen: torch.Generator, logits: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Negative labels: ``uniform`` over the K-1 wrong classes (never the true one), ``permutation`` of the
-    batch's labels (may equal the true label, mpezeshki), or ``hard``: drawn from the neutral-label softmax
-    with the true class masked out (official MATLAB)."""
-    if kind == "uniform":
-        return (y + torch.randint(1, k, y.shape, generator=gen, device=y.device)) % k
-    if kind == "permutation":
-        return y[torch.randperm(len(y), generator=gen, device=y.device)]
-    if kind == "hard":  # torch.multinomial's one-sample draw, argmax p / Exp(1), without its checks' host syncs
-        probs = logits.float().scatter(1, y[:, None], float("-inf")).softmax(1)
-        return (probs / torch.empty_like(probs).exponential_(generator=gen)).argmax(1)
-    raise AssertionError(kind)  # options are validated before the method is built
-
-
-def resolve_scale(scale: str, goodness: str, norm: str) -> tuple[str, str]:
-    """The scale conventions travel together (§9.1): ``goodness``/``norm`` may only restate ``scale``."""
-    want_g, want_n = SCALES[scale]
-    if goodness not in ("auto", want_g) or norm not in ("auto", want_n):
-        g, n = (want_g if goodness == "auto" else goodness), (want_n if norm == "auto" else norm)
-        fix = next((s for s, pair in SCALES.items() if pair == (g, n)), None)
-        hint = f"set scale={fix!r} instead" if fix else "valid pairs: sum+rms (theta=N), mean+l2 (theta=2)"
-        raise ValueError(
-            f"ff: mixed scale conventions goodness={g!r} with norm={n!r} under scale={scale!r}; "
-            f"goodness, normalisation and threshold travel together ({hint})"
-        )
-    return want_g, want_n
-
+from ffbench.methods.goodness import (
+    EPS,
+    NEGATIVES,
+    SCALES,
+    StraightReLU,
+    ff_loss,
+    goodness,
+    normalise,
+    peer_loss,
+    resolve_scale,
+    sample_negatives,
+)
 
 _OPTIONS = {
     "scale": Option(
@@ -223,6 +165,7 @@ class FF(LocalMethod):
 
     adapt_modes = ("linear-probe", "last-k-units", "fine-tune")  # no head has parameters
     update = "joint"  # the layers' and the read-out's losses summed, one step (loeweX)
+    seed_batching = False  # layer 1 reads its weight itself (the label overlay above): seeds train one at a time
     probe_rule = "softmax"
 
     @classmethod
@@ -232,28 +175,14 @@ class FF(LocalMethod):
 
     def __init__(self, backbone, num_classes, options, ctx):
         o, k = options, num_classes
-        for unit in backbone.units:
-            lin = [m for m in unit.modules() if isinstance(m, nn.Linear)]
-            if backbone.is_conv or len(lin) != 1:
-                kind = "convolutional units" if backbone.is_conv else "units that are not one linear layer each"
-                raise ValueError(
-                    f"ff.hinton trains fully connected layers on the flattened image; this backbone "
-                    f"has {kind}. Allowed backbones: mlp"
-                )
-        widths = [lin.out_features for lin in self._linears(backbone)]
-        self.in_dim = self._linears(backbone)[0].in_features
+        widths, self.in_dim = [s[0] for s in backbone.out_shapes], math.prod(backbone.in_shape)
         if self.in_dim < k:
             raise ValueError(f"ff.hinton writes the label over the first {k} inputs, but the input has {self.in_dim}")
-        why = _problem(o, len(widths), ctx.epochs)
-        if why:
-            raise ValueError(why)
         super().__init__(backbone, num_classes, options, ctx)
         self.goodness, self.norm = resolve_scale(o["scale"], o["goodness"], o["norm"])
         self.thetas = [o["theta_scale"] * (n if self.goodness == "sum" else 2.0) for n in widths]
         n_layers = len(widths)
-        self.vote = {"skip-first": list(range(1, n_layers)), "all": list(range(n_layers)), "last": [n_layers - 1]}[
-            o["vote"]
-        ]
+        self.vote = {"skip-first": range(1, n_layers), "all": range(n_layers), "last": [n_layers - 1]}[o["vote"]]
         if o["init"] in ("normal", "loewex"):
             with torch.no_grad():
                 for lin in self.linears:
@@ -267,7 +196,6 @@ class FF(LocalMethod):
         self.make_joint_optimizer(
             {"params": list(self.head.parameters()), "lr": o["head_lr"], "weight_decay": o["head_weight_decay"]}
         )
-        self._label_consts = None  # _label_rows' tensors and the (device, dtype) they are for
         self.label_value = o["label_value"]
         if o["training"] == "greedy":  # layer l trains in epochs [l*E/L, (l+1)*E/L)
             self.windows = [(i * ctx.epochs // n_layers, (i + 1) * ctx.epochs // n_layers) for i in range(n_layers)]
@@ -275,24 +203,12 @@ class FF(LocalMethod):
     def make_head(self, k, shape):
         return nn.Identity()  # a layer's class scores are its goodness per label row
 
-    @staticmethod
-    def _linears(backbone):
-        """Each unit's linear layer (looked up each time: seeds trained together replace it by a stacked one)."""
-        return [next(m for m in unit.modules() if hasattr(m, "in_features")) for unit in backbone.units]
-
     @property
     def linears(self):
-        return self._linears(self.backbone)
+        """Each unit's linear layer (looked up each time: seeds trained together replace it by a stacked one)."""
+        return [next(m for m in unit.modules() if hasattr(m, "in_features")) for unit in self.backbone.units]
 
     # ---------------------------------------------------------------- pieces
-    def _normalise(self, h):
-        if self.norm == "rms":
-            return h / (h.pow(2).mean(-1, keepdim=True).sqrt() + EPS)
-        return h / (h.norm(dim=-1, keepdim=True) + EPS)
-
-    def _good(self, h):
-        return h.pow(2).sum(-1) if self.goodness == "sum" else h.pow(2).mean(-1)
-
     def _image(self, x):
         """Flattened image with the label slots zeroed: its squared norm, and W1 @ it (B rows)."""
         xr = x.flatten(1)
@@ -302,40 +218,23 @@ class FF(LocalMethod):
         else:
             xr = xr.clone()
         xr[:, : self.num_classes] = 0
-        return xr.pow(2).sum(1), linear(xr, self.linears[0].weight)
+        return xr.pow(2).sum(1), F.linear(xr, self.linears[0].weight)
 
     def _label_rows(self, like):
-        """(a one-hot label row's squared norm, the neutral row (1, 1, K), its squared norm), made once per
-        device and dtype: the same for every row, and computed as the per-row arithmetic computes them."""
-        if self._label_consts is None or self._label_consts[0] != (like.device, like.dtype):
-            k, lv = self.num_classes, self.label_value
-            neutral = like.new_full((1, 1, k), lv / k)
-            one_hot = like.new_full((1,), lv).pow(2)  # its one non-zero slot squared; the zeros add nothing
-            self._label_consts = (like.device, like.dtype), (one_hot, neutral, neutral.pow(2).sum(-1))
-        return self._label_consts[1]
+        """(a one-hot label row's squared norm, the neutral row (1, 1, K), its squared norm): the same for every
+        row, computed as the per-row arithmetic computes them."""
+        k, lv = self.num_classes, self.label_value
+        neutral = like.new_full((1, 1, k), lv / k)
+        one_hot = like.new_full((1,), lv).pow(2)  # its one non-zero slot squared; the zeros add nothing
+        return one_hot, neutral, neutral.pow(2).sum(-1)
 
     def _first(self, ssq, base, labels, label_ssq=None):
         """Layer-1 pre-activations of overlay(x, labels); labels (V, B or 1, K) -> (V, B, N). ``label_ssq``: the
         labels' squared norm where every row has the same (``_label_rows``), else computed from them."""
         lin = self.linears[0]
-        if lin.weight.dim() == 2:
-            return self._overlay(ssq, base, labels, label_ssq, lin.weight, lin.bias)
-        # seeds trained together: each seed's rows with its own weights, by the kernels of its run alone
-        # (a broadcast over seeds would sum the bias gradient in another order, and FF amplifies such bits)
-        n = lin.weight.shape[0]
-        rows = labels.chunk(n, 1) if labels.shape[1] > 1 else [labels] * n
-        return torch.cat(
-            [
-                _DenseGrad.apply(self._overlay(s, b, lab, label_ssq, w, bias))
-                for s, b, lab, w, bias in zip(ssq.chunk(n), base.chunk(n), rows, lin.weight, lin.bias)
-            ],
-            1,
-        )
-
-    def _overlay(self, ssq, base, labels, label_ssq, weight, bias):
         total = ssq + (labels.pow(2).sum(-1) if label_ssq is None else label_ssq)
         denom = (total / self.in_dim if self.norm == "rms" else total).sqrt() + EPS
-        return (base + labels @ weight[:, : self.num_classes].t()) / denom[..., None] + bias
+        return (base + labels @ lin.weight[:, : self.num_classes].t()) / denom[..., None] + lin.bias
 
     def _neutral(self, ssq, base):
         """Normalised activities of every layer for the neutral label (called without grad)."""
@@ -345,18 +244,8 @@ class FF(LocalMethod):
         for i, lin in enumerate(self.linears):
             if i:
                 z = lin(feats[-1])
-            feats.append(self._normalise(z.relu()))
+            feats.append(normalise(z.relu(), self.norm))
         return feats
-
-    def _layer(self, k, state):
-        """Layer k > 0 on label-major rows (V label blocks of R rows); with seeds trained together each label
-        block holds every seed's rows, so they are regrouped seed-major for the stacked layer and back."""
-        lin, n = self.linears[k], self.ctx.seeds
-        if n == 1:
-            return lin(state)
-        v, width = self._rows, state.shape[-1]
-        z = lin(state.reshape(v, n, -1, width).transpose(0, 1).reshape(-1, width))
-        return z.reshape(n, v, -1, z.shape[-1]).transpose(0, 1).reshape(-1, z.shape[-1])
 
     # ---------------------------------------------------------------- the unit, its loss, the read-out
     def forward_unit(self, k, state):
@@ -365,11 +254,15 @@ class FF(LocalMethod):
             self._rows = labels.shape[0]
             z = self._first(ssq, base, labels, self._label_rows(base)[0]).flatten(0, 1)  # (V*B, N), label-major
         else:
-            z = self._layer(k, state)
-        h = _StraightReLU.apply(z) if torch.is_grad_enabled() else z.relu()
+            z = self.linears[k](state)
+        h = StraightReLU.apply(z) if torch.is_grad_enabled() else z.relu()
         last = k + 1 == len(self.backbone.units)  # nothing reads the last layer's hand-off
         pos = h[: h.shape[0] // self._rows]  # the first label block: the positive rows (peer normalisation)
-        return self._good(h).view(self._rows, -1).t(), pos, None if last else self._normalise(h.detach())
+        return (
+            goodness(h, self.goodness).view(self._rows, -1).t(),
+            pos,
+            None if last else normalise(h.detach(), self.norm),
+        )
 
     def unit_loss(self, k, scores, y, h):
         """The FF loss plus peer normalisation of the positive rows' mean activity ``h`` (a running mean)."""

@@ -418,7 +418,7 @@ def config_problem(config: RunConfig) -> str | None:
     if config.adapt is not None:
         return "runs that adapt a pretrained source train one at a time"
     if not METHODS.get(config.method).obj.seed_batching:
-        return f"{config.method} trains its own steps and does not declare seed_batching"
+        return f"{config.method} does not declare seed_batching"
     return None
 
 

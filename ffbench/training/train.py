@@ -414,6 +414,9 @@ class Record:
 
 def build(config: RunConfig, data: Data, streams: Streams, device: torch.device) -> Method:
     entry = METHODS.get(config.method)
+    why = entry.obj.skip(config)  # the design drops such cells; a run built directly is refused the same way
+    if why:
+        raise ValueError(why)
     with streams.torch_scope("init"):
         backbone = backbones.build(config.backbone, data.shape, data.num_classes, config.backbone_options)
         ctx = Context(
