@@ -326,9 +326,22 @@ class LocalMethod(Method):
                 hand = self.pass_on(k, out.detach())
         return (head(feat) if head is not None else None), feat, hand
 
+    frozen_bn: str = "eval"  # a unit outside its window keeps BatchNorm's statistics ("train": updates them)
+
     def start_epoch(self, epoch: int) -> None:
         """A layer schedule: unit k trains in the epochs of ``windows[k]``."""
         self.active = [s <= epoch < e for s, e in self.windows]
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> LocalMethod:
+        """A unit outside its window runs with BatchNorm in eval mode (its statistics held), unless
+        ``frozen_bn = "train"``."""
+        super().train(mode)
+        if mode and self.frozen_bn == "eval" and hasattr(self, "active"):
+            for unit, on in zip(self.backbone.units, self.active):
+                if not on:
+                    unit.eval()
+        return self
 
     def units_to_run(self) -> int:
         """How many units a training step runs: up to the last one that trains (all with readouts_read_all)."""

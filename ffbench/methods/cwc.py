@@ -215,6 +215,7 @@ class CwC(LocalMethod):
         return None
 
     def __init__(self, backbone, num_classes, options, ctx):
+        self.frozen_bn = options["frozen_bn"]
         self.class_groups = getattr(backbone, "class_groups", None) or [num_classes] * len(backbone.units)
         super().__init__(backbone, num_classes, options, ctx)
         self.windows, self.head_start = ilt_windows(
@@ -240,16 +241,6 @@ class CwC(LocalMethod):
     def start_epoch(self, epoch):
         super().start_epoch(epoch)
         self.head_active = epoch >= self.head_start
-        self.train(self.training)
-
-    def train(self, mode=True):
-        """Frozen units keep BatchNorm in eval mode (running statistics fixed) unless frozen_bn='train'."""
-        super().train(mode)
-        if mode and self.options["frozen_bn"] == "eval" and hasattr(self, "active"):
-            for unit, on in zip(self.backbone.units, self.active):
-                if not on:
-                    unit.eval()
-        return self
 
     def units_to_run(self):
         return len(self.active) if self.head_active else super().units_to_run()  # the Sf head reads the last
