@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from ffbench import tracking  # noqa: E402
+from ffbench.record import tracking  # noqa: E402
 from ffbench.cli import main  # noqa: E402
 from ffbench.record import manifest as manifest_module  # noqa: E402
 from ffbench.record.store import DONE, FAILED, PENDING, RUNNING, Store  # noqa: E402
