@@ -20,9 +20,9 @@ import pytest
 pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from ffbench import tracking  # noqa: E402
 from ffbench.cli import main  # noqa: E402
 from ffbench.record import manifest as manifest_module  # noqa: E402
+from ffbench.record import tracking  # noqa: E402
 from ffbench.record.store import DONE, FAILED, PENDING, RUNNING, Store  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

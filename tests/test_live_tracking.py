@@ -10,9 +10,9 @@ import pytest
 pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from ffbench import tracking  # noqa: E402
 from ffbench.execution import runner
 from ffbench.execution.workers import work  # noqa: E402
+from ffbench.record import tracking  # noqa: E402
 from ffbench.record.store import Store  # noqa: E402
 
 SUITE = """

@@ -20,8 +20,11 @@ import pytest
 
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'ffbench[ray]')")
 
-from ffbench import studies  # noqa: E402
-from ffbench.execution import ray_executor, runner
+from ffbench.execution import (
+    ray_executor,
+    runner,
+    studies,  # noqa: E402
+)
 from ffbench.execution.execute import InfrastructureError  # noqa: E402
 from ffbench.plan.suite import SuiteError  # noqa: E402
 from ffbench.record.store import DONE, PENDING, PRUNED, Store  # noqa: E402
