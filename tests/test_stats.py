@@ -614,6 +614,12 @@ def test_every_public_name_of_the_stats_modules_is_a_name_of_the_package():
                 assert getattr(S, name) is getattr(module, name), f"ffbench.stats.{name} is not {path.stem}.{name}"
                 public.add(name)
     assert set(S.__all__) == public
+    order = list(S._NAMES)  # the package docstring's order: a module imports only from those before it
+    for path in Path(S.__file__).parent.glob("[!_]*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ffbench.stats"):
+                source = node.module.removeprefix("ffbench.stats").lstrip(".")
+                assert source in order and order.index(source) < order.index(path.stem), (path.name, node.module)
     assert S._corr is importlib.import_module("ffbench.stats.curves")._corr  # the tests use it
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
         S.no_such_name  # noqa: B018
