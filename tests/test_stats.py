@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -592,3 +597,44 @@ def test_the_end_of_run_table_shows_the_flag_beside_the_verdict():
     )
     line = next(ln for ln in results.format_table(pd.DataFrame([row])).splitlines() if ln.startswith("| digits"))
     assert "| insufficient evidence (seed 7 outlying (p 2e-09 < 0.05/10), without it: better) |" in line
+
+
+# ---------------------------------------------------------------- the package: modules and names
+def test_every_public_name_of_the_stats_modules_is_a_name_of_the_package():
+    public: set[str] = set()
+    for path in sorted(Path(S.__file__).parent.glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        module = importlib.import_module(f"ffbench.stats.{path.stem}")
+        for node in ast.parse(path.read_text()).body:
+            names = [node.name] if isinstance(node, ast.FunctionDef | ast.ClassDef) else []
+            if isinstance(node, ast.Assign):
+                names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+            for name in (n for n in names if not n.startswith("_")):
+                assert getattr(S, name) is getattr(module, name), f"ffbench.stats.{name} is not {path.stem}.{name}"
+                public.add(name)
+    assert set(S.__all__) == public
+    order = list(S._NAMES)  # the package docstring's order: a module imports only from those before it
+    for path in Path(S.__file__).parent.glob("[!_]*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ffbench.stats"):
+                source = node.module.removeprefix("ffbench.stats").lstrip(".")
+                assert source in order and order.index(source) < order.index(path.stem), (path.name, node.module)
+    assert S._corr is importlib.import_module("ffbench.stats.curves")._corr  # the tests use it
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        S.no_such_name  # noqa: B018
+
+
+def test_importing_the_package_loads_a_module_only_when_a_name_of_it_is_used():
+    # the command line reads the defaults and exports label treatments: neither needs scipy
+    probe = (
+        "import sys\n"
+        "from ffbench import stats\n"
+        "print(stats.ROPE, 'scipy' in sys.modules, 'pandas' in sys.modules)\n"
+        "stats.treatments\n"
+        "print('scipy' in sys.modules, 'pandas' in sys.modules)\n"
+        "stats.compare\n"
+        "print('scipy' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["0.005", "False", "False", "False", "True", "True"]
