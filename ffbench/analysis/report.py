@@ -33,7 +33,7 @@ from ffbench.core.registry import Registry
 if TYPE_CHECKING:
     from ffbench.record.store import Store
 
-REPORTS = Registry("reports")
+REPORTS = Registry("reports", "ffbench.reports")
 
 
 def report_kind(name: str, summary: str, **card_fields: Any) -> Callable:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import importlib.metadata
 import inspect
+import pkgutil
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -190,9 +191,10 @@ def _origin(obj: Any) -> str:
 class Registry:
     """Name -> (card, object). Names are ``family.variant`` strings, e.g. ``ff.hinton``."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, builtin: str | None = None):
         self.kind = kind
         self.group = f"ffbench.{kind}"
+        self.builtin = builtin  # the module, or package of modules, that registers ffbench's own entries
         self._entries: dict[str, Entry] = {}
         self._discovered = False
         self.failures: list[str] = []  # entry points that could not be loaded: "'name' = 'value': error"
@@ -223,6 +225,11 @@ class Registry:
         if self._discovered:
             return
         self._discovered = True
+        if self.builtin:  # ffbench's own: found in the package itself, whatever an installation's metadata says
+            module = importlib.import_module(self.builtin)
+            if hasattr(module, "__path__"):
+                for info in pkgutil.iter_modules(module.__path__):
+                    importlib.import_module(f"{self.builtin}.{info.name}")
         for ep in importlib.metadata.entry_points(group=self.group):
             before = {kind: set(r._entries) for kind, r in REGISTRIES.items()}
             try:
@@ -270,10 +277,10 @@ class Registry:
         return iter(self.names())
 
 
-METHODS = Registry("methods")
-DATASETS = Registry("datasets")
-BACKBONES = Registry("backbones")
-AXES = Registry("axes")
+METHODS = Registry("methods", "ffbench.methods")
+DATASETS = Registry("datasets", "ffbench.data.datasets")
+BACKBONES = Registry("backbones", "ffbench.training.backbones")
+AXES = Registry("axes", "ffbench.plan.axes")
 REGISTRIES = {"methods": METHODS, "datasets": DATASETS, "backbones": BACKBONES, "axes": AXES}
 
 
