@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 import ffbench.api as api
 
@@ -175,3 +176,32 @@ def test_a_01_option_is_told_how_to_port():
             rules=("a",),
             capabilities=frozenset({"any-backbone"}),
         )(type("Old", (api.Method,), {}))
+
+
+def test_a_local_method_with_an_unknown_update_or_no_readout_optimizer_is_told():
+    with pytest.raises(TypeError, match="update = 'jointly'; allowed: local, joint, end-to-end"):
+        type(
+            "Bad",
+            (api.LocalMethod,),
+            {"update": "jointly", "unit_loss": lambda self, k, s, y, h: s.sum(), "rules": lambda self, s, f: {}},
+        )
+
+    class NoOptimizer(api.LocalMethod):
+        def make_head(self, k, shape):
+            return api.LinearHead(shape, self.num_classes)
+
+        def unit_loss(self, k, scores, y, h):
+            return torch.nn.functional.cross_entropy(scores, y)
+
+        def readouts(self, features):
+            return {"probe": features[-1] @ torch.ones(features[-1].shape[1], self.num_classes)}
+
+        def rules(self, scores, features):
+            return {"last": scores[-1]}
+
+    from ffbench.training.backbones import build
+
+    ctx = api.Context(device=torch.device("cpu"), generator=torch.Generator())
+    method = NoOptimizer(build("mlp", (1, 8, 8), 10, {"widths": [8]}), 10, {}, ctx)
+    with pytest.raises(TypeError, match="read-outs but no self.readout_opt"):
+        method.train_step(torch.randn(4, 1, 8, 8), torch.arange(4))

@@ -256,6 +256,8 @@ class LocalMethod(Method):
                     f"{cls.__module__}.{cls.__name__} defines {old!r}, a hook of the ffbench 0.1 method "
                     f"contract; in 0.2 write {new} (CHANGELOG.md, 'Porting a 0.1 plugin')"
                 )
+        if cls.update not in UPDATES:
+            raise TypeError(f"{cls.__module__}.{cls.__name__}: update = {cls.update!r}; allowed: {', '.join(UPDATES)}")
         # unit_loss(k, scores, y) of 0.1 still works: the features are passed where it takes them
         params = inspect.signature(cls.unit_loss).parameters
         cls._loss_reads_h = len(params) >= 5 or any(p.kind is p.VAR_POSITIONAL for p in params.values())
@@ -394,6 +396,11 @@ class LocalMethod(Method):
         for name, scores in self.readouts(features).items():
             loss = reduce_per_seed(self, F.cross_entropy, scores, y)
             if self.update != "joint":
+                if getattr(self, "readout_opt", None) is None:
+                    raise TypeError(
+                        f"{type(self).__name__} has read-outs but no self.readout_opt (make it in __init__ with "
+                        f"ctx.make_optimizer over the read-outs' parameters)"
+                    )
                 step(self.readout_opt, loss)
                 loss = loss.detach()
             stats[f"loss.{name}"] = loss
