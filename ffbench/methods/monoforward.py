@@ -40,7 +40,9 @@ _OPTIONS = {
         choices=PREDICTIONS,
         source="'final layer's class-scores or via aggregation' [SEC]; the replication reads the last [CODE-3rd]",
     ),
-    "pool": Option(str, "flatten", "a conv unit's M_l reads the flattened map or its spatial mean", choices=POOLS),
+    "pool": Option(
+        str, "flatten", "a conv unit's M_l reads the flattened map or its spatial mean", choices=POOLS, source="[INF]"
+    ),
     "act": Option(
         str,
         "relu",
@@ -91,7 +93,7 @@ _NOTES = (
     "anywhere readable and is left out. M_l has no bias (G = a M^T [SEC]) and torch's Linear initialisation; on "
     "conv units it reads the flattened map (pool='flatten', the literal a_l) or its spatial mean (pool='avg'). "
     "act, bias and init change the backbone's units; m0_input_head adds an input unit (Identity) whose head is "
-    "M_0, a stage of its own under greedy. The replication stops each layer early on validation; ffbench trains "
+    "M_0, a stage of its own under greedy. The replication stops early on validation (§6.6 pitfall 2); ffbench trains "
     "the budget and reports the best-validation epoch. Recipe reference: the paper's stated choices, the rest "
     "from the replication (MNIST / F-MNIST 2x1000 MLP), each value with its source."
 )
