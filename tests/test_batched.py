@@ -44,6 +44,15 @@ CASES = {  # id: (method, backbone, backbone options, method options, training f
     "sff-mlp": ("sff", "mlp", MLP, {}, {}),
     "sff-cnn-augmented": ("sff", "cnn", CNN, {}, {"crop_padding": 1, "flip": True}),
     "asge": ("asge", "vgg.asge", CNN, {}, {}),
+    "monoforward-mlp": ("monoforward", "mlp", MLP, {}, {}),
+    "monoforward-cnn-options": (
+        "monoforward",
+        "cnn",
+        CNN,
+        {"m0_input_head": True, "act": "tanh", "bias": False, "init": "kaiming", "pool": "avg"},
+        {},
+    ),
+    "deepsup-match-monoforward": ("bp.deepsup", "mlp", MLP, {"head": "match:monoforward"}, {}),
 }
 
 

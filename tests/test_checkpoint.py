@@ -23,6 +23,8 @@ CASES = {  # every shipped method on a backbone it trains, a few seconds each on
     "cwc": ("cnn.cfse", {"channels": [10, 20, 20, 40]}, {"batch_size": 128}),
     "sff": ("cnn", CNN, {"crop_padding": 1, "flip": True}),  # the augmentation stream too
     "asge": ("vgg.asge", {"channels": [8, 16], "pool": [1]}, {}),
+    # a greedy schedule resumed inside it, with M_0's input unit
+    "monoforward": ("mlp", {"widths": [32, 32]}, {"method_options": {"training": "greedy", "m0_input_head": True}}),
 }
 
 

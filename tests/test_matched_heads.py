@@ -16,6 +16,7 @@ CASES = {  # match -> (local method, backbone, options, input shape)
     "cwc": ("cwc", "cnn.cfse", {"channels": [20, 20, 40, 40]}, (1, 8, 8)),
     "asge": ("asge", "vgg.asge", {"channels": [8, 16, 16], "pool": [0, 1]}, (1, 12, 12)),
     "sff": ("sff", "cnn", {"channels": [8, 16, 16]}, (1, 8, 8)),
+    "monoforward": ("monoforward", "mlp", {"widths": [16, 12, 8]}, (1, 8, 8)),
 }
 
 

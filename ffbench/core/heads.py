@@ -46,13 +46,14 @@ class GroupedGoodnessHead(nn.Module):
 
 
 class LinearHead(nn.Module):
-    """Class logits from a unit's output: global average pooling (conv) or flatten, then a linear layer."""
+    """Class logits from a unit's output: global average pooling (conv) or flatten, then a linear layer (with a
+    bias unless ``bias`` is False)."""
 
-    def __init__(self, shape: tuple[int, ...], num_classes: int, pool: str | None = "avg"):
+    def __init__(self, shape: tuple[int, ...], num_classes: int, pool: str | None = "avg", bias: bool = True):
         super().__init__()
         self.pool = (pool or "avg") if len(shape) == 3 else "flatten"
         width = shape[0] if self.pool == "avg" else int(torch.tensor(shape).prod())
-        self.fc = nn.Linear(width, num_classes)
+        self.fc = nn.Linear(width, num_classes, bias=bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         h = h.mean((2, 3)) if self.pool == "avg" else h.flatten(1)

@@ -128,6 +128,11 @@ def seed_blocks(rows: Iterable[torch.Tensor | None], seeds: int) -> list[tuple]:
     return list(zip(*split))
 
 
+def greedy_windows(units: int, epochs: int) -> list[tuple[int, int]]:
+    """A greedy layer schedule (``LocalMethod.windows``): unit k trains alone in epochs [k*E/U, (k+1)*E/U)."""
+    return [(k * epochs // units, (k + 1) * epochs // units) for k in range(units)]
+
+
 def reduce_per_seed(method: nn.Module, fn: Callable[..., Any], *rows: torch.Tensor | None) -> Any:
     """``fn`` on each seed's rows alone, its results stacked per seed (a tensor, or a dict of tensors); with
     one seed ``fn(*rows)`` itself. While seed i's block runs, the method's own buffers (stacked by

@@ -2,9 +2,9 @@
 losses summed, gradients end to end), following methods.md §1.
 
 Heads: ``linear`` (GAP, or with ``pool = "flatten"`` flatten, then a linear layer), ``goodness`` (SFF's aux
-conv), or ``match:<method>``: the heads of a local method (cwc, asge, sff), borrowed from an instance of that
-method built on the same backbone, with its unit outputs, unit losses, hand-off (in the graph: gradients
-cross it) and, for ``bp.deepsup``, its read-outs (CwC's flatten -> linear Sf head, ASGE's linear read-out)
+conv), or ``match:<method>``: the heads of a local method (cwc, asge, sff, monoforward), borrowed from an
+instance of that method built on the same backbone, with its unit outputs, unit losses, hand-off (in the graph:
+gradients cross it) and, for ``bp.deepsup``, its read-outs (CwC's flatten -> linear Sf head, ASGE's linear read-out)
 trained on the detached features as the method trains them. This is the architecture-matched baseline: the
 same forward pass and heads as the local method, trained end to end.
 """
@@ -20,14 +20,14 @@ from ffbench.core.method import LocalMethod, Method, method_card
 from ffbench.core.options import Option, odd
 from ffbench.core.registry import ByDataset
 
-MATCHED = ("cwc", "asge", "sff")
+MATCHED = ("cwc", "asge", "sff", "monoforward")
 _TUNING = {"lr": ("log", 1e-4, 1e-2), "weight_decay": ("log", 1e-6, 1e-3)}
 _OPTIONS = {
     "head": Option(
         str,
         "linear",
         "linear (GAP or flatten + linear), goodness (SFF's aux conv), or the heads, "
-        "hand-off and read-outs of a local method (match:cwc, match:asge, match:sff)",
+        "hand-off and read-outs of a local method (match:cwc, match:asge, match:sff, match:monoforward)",
         choices=HEADS + tuple(f"match:{m}" for m in MATCHED),
     ),
     "kernel": Option(

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ffbench.core.method import LocalMethod, method_card
+from ffbench.core.method import LocalMethod, greedy_windows, method_card
 from ffbench.core.options import Option
 from ffbench.core.registry import ByDataset
 from ffbench.methods.goodness import (
@@ -197,8 +197,8 @@ class FF(LocalMethod):
             {"params": list(self.head.parameters()), "lr": o["head_lr"], "weight_decay": o["head_weight_decay"]}
         )
         self.label_value = o["label_value"]
-        if o["training"] == "greedy":  # layer l trains in epochs [l*E/L, (l+1)*E/L)
-            self.windows = [(i * ctx.epochs // n_layers, (i + 1) * ctx.epochs // n_layers) for i in range(n_layers)]
+        if o["training"] == "greedy":
+            self.windows = greedy_windows(n_layers, ctx.epochs)
 
     def make_head(self, k, shape):
         return nn.Identity()  # a layer's class scores are its goodness per label row

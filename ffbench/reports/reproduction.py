@@ -1,6 +1,7 @@
 """Report kind 'reproduction': each row a published number next to what ffbench measured.
 
-Per (method, dataset, backbone) that has a published number (``PUBLISHED``, taken from methods.md §2-§7):
+Per (method, dataset, backbone) that has a published number (``PUBLISHED``, taken from methods.md §2-§7 and
+zoo.md; where a paper's own number is not readable, a named replication's, labelled as such):
 the number and its source, ffbench's mean with a t interval over the seeds, the budget actually run
 (epochs, batch, training images), seconds per epoch, and where the published number lies: inside, above or
 below the interval. A published difference (SFF against BP on 1000 images) is compared with the mean
@@ -62,6 +63,18 @@ PUBLISHED: dict[tuple[str, str, str], Published] = {
     ("asge", "fashion-mnist", "vgg.asge"): _asge(0.9341, "ASGE abstract v1/v2: 93.41% (§5.4) [ABS]"),
     ("asge", "cifar10", "vgg.asge"): _asge(0.9062, "ASGE abstract v1/v2: 90.62% (§5.4) [ABS]"),
     ("asge", "cifar100", "vgg.asge"): _asge(0.6542, "ASGE abstract v1/v2: 65.42% (§5.4) [ABS]"),
+    # the paper's MNIST number is not readable and its F-MNIST numbers name no architecture (zoo.md §6.4): the rows
+    # are the third-party replication's on the 2x1000 MLP, labelled as such
+    ("monoforward", "mnist", "mlp"): Published(
+        0.9814,
+        "not the paper's (its MNIST number is not readable): the third-party replication Przemyslaw11/"
+        "BeyondBackpropagation, 98.15 / 98.12 / 98.15% in its logs, MLP 2x1000, 14 epochs per layer (zoo.md §6.4) [SEC]",
+    ),
+    ("monoforward", "fashion-mnist", "mlp"): Published(
+        0.8972,
+        "not the paper's (its 93.98 / 90.51 / 90.52% name no architecture): the third-party replication, "
+        "89.62 / 89.69 / 89.84% in its logs, MLP 2x1000, 12 epochs per layer (zoo.md §6.4) [SEC]",
+    ),
     **{
         ("sff", "cifar10", b): Published(
             0.09,
