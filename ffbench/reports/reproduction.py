@@ -63,6 +63,12 @@ PUBLISHED: dict[tuple[str, str, str], Published] = {
     ("asge", "cifar10", "vgg.asge"): _asge(0.9062, "ASGE abstract v1/v2: 90.62% (§5.4) [ABS]"),
     ("asge", "cifar100", "vgg.asge"): _asge(0.6542, "ASGE abstract v1/v2: 65.42% (§5.4) [ABS]"),
     **{
+        ("symba", d, "mlp"): _any_rule(
+            ("test_acc.goodness", "test_acc.softmax"), "SymBa's predictor is not stated, so both rules are compared"
+        )(value, f"SymBa, MLP with 3 layers, as quoted by DeeperForward Table 1: {value:.2%} (zoo.md §1.4) [SEC]")
+        for d, value in (("mnist", 0.9858), ("cifar10", 0.5909))
+    },
+    **{
         ("sff", "cifar10", b): Published(
             0.09,
             "SFF paper, small-data experiment (1000 images): SFF about 9 pp above BP; the table itself is "
