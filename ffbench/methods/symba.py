@@ -23,14 +23,22 @@ from ffbench.methods.ff import FF
 from ffbench.methods.goodness import symba_loss
 
 _INF = "[INF] zoo.md §1: not stated by SymBa; ff.hinton's"
-_SOURCES = {  # where SymBa's reading of an ff.hinton option comes from; the other options are ff.hinton's own
-    "scale": f"{_INF} sum-rms (sum or mean goodness: [NOT FOUND])",
-    "negatives": "[INF] zoo.md §1.1: the same image with a wrong label uniform over K-1 (Trifecta's generator)",
-    "vote": f"{_INF} skip-first goodness vote (zoo.md §1.3)",
-    "peer_weight": "[INF] zoo.md §1: SymBa names no peer normalisation; 0.03 is ff.hinton's",
+_SOURCES = {  # where SymBa's reading of an ff.hinton option comes from; the others are ff.hinton's, said so
+    "scale": ("goodness and normalisation together (no threshold)", f"{_INF} sum-rms (sum or mean: [NOT FOUND])"),
+    "negatives": (None, "[INF] zoo.md §1.1: the same image with a wrong label uniform over K-1 (Trifecta's generator)"),
+    "vote": (None, f"{_INF} skip-first goodness vote (zoo.md §1.3)"),
+    "rule": (None, f"{_INF} goodness per label (zoo.md §1.3)"),
+    "peer_weight": (None, "[INF] zoo.md §1: SymBa names no peer normalisation; 0.03 is ff.hinton's"),
 }
+
+
+def _symba_option(k, o):
+    help_, source = _SOURCES.get(k, (None, f"as ff.hinton ({o.source})" if o.source else "as ff.hinton"))
+    return replace(o, help=help_ or o.help, source=source)
+
+
 _OPTIONS = {
-    **{k: replace(o, source=_SOURCES.get(k, o.source)) for k, o in _FF_OPTIONS.items() if k != "theta_scale"},
+    **{k: _symba_option(k, o) for k, o in _FF_OPTIONS.items() if k != "theta_scale"},
     "alpha": Option(
         float,
         4.0,
