@@ -142,5 +142,5 @@ def test_learns_digits():
         "cpu",
     )
     assert r.status == "done"
-    assert r.metrics["test_acc.goodness"] > 0.5 and r.metrics["test_acc.softmax"] > 0.7, r.metrics  # chance: 0.10
+    assert r.metrics["test_acc.goodness"] > 0.6 and r.metrics["test_acc.softmax"] > 0.85, r.metrics  # chance: 0.10
     assert {"train_loss.unit1", "train_loss.unit2", "train_goodness_neg.unit2"} <= set(r.curves[-1])
