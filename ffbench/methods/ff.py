@@ -86,16 +86,16 @@ _OPTIONS = {
 }
 
 
-def _problem(o: dict, n_layers: int, epochs: int) -> str | None:
-    """Why options ``o`` cannot train ``n_layers`` layers for ``epochs`` epochs, or None."""
+def _problem(o: dict, n_layers: int, epochs: int, name: str) -> str | None:
+    """Why options ``o`` of method ``name`` cannot train ``n_layers`` layers for ``epochs`` epochs, or None."""
     try:
         resolve_scale(o["scale"], o["goodness"], o["norm"])
     except ValueError as exc:
         return str(exc)
     if o["vote"] == "skip-first" and n_layers < 2:
-        return "ff.hinton: vote='skip-first' needs at least 2 layers; use vote='all' or 'last'"
+        return f"{name}: vote='skip-first' needs at least 2 layers; use vote='all' or 'last'"
     if o["training"] == "greedy" and epochs < n_layers:
-        return f"ff.hinton greedy training needs epochs >= layers ({epochs} < {n_layers})"
+        return f"{name} greedy training needs epochs >= layers ({epochs} < {n_layers})"
     return None
 
 
@@ -171,16 +171,19 @@ class FF(LocalMethod):
     @classmethod
     def skip(cls, config):
         o = {**{k: v for k, v in cls.card.defaults.items() if k in cls.card.options}, **config.method_options}
-        return _problem(o, len(config.backbone_options.get("widths", [])) or 3, config.epochs)
+        return _problem(o, len(config.backbone_options.get("widths", [])) or 3, config.epochs, cls.card.name)
 
     def __init__(self, backbone, num_classes, options, ctx):
         o, k = options, num_classes
         widths, self.in_dim = [s[0] for s in backbone.out_shapes], math.prod(backbone.in_shape)
         if self.in_dim < k:
-            raise ValueError(f"ff.hinton writes the label over the first {k} inputs, but the input has {self.in_dim}")
+            raise ValueError(
+                f"{self.card.name} writes the label over the first {k} inputs, but the input has {self.in_dim}"
+            )
         super().__init__(backbone, num_classes, options, ctx)
         self.goodness, self.norm = resolve_scale(o["scale"], o["goodness"], o["norm"])
-        self.thetas = [o["theta_scale"] * (n if self.goodness == "sum" else 2.0) for n in widths]
+        # the threshold, or for a goodness method without one (no theta_scale) the scale its logged goodness reads
+        self.thetas = [o.get("theta_scale", 1.0) * (n if self.goodness == "sum" else 2.0) for n in widths]
         n_layers = len(widths)
         self.vote = {"skip-first": range(1, n_layers), "all": range(n_layers), "last": [n_layers - 1]}[o["vote"]]
         if o["init"] in ("normal", "loewex"):
@@ -264,10 +267,14 @@ class FF(LocalMethod):
             None if last else normalise(h.detach(), self.norm),
         )
 
+    def pair_loss(self, k, g_pos, g_neg):
+        """Unit k's loss on the goodness of its positive and negative rows (row b of each: sample b)."""
+        return ff_loss(g_pos, g_neg, self.thetas[k])
+
     def unit_loss(self, k, scores, y, h):
-        """The FF loss plus peer normalisation of the positive rows' mean activity ``h`` (a running mean)."""
+        """The pair loss plus peer normalisation of the positive rows' mean activity ``h`` (a running mean)."""
         o = self.options
-        loss = ff_loss(scores[:, 0], scores[:, 1], self.thetas[k])
+        loss = self.pair_loss(k, scores[:, 0], scores[:, 1])
         if o["peer_weight"]:
             peer = getattr(self, f"peer_mean{k}")
             m = o["peer_momentum"] * peer + (1 - o["peer_momentum"]) * h.mean(0)

@@ -1,5 +1,6 @@
 """The forward-forward family's building blocks: goodness and normalisation conventions, negative labels,
-the logistic FF loss and peer normalisation, shared by ``ff.hinton`` and the goodness methods built on it."""
+the logistic FF loss, SymBa's symmetric loss and peer normalisation, shared by ``ff.hinton`` and the goodness
+methods built on it."""
 
 from __future__ import annotations
 
@@ -39,6 +40,12 @@ def normalise(h: torch.Tensor, norm: str) -> torch.Tensor:
 def ff_loss(g_pos: torch.Tensor, g_neg: torch.Tensor, theta: float) -> torch.Tensor:
     """BCE-with-logits on g - theta, target 1 for positives and 0 for negatives, mean over the 2B rows."""
     return F.softplus(torch.cat([theta - g_pos, g_neg - theta])).mean()
+
+
+def symba_loss(g_pos: torch.Tensor, g_neg: torch.Tensor, alpha: float) -> torch.Tensor:
+    """SymBa's symmetric loss on paired rows: mean of softplus(-alpha (g_pos - g_neg)), no threshold; its gradient
+    in g_pos is minus its gradient in g_neg (softplus: no overflow for a large gap)."""
+    return F.softplus(alpha * (g_neg - g_pos)).mean()
 
 
 def peer_loss(running_mean: torch.Tensor) -> torch.Tensor:

@@ -76,6 +76,12 @@ PUBLISHED: dict[tuple[str, str, str], Published] = {
         "89.62 / 89.69 / 89.84% in its logs, MLP 2x1000, 12 epochs per layer (zoo.md §6.4) [SEC]",
     ),
     **{
+        ("symba", d, "mlp"): _any_rule(
+            ("test_acc.goodness", "test_acc.softmax"), "SymBa's predictor is not stated, so both rules are compared"
+        )(value, f"SymBa, MLP with 3 layers, as quoted by DeeperForward Table 1: {value:.2%} (zoo.md §1.4) [SEC]")
+        for d, value in (("mnist", 0.9858), ("cifar10", 0.5909))
+    },
+    **{
         ("sff", "cifar10", b): Published(
             0.09,
             "SFF paper, small-data experiment (1000 images): SFF about 9 pp above BP; the table itself is "
