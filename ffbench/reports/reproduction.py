@@ -62,6 +62,12 @@ PUBLISHED: dict[tuple[str, str, str], Published] = {
     ("asge", "fashion-mnist", "vgg.asge"): _asge(0.9341, "ASGE abstract v1/v2: 93.41% (§5.4) [ABS]"),
     ("asge", "cifar10", "vgg.asge"): _asge(0.9062, "ASGE abstract v1/v2: 90.62% (§5.4) [ABS]"),
     ("asge", "cifar100", "vgg.asge"): _asge(0.6542, "ASGE abstract v1/v2: 65.42% (§5.4) [ABS]"),
+    ("pepita", "mnist", "mlp"): Published(
+        0.9801, "DeeperForward Table 1: 98.01 +- 0.09%, FC 1x1024 (listed 'CNN, 2 layers'; zoo.md §8.4) [SEC]"
+    ),
+    ("pepita", "cifar10", "mlp"): Published(
+        0.5257, "DeeperForward Table 1: 52.57 +- 0.36%; the FC notebook's one run 52.58% (zoo.md §8.4) [SEC]"
+    ),
     **{
         ("sff", "cifar10", b): Published(
             0.09,
