@@ -133,6 +133,17 @@ def test_trained_biases_follow_the_same_rule():
     assert all(not torch.equal(lin.bias, b) for lin, b in zip(method.linears, b0))
 
 
+def test_linear_probe_trains_the_output_layer_alone():
+    method, data = make({"decay_at": []})
+    method.adapt("linear-probe", 1)
+    before = weights_of(method)
+    method.start_epoch(0)
+    method.train_step(data.train.x[:16], data.train.y[:16])
+    after = weights_of(method)
+    assert all(torch.equal(a, b) for a, b in zip(after[:-1], before[:-1])) and not torch.equal(after[-1], before[-1])
+    assert method.default_rule == "output"
+
+
 def test_learns_digits_without_saving_activations():
     cfg = RunConfig(
         method="pepita",
