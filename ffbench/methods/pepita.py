@@ -22,7 +22,6 @@ from ffbench.core.method import Method, method_card
 from ffbench.core.options import Option
 from ffbench.core.registry import ByDataset
 
-_CODE = "GiorgiaD/PEPITA functions.py / main.py (zoo.md §8; facts only)"
 _OPTIONS = {
     "feedback_scale": Option(
         float, 0.05, "F = U(-sqrt(6/d_in), sqrt(6/d_in)) x this", gt=0, source="code: F x 0.05 (--Bstd 0.05)"
@@ -35,10 +34,19 @@ _OPTIONS = {
         source="code: uniform; positive [INF] (zoo.md §8.5)",
     ),
     "error": Option(
-        str, "e", "what F projects: the error, or its sign (F then x 0.1)", choices=("e", "sign"), source=_CODE
+        str,
+        "e",
+        "what F projects: the error, or its sign (F then x 0.1)",
+        choices=("e", "sign"),
+        source="code: learn_type ERIN / ERINsign",
     ),
     "keep": Option(
-        float, 0.9, "dropout keep probability of the hidden layers (both passes share the masks)", gt=0, le=1
+        float,
+        0.9,
+        "dropout keep probability of the hidden layers (both passes share the masks)",
+        gt=0,
+        le=1,
+        source="code: --dropout 0.9, inverted dropout",
     ),
     "decay_at": Option(
         list,
@@ -47,7 +55,7 @@ _OPTIONS = {
         item=Option(float, gt=0, le=1),
         source="code: eta x 0.1 at epochs 60 and 90 of 100",
     ),
-    "decay": Option(float, 0.1, "the update's factor at each of decay_at", gt=0, le=1, source=_CODE),
+    "decay": Option(float, 0.1, "the update's factor at each of decay_at", gt=0, le=1, source="code: eta x 0.1"),
     "bias": Option(
         str,
         "none",
@@ -56,7 +64,11 @@ _OPTIONS = {
         source="code: bias-free; trained [INF]",
     ),
     "init": Option(
-        str, "he-uniform", "weights: He uniform U(±sqrt(6/fan_in)), or torch's", choices=("he-uniform", "torch")
+        str,
+        "he-uniform",
+        "weights: He uniform U(±sqrt(6/fan_in)), or torch's",
+        choices=("he-uniform", "torch"),
+        source="code: --w_init he_uniform",
     ),
 }
 _REFERENCE = {
@@ -95,18 +107,24 @@ _REFERENCE = {
     notes="Backbone: mlp (each unit one Linear and its ReLU), plus PEPITA's own bias-free output layer. "
     "Hidden differences are masked again (the code multiplies h - h~ by the inverted-dropout mask). "
     "The decay scales the update before the momentum (v = 0.9 v + eta d dW / B, the code's form), so it is "
-    "refused with adam/adamw, which normalise it away. The code validates on the test set; ffbench carves its "
+    "refused with adam/adamw, which normalise it away. On standardised inputs (the ffbench recipe) F e is "
+    "about 3x smaller relative to the input than on raw [0, 1] pixels (zoo.md §8.6): feedback_scale rescales "
+    "it. The code validates on the test set; ffbench carves its "
     "validation split from the training set. Not implemented: weight mirroring (arXiv 2302.05440, abstract "
     "only) and the conv model (Net1conv1fcXL).",
 )
 class PEPITA(Method):
     probe_rule = "output"
+    seed_batching = False  # the updates are set by hand over the whole batch, not reduced per seed
 
     @classmethod
     def skip(cls, config):
         o = {**{k: v for k, v in cls.card.defaults.items() if k in cls.card.options}, **config.method_options}
         if o["decay_at"] and config.optimizer != "sgd":
-            return f"pepita: decay_at scales the update, which {config.optimizer} normalises away; set optimizer = 'sgd' or decay_at = []"
+            return (
+                f"pepita: decay_at scales the update, which {config.optimizer} normalises away; "
+                "set optimizer = 'sgd' or decay_at = []"
+            )
         return None
 
     def __init__(self, backbone, num_classes, options, ctx):
