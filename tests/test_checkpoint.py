@@ -23,6 +23,7 @@ CASES = {  # every shipped method on a backbone it trains, a few seconds each on
     "cwc": ("cnn.cfse", {"channels": [10, 20, 20, 40]}, {"batch_size": 128}),
     "sff": ("cnn", CNN, {"crop_padding": 1, "flip": True}),  # the augmentation stream too
     "asge": ("vgg.asge", {"channels": [8, 16], "pool": [1]}, {}),
+    "pepita": ("mlp", {"widths": [32]}, {"optimizer": "sgd", "lr": 0.1}),  # dropout masks; decay after epoch 2
 }
 
 
