@@ -25,6 +25,7 @@ CASES = {  # every shipped method on a backbone it trains, a few seconds each on
     "asge": ("vgg.asge", {"channels": [8, 16], "pool": [1]}, {}),
     # a greedy schedule resumed inside it, with M_0's input unit
     "monoforward": ("mlp", {"widths": [32, 32]}, {"method_options": {"training": "greedy", "m0_input_head": True}}),
+    "pepita": ("mlp", {"widths": [32]}, {"optimizer": "sgd", "lr": 0.1}),  # dropout masks; decay after epoch 2
 }
 
 

@@ -100,6 +100,20 @@ SPEC = {
     ("cwc.nocfse", "fashion-mnist", "cnn"): {"opt.ilt_table": "fashion-mnist", "opt.sf_double_softmax": True},
     ("asge", "mnist", "vgg.asge"): {"opt.goodness": "sum", "opt.alpha": 1.0},  # §5.2 digest
     ("sff", "mnist", "cnn"): {"opt.kernel": 1, "opt.loss": "ce", "opt.ln": "sample", "opt.rule": "average"},
+    ("pepita", "mnist", "mlp"): {  # zoo.md §8.1-8.2, the README command
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "momentum": 0.9,
+        "batch_size": 64,
+        "epochs": 100,
+        "opt.decay_at": [0.6, 0.9],
+        "opt.keep": 0.9,
+        "opt.feedback_scale": 0.05,
+        "opt.init": "he-uniform",
+        "data.normalize": "none",
+        "bb.widths": [1024],
+    },
+    ("pepita", "cifar10", "mlp"): {"lr": 0.01, "bb.widths": [1024]},  # §8.2 notebook
     ("bp", "cifar10", "cnn"): {  # §1.2 CwComp Backprop.py
         "optimizer": "adam",
         "lr": 1e-3,

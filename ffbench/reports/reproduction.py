@@ -81,6 +81,12 @@ PUBLISHED: dict[tuple[str, str, str], Published] = {
         )(value, f"SymBa, MLP with 3 layers, as quoted by DeeperForward Table 1: {value:.2%} (zoo.md §1.4) [SEC]")
         for d, value in (("mnist", 0.9858), ("cifar10", 0.5909))
     },
+    ("pepita", "mnist", "mlp"): Published(
+        0.9801, "DeeperForward Table 1: 98.01 +- 0.09%, FC 1x1024 (listed 'CNN, 2 layers'; zoo.md §8.4) [SEC]"
+    ),
+    ("pepita", "cifar10", "mlp"): Published(
+        0.5257, "DeeperForward Table 1: 52.57 +- 0.36%; the FC notebook's one run 52.58% (zoo.md §8.4) [SEC]"
+    ),
     **{
         ("sff", "cifar10", b): Published(
             0.09,
