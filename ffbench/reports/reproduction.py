@@ -62,6 +62,12 @@ PUBLISHED: dict[tuple[str, str, str], Published] = {
     ("asge", "fashion-mnist", "vgg.asge"): _asge(0.9341, "ASGE abstract v1/v2: 93.41% (§5.4) [ABS]"),
     ("asge", "cifar10", "vgg.asge"): _asge(0.9062, "ASGE abstract v1/v2: 90.62% (§5.4) [ABS]"),
     ("asge", "cifar100", "vgg.asge"): _asge(0.6542, "ASGE abstract v1/v2: 65.42% (§5.4) [ABS]"),
+    ("scff", "mnist", "mlp"): Published(
+        0.987,
+        "SCFF abstract and Nat. Commun. Tables 2, 4: 98.7%, MLP 2x2000, 20 + 9 unit epochs, linear probe "
+        "(zoo.md §7.4) [ABS] [PAPER]",
+        ("test_acc.probe",),
+    ),
     **{
         ("sff", "cifar10", b): Published(
             0.09,
