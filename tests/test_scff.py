@@ -135,6 +135,14 @@ def test_layer_schedule():
     assert [m.active, m.probing, m.units_to_run()] == [[False, False], True, 2]
 
 
+def test_a_probe_on_a_pretrained_source_trains_from_the_first_epoch():
+    m = make(epochs=4)
+    m.adapt("linear-probe", 1)
+    m.start_epoch(0)
+    assert [m.active, m.probing] == [[False, False], True]
+    assert not any(p.requires_grad for p in m.backbone.parameters())
+
+
 def test_learning_rate_decays():
     m = make(unit_lr=[0.01, 0.02], gamma=[0.5], period=[2], probe_epochs=50, epochs=52)
     x, y = torch.randn(4, 1, 8, 8), torch.arange(4)

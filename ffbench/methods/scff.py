@@ -183,6 +183,7 @@ def standardise(x: torch.Tensor) -> torch.Tensor:
 )
 class SCFF(LocalMethod):
     probe_rule = "probe"
+    adapt_modes = ("linear-probe", "last-k-units", "fine-tune")  # no head has parameters
 
     @classmethod
     def skip(cls, config):
@@ -213,9 +214,9 @@ class SCFF(LocalMethod):
         return nn.Identity()  # a unit's "scores" are its pre-activations u; unit_loss reads the goodness from them
 
     def adapt(self, mode, k):
-        if mode == "linear-probe":
-            self.probe_start = 0
         super().adapt(mode, k)
+        if all(s >= e for s, e in self.windows):  # no unit left to train: the probe trains from the first epoch
+            self.probe_start = 0
 
     def start_epoch(self, epoch):
         super().start_epoch(epoch)
