@@ -53,6 +53,7 @@ CASES = {  # id: (method, backbone, backbone options, method options, training f
         {},
     ),
     "deepsup-match-monoforward": ("bp.deepsup", "mlp", MLP, {"head": "match:monoforward"}, {}),
+    "scff": ("scff", "mlp", MLP, {}, {"epochs": 4}),
 }
 
 

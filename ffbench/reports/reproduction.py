@@ -87,6 +87,12 @@ PUBLISHED: dict[tuple[str, str, str], Published] = {
     ("pepita", "cifar10", "mlp"): Published(
         0.5257, "DeeperForward Table 1: 52.57 +- 0.36%; the FC notebook's one run 52.58% (zoo.md §8.4) [SEC]"
     ),
+    ("scff", "mnist", "mlp"): Published(
+        0.987,
+        "SCFF abstract and Nat. Commun. Tables 2, 4: 98.7%, MLP 2x2000, 20 + 9 unit epochs, linear probe "
+        "(zoo.md §7.4) [ABS] [PAPER]",
+        ("test_acc.probe",),
+    ),
     **{
         ("sff", "cifar10", b): Published(
             0.09,
