@@ -177,9 +177,7 @@ class FF(LocalMethod):
         o, k = options, num_classes
         widths, self.in_dim = [s[0] for s in backbone.out_shapes], math.prod(backbone.in_shape)
         if self.in_dim < k:
-            raise ValueError(
-                f"{self.card.name} writes the label over the first {k} inputs, but the input has {self.in_dim}"
-            )
+            raise ValueError(f"{self.card.name} writes the label over the first {k} inputs; there are {self.in_dim}")
         super().__init__(backbone, num_classes, options, ctx)
         self.goodness, self.norm = resolve_scale(o["scale"], o["goodness"], o["norm"])
         # the threshold, or for a goodness method without one (no theta_scale) the scale its logged goodness reads
