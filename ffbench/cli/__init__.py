@@ -179,11 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Command)
-    for name, (help, where) in COMMANDS.items():
+    for name, (summary, where) in COMMANDS.items():
         sub.add_parser(
             name,
-            help=help,
-            description=help[0].upper() + help[1:] + ".",
+            help=summary,
+            description=summary[0].upper() + summary[1:] + ".",
             epilog=EXAMPLES[name],
             formatter_class=HelpFormatter,
             where=where,
