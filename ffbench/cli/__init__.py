@@ -192,9 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # --version and --help end here
     from ffbench.record.tracking import configure_environment, quiet_logging
 
-    args = build_parser().parse_args(argv)
     quiet_logging(args.verbose)
     configure_environment()  # MLflow telemetry and timeouts are decided when MLflow is first imported
     try:
