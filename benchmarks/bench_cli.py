@@ -1,10 +1,12 @@
 """Start-up time of the command line: each light command run N times in fresh processes, through the installed
-``ffbench`` console script and through ``python -m ffbench`` (from the checkout), with the median wall time;
-then ``python -X importtime``'s top offenders for ``ffbench --version``. It prints and asserts nothing: the
-times depend on the machine and its load (the load average is printed with them).
+``ffbench`` console script and through ``python -m ffbench`` (from a checkout), with the median wall time; then
+``python -X importtime``'s top offenders for ``ffbench --version``. It prints and asserts nothing: the times
+depend on the machine and its load (the load average is printed with them). Give several scripts or checkouts
+to compare them: their runs alternate, so a change in the machine's load falls on each alike.
 
     python benchmarks/bench_cli.py                                  # 5 runs each, this interpreter's ffbench
-    python benchmarks/bench_cli.py --repeat 9 --ffbench /tmp/venv/bin/ffbench --root /path/to/other/checkout
+    python benchmarks/bench_cli.py --repeat 9 --ffbench /tmp/new/bin/ffbench --ffbench /tmp/old/bin/ffbench \
+        --root . --root /tmp/old-checkout
 """
 
 from __future__ import annotations
@@ -70,39 +72,51 @@ def import_offenders(python: str, cwd: Path, env: dict[str, str], top: int) -> l
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeat", type=int, default=5, help="fresh processes per command (default 5)")
+    ap.add_argument("--repeat", type=int, default=5, help="fresh processes per command and way (default 5)")
     ap.add_argument("--python", default=sys.executable, help="interpreter for `python -m ffbench` (default: this one)")
     ap.add_argument(
         "--ffbench",
-        default=shutil.which("ffbench", path=str(Path(sys.executable).parent)) or shutil.which("ffbench"),
-        help="the console script to time (default: the one beside this interpreter)",
+        action="append",
+        help="a console script to time (repeatable; default: the one beside this interpreter)",
     )
-    ap.add_argument("--root", type=Path, default=ROOT, help="the checkout `python -m ffbench` runs in (default: this)")
+    ap.add_argument(
+        "--root",
+        type=Path,
+        action="append",
+        help="a checkout to run `python -m ffbench` in (repeatable; default: this)",
+    )
     ap.add_argument("--top", type=int, default=12, help="import offenders shown (default 12)")
     args = ap.parse_args()
+    scripts = args.ffbench or [
+        s for s in [shutil.which("ffbench", path=str(Path(sys.executable).parent)) or shutil.which("ffbench")] if s
+    ]
+    roots = args.root or [ROOT]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("PYTHONPATH", None)
-    neutral = Path("/")  # the console script must import the installed copy, not a checkout in the cwd
-    ways = [("python -m ffbench", [args.python, "-m", "ffbench"], args.root, args.python)]
-    if args.ffbench:
-        ways.insert(0, ("ffbench script", [args.ffbench], neutral, interpreter(args.ffbench)))
+    neutral = Path("/")  # a console script must import its installed copy, not a checkout in the cwd
+    ways = [([s], neutral, interpreter(s)) for s in scripts] + [
+        ([args.python, "-m", "ffbench"], r, args.python) for r in roots
+    ]
     print(f"{os.cpu_count()} CPUs; load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    for label, head, cwd, python in ways:
-        print(f"{label}: {' '.join(head)} (in {cwd}) imports {origin(python, cwd, env)}")
+    for i, (head, cwd, python) in enumerate(ways, 1):
+        print(f"[{i}] {' '.join(head)} (in {cwd}) imports {origin(python, cwd, env)}")
     width = max(len(" ".join(c)) for c in COMMANDS)
     print(f"\nmedian wall time of {args.repeat} fresh processes, seconds (min-max)")
-    print(f"{'command':{width}s}  " + "  ".join(f"{label:>20s}" for label, *_ in ways))
+    print(f"{'command':{width}s}  " + "  ".join(f"{f'[{i}]':>18s}" for i in range(1, len(ways) + 1)))
     for command in COMMANDS:
-        cells = []
-        for _, head, cwd, _ in ways:
+        for head, cwd, _ in ways:
             wall(head + command, cwd, env)  # one untimed run: the file cache, .pyc files
-            t = [wall(head + command, cwd, env) for _ in range(args.repeat)]
-            cells.append(f"{statistics.median(t):6.2f} ({min(t):.2f}-{max(t):.2f})")
-        print(f"{' '.join(command):{width}s}  " + "  ".join(f"{c:>20s}" for c in cells))
-    print(f"\n`python -X importtime -m ffbench --version` in {args.root}: the slowest direct imports")
-    print(f"{'cumulative ms':>14s} {'self ms':>8s}  module")
-    for cumulative, own, name in import_offenders(args.python, args.root, env, args.top):
-        print(f"{cumulative / 1000:14.1f} {own / 1000:8.1f}  {name}")
+        times: list[list[float]] = [[] for _ in ways]
+        for _ in range(args.repeat):  # the ways alternate: a change of load falls on each alike
+            for t, (head, cwd, _) in zip(times, ways):
+                t.append(wall(head + command, cwd, env))
+        cells = [f"{statistics.median(t):.2f} ({min(t):.2f}-{max(t):.2f})" for t in times]
+        print(f"{' '.join(command):{width}s}  " + "  ".join(f"{c:>18s}" for c in cells))
+    for root in roots:
+        print(f"\n`python -X importtime -m ffbench --version` in {root}: the slowest direct imports")
+        print(f"{'cumulative ms':>14s} {'self ms':>8s}  module")
+        for cumulative, own, name in import_offenders(args.python, root, env, args.top):
+            print(f"{cumulative / 1000:14.1f} {own / 1000:8.1f}  {name}")
     print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
