@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from ffbench import cli
-from ffbench.cli import main
+from ffbench.cli import listing, main
+from ffbench.cli.run import parse_seeds
 from ffbench.core.config import RunConfig
 from ffbench.core.registry import Registry, UnknownNameError
 from ffbench.training.train import DIVERGED, divergence, fit
@@ -574,7 +574,7 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_list", interrupted)
+    monkeypatch.setattr(listing, "cmd_list", interrupted)
     code, _, err = run_cli(capsys, "list", "methods")
     assert code == 130 and err == "interrupted: rerun the same command to resume\n"
 
@@ -582,11 +582,11 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
 def test_sigint_reaching_main(tmp_path):
     script = textwrap.dedent("""
         import sys, time
-        import ffbench.cli as c
+        import ffbench.cli as c, ffbench.cli.listing as listing
         def slow(args):
             print("ready", flush=True)
             time.sleep(60)
-        c.cmd_list = slow
+        listing.cmd_list = slow
         sys.exit(c.main(["list", "methods"]))
     """)
     p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -683,11 +683,16 @@ def test_ui_server_answers_before_the_address_and_its_whole_group_stops(tmp_path
     """)
     launcher = textwrap.dedent(f"""
         import sys
-        from ffbench.cli import serve
+        from ffbench.cli.ui import serve
         sys.exit(serve([sys.executable, "-c", {server!r}], "http://127.0.0.1:{port}", "test UI", 60))
     """)
     p = subprocess.Popen(
-        [sys.executable, "-c", launcher], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+        [sys.executable, "-c", launcher],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},  # this checkout, not whichever ffbench is installed
     )
     line = p.stdout.readline()
     assert line.startswith(f"test UI on http://127.0.0.1:{port}"), (line, p.stderr.read() if p.poll() else "")
@@ -706,7 +711,7 @@ def test_ui_server_answers_before_the_address_and_its_whole_group_stops(tmp_path
 def test_seed_ranges_on_the_command_line_are_bounded():
     import argparse
 
-    assert cli.parse_seeds("0-2,7") == [0, 1, 2, 7]
+    assert parse_seeds("0-2,7") == [0, 1, 2, 7]
     for text in ("0-99999999999", f"{2**63}", "5-3"):
         with pytest.raises(argparse.ArgumentTypeError, match="allowed: seeds in 0..2147483647"):
-            cli.parse_seeds(text)
+            parse_seeds(text)

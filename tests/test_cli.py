@@ -1,12 +1,19 @@
 """The ffbench command explains itself: help with defaults and examples, --version, "did you mean" for
-typos, unused settings as warnings, reports of a stored suite by name, and a dry run's time estimate."""
+typos, unused settings as warnings, reports of a stored suite by name, and a dry run's time estimate; its
+light commands import no more than they need."""
 
+import os
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from ffbench import __version__
-from ffbench.cli import build_parser, experiment_id, locate, main
+from ffbench.cli import build_parser, main
+from ffbench.cli.locate import locate
+from ffbench.cli.ui import experiment_id
 
 SUITE = """
 [suite]
@@ -155,3 +162,56 @@ def test_mlflow_info_lines_are_quiet_unless_verbose(tmp_path, capsys, monkeypatc
     finally:
         monkeypatch.delenv("MLFLOW_LOGGING_LEVEL", raising=False)
         main(["list", "axes", "bn"])  # back to quiet for the tests after this one
+
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAVY = ("torch", "mlflow", "pandas", "scipy", "sqlalchemy", "optuna")
+
+
+@pytest.mark.parametrize(
+    ("argv", "shown", "allowed"),
+    [
+        (["--version"], "ffbench ", ()),
+        (["--help"], "usage: ffbench", ()),
+        (["list", "datasets"], "digits", ()),
+        (["list", "axes"], "\n", ()),
+        (
+            ["list", "methods", "bp"],
+            "adapt modes:",
+            ("torch",),
+        ),  # a method's module defines its card (and imports torch)
+        (["list", "backbones"], "mlp", ("torch",)),
+        (["list", "reports"], "comparison", ("pandas", "scipy")),  # the report kinds are built on the statistics
+    ],
+)
+def test_light_commands_import_only_what_they_need(argv, shown, allowed):
+    """The parser is built with every command, and the command runs, in a fresh process; then which of the heavy
+    libraries were imported is read from sys.modules."""
+    script = textwrap.dedent(f"""
+        import contextlib, io, sys
+        from ffbench.cli import build_parser, main
+        build_parser().format_help()
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            try:
+                code = main({argv!r})
+            except SystemExit as exit:  # --version and --help exit from the parser
+                code = exit.code
+        print(repr((code, out.getvalue(), sorted(m for m in {HEAVY!r} if m in sys.modules))))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    code, out, heavy = eval(p.stdout.strip().splitlines()[-1])
+    assert code in (0, None) and shown in out, (code, out)
+    assert set(heavy) <= set(allowed), f"ffbench {' '.join(argv)} imported {heavy}"
+
+
+@pytest.mark.parametrize("module", ["ffbench", "ffbench.cli"])
+def test_python_dash_m_runs_the_command_line(module):
+    """Worker processes are started as `python -m ffbench.cli worker ...` (execution/pool.py)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 0 and p.stdout.startswith("ffbench "), (p.stdout, p.stderr)
+    p = subprocess.run([sys.executable, "-m", module, "lst"], capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 2 and "invalid choice: 'lst'" in p.stderr, p.stderr

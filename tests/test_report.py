@@ -14,7 +14,7 @@ import pytest
 from ffbench import stats
 from ffbench.analysis.document import Section
 from ffbench.analysis.report import REPORTS, ReportKind, build_report, report_dir, report_files, report_kind
-from ffbench.cli import add_report_arguments, main_report
+from ffbench.cli.report import add_report_arguments, main_report
 from ffbench.stats import cell_summaries
 
 SUITE = """

@@ -14,7 +14,7 @@ from typing import Any
 
 from ffbench import __version__
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]  # the checkout's root when ffbench runs from one; else site-packages
 
 
 def manifest(device: str) -> dict[str, Any]:
@@ -26,6 +26,8 @@ def manifest(device: str) -> dict[str, Any]:
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
 
     def git(*args: str) -> str:
+        if not (REPO / ".git").exists():  # installed: site-packages may lie inside another repository (a .venv)
+            return ""
         try:
             return subprocess.run(
                 ["git", "-C", str(REPO), *args], capture_output=True, text=True, env=env, timeout=10
