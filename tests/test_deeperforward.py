@@ -154,3 +154,39 @@ def test_learns_digits():
         "cpu",
     )
     assert r.status == "done" and r.metrics["test_acc"] > 0.5 and math.isfinite(r.metrics["test_acc.all"])
+
+
+def test_matched_bp_borrows_the_class_group_scores_and_hand_off():
+    """bp.deepsup with head match:deeperforward: the same scores, GroupNorm hand-off and skips, trained end to end."""
+    bopts = {"planes": [10, 20], "dropout": 0.0}
+    cfg = RunConfig(
+        method="bp.deepsup",
+        dataset="digits",
+        backbone="resnet.df",
+        backbone_options=bopts,
+        method_options={"head": "match:deeperforward"},
+        seed=0,
+        epochs=1,
+        lr=0.01,
+    )
+    bp_cls = METHODS.get("bp.deepsup").obj
+    assert bp_cls.skip(cfg) is None
+    assert (
+        "match:deeperforward: deeperforward runs on the resnet.df or tinycnn.df backbones only, not cnn"
+        in bp_cls.skip(RunConfig(**{**cfg.__dict__, "backbone": "cnn"}))
+    )
+    bb = backbones.build("resnet.df", (1, 8, 8), 10, bopts)
+    ctx = Context(device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), lr=0.01)
+    m = bp_cls(bb, 10, method_options(cfg), ctx)
+    x, y = torch.randn(8, 1, 8, 8), torch.arange(8)
+    local = m.local
+    h = bb.units[1](torch.randn(8, 10, 8, 8))  # stage 1, unit 1: its activity and the stem output it carries
+    assert torch.equal(m.pass_on(1, h), local.pass_on(1, h)) and h.shape[1] == 20
+    before = [u.conv.weight.clone() for u in bb.units]
+    stats = m.train_step(x, y)
+    assert math.isfinite(stats["loss"].item()) and all(
+        not torch.equal(b, u.conv.weight) for b, u in zip(before, bb.units)
+    )
+    rules, per_unit = m.evaluate(x)
+    assert {"last", "average", "deeperforward.range", "deeperforward.all"} <= set(rules) and len(per_unit) == 9
+    assert fit(cfg, "cpu").status == "done"
