@@ -39,6 +39,10 @@ def _any_rule(rules: tuple[str, ...], why: str):
 
 
 _cwc = _any_rule(("test_acc.avg", "test_acc.sf"), "the predictor (Avg or Sf) is not stated, so both are compared")
+_df = _any_rule(
+    ("test_acc.range", "test_acc.all"),
+    "the paper sums the units SIP picks on validation (not built); the pre-SIP range and all units are compared",
+)
 _asge = _any_rule(
     ("test_acc.last", "test_acc.sum", "test_acc.linear"),  # methods.md §5.3's three candidates
     "which of the three prediction strategies is not stated (§5.3), so each is compared",
@@ -62,6 +66,16 @@ PUBLISHED: dict[tuple[str, str, str], Published] = {
     ("asge", "fashion-mnist", "vgg.asge"): _asge(0.9341, "ASGE abstract v1/v2: 93.41% (§5.4) [ABS]"),
     ("asge", "cifar10", "vgg.asge"): _asge(0.9062, "ASGE abstract v1/v2: 90.62% (§5.4) [ABS]"),
     ("asge", "cifar100", "vgg.asge"): _asge(0.6542, "ASGE abstract v1/v2: 65.42% (§5.4) [ABS]"),
+    **{
+        ("deeperforward", dataset, backbone): _df(
+            value, f"DeeperForward Table 1 (ICLR 2025), {name}: {value:.2%} (5 runs; zoo.md §3.4) [PAPER]"
+        )
+        for backbone, name, row in (
+            ("tinycnn.df", "TinyCNN-4", (0.9950, 0.9183, 0.7949)),
+            ("resnet.df", "ResNet-17", (0.9963, 0.9313, 0.8622)),
+        )
+        for dataset, value in zip(("mnist", "fashion-mnist", "cifar10"), row)
+    },
     **{
         ("sff", "cifar10", b): Published(
             0.09,
