@@ -20,14 +20,14 @@ from ffbench.core.method import LocalMethod, Method, method_card
 from ffbench.core.options import Option, odd
 from ffbench.core.registry import ByDataset
 
-MATCHED = ("cwc", "asge", "sff", "monoforward")
+MATCHED = ("cwc", "asge", "sff", "monoforward", "deeperforward")
 _TUNING = {"lr": ("log", 1e-4, 1e-2), "weight_decay": ("log", 1e-6, 1e-3)}
 _OPTIONS = {
     "head": Option(
         str,
         "linear",
         "linear (GAP or flatten + linear), goodness (SFF's aux conv), or the heads, "
-        "hand-off and read-outs of a local method (match:cwc, match:asge, match:sff, match:monoforward)",
+        "hand-off and read-outs of a local method (match:cwc, match:asge, match:sff, match:monoforward, match:deeperforward)",
         choices=HEADS + tuple(f"match:{m}" for m in MATCHED),
     ),
     "kernel": Option(
@@ -97,6 +97,9 @@ def _skip(config) -> str | None:
     from ffbench.core.registry import METHODS
 
     head = {**BP.card.defaults, **config.method_options}["head"]
+    if head == "match:deeperforward":  # its backbones, channels and unit range
+        why = METHODS.get("deeperforward").obj.skip(config)
+        return f"{config.method} head match:deeperforward: {why}" if why else None
     if head != "match:cwc":
         return None
     if config.backbone not in ("cnn", "cnn.cfse"):

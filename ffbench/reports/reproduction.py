@@ -40,6 +40,10 @@ def _any_rule(rules: tuple[str, ...], why: str):
 
 
 _cwc = _any_rule(("test_acc.avg", "test_acc.sf"), "the predictor (Avg or Sf) is not stated, so both are compared")
+_df = _any_rule(
+    ("test_acc.range", "test_acc.all"),
+    "the paper sums the units SIP picks on validation (not built); the pre-SIP range and all units are compared",
+)
 _asge = _any_rule(
     ("test_acc.last", "test_acc.sum", "test_acc.linear"),  # methods.md §5.3's three candidates
     "which of the three prediction strategies is not stated (§5.3), so each is compared",
@@ -93,6 +97,16 @@ PUBLISHED: dict[tuple[str, str, str], Published] = {
         "(zoo.md §7.4) [ABS] [PAPER]",
         ("test_acc.probe",),
     ),
+    **{
+        ("deeperforward", dataset, backbone): _df(
+            value, f"DeeperForward Table 1 (ICLR 2025), {name}: {value:.2%} (5 runs; zoo.md §3.4) [PAPER]"
+        )
+        for backbone, name, row in (
+            ("tinycnn.df", "TinyCNN-4", (0.9950, 0.9183, 0.7949)),
+            ("resnet.df", "ResNet-17", (0.9963, 0.9313, 0.8622)),
+        )
+        for dataset, value in zip(("mnist", "fashion-mnist", "cifar10"), row)
+    },
     **{
         ("sff", "cifar10", b): Published(
             0.09,

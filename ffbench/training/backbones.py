@@ -359,6 +359,152 @@ def vgg_asge(
     return Backbone(units, [f"block{i + 1}" for i in range(len(units))], in_shape, granularity)
 
 
+# ---------------------------------------------------------------- DeeperForward's residual FF blocks
+class DFUnit(nn.Module):
+    """DeeperForward's CW-Conv unit (zoo.md §3.1) with its share of the residual wiring.
+
+    Its input is the previous unit's output, optionally followed by ``carried_in`` channels that an earlier
+    unit passes along (the skip input, cut from the graph between units like any hand-off). The unit first
+    joins them (``merge``: none, add or cat, in that order: own channels first), optionally 2x2
+    average-pools, then ``y = Dropout(ReLU(Conv(.)))`` (bias-free, Kaiming-normal fan_out). Its output is y
+    followed by what it carries on (``carry``): nothing, its joined input (average-pooled to y's size when
+    the convolution strides) or the channels it received. The first ``own`` channels are y, so a method may
+    normalise the unit's own activity before the next unit joins the skip input to it."""
+
+    def __init__(
+        self, c_in, c_out, kernel, stride=1, pool=False, dropout=0.0, merge="none", carry="none", carried_in=0
+    ):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False)
+        nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
+        self.drop = nn.Dropout(dropout)
+        self.pool, self.merge, self.carry, self.carried_in, self.own = pool, merge, carry, carried_in, c_out
+
+    def split(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(this unit's own channels, the channels it carries on) of its output ``h``."""
+        return h[:, : self.own], h[:, self.own :]
+
+    def forward_pair(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(y, the unit's output: y followed by what it carries on)."""
+        z, skip = x[:, : x.shape[1] - self.carried_in], x[:, x.shape[1] - self.carried_in :]
+        joined = z + skip if self.merge == "add" else torch.cat([z, skip], 1) if self.merge == "cat" else z
+        if self.pool:
+            joined = F.avg_pool2d(joined, 2)
+        y = self.drop(F.relu(self.conv(joined)))
+        if self.carry == "none":
+            return y, y
+        kept = skip if self.carry == "received" else joined
+        if kept.shape[2:] != y.shape[2:]:  # ceil_mode: a strided 'same' convolution rounds odd sides up
+            kept = F.avg_pool2d(kept, 2, ceil_mode=True)
+        return y, torch.cat([y, kept], 1)
+
+    def forward(self, x):
+        return self.forward_pair(x)[1]
+
+
+def _df_divisible(name: str, channels: Sequence[int], num_classes: int) -> None:
+    bad = [int(c) for c in channels if int(c) % num_classes]
+    if bad:
+        raise ValueError(f"{name}: channels {bad} are not divisible by the class count {num_classes}")
+
+
+_DF_DROPOUT = Option(
+    float,
+    0.2,
+    "dropout on each unit's activity (before its goodness)",
+    ge=0,
+    lt=1,
+    source="zoo.md §3.2: dropout 0.2 [CODE main.py]",
+)
+
+
+@BACKBONES.register(
+    Card(
+        name="resnet.df",
+        family="df",
+        summary="DeeperForward's ResNet-17: a 3x3 stem and 4 stages of 4 CW-Conv units (stride 2 opening stages "
+        "2-4); unit 2 of a stage adds the stage input, unit 4 concatenates the tensor saved after unit 2; a "
+        "unit is a conv layer, the skip inputs travel as detached extra channels",
+        paper="Sun et al., DeeperForward, ICLR 2025 (Table 1, Fig. 3; zoo.md §3.1)",
+        code="tobysunsun/deeperforward model/resnet.py, read in a third-party copy (facts only)",
+        options={
+            "planes": Option(
+                list,
+                [100, 200, 400, 800],
+                "channels per stage (each a multiple of the class "
+                "count; stage s+1 takes 2x stage s's after the concatenation)",
+                item=Option(int, ge=1),
+                check=lambda v: len(v) >= 1,
+                check_doc="a non-empty list",
+                source="zoo.md §3.1 [CODE]; resnet_large triples them",
+            ),
+            "dropout": _DF_DROPOUT,
+            "granularity": _granularity(("layer",), "layer"),
+        },
+        capabilities=frozenset({"conv"}),
+    )
+)
+def resnet_df(in_shape, num_classes, planes=(100, 200, 400, 800), dropout=0.2, granularity="layer") -> Backbone:
+    planes = [int(p) for p in planes]
+    _df_divisible("resnet.df", planes, num_classes)
+    if any(b != 2 * a for a, b in zip(planes, planes[1:])):  # unit 3 adds the concatenated stage input
+        raise ValueError(f"resnet.df: planes {planes} must double from stage to stage (e.g. [100, 200, 400, 800])")
+    units = [DFUnit(in_shape[0], planes[0], 3, dropout=dropout)]
+    names, c_prev = ["stem"], planes[0]
+    for s, p in enumerate(planes):
+        first = s == 0
+        c_in, carried = (c_prev, 0) if first else (2 * c_prev, c_prev)  # the concatenated stage input
+        units += [
+            DFUnit(
+                c_in,
+                p,
+                3,
+                1 if first else 2,
+                dropout=dropout,
+                merge="none" if first else "cat",
+                carry="joined",
+                carried_in=carried,
+            ),
+            DFUnit(p, p, 3, dropout=dropout, carry="received", carried_in=c_in),
+            DFUnit(p, p, 3, dropout=dropout, merge="add", carry="joined", carried_in=c_in),
+            DFUnit(p, p, 3, dropout=dropout, carry="none" if s + 1 == len(planes) else "received", carried_in=p),
+        ]
+        names += [f"stage{s + 1}.{j + 1}" for j in range(4)]
+        c_prev = p
+    return Backbone(units, names, in_shape, granularity)
+
+
+@BACKBONES.register(
+    Card(
+        name="tinycnn.df",
+        family="df",
+        summary="DeeperForward's TinyCNN-4: CW-Conv 5x5 -> [AvgPool2] 5x5 -> [AvgPool2] 3x3 -> 3x3 (the pools open "
+        "the following unit); a unit is a conv layer",
+        paper="Sun et al., DeeperForward, ICLR 2025 (Table 1; zoo.md §3.1)",
+        code="tobysunsun/deeperforward model/tinycnn.py, read in a third-party copy (facts only)",
+        options={
+            "channels": Option(
+                list,
+                [100, 200, 400, 400],
+                "channels of the four units (multiples of the class count)",
+                item=Option(int, ge=1),
+                check=lambda v: len(v) == 4,
+                check_doc="a list of four",
+                source="zoo.md §3.1 [CODE]",
+            ),
+            "dropout": _DF_DROPOUT,
+            "granularity": _granularity(("layer",), "layer"),
+        },
+        capabilities=frozenset({"conv"}),
+    )
+)
+def tinycnn_df(in_shape, num_classes, channels=(100, 200, 400, 400), dropout=0.2, granularity="layer") -> Backbone:
+    c = [in_shape[0]] + [int(v) for v in channels]
+    _df_divisible("tinycnn.df", c[1:], num_classes)
+    units = [DFUnit(c[i], c[i + 1], k, pool=i in (1, 2), dropout=dropout) for i, k in enumerate((5, 5, 3, 3))]
+    return Backbone(units, [f"layer{i + 1}" for i in range(4)], in_shape, granularity)
+
+
 # ---------------------------------------------------------------- spatial goodness
 
 
