@@ -93,7 +93,7 @@ CASES = [
     ("", ("epochs = 1", "lr = inf\nepochs = 1"), ["[train].lr", "inf", "finite"]),
     ("", ("epochs = 1", "epochs = 1e9"), ["[train].epochs", "expected int"]),
     ("", ("epochs = 1", "epochs = 1000000000"), ["[train].epochs", "[1, 100000]"]),
-    ("[ffbench.methods.bp]\ntrain_subset = 1300\n", None, ['[methods."bp"].train_subset', "10..1293"]),
+    ("[methods.bp]\ntrain_subset = 1300\n", None, ['[methods."bp"].train_subset', "10..1293"]),
     ("[datasets.digits]\nval_size = 2000\n", None, ['[datasets."digits"].val_size', "1..1427"]),
     ("[axes]\ntrain_size = [100, 5000]\n", None, ["[axes].train_size (level 5000)", "10..1293"]),
     ("[datasets.digits]\nroot = 5\n", None, ['[datasets."digits"].root', "reads no files", "allowed: no root"]),
@@ -420,7 +420,7 @@ def test_corrupt_idx_files_stop_the_planner(tmp_path, capsys):
 
 
 def test_unused_method_section_is_a_warning(tmp_path, capsys):
-    path = suite_file(tmp_path, "[ffbench.methods.sff]\nlr = 0.1\n")
+    path = suite_file(tmp_path, "[methods.sff]\nlr = 0.1\n")
     code, _, err = run_cli(capsys, "run", str(path), "--dry-run")
     assert code == 0 and "warning:" in err and "[methods.'sff'] is not used" in err
 

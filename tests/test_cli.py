@@ -87,7 +87,7 @@ def test_unknown_suite_and_dataset_names_get_a_suggestion(capsys):
 
 
 def test_an_unused_method_section_is_a_warning_at_planning(tmp_path, capsys):
-    path = write(tmp_path, SUITE + "\n[ffbench.methods.sff]\nlr = 0.01\n")
+    path = write(tmp_path, SUITE + "\n[methods.sff]\nlr = 0.01\n")
     code, out, err = run_cli(capsys, "run", path, "--dry-run")
     assert code == 0 and "warning:" in err and "[methods.'sff'] is not used" in err and "6 evaluation runs" in out
 

@@ -22,9 +22,7 @@ def write(tmp_path, extra="", base=GOOD):
 
 
 def test_good_suite_loads(tmp_path):
-    s = load(
-        write(tmp_path, '[train]\nepochs = 2\n[backbones.mlp]\nwidths = [8]\n[ffbench.methods.bp]\nhead = "goodness"\n')
-    )
+    s = load(write(tmp_path, '[train]\nepochs = 2\n[backbones.mlp]\nwidths = [8]\n[methods.bp]\nhead = "goodness"\n'))
     assert s.name == "t" and s.train == {"epochs": 2} and s.method_settings == {"bp": {"head": "goodness"}}
 
 
@@ -37,7 +35,7 @@ def test_good_suite_loads(tmp_path):
         ('[train]\nepochs = "ten"\n', None, "[train].epochs", "expected int"),
         ("[train]\nepochs = 0\n", None, "[train].epochs", "an integer in [1, 100000]"),
         ('[train]\noptimizer = "lamb"\n', None, "[train].optimizer", "allowed: sgd, adam, adamw"),
-        ('[ffbench.methods.bp]\nhead = "mlp"\n', None, '[methods."bp"].head', "allowed: linear, goodness"),
+        ('[methods.bp]\nhead = "mlp"\n', None, '[methods."bp"].head', "allowed: linear, goodness"),
         ('[methods."bp.depsup"]\nlr = 0.1\n', None, "bp.depsup", "not in [design].methods"),
         ('[backbones.mlp]\ngranularity = "stage"\n', None, '[backbones."mlp"].granularity', "allowed: layer"),
         ("[backbones.mlp]\ndepth = 3\n", None, '[backbones."mlp"].depth', "allowed: widths, granularity"),

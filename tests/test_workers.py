@@ -173,7 +173,7 @@ def test_failures_are_recorded_counted_and_shown(tmp_path, capsys, write):
     path = write(
         name="f",
         methods='["bp"]',
-        extra='[ffbench.methods.bp]\noptimizer = "sgd"\nmomentum = 0.99\n\n'
+        extra='[methods.bp]\noptimizer = "sgd"\nmomentum = 0.99\n\n'
         '[axes.lr]\ntrain_field = "lr"\nlevels = [0.001, 10.0]',
     )
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--no-tracking", "--no-progress"]) == 0
