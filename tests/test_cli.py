@@ -4,25 +4,12 @@ typos, unused settings as warnings, reports of a stored suite by name, and a dry
 import textwrap
 
 import pytest
+from suites import suite_toml
 
 from ffbench import __version__
 from ffbench.cli import build_parser, experiment_id, locate, main
 
-SUITE = """
-[suite]
-name = "clisuite"
-version = 1
-[design]
-methods = ["bp", "bp.deepsup"]
-datasets = ["synthetic"]
-backbones = ["mlp"]
-seeds = [0, 1, 2]
-[train]
-epochs = 1
-batch_size = 32
-[backbones.mlp]
-widths = [16]
-"""
+SUITE = suite_toml("clisuite", methods=["bp", "bp.deepsup"], seeds=[0, 1, 2])
 
 
 def write(tmp_path, text=SUITE, name="clisuite"):

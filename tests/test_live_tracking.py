@@ -9,27 +9,14 @@ import pytest
 
 pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
+from suites import suite_toml
 
-from ffbench import tracking  # noqa: E402
 from ffbench.execution import runner
 from ffbench.execution.workers import work  # noqa: E402
+from ffbench.record import tracking  # noqa: E402
 from ffbench.record.store import Store  # noqa: E402
 
-SUITE = """
-[suite]
-name = "live"
-version = 1
-[design]
-methods = ["bp"]
-datasets = ["synthetic"]
-backbones = ["mlp"]
-seeds = [0, 1]
-[train]
-epochs = 3
-batch_size = 32
-[backbones.mlp]
-widths = [16]
-"""
+SUITE = suite_toml("live", seeds=[0, 1], epochs=3)
 
 
 def history(client, run_id, key="val_acc"):

@@ -15,8 +15,8 @@ import pytest
 pytest.importorskip("mlflow")  # imported once for the whole module (it is slow)
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from ffbench import tracking  # noqa: E402
 from ffbench.core.config import RunConfig  # noqa: E402
+from ffbench.record import tracking  # noqa: E402
 from ffbench.record.store import DONE, FAILED, Store  # noqa: E402
 from ffbench.record.tracking import Tracker, mirror, sync  # noqa: E402
 
