@@ -1000,8 +1000,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ffbench.core.log import show_on_stderr
     from ffbench.record.tracking import configure_environment, quiet_logging
 
+    show_on_stderr()  # the library's warnings and notes, as plain lines on stderr
     args = build_parser().parse_args(argv)
     quiet_logging(args.verbose)
     configure_environment()  # MLflow telemetry and timeouts are decided when MLflow is first imported

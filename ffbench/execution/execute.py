@@ -16,8 +16,8 @@ is recorded as a method's failure that the method did not cause.
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -35,6 +35,8 @@ from ffbench.record import tracking
 from ffbench.record.manifest import manifest
 from ffbench.record.store import DONE, FAILED, PRUNED, Store, is_disk_full, is_store_error
 from ffbench.training import checkpoint
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -113,7 +115,7 @@ def _mirror(env: Env, run_id: str) -> None:
     try:  # never raises for MLflow trouble; what it cannot copy stays in the store for `ffbench sync`
         tracking.mirror(env.store, env.tracker, run_id)
     except Exception as exc:
-        print(f"warning: MLflow mirror of {run_id} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        logger.warning(f"warning: MLflow mirror of {run_id} failed: {type(exc).__name__}: {exc}")
 
 
 def _finish(env: Env, run_id: str, status: str, **record: Any) -> bool:
@@ -276,7 +278,7 @@ def tell_unbatched(env: Env, row: dict[str, Any], why: str) -> None:
     adapt share one line)."""
     if why not in env.told_unbatched:
         env.told_unbatched.add(why)
-        print(f"note: {_label(env, row)} (and any cell like it): seeds train one at a time ({why})", file=sys.stderr)
+        logger.info(f"note: {_label(env, row)} (and any cell like it): seeds train one at a time ({why})")
 
 
 def _label(env: Env, row: dict[str, Any]) -> str:
@@ -430,7 +432,7 @@ def run_trial(env: Env, row: dict[str, Any]) -> str | None:
         else:
             study.tell(trial, state=TrialState.PRUNED if status == PRUNED else TrialState.FAIL, skip_if_finished=True)
     except Exception as exc:  # the store has the outcome; Optuna is reconciled when evaluation is registered
-        print(f"warning: telling Optuna about {run_id} failed: {exc}", file=sys.stderr)
+        logger.warning(f"warning: telling Optuna about {run_id} failed: {exc}")
     _mirror(env, run_id)
     register_evaluation(store, env.suite, cell, storage)
     return status

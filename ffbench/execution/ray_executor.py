@@ -51,6 +51,8 @@ from ffbench.record import tracking
 from ffbench.record.store import DONE, FAILED, FINISHED, PENDING, PRUNED, RUNNING, is_stale, worker_name
 from ffbench.training import checkpoint
 
+logger = logging.getLogger(__name__)
+
 RAY_PIN = "ray==2.60.0"  # the version the extra installs (pyproject.toml: [project.optional-dependencies] ray)
 MAX_RETRIES = 2  # Ray's retries of a task whose worker process or node died
 DECISION_WAIT_S = 300.0  # how long a trial waits for the driver's pruning verdict before going on without one
@@ -653,7 +655,7 @@ class Driver:
                     skip_if_finished=True,
                 )
         except Exception as exc:  # the store has the outcome; Optuna is reconciled when evaluation is registered
-            print(f"warning: telling Optuna about {flight.run_id} failed: {exc}", file=sys.stderr)
+            logger.warning(f"warning: telling Optuna about {flight.run_id} failed: {exc}")
 
     def _mirror(self, run_id: str) -> None:
         if self.s.tracker is None:
@@ -661,7 +663,7 @@ class Driver:
         try:  # what MLflow cannot take now stays in the store for the next sync
             tracking.mirror(self.store, self.s.tracker, run_id)
         except Exception as exc:
-            print(f"warning: MLflow mirror of {run_id} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            logger.warning(f"warning: MLflow mirror of {run_id} failed: {type(exc).__name__}: {exc}")
 
     # -------------------------------------------------------- stopping
     def _stop(self, flight: Flight, why: str) -> None:

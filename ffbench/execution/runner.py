@@ -20,6 +20,7 @@ rows as superseded. The runner computes no statistics (``results.py`` reads them
 
 from __future__ import annotations
 
+import logging
 import socket
 import sys
 from collections import Counter
@@ -36,6 +37,8 @@ from ffbench.execution.workers import expected_ids, progress, progress_bar, work
 from ffbench.plan.design import EVALUATION, Design, code_changes, expand
 from ffbench.plan.suite import Suite, SuiteError, check_cells, load
 from ffbench.record.store import FINISHED, Store, worker_name
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -74,10 +77,10 @@ def prepare(
     where its outputs go; the suite's warnings and the checks of its cells come first."""
     suite = load(suite_ref)
     for line in suite.warnings:  # usable as it is, but probably not what was meant
-        print(f"warning: {line}", file=sys.stderr)
+        logger.warning(f"warning: {line}")
     design = expand(suite).select(cells, seeds)
     for line in design.warnings:  # a suite value that meets a method's recipe: never silently
-        print(f"warning: {line}", file=sys.stderr)
+        logger.warning(f"warning: {line}")
     check_cells(suite, design.cells)  # against the datasets' sizes, before any run is claimed
     if suite.transfer is not None:
         from ffbench.training.transfer import check_sources
@@ -318,10 +321,9 @@ def aggregates(s: Session, control: str | None = None, rope=None) -> Callable[[]
         try:
             summarize_cells(s.suite, s.design, s.store, s.tracker, control=control, rope=rope)
         except Exception as exc:
-            print(
+            logger.warning(
                 f"warning: the cells' aggregates were not written to MLflow ({type(exc).__name__}: {exc}); "
-                f"`ffbench sync {s.suite.name}` or `ffbench report` writes them later",
-                file=sys.stderr,
+                f"`ffbench sync {s.suite.name}` or `ffbench report` writes them later"
             )
 
     return refresh
@@ -336,15 +338,13 @@ def catch_up(s: Session, with_aggregates: bool = True) -> tuple[int, int]:
     try:
         return tracking.sync(s.store, s.suite.name, s.tracker, aggregates=aggregates(s) if with_aggregates else None)
     except Exception as exc:  # the store answered a moment ago; MLflow must never end a finished suite
-        print(f"warning: catching MLflow up failed ({type(exc).__name__}: {exc})", file=sys.stderr)
+        logger.warning(f"warning: catching MLflow up failed ({type(exc).__name__}: {exc})")
         return 0, 0
 
 
 def _interrupted(s: Session, exc: BaseException, close_parents: bool) -> None:
     """Note how many runs are left on the exception (the command prints it), and leave no MLflow parent
     RUNNING."""
-    import logging
-
     # stopping on purpose: an MLflow call cut short by the signal must not print its traceback (the
     # tracker's own line says what was not mirrored, and `ffbench sync` replays it)
     for name in ("mlflow", "alembic", "sqlalchemy"):

@@ -23,6 +23,7 @@ method) is a recorded outcome with its message, never a crash of the worker.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -35,6 +36,8 @@ from ffbench.execution.selection import register_evaluation
 from ffbench.plan.design import TUNING, Design
 from ffbench.plan.suite import Suite
 from ffbench.record.store import FINISHED, PENDING, RUNNING, Store, is_stale, process_exists
+
+logger = logging.getLogger(__name__)
 
 
 def expected_ids(design: Design) -> list[str]:
@@ -133,7 +136,7 @@ def release_dead_local(store: Store, suite: Suite, states) -> int:
         return 0
     gone = store.release_dead(suite.name, host)
     if gone:
-        print(f"gave back {len(gone)} run(s) held by a process on this host that no longer exists", file=sys.stderr)
+        logger.info(f"gave back {len(gone)} run(s) held by a process on this host that no longer exists")
     return len(gone)
 
 
@@ -165,10 +168,9 @@ def _work(env: Env, bar, wait: bool, max_runs: int | None) -> int:
     while max_runs is None or executed < max_runs:
         states = {s["run_id"]: s for s in store.states(suite.name, suite.version) if s["run_id"] in order}
         if not states and not warned and wait:
-            print(
+            logger.warning(
                 f"worker {env.worker}: the store {store.url} holds no runs of {suite.name} version {suite.version} "
-                f"yet; waiting for the launcher to initialise it (or start this worker without --no-init)",
-                file=sys.stderr,
+                f"yet; waiting for the launcher to initialise it (or start this worker without --no-init)"
             )
             warned = True
         changed = False
@@ -230,12 +232,11 @@ def tell_waiting(env: Env, held: list[dict[str, Any]], now: float) -> bool:
         if ahead
         else ""
     )
-    print(
+    logger.info(
         f"worker {env.worker}: waiting for {len(held)} run(s) held by {', '.join(holders[:3])}"
         f"{' and others' if len(holders) > 3 else ''} to finish; a run whose holder stops beating for the "
         f"{env.lease_s:g} s lease is taken over (the first at {time.strftime('%H:%M:%S', time.localtime(first))}, "
-        f"if its holder has stopped by then){skew}",
-        file=sys.stderr,
+        f"if its holder has stopped by then){skew}"
     )
     return True
 

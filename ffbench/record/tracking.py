@@ -39,6 +39,8 @@ from ffbench.core.config import canonical_json
 from ffbench.core.filelock import file_lock
 from ffbench.core.paths import OutsideError, inside
 
+logger = logging.getLogger(__name__)
+
 MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 # MLflow's own defaults (120 s timeout, 7 retries with backoff) block about 4 minutes per call when the
 # server is down; the user's settings win
@@ -258,22 +260,19 @@ class Tracker:
             reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
             if isinstance(exc, MlflowDatabaseError):
                 _DOWN[self.uri] = str(exc)
-                print(
-                    f"warning: {exc}; MLflow is off for the rest of this process (the results store keeps every run)",
-                    file=sys.stderr,
+                logger.warning(
+                    f"warning: {exc}; MLflow is off for the rest of this process (the results store keeps every run)"
                 )
                 return None
             if getattr(exc, "error_code", None) in _REFUSALS:
-                print(
-                    f"warning: MLflow at {self.uri} refused to {what} ({reason}); the results store keeps it",
-                    file=sys.stderr,
+                logger.warning(
+                    f"warning: MLflow at {self.uri} refused to {what} ({reason}); the results store keeps it"
                 )
                 return None
             _DOWN[self.uri] = reason
-            print(
+            logger.warning(
                 f"warning: MLflow at {self.uri} is unavailable ({what}: {reason}); mirroring is off for the "
-                f"rest of this process, the results store keeps every run and `ffbench sync` copies them later",
-                file=sys.stderr,
+                f"rest of this process, the results store keeps every run and `ffbench sync` copies them later"
             )
             return None
 
@@ -322,10 +321,9 @@ class Tracker:
             path.with_name(path.name + "-shm"),
         ):
             f.unlink(missing_ok=True)
-        print(
+        logger.info(
             f"note: the MLflow database {path} was left half-created ({why}) and holds no run: made again; "
-            f"the results store fills it",
-            file=sys.stderr,
+            f"the results store fills it"
         )
 
     # ------------------------------------------------------------ find or create, once
