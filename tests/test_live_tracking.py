@@ -4,6 +4,7 @@ cell, and the experiment opens on the run table."""
 
 import textwrap
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -97,10 +98,10 @@ def test_a_replay_from_the_store_writes_the_same_points(live_run):
 
 def test_an_abandoned_attempt_is_replaced_not_extended(live_run):
     out, session, client, exp_id, _ = live_run
-    row = dict(Store(out / "results.db").rows("live")[1])
-    kid = child_of(client, exp_id, row["run_id"])
+    row = Store(out / "results.db").rows("live")[1]
+    kid = child_of(client, exp_id, row.run_id)
     client.delete_tag(kid.info.run_id, tracking.COMPLETE)
-    row["started"] += 5.0  # another attempt of the same run (its first worker lost the lease)
+    row = replace(row, started=row.started + 5.0)  # another attempt of the same run (its first worker lost the lease)
     fresh = tracking.Tracker(session.tracker.uri, out / "mlartifacts")
     fresh.init_experiment("live")
     rid = fresh.log_run(row)

@@ -1,4 +1,5 @@
-"""The training fields are defined once (``config.TRAIN_FIELDS``): RunConfig and the README cannot drift from it."""
+"""One definition of each schema: the training fields (``config.TRAIN_FIELDS``), which RunConfig and the README
+cannot drift from, and the store's run rows (``store.RunRow``, the table's columns)."""
 
 import re
 import types
@@ -58,3 +59,22 @@ def test_readme_bounds_are_the_schema():
     for name, interval in bounds:
         if name in TRAIN_FIELDS:
             assert TRAIN_FIELDS[name].describe().endswith(f" in {interval}"), (name, interval)
+
+
+def test_run_rows_are_the_store_table_with_json_decoded(tmp_path):
+    from ffbench.record.store import RunRow, Store, runs
+
+    assert [f.name for f in fields(RunRow)] == [c.name for c in runs.columns]
+    store = Store(tmp_path / "results.db")
+    config = RunConfig("bp", "digits", "mlp").to_dict()
+    base = dict(suite="s", suite_version=1, cell_id="c", role="evaluation", status="pending", factors={"method": "bp"})
+    store.add_runs([dict(base, run_id="r0", seed=0, config=config), dict(base, run_id="r1", seed=1, config=config)])
+    row = store.rows("s", seed=1)[0]
+    assert isinstance(row, RunRow) and (row.run_id, row.seed, row.factors, row.config) == (
+        "r1",
+        1,
+        {"method": "bp"},
+        config,
+    )
+    assert row.metrics is None and row["config"] is row.config and row.get("curves", []) is None
+    assert row.get("no such column", 5) == 5

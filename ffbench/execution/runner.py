@@ -147,15 +147,15 @@ def check_data(store: Store, suite: Suite, design: Design) -> None:
     cells = {c.cell_id: c for c in design.cells}
     checked: set[str] = set()
     for row in store.rows(suite.name, suite_version=suite.version, cell_id=list(cells)):
-        was = (row.get("manifest") or {}).get("data")
-        if not was or row["cell_id"] in checked:
+        was = (row.manifest or {}).get("data")
+        if not was or row.cell_id in checked:
             continue
-        checked.add(row["cell_id"])
-        c = cells[row["cell_id"]].config
+        checked.add(row.cell_id)
+        c = cells[row.cell_id].config
         now = identity(c.dataset, c.dataset_options.get("root"))
         if was.get("sha256") != now["sha256"]:
             raise DataError(
-                f"cell {cells[row['cell_id']].label}: its stored run {row['run_id']} trained on {was.get('dataset')} "
+                f"cell {cells[row.cell_id].label}: its stored run {row.run_id} trained on {was.get('dataset')} "
                 f"data {str(was.get('sha256'))[:12]} (root {was.get('root') or 'the default places'}), but "
                 f"{c.dataset} now reads data {now['sha256'][:12]} (root {now['root'] or 'the default places'}); "
                 f"runs on other data are never added to a cell: restore that data, or use another output folder "
@@ -593,21 +593,21 @@ def estimate(
     per distinct (method, backbone, dataset), scaled to each cell's epochs (and tuning seeds). Returns
     {seconds, rows (left to run), from_store (rows estimated from the store), from_probe, probes}."""
     from ffbench.plan.design import TUNING
-    from ffbench.record.store import FINISHED
+    from ffbench.record.store import FINISHED, RunRow
 
-    rows: list[dict[str, Any]] = []
+    rows: list[RunRow] = []
     location = store_url or (paths.store if paths.store.exists() else None)
     if location is not None:
         try:
             rows = Store(location).rows(suite.name, suite_version=suite.version)
         except Exception:  # a store that cannot be read estimates nothing; the probe does
             rows = []
-    finished = {r["run_id"] for r in rows if r["status"] in FINISHED}
+    finished = {r.run_id for r in rows if r.status in FINISHED}
     past: dict[tuple[str, str], list[float]] = {}
     for r in rows:
-        t = (r.get("compute") or {}).get("train_time_s")
-        if r["status"] == "done" and isinstance(t, (int, float)) and t == t:
-            past.setdefault((r["cell_id"], r["role"]), []).append(float(t))
+        t = (r.compute or {}).get("train_time_s")
+        if r.status == "done" and isinstance(t, (int, float)) and t == t:
+            past.setdefault((r.cell_id, r.role), []).append(float(t))
     todo = [r for r in design.trials + design.runs if r.run_id not in finished]
     from ffbench.data.datasets import DataError
 
