@@ -20,6 +20,7 @@ rows as superseded. The runner computes no statistics (``results.py`` reads them
 
 from __future__ import annotations
 
+import logging
 import socket
 import sys
 from collections import Counter
@@ -36,6 +37,8 @@ from ffbench.execution.workers import expected_ids, progress, progress_bar, work
 from ffbench.plan.design import EVALUATION, Design, code_changes, expand
 from ffbench.plan.suite import Suite, SuiteError, check_cells, load
 from ffbench.record.store import FINISHED, Store, worker_name
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -74,10 +77,10 @@ def prepare(
     where its outputs go; the suite's warnings and the checks of its cells come first."""
     suite = load(suite_ref)
     for line in suite.warnings:  # usable as it is, but probably not what was meant
-        print(f"warning: {line}", file=sys.stderr)
+        logger.warning(f"warning: {line}")
     design = expand(suite).select(cells, seeds)
     for line in design.warnings:  # a suite value that meets a method's recipe: never silently
-        print(f"warning: {line}", file=sys.stderr)
+        logger.warning(f"warning: {line}")
     check_cells(suite, design.cells)  # against the datasets' sizes, before any run is claimed
     if suite.transfer is not None:
         from ffbench.training.transfer import check_sources
@@ -144,15 +147,15 @@ def check_data(store: Store, suite: Suite, design: Design) -> None:
     cells = {c.cell_id: c for c in design.cells}
     checked: set[str] = set()
     for row in store.rows(suite.name, suite_version=suite.version, cell_id=list(cells)):
-        was = (row.get("manifest") or {}).get("data")
-        if not was or row["cell_id"] in checked:
+        was = (row.manifest or {}).get("data")
+        if not was or row.cell_id in checked:
             continue
-        checked.add(row["cell_id"])
-        c = cells[row["cell_id"]].config
+        checked.add(row.cell_id)
+        c = cells[row.cell_id].config
         now = identity(c.dataset, c.dataset_options.get("root"))
         if was.get("sha256") != now["sha256"]:
             raise DataError(
-                f"cell {cells[row['cell_id']].label}: its stored run {row['run_id']} trained on {was.get('dataset')} "
+                f"cell {cells[row.cell_id].label}: its stored run {row.run_id} trained on {was.get('dataset')} "
                 f"data {str(was.get('sha256'))[:12]} (root {was.get('root') or 'the default places'}), but "
                 f"{c.dataset} now reads data {now['sha256'][:12]} (root {now['root'] or 'the default places'}); "
                 f"runs on other data are never added to a cell: restore that data, or use another output folder "
@@ -318,10 +321,9 @@ def aggregates(s: Session, control: str | None = None, rope=None) -> Callable[[]
         try:
             summarize_cells(s.suite, s.design, s.store, s.tracker, control=control, rope=rope)
         except Exception as exc:
-            print(
+            logger.warning(
                 f"warning: the cells' aggregates were not written to MLflow ({type(exc).__name__}: {exc}); "
-                f"`ffbench sync {s.suite.name}` or `ffbench report` writes them later",
-                file=sys.stderr,
+                f"`ffbench sync {s.suite.name}` or `ffbench report` writes them later"
             )
 
     return refresh
@@ -336,15 +338,13 @@ def catch_up(s: Session, with_aggregates: bool = True) -> tuple[int, int]:
     try:
         return tracking.sync(s.store, s.suite.name, s.tracker, aggregates=aggregates(s) if with_aggregates else None)
     except Exception as exc:  # the store answered a moment ago; MLflow must never end a finished suite
-        print(f"warning: catching MLflow up failed ({type(exc).__name__}: {exc})", file=sys.stderr)
+        logger.warning(f"warning: catching MLflow up failed ({type(exc).__name__}: {exc})")
         return 0, 0
 
 
 def _interrupted(s: Session, exc: BaseException, close_parents: bool) -> None:
     """Note how many runs are left on the exception (the command prints it), and leave no MLflow parent
     RUNNING."""
-    import logging
-
     # stopping on purpose: an MLflow call cut short by the signal must not print its traceback (the
     # tracker's own line says what was not mirrored, and `ffbench sync` replays it)
     for name in ("mlflow", "alembic", "sqlalchemy"):
@@ -593,21 +593,21 @@ def estimate(
     per distinct (method, backbone, dataset), scaled to each cell's epochs (and tuning seeds). Returns
     {seconds, rows (left to run), from_store (rows estimated from the store), from_probe, probes}."""
     from ffbench.plan.design import TUNING
-    from ffbench.record.store import FINISHED
+    from ffbench.record.store import FINISHED, RunRow
 
-    rows: list[dict[str, Any]] = []
+    rows: list[RunRow] = []
     location = store_url or (paths.store if paths.store.exists() else None)
     if location is not None:
         try:
             rows = Store(location).rows(suite.name, suite_version=suite.version)
         except Exception:  # a store that cannot be read estimates nothing; the probe does
             rows = []
-    finished = {r["run_id"] for r in rows if r["status"] in FINISHED}
+    finished = {r.run_id for r in rows if r.status in FINISHED}
     past: dict[tuple[str, str], list[float]] = {}
     for r in rows:
-        t = (r.get("compute") or {}).get("train_time_s")
-        if r["status"] == "done" and isinstance(t, (int, float)) and t == t:
-            past.setdefault((r["cell_id"], r["role"]), []).append(float(t))
+        t = (r.compute or {}).get("train_time_s")
+        if r.status == "done" and isinstance(t, (int, float)) and t == t:
+            past.setdefault((r.cell_id, r.role), []).append(float(t))
     todo = [r for r in design.trials + design.runs if r.run_id not in finished]
     from ffbench.data.datasets import DataError
 
