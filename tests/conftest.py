@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from ffbench.core.log import show_on_stderr
+
 
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():
@@ -9,6 +11,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def messages_on_stderr():
+    """ffbench's log records on stderr as the command line shows them, also for library calls made directly."""
+    show_on_stderr()
 
 
 @pytest.fixture

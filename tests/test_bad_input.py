@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from suites import suite_toml
 
 from ffbench.cli import listing, main
 from ffbench.cli.run import parse_seeds
@@ -23,20 +24,7 @@ from ffbench.core.config import RunConfig
 from ffbench.core.registry import Registry, UnknownNameError
 from ffbench.training.train import DIVERGED, divergence, fit
 
-GOOD = """
-[suite]
-name = "t"
-version = 1
-[design]
-methods = ["bp"]
-datasets = ["digits"]
-backbones = ["mlp"]
-seeds = [0]
-[train]
-epochs = 1
-[backbones.mlp]
-widths = [16]
-"""
+GOOD = suite_toml(datasets=["digits"], batch_size=None)
 
 
 def suite_file(tmp_path, extra="", edit=None, name="s.toml"):

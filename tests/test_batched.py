@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from suites import suite_toml
 
 from ffbench.cli import main
 from ffbench.core.config import RunConfig
@@ -412,36 +413,24 @@ def test_auto_leaves_out_long_runs():
     assert problem(False, "digits", 1) == "the suite sets batch_seeds = false"
 
 
-SUITE = """
-[suite]
-name = "{name}"
-version = 1
-{head}
-[design]
-methods = {methods}
-datasets = ["digits"]
-backbones = ["mlp"]
-seeds = [0, 1, 2]
-
-[train]
-epochs = {epochs}
-
-[backbones.mlp]
-widths = [16]
-"""
+def suite(name, methods, epochs=1, head=None):
+    """Three digits seeds of ``methods`` on a small MLP; ``head``: more [suite] keys."""
+    return suite_toml(
+        name, methods=methods, datasets=["digits"], seeds=[0, 1, 2], epochs=epochs, batch_size=None, suite=head
+    )
 
 
-def run_suite(write_suite, tmp_path, name, methods, epochs=1, head="", where=None):
+def run_suite(write_suite, tmp_path, name, methods, epochs=1, head=None, where=None):
     """Run a suite into ``tmp_path / out-<where>`` (default: its name); (exit code, its stored rows)."""
     where = where or name
-    path = write_suite(SUITE.format(name=name, methods=methods, epochs=epochs, head=head), name=where)
+    path = write_suite(suite(name, methods, epochs, head), name=where)
     out = tmp_path / f"out-{where}"
     code = main(["run", str(path), "--out", str(out), "--no-progress", "--device", "cpu", "--no-tracking"])
     return code, Store(out / "results.db").rows(name) if code == 0 else None
 
 
 def test_runner_batches_what_it_can_and_runs_the_rest_alone(write_suite, tmp_path, capsys):
-    code, rows = run_suite(write_suite, tmp_path, "mixed", '["bp", "test.unstackable"]')
+    code, rows = run_suite(write_suite, tmp_path, "mixed", ["bp", "test.unstackable"])
     err = capsys.readouterr().err
     assert code == 0, err
     assert len(rows) == 6 and {r["status"] for r in rows} == {"done"}
@@ -456,7 +445,7 @@ def test_runner_batches_what_it_can_and_runs_the_rest_alone(write_suite, tmp_pat
 
 
 def test_an_unknown_batch_seeds_is_refused(write_suite, tmp_path, capsys):
-    code, _ = run_suite(write_suite, tmp_path, "maybe", '["bp"]', head='batch_seeds = "maybe"')
+    code, _ = run_suite(write_suite, tmp_path, "maybe", ["bp"], head={"batch_seeds": "maybe"})
     err = capsys.readouterr().err
     assert code == 2
     assert "[suite].batch_seeds" in err and "'maybe'" in err
@@ -465,10 +454,10 @@ def test_an_unknown_batch_seeds_is_refused(write_suite, tmp_path, capsys):
 
 
 def test_runner_batches_by_default_with_the_results_of_one_at_a_time(write_suite, tmp_path, capsys):
-    code, batched = run_suite(write_suite, tmp_path, "both", '["bp", "sff"]', epochs=2, where="default")
+    code, batched = run_suite(write_suite, tmp_path, "both", ["bp", "sff"], epochs=2, where="default")
     assert code == 0, capsys.readouterr().err
     code, alone = run_suite(
-        write_suite, tmp_path, "both", '["bp", "sff"]', epochs=2, head="batch_seeds = false", where="apart"
+        write_suite, tmp_path, "both", ["bp", "sff"], epochs=2, head={"batch_seeds": False}, where="apart"
     )
     assert code == 0, capsys.readouterr().err
     assert "seeds train one at a time" not in capsys.readouterr().err  # false is a choice, not a fallback
@@ -503,8 +492,8 @@ def test_a_trial_s_tuning_seeds_train_together_and_the_pruner_decides_as_one_at_
     """A trial's tuning seeds are batched, and their epochs are told to the pruner seed after seed: every
     trial's parameters, value and outcome (pruned or not) are those of training the seeds in turn."""
     outs = {}
-    for where, head in (("together", ""), ("apart", "batch_seeds = false")):
-        text = SUITE.format(name="tuned", methods='["bp"]', epochs=3, head=head) + TUNED
+    for where, head in (("together", None), ("apart", {"batch_seeds": False})):
+        text = suite("tuned", ["bp"], epochs=3, head=head) + TUNED
         out = tmp_path / f"out-{where}"
         assert (
             main(
@@ -534,7 +523,7 @@ def test_a_trial_s_tuning_seeds_train_together_and_the_pruner_decides_as_one_at_
 
 
 def test_the_runner_trains_seeds_alone_when_the_stacked_step_differs(write_suite, tmp_path, capsys):
-    code, rows = run_suite(write_suite, tmp_path, "mixing", '["test.mixing"]')
+    code, rows = run_suite(write_suite, tmp_path, "mixing", ["test.mixing"])
     err = capsys.readouterr().err
     assert code == 0, err
     assert err.count("seeds train one at a time") == 1 and "differs from seed 0's step alone" in err, err

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from suites import suite_toml
 from test_report_browser import CHROMIUM, MIN_WINDOW, PHONE, chromium
 
 from ffbench.cli import main
@@ -19,25 +20,14 @@ from ffbench.record.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = ROOT / "benchmarks" / "studies" / "small-data.csv"
-SUITE = """
-[suite]
-name = "boardtest"
-version = 2
-control = "bp"
-
-[design]
-methods = ["bp", "bp.deepsup", "ff.hinton"]
-datasets = ["synthetic"]
-backbones = ["mlp"]
-seeds = [0, 1, 2]
-
-[train]
-epochs = 1
-batch_size = 32
-
-[backbones.mlp]
-widths = [16, 16]
-"""
+SUITE = suite_toml(
+    "boardtest",
+    version=2,
+    suite={"control": "bp"},
+    methods=["bp", "bp.deepsup", "ff.hinton"],
+    seeds=[0, 1, 2],
+    widths=[16, 16],
+)
 
 
 @pytest.fixture(scope="module")

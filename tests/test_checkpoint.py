@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from suites import suite_toml
 
 from ffbench.core.config import RunConfig
 from ffbench.record.store import DONE, Store
@@ -100,23 +101,7 @@ def test_no_checkpoint_before_its_interval_and_none_for_the_last_epoch(tmp_path,
 
 
 ROOT = Path(__file__).resolve().parent.parent
-SUITE = """
-[suite]
-name = "resume"
-version = 1
-
-[design]
-methods = ["bp"]
-datasets = ["digits"]
-backbones = ["mlp"]
-seeds = [0]
-
-[train]
-epochs = 40
-
-[backbones.mlp]
-widths = [64, 64]
-"""
+SUITE = suite_toml("resume", datasets=["digits"], epochs=40, batch_size=None, widths=[64, 64])
 
 
 def test_a_sigkilled_worker_resumes_from_its_checkpoint(tmp_path):

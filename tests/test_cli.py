@@ -9,27 +9,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from suites import suite_toml
 
 from ffbench import __version__
 from ffbench.cli import build_parser, main
 from ffbench.cli.locate import locate
 from ffbench.cli.ui import experiment_id
 
-SUITE = """
-[suite]
-name = "clisuite"
-version = 1
-[design]
-methods = ["bp", "bp.deepsup"]
-datasets = ["synthetic"]
-backbones = ["mlp"]
-seeds = [0, 1, 2]
-[train]
-epochs = 1
-batch_size = 32
-[backbones.mlp]
-widths = [16]
-"""
+SUITE = suite_toml("clisuite", methods=["bp", "bp.deepsup"], seeds=[0, 1, 2])
 
 
 def write(tmp_path, text=SUITE, name="clisuite"):

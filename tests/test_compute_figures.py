@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from suites import suite_toml
 
 from ffbench import stats
 from ffbench.analysis.report import build_report, report_dir
@@ -54,24 +55,14 @@ class NoBackward(Method):
         return {"head": self.extra(self.head(self.backbone(x).flatten(1)))}, []
 
 
-SUITE = """
-[suite]
-name = "alike"
-version = 1
-control = "bp"
-
-[design]
-methods = ["bp", "test.nobackward"]
-datasets = ["digits"]
-backbones = ["mlp"]
-seeds = [0, 1, 2]
-
-[train]
-epochs = 1
-
-[backbones.mlp]
-widths = [16]
-"""
+SUITE = suite_toml(
+    "alike",
+    suite={"control": "bp"},
+    methods=["bp", "test.nobackward"],
+    datasets=["digits"],
+    seeds=[0, 1, 2],
+    batch_size=None,
+)
 
 
 @pytest.fixture(scope="module")

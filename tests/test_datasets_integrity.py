@@ -8,6 +8,7 @@ import struct
 
 import numpy as np
 import pytest
+from suites import suite_toml
 
 from ffbench.data import datasets
 from ffbench.data.datasets import DataError, DataNotFoundError, cifar10, fetch, mnist, read_idx, verify
@@ -204,23 +205,10 @@ def test_fetch_of_an_unknown_dataset_lists_what_it_knows():
     assert str(datasets.cache_dir("mnist")) in msg and "/usr/share/datasets/fashion-mnist" in msg
 
 
-MNIST_SUITE = """
-[suite]
-name = "roots"
-version = 1
-[design]
-methods = ["bp"]
-datasets = ["mnist"]
-backbones = ["mlp"]
-seeds = {seeds}
-[train]
-epochs = 1
-batch_size = 32
-[backbones.mlp]
-widths = [8]
-[datasets.mnist]
-root = "{root}"
-"""
+def mnist_suite(seeds: list[int], root: str) -> str:
+    return suite_toml(
+        "roots", datasets=["mnist"], seeds=seeds, widths=[8], extra=f'[datasets.mnist]\nroot = "{root}"\n'
+    )
 
 
 def test_a_relative_root_is_the_suite_files_and_a_cell_never_mixes_data(tmp_path, monkeypatch, capsys):
@@ -230,7 +218,7 @@ def test_a_relative_root_is_the_suite_files_and_a_cell_never_mixes_data(tmp_path
     home = tmp_path / "suites"
     write_mnist(home / "data", n_train=300, n_test=60, gz=False)
     suite, out = home / "roots.toml", tmp_path / "out"
-    suite.write_text(MNIST_SUITE.format(seeds="[0]", root="data"))
+    suite.write_text(mnist_suite([0], "data"))
     elsewhere = tmp_path / "elsewhere"
     write_mnist(elsewhere / "data", n_train=300, n_test=60, gz=False)  # other data under the same relative path
     for cwd in (tmp_path, elsewhere):  # the same suite run from two folders reads the same data
@@ -241,7 +229,7 @@ def test_a_relative_root_is_the_suite_files_and_a_cell_never_mixes_data(tmp_path
     assert data["root"] == str((home / "data").resolve()) and len(data["sha256"]) == 64 and row["attempts"] == 1
     # the files under the root change: no run on the new data joins the cell's old one
     write_mnist(home / "data", n_train=300, n_test=60, gz=False)
-    suite.write_text(MNIST_SUITE.format(seeds="[0, 1]", root="data"))
+    suite.write_text(mnist_suite([0, 1], "data"))
     datasets._IDENTITY.clear()  # a new process reads the files anew
     datasets._load.cache_clear()
     capsys.readouterr()
@@ -257,7 +245,7 @@ def test_a_root_the_user_names_is_never_written_to(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     suite = tmp_path / "roots.toml"
-    suite.write_text(MNIST_SUITE.format(seeds="[0]", root="empty"))
+    suite.write_text(mnist_suite([0], "empty"))
     code = main(["run", str(suite), "--out", str(tmp_path / "out"), "--no-progress", "--no-tracking"])
     err = capsys.readouterr().err
     assert code == 2 and "not found in" in err and str(empty) in err

@@ -3,34 +3,16 @@
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+from suites import suite_toml
 
 from ffbench.core.registry import AXES
 from ffbench.plan import design as design_mod
 from ffbench.plan.design import expand
 from ffbench.plan.suite import SuiteError, load
-
-BASE = """
-[suite]
-name = "{name}"
-version = {version}
-
-[design]
-methods = {methods}
-datasets = ["synthetic"]
-backbones = {backbones}
-seeds = [0, 1]
-{design_extra}
-
-[train]
-epochs = {epochs}
-batch_size = 32
-
-{mlp}
-{extra}
-"""
 
 ABLATION_AXES = """
 [axes]
@@ -48,21 +30,23 @@ def write(
     version=1,
     epochs=1,
     design_extra="",
-    methods='["bp", "bp.deepsup", "sff"]',
-    backbones='["mlp", "cnn", "resnet18"]',
+    methods=("bp", "bp.deepsup", "sff"),
+    backbones=("mlp", "cnn", "resnet18"),
     file="suite.toml",
 ) -> Path:
+    """Two synthetic seeds of ``methods`` on ``backbones``; ``design_extra``: more [design] keys, as TOML."""
     p = tmp_path / file
     p.write_text(
-        BASE.format(
-            name=name,
+        suite_toml(
+            name,
             version=version,
-            epochs=epochs,
             methods=methods,
             backbones=backbones,
-            design_extra=design_extra,
-            extra=extra,
-            mlp="[backbones.mlp]\nwidths = [16]\n" if "mlp" in backbones else "",
+            seeds=[0, 1],
+            design=tomllib.loads(design_extra),
+            epochs=epochs,
+            widths=[16] if "mlp" in backbones else None,
+            extra="\n" + extra,
         )
     )
     return p
@@ -115,7 +99,7 @@ def test_declared_subset_exclude_and_one_at_a_time(tmp_path):
     only = (
         'only = [{granularity = "block"}, {method = "bp", head_kernel = 3}]\nexclude = [{bn = "none", head_kernel = 3}]'
     )
-    d = expand(load(str(write(tmp_path, design_extra=only, backbones='["cnn"]'))))
+    d = expand(load(str(write(tmp_path, design_extra=only, backbones=["cnn"]))))
     assert {(c.factors["method"], c.factors["granularity"]) for c in d.cells} >= {("bp", "layer"), ("sff", "block")}
     assert all(
         c.factors["granularity"] == "block" or (c.factors["method"], c.factors["head_kernel"]) == ("bp", 3)
@@ -130,8 +114,8 @@ def test_declared_subset_exclude_and_one_at_a_time(tmp_path):
                 write(
                     tmp_path,
                     design_extra='plan = "one-at-a-time"',
-                    methods='["sff"]',
-                    backbones='["cnn"]',
+                    methods=["sff"],
+                    backbones=["cnn"],
                     file="oat.toml",
                 )
             )
@@ -146,7 +130,7 @@ def test_declared_subset_exclude_and_one_at_a_time(tmp_path):
 
 def test_class_count_and_train_size_axes(tmp_path):
     extra = '[axes]\nclasses = [2, 5, 10, 12]\ntrain_size = [100, "full"]'
-    d = expand(load(str(write(tmp_path, extra, methods='["bp"]', backbones='["mlp"]'))))
+    d = expand(load(str(write(tmp_path, extra, methods=["bp"], backbones=["mlp"]))))
     assert len(d.cells) == 3 * 2
     assert [r for _, r in d.dropped] == ["synthetic has 10 classes; classes=12 is more than that"] * 2
     cfg = {(c.factors["classes"], c.factors["train_size"]): c.config for c in d.cells}
@@ -156,7 +140,7 @@ def test_class_count_and_train_size_axes(tmp_path):
 
 def test_generic_method_option_axis_skips_methods_without_the_option(tmp_path):
     extra = '[axes.sffloss]\nmethod_option = "loss"\nlevels = ["ce", "margin"]\n[axes.inference]\nlevels = ["average", "last"]'
-    d = expand(load(str(write(tmp_path, extra, methods='["bp", "sff"]', backbones='["mlp"]'))))
+    d = expand(load(str(write(tmp_path, extra, methods=["bp", "sff"], backbones=["mlp"]))))
     sff = [c for c in d.cells if c.factors["method"] == "sff"]
     bp = [c for c in d.cells if c.factors["method"] == "bp"]
     assert len(sff) == 4 and {c.config.method_options["loss"] for c in sff} == {"ce", "margin"}
@@ -277,7 +261,7 @@ def test_cell_ids_change_with_ffbench_version_not_with_eval_seeds(tmp_path, monk
     ],
 )
 def test_bad_axis_levels_name_file_field_and_allowed_values(tmp_path, extra, where, allowed):
-    path = write(tmp_path, extra, methods='["bp", "sff"]', backbones='["cnn"]')
+    path = write(tmp_path, extra, methods=["bp", "sff"], backbones=["cnn"])
     with pytest.raises(SuiteError) as err:
         load(str(path))
     msg = str(err.value)

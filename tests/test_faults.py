@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("mlflow")
+import suites
 from mlflow.tracking import MlflowClient  # noqa: E402
+from suites import suite_toml
 
 from ffbench.cli import main  # noqa: E402
 from ffbench.record import manifest as manifest_module  # noqa: E402
@@ -26,24 +28,6 @@ from ffbench.record import tracking  # noqa: E402
 from ffbench.record.store import DONE, FAILED, PENDING, RUNNING, Store  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-SUITE = """
-[suite]
-name = "{name}"
-version = 1
-
-[design]
-methods = {methods}
-datasets = ["synthetic"]
-backbones = ["mlp"]
-seeds = [0, 1]
-
-[train]
-epochs = {epochs}
-batch_size = 32
-
-[backbones.mlp]
-widths = [16]
-"""
 
 
 @pytest.fixture(autouse=True)
@@ -52,10 +36,8 @@ def one_thread(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
-def suite_file(tmp_path: Path, name="faults", methods='["bp", "bp.deepsup"]', epochs=2) -> Path:
-    path = tmp_path / f"{name}.toml"
-    path.write_text(SUITE.format(name=name, methods=methods, epochs=epochs))
-    return path
+def suite_file(tmp_path: Path, name="faults", methods=("bp", "bp.deepsup"), epochs=2) -> Path:
+    return suites.suite_file(tmp_path, name, methods=methods, seeds=[0, 1], epochs=epochs)
 
 
 def env(**extra) -> dict:
@@ -258,7 +240,7 @@ def test_unreachable_mlflow_then_sync(tmp_path, capsys):
 
 
 def test_read_only_mlflow_database_does_not_stop_the_suite(tmp_path, capsys):
-    path, out = suite_file(tmp_path, methods='["bp"]'), tmp_path / "out"
+    path, out = suite_file(tmp_path, methods=["bp"]), tmp_path / "out"
     assert main(["run", str(path), "--out", str(out), "--no-progress", "--device", "cpu", "--no-tracking"]) == 0
     from ffbench.record.tracking import Tracker, default_tracking_uri
 
@@ -276,9 +258,9 @@ def test_read_only_mlflow_database_does_not_stop_the_suite(tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("existing", [False, True])
 def test_three_independent_workers(tmp_path, existing):
-    path, out = suite_file(tmp_path, methods='["bp", "bp.deepsup", "sff"]', epochs=3), tmp_path / "out"
+    path, out = suite_file(tmp_path, methods=["bp", "bp.deepsup", "sff"], epochs=3), tmp_path / "out"
     if existing:  # an mlflow.db that already holds another suite's experiment
-        other = suite_file(tmp_path, name="other", methods='["bp"]', epochs=1)
+        other = suite_file(tmp_path, name="other", methods=["bp"], epochs=1)
         assert main(["run", str(other), "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
     procs = [
         ffbench("worker", path, "--out", out, "--no-progress", "--device", "cpu", "--poll", "0.2") for _ in range(3)
@@ -293,7 +275,7 @@ def test_three_independent_workers(tmp_path, existing):
 # ---------------------------------------------------------------- the store
 @pytest.mark.parametrize("damage", ["empty", "truncated", "foreign", "foreign-sqlite"])
 def test_a_broken_or_foreign_store_is_refused(tmp_path, capsys, damage):
-    path, out = suite_file(tmp_path, methods='["bp"]', epochs=1), tmp_path / "out"
+    path, out = suite_file(tmp_path, methods=["bp"], epochs=1), tmp_path / "out"
     db = out / "results.db"
     if damage == "truncated":
         assert main(["run", str(path), "--out", str(out), "--no-progress", "--device", "cpu", "--no-tracking"]) == 0
@@ -327,7 +309,7 @@ def test_an_emptied_store_retrains_without_duplicating_mlflow_children(tmp_path)
 
 
 def test_infrastructure_errors_stop_the_suite_and_leave_the_run_pending(tmp_path, capsys, monkeypatch):
-    path, out = suite_file(tmp_path, methods='["bp"]'), tmp_path / "out"
+    path, out = suite_file(tmp_path, methods=["bp"]), tmp_path / "out"
     import ffbench.training.train
 
     def disk_full(*a, **k):
@@ -345,7 +327,7 @@ def test_infrastructure_errors_stop_the_suite_and_leave_the_run_pending(tmp_path
     # unreadable data stops the planner before anything is claimed
     bad = tmp_path / "bad.toml"
     bad.write_text(
-        SUITE.format(name="bad", methods='["bp"]', epochs=1).replace('"synthetic"', '"fashion-mnist"')
+        suite_toml("bad", datasets=["fashion-mnist"], seeds=[0, 1])
         + f'\n[datasets.fashion-mnist]\nroot = "{tmp_path}"\n'
     )
     code = main(["run", str(bad), "--out", str(tmp_path / "bad"), "--no-progress", "--no-tracking"])
@@ -388,7 +370,7 @@ def test_changed_plugin_code_makes_its_cells_new_and_rerun_executes_on_purpose(t
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: myplug\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[ffbench.methods]\nmyplug = myplug\n")
     (info / "top_level.txt").write_text("myplug\n")
-    path, out = suite_file(tmp_path, methods='["bp", "myplug"]'), tmp_path / "out"
+    path, out = suite_file(tmp_path, methods=["bp", "myplug"]), tmp_path / "out"
     run = ["run", path, "--out", out, "--no-progress", "--device", "cpu", "--no-tracking"]
     e = env(path=[str(plugins)])
     code, first, err = finish(ffbench(*run, env=e))
@@ -443,7 +425,7 @@ def test_a_full_disk_stops_with_one_line_and_exit_3_and_the_store_resumes(tmp_pa
 
 
 def test_store_creation_on_a_full_disk_leaves_no_torn_store(tmp_path, small_disk):
-    path, out = suite_file(tmp_path, methods='["bp"]'), small_disk / "out"
+    path, out = suite_file(tmp_path, methods=["bp"]), small_disk / "out"
     filler = small_disk / "filler"
     filler.write_bytes(b"\0" * (2048 - 80) * 1024)
     code, _, err = finish(ffbench("run", path, "--out", out, "--no-progress", "--device", "cpu", "--no-tracking"))
@@ -581,7 +563,7 @@ def files_under(folder: Path) -> set[tuple[Path, int]]:
 def test_nothing_is_written_outside_the_output_folder(tmp_path, how):
     base = tmp_path / "a" / "b" / "c"
     base.mkdir(parents=True)
-    path, out = suite_file(base, methods='["bp"]', epochs=1), base / "out"
+    path, out = suite_file(base, methods=["bp"], epochs=1), base / "out"
     assert main(["run", str(path), "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
     assert main(["report", str(path), "--out", str(out)]) == 0  # the experiment and its report run exist
     target = out

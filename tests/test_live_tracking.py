@@ -4,32 +4,20 @@ cell, and the experiment opens on the run table."""
 
 import textwrap
 import time
+from dataclasses import replace
 
 import pytest
 
 pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
+from suites import suite_toml
 
 from ffbench.execution import runner
 from ffbench.execution.workers import work  # noqa: E402
 from ffbench.record import tracking  # noqa: E402
 from ffbench.record.store import Store  # noqa: E402
 
-SUITE = """
-[suite]
-name = "live"
-version = 1
-[design]
-methods = ["bp"]
-datasets = ["synthetic"]
-backbones = ["mlp"]
-seeds = [0, 1]
-[train]
-epochs = 3
-batch_size = 32
-[backbones.mlp]
-widths = [16]
-"""
+SUITE = suite_toml("live", seeds=[0, 1], epochs=3)
 
 
 def history(client, run_id, key="val_acc"):
@@ -110,10 +98,10 @@ def test_a_replay_from_the_store_writes_the_same_points(live_run):
 
 def test_an_abandoned_attempt_is_replaced_not_extended(live_run):
     out, session, client, exp_id, _ = live_run
-    row = dict(Store(out / "results.db").rows("live")[1])
-    kid = child_of(client, exp_id, row["run_id"])
+    row = Store(out / "results.db").rows("live")[1]
+    kid = child_of(client, exp_id, row.run_id)
     client.delete_tag(kid.info.run_id, tracking.COMPLETE)
-    row["started"] += 5.0  # another attempt of the same run (its first worker lost the lease)
+    row = replace(row, started=row.started + 5.0)  # another attempt of the same run (its first worker lost the lease)
     fresh = tracking.Tracker(session.tracker.uri, out / "mlartifacts")
     fresh.init_experiment("live")
     rid = fresh.log_run(row)

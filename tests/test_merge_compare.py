@@ -13,30 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from suites import suite_toml
 
 from ffbench.record import resultset
 from ffbench.record.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
-SUITE = """
-[suite]
-name = "{name}"
-version = {version}
-control = "bp"
-
-[design]
-methods = ["bp", "bp.deepsup"]
-datasets = ["synthetic"]
-backbones = ["mlp"]
-seeds = [0, 1, 2]
-
-[train]
-epochs = 1
-batch_size = 32
-
-[backbones.mlp]
-widths = {widths}
-"""
+SUITE = dict(suite={"control": "bp"}, methods=["bp", "bp.deepsup"], seeds=[0, 1, 2])
 
 
 def ffbench(*args) -> subprocess.CompletedProcess:
@@ -57,13 +40,13 @@ def stores(tmp_path_factory):
     one store), other: one run of another suite."""
     d = tmp_path_factory.mktemp("stores")
     v1 = d / "v1.toml"
-    v1.write_text(SUITE.format(name="split", version=1, widths="[16, 16]"))
+    v1.write_text(suite_toml("split", version=1, widths=[16, 16], **SUITE))
     v2 = d / "v2.toml"
-    v2.write_text(SUITE.format(name="split", version=2, widths="[24, 16]"))
+    v2.write_text(suite_toml("split", version=2, widths=[24, 16], **SUITE))
     other = d / "other.toml"
-    other.write_text(SUITE.format(name="another", version=1, widths="[16, 16]"))
+    other.write_text(suite_toml("another", version=1, widths=[16, 16], **SUITE))
     changed = d / "changed.toml"  # version 1 with a setting changed: new cells, the old ones superseded
-    changed.write_text(SUITE.format(name="split", version=1, widths="[20, 16]"))
+    changed.write_text(suite_toml("split", version=1, widths=[20, 16], **SUITE))
     for args in (
         (v1, "--out", d / "a", "--cells", "bp"),
         (v1, "--out", d / "b", "--cells", "bp.deepsup"),

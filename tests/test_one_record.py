@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from suites import suite_toml
 from test_faults import PLUGIN  # backprop under another name, a plugin whose code a test edits
 
 from ffbench.analysis import report
@@ -24,29 +25,10 @@ from ffbench.record import export, resultset
 from ffbench.record.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
-SUITE = """
-[suite]
-name = "{name}"
-version = {version}
-
-[design]
-methods = {methods}
-datasets = ["synthetic"]
-backbones = ["mlp"]
-seeds = [0, 1, 2]
-
-[train]
-epochs = 1
-batch_size = 32
-{extra}
-[backbones.mlp]
-widths = [16]
-{tail}
-"""
 
 
-def write(path: Path, name="onerec", version=1, methods='["bp", "myplug"]', extra="", tail="") -> Path:
-    path.write_text(SUITE.format(name=name, version=version, methods=methods, extra=extra, tail=tail))
+def write(path: Path, name="onerec", version=1, methods=("bp", "myplug"), train=None, tail="") -> Path:
+    path.write_text(suite_toml(name, version=version, methods=methods, seeds=[0, 1, 2], train=train, extra=tail))
     return path
 
 
@@ -90,7 +72,7 @@ def test_a_changed_plugin_and_setting_count_once_in_every_reader(tmp_path, capsy
     dry = ffbench("run", path, "--out", out, "--dry-run", "--no-estimate", plugins=plugins)
     assert "1 cell of myplug is new: myplug.py changed since the stored results" in dry.stdout, dry.stderr[-2000:]
     assert ffbench("run", path, "--out", out, "--no-progress", "--device", "cpu", plugins=plugins).returncode == 0
-    write(path, extra="lr = 0.1\n")  # a setting changed, the version not
+    write(path, train={"lr": 0.1})  # a setting changed, the version not
     third = ffbench("run", path, "--out", out, "--no-progress", "--device", "cpu", plugins=plugins)
     assert third.returncode == 0 and "ran 6 of 6" in third.stdout, third.stderr[-3000:]
     assert re.search(r"\| synthetic \| mlp \| bp \| 3 \| 0 \|.*\| control \|", third.stdout)
@@ -173,12 +155,12 @@ def test_a_removed_method_and_a_version_bump_leave_no_stale_verdict_or_page(tmp_
     run = ["run", str(path), "--out", str(out), "--no-progress", "--device", "cpu", "--no-tracking"]
     report = ["report", "stale", "--out", str(out), "--resamples", "200"]
     root = report_dir(out, "stale")
-    write(path, name="stale", methods='["bp", "bp.deepsup"]')
+    write(path, name="stale", methods=["bp", "bp.deepsup"])
     assert main(run) == 0 and main(report) == 0
     capsys.readouterr()
     assert (root / "layers.html").exists() and "layers.html" in (root / "index.html").read_text()
 
-    write(path, name="stale", methods='["bp"]')  # bp.deepsup removed: nothing trains, its verdict goes
+    write(path, name="stale", methods=["bp"])  # bp.deepsup removed: nothing trains, its verdict goes
     assert main(run) == 0
     assert "ran 0 of 3" in capsys.readouterr().out
     assert main(report) == 0
@@ -190,10 +172,10 @@ def test_a_removed_method_and_a_version_bump_leave_no_stale_verdict_or_page(tmp_
     assert "bp.deepsup" not in (root / "comparison.html").read_text().split("superseded cell")[0]
     assert "<details" in index  # the kinds that do not apply, in a collapsed note
 
-    write(path, name="stale", methods='["bp", "bp.deepsup"]')
+    write(path, name="stale", methods=["bp", "bp.deepsup"])
     assert main(run) == 0 and main(report) == 0
     assert (root / "layers.html").exists()
-    write(path, name="stale", version=2, methods='["bp", "bp.deepsup"]')  # a new version: only comparison built
+    write(path, name="stale", version=2, methods=["bp", "bp.deepsup"])  # a new version: only comparison built
     assert main(run) == 0 and main(report + ["--kind", "comparison"]) == 0
     capsys.readouterr()
     index = (root / "index.html").read_text()
@@ -225,7 +207,7 @@ def test_a_method_only_axis_is_a_variant_of_its_method_beside_the_control(tmp_pa
     write(
         path,
         name="var",
-        methods='["bp", "varplug"]',
+        methods=["bp", "varplug"],
         tail='[axes.feedback_scale]\nmethod_option = "feedback_scale"\nlevels = [0.5, 1.0]\n',
     )
     assert main(["run", str(path), "--out", str(out), "--no-progress", "--device", "cpu", "--no-tracking"]) == 0
@@ -288,10 +270,10 @@ def test_every_shipped_suite_runs_its_control_on_every_backbone_it_uses():
 def test_the_results_table_and_the_headline_read_the_same_runs(tmp_path, capsys):
     """In one process: after a setting changes within a version, the end-of-run table, the headline and the
     MLflow aggregates (computed, not logged) agree on n and verdict for every cell."""
-    path, out = write(tmp_path / "same.toml", name="same", methods='["bp", "bp.deepsup"]'), tmp_path / "out"
+    path, out = write(tmp_path / "same.toml", name="same", methods=["bp", "bp.deepsup"]), tmp_path / "out"
     run = ["run", str(path), "--out", str(out), "--no-progress", "--device", "cpu", "--no-tracking"]
     assert main(run) == 0
-    write(path, name="same", methods='["bp", "bp.deepsup"]', extra="lr = 0.1\n")
+    write(path, name="same", methods=["bp", "bp.deepsup"], train={"lr": 0.1})
     assert main(run) == 0
     capsys.readouterr()
     from ffbench.plan.design import expand

@@ -18,27 +18,16 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from suites import suite_toml
 
 from ffbench.record.store import DONE, Store
 
-SUITE = """
-[suite]
-name = "pg"
-version = 1
-
-[design]
-methods = ["bp", "bp.deepsup"]
-datasets = ["synthetic"]
-backbones = ["mlp"]
-seeds = [0, 1]
-
-[train]
-epochs = 3
-batch_size = 32
-
-[backbones.mlp]
-widths = [16]
-
+SUITE = suite_toml(
+    "pg",
+    methods=["bp", "bp.deepsup"],
+    seeds=[0, 1],
+    epochs=3,
+    extra="""
 [tuning]
 trials = 3
 seeds = [100]
@@ -46,7 +35,8 @@ sampler = "TPESampler"
 sampler_args = { seed = 0, n_startup_trials = 2, constant_liar = true }
 pruner = "MedianPruner"
 pruner_args = { n_startup_trials = 2 }
-"""
+""",
+)
 
 
 def _bindir() -> Path | None:

@@ -20,6 +20,8 @@ import pytest
 
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'ffbench[ray]')")
 
+from suites import suite_toml
+
 from ffbench.execution import (
     ray_executor,
     runner,
@@ -35,25 +37,6 @@ RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 ENV = {**os.environ, **RAY_ENV, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 os.environ.update(RAY_ENV)
 
-SUITE = """
-[suite]
-name = "{name}"
-version = 1
-
-[design]
-methods = {methods}
-datasets = ["{dataset}"]
-backbones = ["mlp"]
-seeds = {seeds}
-
-[train]
-epochs = {epochs}
-batch_size = 32
-
-[backbones.mlp]
-widths = [{width}]
-{extra}
-"""
 
 TUNING = """
 [tuning]
@@ -132,13 +115,11 @@ def cluster():
 
 @pytest.fixture
 def write(write_suite):
-    def make(name, methods='["bp"]', seeds="[0, 1]", epochs=2, width=16, dataset="synthetic", extra=""):
-        return write_suite(
-            SUITE.format(
-                name=name, methods=methods, seeds=seeds, epochs=epochs, width=width, dataset=dataset, extra=extra
-            ),
-            name,
+    def make(name, methods=("bp",), seeds=(0, 1), epochs=2, width=16, dataset="synthetic", extra=""):
+        text = suite_toml(
+            name, methods=methods, datasets=[dataset], seeds=seeds, epochs=epochs, widths=[width], extra=extra
         )
+        return write_suite(text, name)
 
     return make
 
@@ -198,7 +179,7 @@ def test_board_keeps_the_latest_value_and_the_verdict():
 
 # ---------------------------------------------------------------- on the cluster
 def test_ray_gives_the_same_results_as_a_local_run(cluster, tmp_path, write):
-    path = write("same", methods='["bp", "bp.deepsup"]')
+    path = write("same", methods=["bp", "bp.deepsup"])
     local = runner.run_suite(str(path), tmp_path / "local", device="cpu", progress=False, track=False)
     remote = on_ray(cluster, path, tmp_path / "ray")
     a, b = by_id(local["store"], "same"), by_id(remote["store"], "same")
@@ -236,7 +217,7 @@ def _ray_task_pids(pgid: int) -> list[int]:
 
 
 def test_a_killed_worker_process_is_retried_and_every_run_recorded_once(cluster, tmp_path, write):
-    path = write("kill", seeds="[0, 1, 2]", epochs=120, width=64)  # about 1.5 s of training per run
+    path = write("kill", seeds=[0, 1, 2], epochs=120, width=64)  # about 1.5 s of training per run
     killed: list[int] = []
     over = threading.Event()
 
@@ -298,7 +279,7 @@ def _driver_until(cluster, path, out, done: int, store=None):
 
 @pytest.mark.slow
 def test_a_killed_driver_resumes_with_only_the_missing_runs(cluster, tmp_path, write):
-    path = write("crash", seeds="[0, 1, 2, 3, 4, 5]", epochs=120, width=64)  # about 1.5 s per run
+    path = write("crash", seeds=[0, 1, 2, 3, 4, 5], epochs=120, width=64)  # about 1.5 s per run
     out = tmp_path / "out"
     driver, store = _driver_until(cluster, path, out, 1)
     driver.send_signal(signal.SIGTERM)  # stops cleanly: tasks cancelled, their rows given back
@@ -320,7 +301,7 @@ def test_a_killed_driver_resumes_with_only_the_missing_runs(cluster, tmp_path, w
 
 
 def test_tuning_through_ray_prunes_as_locally(cluster, tmp_path, write):
-    path = write("tune", seeds="[0]", extra=TUNING)
+    path = write("tune", seeds=[0], extra=TUNING)
     local = runner.run_suite(str(path), tmp_path / "local", device="cpu", progress=False, track=False)
     remote = on_ray(cluster, path, tmp_path / "ray")
     a, b = by_id(local["store"], "tune"), by_id(remote["store"], "tune")
@@ -361,7 +342,7 @@ def test_a_node_without_the_data_stops_the_suite_naming_node_and_path(cluster, t
 
     data = tmp_path / "mnist-here-only"
     _write_mnist(data)
-    path = write("nodata", seeds="[0]", dataset="mnist", extra=f'[datasets.mnist]\nroot = "{data}"\n')
+    path = write("nodata", seeds=[0], dataset="mnist", extra=f'[datasets.mnist]\nroot = "{data}"\n')
     s = runner.open_session(str(path), tmp_path / "out", track=False)  # the driver has the data ...
     shutil.rmtree(data)  # ... the nodes do not
     ray_executor.connect(cluster["address"])

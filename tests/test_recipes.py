@@ -5,6 +5,7 @@ the harness options the recipes set (normalisation, last-N validation split, loe
 import numpy as np
 import pytest
 import torch
+from suites import suite_toml
 
 from ffbench.core.config import TRAIN_FIELDS
 from ffbench.core.registry import BACKBONES, METHODS
@@ -16,32 +17,21 @@ from ffbench.training.train import lr_factor
 
 IMAGENET = [[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]
 
-SUITE = """
-[suite]
-name = "recipes"
-version = 1
 
-[design]
-methods = {methods}
-datasets = {datasets}
-backbones = {backbones}
-seeds = [0]
-
-[train]
-epochs = 20
-{train}
-
-{extra}
-"""
-
-
-def suite(write_suite, methods, datasets, backbones, train="", extra=""):
-    q = lambda xs: "[" + ", ".join(f'"{x}"' for x in xs) + "]"  # noqa: E731
-    return load(
-        write_suite(
-            SUITE.format(methods=q(methods), datasets=q(datasets), backbones=q(backbones), train=train, extra=extra)
-        )
+def suite(write_suite, methods, datasets, backbones, train=None, extra=""):
+    """One seed, 20 epochs; ``train``: more [train] fields."""
+    text = suite_toml(
+        "recipes",
+        methods=methods,
+        datasets=datasets,
+        backbones=backbones,
+        epochs=20,
+        batch_size=None,
+        train=train,
+        widths=None,
+        extra="\n" + extra,
     )
+    return load(write_suite(text))
 
 
 def reference(m):
@@ -161,7 +151,7 @@ def test_every_recipe_setting_is_allowed_and_sourced():
 
 def test_default_recipe_leaves_the_configuration_alone(write_suite):
     """No recipe key: the configuration is the card's defaults under the suite's values, as before recipes."""
-    s = suite(write_suite, ["ff.hinton", "cwc"], ["digits"], ["mlp", "cnn.cfse"], train="batch_size = 64")
+    s = suite(write_suite, ["ff.hinton", "cwc"], ["digits"], ["mlp", "cnn.cfse"], train={"batch_size": 64})
     d = expand(s)
     for cell in d.cells:
         assert "recipe" not in cell.config.method_options and cell.config.dataset_options == {}
@@ -177,7 +167,7 @@ def test_a_train_value_never_replaces_a_reference_recipe_silently(write_suite):
         ["cwc"],
         ["mnist"],
         ["cnn.cfse"],
-        train='batch_size = 64\noptimizer = "sgd"',
+        train={"batch_size": 64, "optimizer": "sgd"},
         extra=reference("cwc"),
     )
     d = expand(s)
@@ -193,7 +183,7 @@ def test_a_train_value_never_replaces_a_reference_recipe_silently(write_suite):
         ["cwc"],
         ["mnist"],
         ["cnn.cfse"],
-        train="batch_size = 64",
+        train={"batch_size": 64},
         extra=reference("cwc") + "batch_size = 64\n",
     )
     d = expand(s)
@@ -219,9 +209,7 @@ def test_cwc_ilt_windows_per_dataset_and_budget(write_suite):
         ("cifar100", 70): [(0, 30), (0, 30), (30, 60), (30, 60), (60, 70), (60, 70)],
     }
     for (dataset, epochs), windows in want.items():
-        s = suite(
-            write_suite, ["cwc"], [dataset], ["cnn.cfse"], train="", extra=reference("cwc") + f"epochs = {epochs}\n"
-        )
+        s = suite(write_suite, ["cwc"], [dataset], ["cnn.cfse"], extra=reference("cwc") + f"epochs = {epochs}\n")
         o = s and resolve_with_warnings(s, "cwc", dataset, "cnn.cfse")[0].method_options
         n = len(windows)
         got, head = cwc.ilt_windows(o["ilt"], o["ilt_table"], o["ilt_scaling"], n, epochs)

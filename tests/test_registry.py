@@ -5,6 +5,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from suites import suite_toml
 
 from ffbench.cli import main
 from ffbench.core.registry import METHODS, Card, DuplicateNameError, Registry, UnknownNameError
@@ -114,10 +115,7 @@ def test_a_plugin_that_fails_to_import_loads_nothing_of_itself_and_is_one_warnin
     warnings = [line for line in listed.stderr.splitlines() if line.strip()]
     assert len(warnings) == 1 and "half_plugin" in warnings[0] and warnings[0].startswith("warning:")
     suite = tmp_path / "s.toml"
-    suite.write_text(
-        '[suite]\nname = "s"\nversion = 1\n[design]\nmethods = ["half.demo"]\ndatasets = ["synthetic"]\n'
-        'backbones = ["mlp"]\nseeds = [0]\n'
-    )
+    suite.write_text(suite_toml("s", methods=["half.demo"], epochs=None, batch_size=None, widths=None))
     run = subprocess.run(
         [sys.executable, "-m", "ffbench.cli", "run", str(suite), "--out", str(tmp_path / "out"), "--dry-run"],
         capture_output=True,

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+from suites import suite_toml
 
 from ffbench import stats
 from ffbench.analysis.document import Section
@@ -17,29 +18,17 @@ from ffbench.analysis.report import REPORTS, ReportKind, build_report, report_di
 from ffbench.cli.report import add_report_arguments, main_report
 from ffbench.stats import cell_summaries
 
-SUITE = """
-[suite]
-name = "reptest"
-version = 1
-control = "bp"
-description = "report test: two BP baselines crossed with a class-count axis"
-
-[design]
-methods = ["bp", "bp.deepsup"]
-datasets = ["digits"]
-backbones = ["mlp"]
-seeds = [0, 1, 2]
-
-[train]
-epochs = 3
-batch_size = 64
-
-[backbones.mlp]
-widths = [32, 32]
-
-[axes]
-classes = [5, 10]
-"""
+SUITE = suite_toml(
+    "reptest",
+    suite={"control": "bp", "description": "report test: two BP baselines crossed with a class-count axis"},
+    methods=["bp", "bp.deepsup"],
+    datasets=["digits"],
+    seeds=[0, 1, 2],
+    epochs=3,
+    batch_size=64,
+    widths=[32, 32],
+    extra="\n[axes]\nclasses = [5, 10]\n",
+)
 RESAMPLES = 2000  # enough for the checks, quicker than the default 10000 (one test uses the default)
 
 

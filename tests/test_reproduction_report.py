@@ -3,6 +3,7 @@ with a t interval over seeds, budget, seconds per epoch, and where the published
 
 import numpy as np
 import pytest
+from suites import suite_toml
 
 from ffbench import stats
 from ffbench.analysis.report import REPORTS, build_report
@@ -10,17 +11,16 @@ from ffbench.core.config import RunConfig
 from ffbench.record.store import Store
 from ffbench.reports.reproduction import PUBLISHED, reproduction_rows, where
 
-SUITE = """
-[suite]
-name = "repro-test"
-version = 1
-
-[design]
-methods = ["ff.hinton", "cwc", "sff", "bp"]
-datasets = ["mnist", "cifar10"]
-backbones = ["mlp", "cnn.cfse", "resnet18"]
-seeds = [0, 1, 2]
-"""
+SUITE = suite_toml(
+    "repro-test",
+    methods=["ff.hinton", "cwc", "sff", "bp"],
+    datasets=["mnist", "cifar10"],
+    backbones=["mlp", "cnn.cfse", "resnet18"],
+    seeds=[0, 1, 2],
+    epochs=None,
+    batch_size=None,
+    widths=None,
+)
 # (method, dataset, backbone) -> per-seed accuracy of the metric the published number refers to
 RUNS = {
     ("ff.hinton", "mnist", "mlp"): ("test_acc.softmax", [0.9851, 0.9856, 0.9859]),  # around 98.55: inside

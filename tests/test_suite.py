@@ -1,18 +1,10 @@
 import pytest
+from suites import suite_toml
 
 from ffbench.cli import main
 from ffbench.plan.suite import SuiteError, load
 
-GOOD = """
-[suite]
-name = "t"
-version = 1
-[design]
-methods = ["bp"]
-datasets = ["synthetic"]
-backbones = ["mlp"]
-seeds = [0]
-"""
+GOOD = suite_toml(epochs=None, batch_size=None, widths=None)
 
 
 def write(tmp_path, extra="", base=GOOD):

@@ -6,6 +6,7 @@ import textwrap
 
 import pytest
 import torch
+from suites import suite_toml
 
 from ffbench.core.config import RunConfig
 from ffbench.core.seeds import Streams
@@ -149,25 +150,15 @@ def test_the_modes_train_what_they_say(tmp_path):
     assert counts["last-k-units"] == units[-1] + sum(heads)
 
 
-SUITE = """
-[suite]
-name = "tr"
-version = 1
-
-[design]
-methods = ["sff", "bp"]
-datasets = ["digits"]
-backbones = ["mlp"]
-seeds = [0, 1]
-
-[train]
-epochs = 1
-keep_classes = [5, 6, 7, 8, 9]
-val_size = 100
-
-[backbones.mlp]
-widths = [32, 32]
-"""
+SUITE = suite_toml(
+    "tr",
+    methods=["sff", "bp"],
+    datasets=["digits"],
+    seeds=[0, 1],
+    batch_size=None,
+    train={"keep_classes": [5, 6, 7, 8, 9], "val_size": 100},
+    widths=[32, 32],
+)
 TRANSFER = """
 [transfer]
 dataset = "digits"

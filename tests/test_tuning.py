@@ -5,6 +5,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from suites import suite_toml
 
 from ffbench import stats
 from ffbench.execution import results, runner, studies
@@ -16,24 +17,7 @@ from ffbench.plan.design import expand
 from ffbench.plan.suite import SuiteError, load
 from ffbench.record.store import DONE, FAILED, FINISHED, PRUNED, Store
 
-SUITE = """
-[suite]
-name = "tune-{tag}"
-version = 1
-
-[design]
-methods = ["bp", "bp.deepsup"]
-datasets = ["synthetic"]
-backbones = ["mlp"]
-seeds = [0, 1]
-
-[train]
-epochs = 2
-batch_size = 64
-
-[backbones.mlp]
-widths = [16]
-
+TUNING = """
 [tuning]
 trials = 3
 seeds = [{tuning_seeds}]
@@ -62,18 +46,16 @@ def write(write_suite):
         pruner_args="n_startup_trials = 2",
         extra="",
     ) -> Path:
-        return write_suite(
-            SUITE.format(
-                tag=tag,
-                tuning_seeds=tuning_seeds,
-                sampler=sampler,
-                sampler_extra=sampler_extra,
-                pruner=pruner,
-                pruner_args=pruner_args,
-                extra=extra,
-            ),
-            tag,
+        tuning = TUNING.format(
+            tuning_seeds=tuning_seeds,
+            sampler=sampler,
+            sampler_extra=sampler_extra,
+            pruner=pruner,
+            pruner_args=pruner_args,
+            extra=extra,
         )
+        text = suite_toml(f"tune-{tag}", methods=["bp", "bp.deepsup"], seeds=[0, 1], epochs=2, batch_size=64)
+        return write_suite(text + tuning, tag)
 
     return make
 

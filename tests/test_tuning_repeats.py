@@ -3,6 +3,7 @@ seeds), and its choice runs on the evaluation seeds, so the spread over repeats 
 
 import numpy as np
 import pytest
+from suites import suite_toml
 
 from ffbench import stats
 from ffbench.execution import runner, studies
@@ -10,24 +11,9 @@ from ffbench.plan.suite import SuiteError, load
 from ffbench.plan.tuning import REPEAT, REPEAT_SEED_STRIDE
 from ffbench.record.store import FINISHED
 
-SUITE = """
-[suite]
-name = "repeats"
-version = 1
-
-[design]
-methods = ["bp"]
-datasets = ["synthetic"]
-backbones = ["mlp"]
-seeds = [0, 1]
-
-[train]
-epochs = 2
-batch_size = 64
-
-[backbones.mlp]
-widths = [16]
-
+SUITE = (
+    suite_toml("repeats", seeds=[0, 1], epochs=2, batch_size=64)
+    + """
 [tuning]
 trials = 2
 repeats = {repeats}
@@ -39,6 +25,7 @@ pruner = "NopPruner"
 [tuning.space."bp"]
 lr = ["log", 1e-3, 3e-2]
 """
+)
 
 
 def test_search_variance_is_unbiased_and_removes_seed_noise():

@@ -10,32 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from suites import suite_toml
 
 from ffbench.cli import main
 from ffbench.execution import results, runner, studies
 from ffbench.execution.pool import assign_devices
 from ffbench.record.store import DONE, FAILED, RUNNING, Store
-
-SUITE = """
-[suite]
-name = "{name}"
-version = {version}
-
-[design]
-methods = {methods}
-datasets = ["synthetic"]
-backbones = ["mlp"]
-seeds = [0, 1]
-
-[train]
-epochs = {epochs}
-batch_size = 32
-
-[backbones.mlp]
-widths = [16]
-
-{extra}
-"""
 
 TUNING = """
 [tuning]
@@ -56,10 +36,9 @@ def one_thread_per_worker(monkeypatch):
 def write(write_suite):
     """The suite above with the given name, version, methods, epochs and extra sections."""
 
-    def make(name="w", version=1, methods='["bp", "bp.deepsup"]', epochs=2, extra="") -> Path:
-        return write_suite(
-            SUITE.format(name=name, version=version, methods=methods, epochs=epochs, extra=extra), f"{name}-{version}"
-        )
+    def make(name="w", version=1, methods=("bp", "bp.deepsup"), epochs=2, extra="") -> Path:
+        text = suite_toml(name, version=version, methods=methods, seeds=[0, 1], epochs=epochs, extra="\n" + extra)
+        return write_suite(text, f"{name}-{version}")
 
     return make
 
@@ -140,7 +119,7 @@ def _kill_when_running(proc: subprocess.Popen, store: Store, suite: str, role: s
 @pytest.mark.slow
 def test_killed_workers_then_restart_lose_and_duplicate_nothing(tmp_path, write):
     lease = 2.0
-    path = write(name="k", methods='["bp"]', epochs=40, extra=TUNING.format(trials=2))
+    path = write(name="k", methods=["bp"], epochs=40, extra=TUNING.format(trials=2))
     out = tmp_path / "out"
     store = Store(out / "results.db")
     # a worker dies (SIGKILL) in the middle of a tuning trial, another in the middle of an evaluation run
@@ -172,7 +151,7 @@ def test_failures_are_recorded_counted_and_shown(tmp_path, capsys, write):
     # or an absurd one, such as a learning rate of 1e6, stops the planner)
     path = write(
         name="f",
-        methods='["bp"]',
+        methods=["bp"],
         extra='[methods.bp]\noptimizer = "sgd"\nmomentum = 0.99\n\n'
         '[axes.lr]\ntrain_field = "lr"\nlevels = [0.001, 10.0]',
     )
@@ -190,10 +169,10 @@ def test_failures_are_recorded_counted_and_shown(tmp_path, capsys, write):
 def test_versions_never_mix(tmp_path, write):
     out = tmp_path / "out"
     v1 = runner.run_suite(
-        str(write(name="v", version=1, methods='["bp"]', epochs=1)), out, device="cpu", progress=False, track=False
+        str(write(name="v", version=1, methods=["bp"], epochs=1)), out, device="cpu", progress=False, track=False
     )
     v2 = runner.run_suite(
-        str(write(name="v", version=2, methods='["bp"]', epochs=1)), out, device="cpu", progress=False, track=False
+        str(write(name="v", version=2, methods=["bp"], epochs=1)), out, device="cpu", progress=False, track=False
     )
     assert v2["executed"] == 2  # nothing of version 1 is reused
     table, frame = results.results_table(v2["store"], v2["suite"], v2["design"])
@@ -211,7 +190,7 @@ def test_devices_round_robin(monkeypatch):
 
 
 def test_launcher_gives_back_the_runs_of_a_dead_local_worker(tmp_path, write):
-    path = write(name="r", methods='["bp"]', epochs=1)
+    path = write(name="r", methods=["bp"], epochs=1)
     s = runner.prepare(str(path), tmp_path / "out")
     store = Store(tmp_path / "out" / "results.db")
     runner.init_suite(s[0], s[1], store)
@@ -247,7 +226,7 @@ def test_a_one_seed_cell_shows_no_spread_rather_than_nan():
 def test_part_of_a_suite_now_and_the_rest_later(tmp_path, write):
     """--cells / --seeds run part of a suite into the same store (the same run IDs); the whole suite then
     trains only what is left, and a bad pattern or seed is refused naming the allowed values."""
-    path, out = write(methods='["bp", "bp.deepsup"]', epochs=1), tmp_path / "out"
+    path, out = write(methods=["bp", "bp.deepsup"], epochs=1), tmp_path / "out"
     whole = runner.prepare(str(path))[1]
     part = runner.run_suite(str(path), out, device="cpu", progress=False, track=False, cells=["bp.*"], seeds=[1])
     assert part["executed"] == 1 and [c.label for c in part["design"].cells] == ["bp.deepsup/synthetic/mlp"]
@@ -262,7 +241,7 @@ def test_part_of_a_suite_now_and_the_rest_later(tmp_path, write):
 
 
 def test_spawned_workers_keep_to_the_part_asked_for(tmp_path, write, capsys):
-    path, out = write(methods='["bp", "bp.deepsup"]', epochs=1), tmp_path / "out"
+    path, out = write(methods=["bp", "bp.deepsup"], epochs=1), tmp_path / "out"
     assert (
         main(
             [

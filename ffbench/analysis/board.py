@@ -62,9 +62,9 @@ def from_store(where: str | Path) -> list[pd.DataFrame]:
         for info in store.cells(suite, res.version).values():
             factors.update(dict.fromkeys(info["factors"]))
         frame, kept = resultset.fold_variants(res.frame, list(factors), "bp")
-        rows = {r["run_id"]: r for r in store.rows(suite, suite_version=res.version, role="evaluation")}
+        rows = {r.run_id: r for r in store.rows(suite, suite_version=res.version, role="evaluation")}
         ident = resultset.identity(list(rows.values())).set_index("run_id")["code_fingerprint"]
-        man = {rid: r.get("manifest") or {} for rid, r in rows.items()}
+        man = {rid: r.manifest or {} for rid, r in rows.items()}
         df = pd.DataFrame(
             {
                 "suite": suite,

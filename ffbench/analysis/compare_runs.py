@@ -31,6 +31,7 @@ from ffbench.core.config import canonical_json, content_hash
 from ffbench.record import resultset
 from ffbench.record.export import ExportError, open_store
 from ffbench.record.manifest import machine
+from ffbench.record.store import RunRow
 
 METRIC = "test_acc"
 LIBRARIES = ("ffbench", "python", "torch", "numpy", "cuda", "cudnn")
@@ -64,7 +65,7 @@ class Side:
     suite: str
     version: int
     frame: pd.DataFrame
-    rows: dict[str, dict[str, Any]]
+    rows: dict[str, RunRow]
 
 
 def _parse(ref: str) -> tuple[str, int | None]:
@@ -99,23 +100,23 @@ def side(ref: str, out: str | None) -> Side:
     elif name not in names:
         raise CompareError(f"suite {name!r} has no runs in {store.url}; suites there: {', '.join(names) or 'none'}")
     res = resultset.load(store, name, version)
-    versions = sorted({r["suite_version"] for r in store.rows(name, role="evaluation")})
+    versions = sorted({r.suite_version for r in store.rows(name, role="evaluation")})
     if version is not None and version not in versions:
         raise CompareError(
             f"suite {name!r} has no version {version} in {store.url}; versions: {', '.join(map(str, versions))}"
         )
-    rows = {r["run_id"]: r for r in store.rows(name, suite_version=res.version, role="evaluation")}
+    rows = {r.run_id: r for r in store.rows(name, suite_version=res.version, role="evaluation")}
     return Side(f"{name}@{res.version} ({where})", name, int(res.version), res.frame, rows)
 
 
-def _factor_key(row: dict[str, Any]) -> str:
-    return canonical_json({k: v for k, v in (row["factors"] or {}).items()})
+def _factor_key(row: RunRow) -> str:
+    return canonical_json({k: v for k, v in (row.factors or {}).items()})
 
 
-def _config(row: dict[str, Any]) -> dict[str, Any]:
+def _config(row: RunRow) -> dict[str, Any]:
     """The resolved run configuration without the seed, flattened one level (``method_options.lr``)."""
     out = {}
-    for k, v in (row.get("config") or {}).items():
+    for k, v in (row.config or {}).items():
         if k == "seed":
             continue
         if isinstance(v, dict):
@@ -125,11 +126,11 @@ def _config(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _first(rows: list[dict[str, Any]], f) -> set:
+def _first(rows: list[RunRow], f) -> set:
     return {f(r) for r in rows}
 
 
-def what_changed(ra: list[dict[str, Any]], rb: list[dict[str, Any]]) -> str:
+def what_changed(ra: list[RunRow], rb: list[RunRow]) -> str:
     """Settings, code fingerprint, library versions and machine that differ between two cells' runs."""
     out = []
     ca, cb = _config(ra[0]), _config(rb[0])
@@ -143,14 +144,14 @@ def what_changed(ra: list[dict[str, Any]], rb: list[dict[str, Any]]) -> str:
             {
                 k
                 for r in ra + rb
-                for k in (r.get("code") or {})
-                if {content_hash((x.get("code") or {}).get(k)) for x in ra}
-                != {content_hash((x.get("code") or {}).get(k)) for x in rb}
+                for k in (r.code or {})
+                if {content_hash((x.code or {}).get(k)) for x in ra}
+                != {content_hash((x.code or {}).get(k)) for x in rb}
             }
         )
         out.append("code: " + (", ".join(mods) if mods else "fingerprint"))
-    ma = [r.get("manifest") or {} for r in ra]
-    mb = [r.get("manifest") or {} for r in rb]
+    ma = [r.manifest or {} for r in ra]
+    mb = [r.manifest or {} for r in rb]
     libs = [
         f"{k} {'/'.join(sorted({str(m.get(k)) for m in ma}))}→{'/'.join(sorted({str(m.get(k)) for m in mb}))}"
         for k in LIBRARIES
@@ -198,9 +199,9 @@ def compare_sides(a: Side, b: Side, metric: str = METRIC, rope=None) -> pd.DataF
     rows = []
     for key in [k for k in ca if k in cb]:
         ra, rb = ca[key], cb[key]
-        factors = ra[0]["factors"]
-        va = {r["seed"]: _value(r, metric) for r in ra}
-        vb = {r["seed"]: _value(r, metric) for r in rb}
+        factors = ra[0].factors
+        va = {r.seed: _value(r, metric) for r in ra}
+        vb = {r.seed: _value(r, metric) for r in rb}
         xa = np.array([v for v in va.values() if math.isfinite(v)])
         xb = np.array([v for v in vb.values() if math.isfinite(v)])
         common = sorted(s for s in set(va) & set(vb) if math.isfinite(va[s]) and math.isfinite(vb[s]))
@@ -261,18 +262,18 @@ def compare_sides(a: Side, b: Side, metric: str = METRIC, rope=None) -> pd.DataF
     )
 
 
-def _value(row: dict[str, Any], metric: str) -> float:
-    v = (row.get("metrics") or {}).get(metric) if row["status"] == "done" else None
+def _value(row: RunRow, metric: str) -> float:
+    v = (row.metrics or {}).get(metric) if row.status == "done" else None
     try:
         return float(v)
     except (TypeError, ValueError):
         return math.nan
 
 
-def _same_runs(ra: list[dict[str, Any]], rb: list[dict[str, Any]]) -> bool:
+def _same_runs(ra: list[RunRow], rb: list[RunRow]) -> bool:
     """Every seed on both sides, with the same status and every final metric equal (timings aside)."""
-    a = {r["seed"]: (r["status"], timeless(r.get("metrics") or {})) for r in ra}
-    b = {r["seed"]: (r["status"], timeless(r.get("metrics") or {})) for r in rb}
+    a = {r.seed: (r.status, timeless(r.metrics or {})) for r in ra}
+    b = {r.seed: (r.status, timeless(r.metrics or {})) for r in rb}
     return a == b
 
 

@@ -426,7 +426,7 @@ def load_tables(store: Any, suite: str, suite_version: int | None = None, includ
         )
     tuning = resultset.load(store, suite, v, "tuning", include_superseded).frame
     # each run's manifest (a bookkeeping column, never a factor): e.g. the source checkpoint a transfer run read
-    manifests = {r["run_id"]: r["manifest"] for r in store.rows(suite, role="evaluation", suite_version=v)}
+    manifests = {r.run_id: r.manifest for r in store.rows(suite, role="evaluation", suite_version=v)}
     frame["manifest"] = frame["run_id"].map(manifests)
     repeats = resultset.load(store, suite, v, "repeat", include_superseded).frame
     return Tables(
@@ -446,8 +446,8 @@ def stored_factors(store: Any, suite: str, version: int, frame: pd.DataFrame) ->
     names: dict[str, None] = {}
     runs = set(frame["run_id"]) if "run_id" in frame else None
     for r in store.rows(suite, role="evaluation", suite_version=version):
-        if runs is None or r["run_id"] in runs:
-            names.update(dict.fromkeys(r["factors"] or {}))
+        if runs is None or r.run_id in runs:
+            names.update(dict.fromkeys(r.factors or {}))
     base = [f for f in stats.BASE_FACTORS if f in names]
     axes = [f for f in names if f not in stats.BASE_FACTORS and f in frame and frame[f].notna().any()]
     return base + axes

@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ffbench.core.log import show_on_stderr
+
+    show_on_stderr()  # the library's warnings and notes, as plain lines on stderr
     args = build_parser().parse_args(argv)  # --version and --help end here
     from ffbench.record.tracking import configure_environment, quiet_logging
 

@@ -388,7 +388,9 @@ def dry_run(args: argparse.Namespace) -> int:
             )
             print(f"  {what}, seeds {seeds}")
     if not args.no_estimate:
-        print(_estimate_line(runner.estimate(suite, design, paths, args.store, args.device)))
+        from ffbench.execution.estimate import estimate
+
+        print(_estimate_line(estimate(suite, design, paths, args.store, args.device)))
     print(f"output directory: {paths.out}")
     return 0
 

@@ -86,32 +86,42 @@ TRAIN_FIELDS: dict[str, Option] = {
 
 # Fields added after the first release: left out of a run's identity while at their default, so the cells of
 # existing stores keep their IDs (and are not trained again).
-LATER_FIELDS = {"eval_every": 1, "keep_classes": None, "adapt": None, "adapt_units": 1, "source": None}
+LATER_FIELDS = {k: TRAIN_FIELDS[k].default for k in ("eval_every", "keep_classes", "adapt", "adapt_units")}
+LATER_FIELDS["source"] = None
+
+
+def _train_field(name: str) -> Any:
+    """A ``RunConfig`` training field whose default is the schema's: ``TRAIN_FIELDS`` is the one definition of
+    the training fields (names, defaults, bounds, help); ``RunConfig`` adds only their Python types."""
+    return field(default=TRAIN_FIELDS[name].default)
 
 
 @dataclass(frozen=True)
 class RunConfig:
+    """One run: its method, dataset, backbone and seed, the training fields of ``TRAIN_FIELDS`` (defaults from
+    there), the transfer source, and the card options."""
+
     method: str
     dataset: str
     backbone: str
     seed: int = 0
-    epochs: int = 10
-    batch_size: int = 64
-    eval_batch_size: int = 1000
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    schedule: str = "constant"
-    val_size: float | int = 0.1
-    train_subset: int | None = None
-    classes: int | None = None
-    crop_padding: int = 0
-    flip: bool = False
-    eval_every: int = 1
-    keep_classes: list[int] | None = None
-    adapt: str | None = None
-    adapt_units: int = 1
+    epochs: int = _train_field("epochs")
+    batch_size: int = _train_field("batch_size")
+    eval_batch_size: int = _train_field("eval_batch_size")
+    optimizer: str = _train_field("optimizer")
+    lr: float = _train_field("lr")
+    weight_decay: float = _train_field("weight_decay")
+    momentum: float = _train_field("momentum")
+    schedule: str = _train_field("schedule")
+    val_size: float | int = _train_field("val_size")
+    train_subset: int | None = _train_field("train_subset")
+    classes: int | None = _train_field("classes")
+    crop_padding: int = _train_field("crop_padding")
+    flip: bool = _train_field("flip")
+    eval_every: int = _train_field("eval_every")
+    keep_classes: list[int] | None = _train_field("keep_classes")
+    adapt: str | None = _train_field("adapt")
+    adapt_units: int = _train_field("adapt_units")
     # the source task a run adapts from (a RunConfig dict without seed, or {"weights": "imagenet"}): set by the
     # design from the suite's [transfer], never by hand
     source: dict[str, Any] | None = None

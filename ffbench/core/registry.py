@@ -14,11 +14,13 @@ from __future__ import annotations
 import fnmatch
 import importlib.metadata
 import inspect
+import logging
 import pkgutil
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 KINDS = ("methods", "datasets", "backbones", "axes")
 RECIPE_DEFAULT = "ffbench"  # the recipe a method runs unless a suite names another
@@ -241,9 +243,8 @@ class Registry:
                 _roll_back(before, ep.module)  # nothing of a plugin that failed half-way: not what it registered first
                 failure = f"{ep.name!r} = {ep.value!r}: {type(exc).__name__}: {exc}"
                 self.failures.append(failure)
-                print(
-                    f"warning: cannot load {self.group} entry point {failure}; its {self.kind} are unavailable",
-                    file=sys.stderr,
+                logger.warning(
+                    f"warning: cannot load {self.group} entry point {failure}; its {self.kind} are unavailable"
                 )
 
     def unknown(self, name: str) -> str:

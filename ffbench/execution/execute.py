@@ -16,8 +16,8 @@ is recorded as a method's failure that the method did not cause.
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -33,8 +33,10 @@ from ffbench.plan.suite import Suite
 from ffbench.plan.tuning import METRIC, apply_params, repeat_of_slot, tuning_seeds
 from ffbench.record import tracking
 from ffbench.record.manifest import manifest
-from ffbench.record.store import DONE, FAILED, PRUNED, Store, is_disk_full, is_store_error
+from ffbench.record.store import DONE, FAILED, PRUNED, RunRow, Store, is_disk_full, is_store_error
 from ffbench.training import checkpoint
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,9 +72,9 @@ class Env:
         return self._storage
 
 
-def execute_row(env: Env, row: dict[str, Any]) -> str | None:
+def execute_row(env: Env, row: RunRow) -> str | None:
     """Run a row this worker has claimed; return its status, or None if the lease was lost."""
-    if row["role"] == TUNING:
+    if row.role == TUNING:
         return run_trial(env, row)
     return run_evaluation(env, row)
 
@@ -113,7 +115,7 @@ def _mirror(env: Env, run_id: str) -> None:
     try:  # never raises for MLflow trouble; what it cannot copy stays in the store for `ffbench sync`
         tracking.mirror(env.store, env.tracker, run_id)
     except Exception as exc:
-        print(f"warning: MLflow mirror of {run_id} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        logger.warning(f"warning: MLflow mirror of {run_id} failed: {type(exc).__name__}: {exc}")
 
 
 def _finish(env: Env, run_id: str, status: str, **record: Any) -> bool:
@@ -126,14 +128,14 @@ def _finish(env: Env, run_id: str, status: str, **record: Any) -> bool:
         raise
 
 
-def live_run(env: Env, row: dict[str, Any]):
+def live_run(env: Env, row: RunRow):
     """The claimed row's MLflow run, created RUNNING now and fed epoch by epoch (None untracked)."""
     return env.tracker.live(row) if env.tracker is not None else None
 
 
 def epoch_callback(
     env: Env,
-    row: dict[str, Any],
+    row: RunRow,
     live,
     then: Callable[[dict[str, Any]], None],
     epochs: int,
@@ -169,25 +171,25 @@ def run_data_identity(config: RunConfig) -> dict[str, Any]:
     return identity(config.dataset, config.dataset_options.get("root"))
 
 
-def run_info(env: Env, row: dict[str, Any], config: RunConfig, dev) -> dict[str, Any]:
+def run_info(env: Env, row: RunRow, config: RunConfig, dev) -> dict[str, Any]:
     """An evaluation run's manifest before training: the machine, its streams, its code, tuned values."""
     from ffbench.core.seeds import Streams
 
     info = manifest(str(dev))
     info["data"] = run_data_identity(config)
     info["streams"] = Streams(config.seed).as_dict()
-    info["code"] = env.cells[row["cell_id"]].code if row["cell_id"] in env.cells else row.get("code")
-    if row.get("params"):
-        info["tuned_params"] = row["params"]
+    info["code"] = env.cells[row.cell_id].code if row.cell_id in env.cells else row.code
+    if row.params:
+        info["tuned_params"] = row.params
     return info
 
 
-def run_evaluation(env: Env, row: dict[str, Any]) -> str | None:
+def run_evaluation(env: Env, row: RunRow) -> str | None:
     """One evaluation run: train on its seed, record the result (if this worker still holds the row), mirror."""
     from ffbench.training.train import fit, resolve_device
 
-    store, worker, run_id = env.store, env.worker, row["run_id"]
-    config = RunConfig.from_dict(row["config"])
+    store, worker, run_id = env.store, env.worker, row.run_id
+    config = RunConfig.from_dict(row.config)
     dev = resolve_device(env.device)
     info = run_info(env, row, config, dev)
     live = live_run(env, row)
@@ -251,14 +253,14 @@ def batch_problem(env: Env, configs: list[RunConfig]) -> str | None:
     return None
 
 
-def run_batch(env: Env, rows: list[dict[str, Any]]) -> list[str | None]:
+def run_batch(env: Env, rows: list[RunRow]) -> list[str | None]:
     """Evaluation runs of one cell that differ only in their seed, claimed together: trained as one stacked
     model (``ffbench.training.batched``), each recorded and mirrored as its own run. Runs that cannot be batched are
     given back but the first, which runs alone (said once per cell)."""
     from ffbench.training.batched import Unbatchable, why_not
     from ffbench.training.train import resolve_device
 
-    configs = [RunConfig.from_dict(r["config"]) for r in rows]
+    configs = [RunConfig.from_dict(r.config) for r in rows]
     why = why_not(configs) or batch_problem(env, configs)
     if why is None:
         try:
@@ -266,25 +268,25 @@ def run_batch(env: Env, rows: list[dict[str, Any]]) -> list[str | None]:
         except Unbatchable as exc:
             why = str(exc)
     for r in rows[1:]:
-        env.store.release(r["run_id"], env.worker)
+        env.store.release(r.run_id, env.worker)
     tell_unbatched(env, rows[0], why)
     return [run_evaluation(env, rows[0])]
 
 
-def tell_unbatched(env: Env, row: dict[str, Any], why: str) -> None:
+def tell_unbatched(env: Env, row: RunRow, why: str) -> None:
     """Say once why a cell's seeds train one at a time (once per reason: a transfer suite's many cells that
     adapt share one line)."""
     if why not in env.told_unbatched:
         env.told_unbatched.add(why)
-        print(f"note: {_label(env, row)} (and any cell like it): seeds train one at a time ({why})", file=sys.stderr)
+        logger.info(f"note: {_label(env, row)} (and any cell like it): seeds train one at a time ({why})")
 
 
-def _label(env: Env, row: dict[str, Any]) -> str:
-    cell = env.cells.get(row["cell_id"])
-    return cell.label if cell is not None else row["cell_id"]
+def _label(env: Env, row: RunRow) -> str:
+    cell = env.cells.get(row.cell_id)
+    return cell.label if cell is not None else row.cell_id
 
 
-def _run_batch(env: Env, rows: list[dict[str, Any]], configs: list[RunConfig], dev) -> list[str | None]:
+def _run_batch(env: Env, rows: list[RunRow], configs: list[RunConfig], dev) -> list[str | None]:
     from contextlib import ExitStack
 
     from ffbench.training.batched import Unbatchable, fit_seeds
@@ -295,7 +297,7 @@ def _run_batch(env: Env, rows: list[dict[str, Any]], configs: list[RunConfig], d
     try:
         with ExitStack() as held:
             beats = [
-                held.enter_context(Heartbeat(store, r["run_id"], worker, heartbeat_interval(env.lease_s))) for r in rows
+                held.enter_context(Heartbeat(store, r.run_id, worker, heartbeat_interval(env.lease_s))) for r in rows
             ]
             told = [
                 epoch_callback(env, r, live, hb.check, c.epochs) for r, live, hb, c in zip(rows, lives, beats, configs)
@@ -307,19 +309,19 @@ def _run_batch(env: Env, rows: list[dict[str, Any]], configs: list[RunConfig], d
         ]
     except LeaseLost:  # another worker took one of them over: give the rest back, they run again
         for r in rows:
-            store.release(r["run_id"], worker)
+            store.release(r.run_id, worker)
         return [None] * len(rows)
     except KeyboardInterrupt:
         for r, live in zip(rows, lives):
-            store.release(r["run_id"], worker)
+            store.release(r.run_id, worker)
             if live is not None:
                 live.stop()
         raise
     except Exception as exc:
         if infrastructure(exc):
             for r in rows[1:]:
-                store.release(r["run_id"], worker)
-            raise _stop(env, rows[0]["run_id"], exc) from exc
+                store.release(r.run_id, worker)
+            raise _stop(env, rows[0].run_id, exc) from exc
         for live in lives:
             if live is not None:
                 live.stop()
@@ -330,34 +332,34 @@ def _run_batch(env: Env, rows: list[dict[str, Any]], configs: list[RunConfig], d
     statuses: list[str | None] = []
     for r, info, (status, error, payload, extra) in zip(rows, infos, outcomes):
         info.update(extra)
-        if not _finish(env, r["run_id"], status, manifest=info, error=error, **payload):
+        if not _finish(env, r.run_id, status, manifest=info, error=error, **payload):
             statuses.append(None)
             continue
-        _mirror(env, r["run_id"])
+        _mirror(env, r.run_id)
         statuses.append(status)
     return statuses
 
 
-def run_trial(env: Env, row: dict[str, Any]) -> str | None:
+def run_trial(env: Env, row: RunRow) -> str | None:
     """One tuning slot: ask the cell's study for a trial, train it on every tuning seed, record, tell."""
     from optuna.trial import TrialState
 
     from ffbench.training.train import resolve_device
 
-    store, worker, run_id = env.store, env.worker, row["run_id"]
-    cell = env.cells[row["cell_id"]]
+    store, worker, run_id = env.store, env.worker, row.run_id
+    cell = env.cells[row.cell_id]
     spec = cell.tuning
     storage = env.storage()
-    study = studies.load_study(storage, env.suite, cell, row["trial"])
-    studies.fail_orphan(study, row.get("optuna_trial"))  # the trial of a worker that died holding this slot
+    study = studies.load_study(storage, env.suite, cell, row.trial)
+    studies.fail_orphan(study, row.optuna_trial)  # the trial of a worker that died holding this slot
     trial = study.ask(studies.distributions(spec["space"]))
-    trial.set_user_attr("ffbench.slot", row["trial"])
+    trial.set_user_attr("ffbench.slot", row.trial)
     trial.set_user_attr("ffbench.run_id", run_id)
     trial.set_user_attr("ffbench.worker", worker)
     params = dict(trial.params)
-    repeat = repeat_of_slot(spec, row["trial"])
+    repeat = repeat_of_slot(spec, row.trial)
     seeds = tuning_seeds(spec, repeat)
-    base = replace(apply_params(RunConfig.from_dict(row["config"]), params), seed=seeds[0])
+    base = replace(apply_params(RunConfig.from_dict(row.config), params), seed=seeds[0])
     if not store.set_trial(run_id, worker, trial.number, params, base.to_dict()):
         study.tell(trial, state=TrialState.FAIL)
         return None
@@ -430,7 +432,7 @@ def run_trial(env: Env, row: dict[str, Any]) -> str | None:
         else:
             study.tell(trial, state=TrialState.PRUNED if status == PRUNED else TrialState.FAIL, skip_if_finished=True)
     except Exception as exc:  # the store has the outcome; Optuna is reconciled when evaluation is registered
-        print(f"warning: telling Optuna about {run_id} failed: {exc}", file=sys.stderr)
+        logger.warning(f"warning: telling Optuna about {run_id} failed: {exc}")
     _mirror(env, run_id)
     register_evaluation(store, env.suite, cell, storage)
     return status

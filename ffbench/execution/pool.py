@@ -8,6 +8,7 @@ workers receive SIGTERM if the launcher itself dies (Linux), so none is left beh
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -23,6 +24,8 @@ from ffbench.execution.workers import progress
 from ffbench.plan.design import Design
 from ffbench.plan.suite import Suite
 from ffbench.record.store import Store, worker_name
+
+logger = logging.getLogger(__name__)
 
 DEVICES = "auto (cuda when present, else cpu), cpu, cuda, cuda:N"
 
@@ -170,9 +173,7 @@ def _release_dead(procs: list[subprocess.Popen], store: Store, reaped: set[int] 
         if p.returncode:
             n = store.release_worker(f"{worker_name().rsplit(':', 1)[0]}:{p.pid}")
             if n:
-                print(
-                    f"worker process {p.pid} exited with {p.returncode}; gave back {n} run(s) it held", file=sys.stderr
-                )
+                logger.warning(f"worker process {p.pid} exited with {p.returncode}; gave back {n} run(s) it held")
 
 
 def _die_with_parent() -> None:

@@ -48,8 +48,10 @@ from ffbench.plan.design import TUNING, Cell
 from ffbench.plan.suite import SuiteError
 from ffbench.plan.tuning import METRIC, apply_params, repeat_of_slot, tuning_seeds
 from ffbench.record import tracking
-from ffbench.record.store import DONE, FAILED, FINISHED, PENDING, PRUNED, RUNNING, is_stale, worker_name
+from ffbench.record.store import DONE, FAILED, FINISHED, PENDING, PRUNED, RUNNING, RunRow, is_stale, worker_name
 from ffbench.training import checkpoint
+
+logger = logging.getLogger(__name__)
 
 RAY_PIN = "ray==2.60.0"  # the version the extra installs (pyproject.toml: [project.optional-dependencies] ray)
 MAX_RETRIES = 2  # Ray's retries of a task whose worker process or node died
@@ -338,7 +340,7 @@ class Flight:
     """A row the driver has claimed and submitted."""
 
     run_id: str
-    row: dict[str, Any]
+    row: RunRow
     cell: Cell | None
     extras: dict[str, Any] = field(default_factory=dict)  # the manifest fields the driver adds
     study: Any = None  # tuning: the cell's study and the asked trial
@@ -519,49 +521,49 @@ class Driver:
             if flight is None:
                 continue
             payload = {
-                "run_id": row["run_id"],
-                "role": row["role"],
-                "config": flight.row["config"],
+                "run_id": row.run_id,
+                "role": row.role,
+                "config": flight.row.config,
                 "device": self.task_device,
                 "threads": self.opts.cpus_per_run,
-                "code": flight.cell.code if flight.cell is not None else row.get("code"),
+                "code": flight.cell.code if flight.cell is not None else row.code,
                 "manifest": flight.extras,
                 "weights_dir": str(self.s.paths.weights.resolve()),
-                "checkpoint": str(checkpoint.path_for(self.s.paths.checkpoints.resolve(), row["run_id"])),
+                "checkpoint": str(checkpoint.path_for(self.s.paths.checkpoints.resolve(), row.run_id)),
             }
             if flight.trial is not None:
                 payload.update(seeds=flight.extras["tuning_seeds"], board=self.board)
             self.flights[self.remote.remote(payload)] = flight
             room -= 1
 
-    def _prepare(self, row: dict[str, Any]) -> Flight | None:
+    def _prepare(self, row: RunRow) -> Flight | None:
         """The flight of a claimed row; for a tuning slot, ask the cell's study for the trial (as
         ``execute.run_trial`` does). None when the row was lost meanwhile."""
-        cell = self.cells.get(row["cell_id"])
-        code = cell.code if cell is not None else row.get("code")
-        if row["role"] != TUNING:
+        cell = self.cells.get(row.cell_id)
+        code = cell.code if cell is not None else row.code
+        if row.role != TUNING:
             extras: dict[str, Any] = {"code": code}
-            if row.get("params"):
-                extras["tuned_params"] = row["params"]
-            return Flight(row["run_id"], row, cell, extras)
+            if row.params:
+                extras["tuned_params"] = row.params
+            return Flight(row.run_id, row, cell, extras)
         from optuna.trial import TrialState
 
         if self.board is None:
             self.board = self.ray.remote(num_cpus=0, max_restarts=0)(TrialBoard).remote()
         spec = cell.tuning
-        study = studies.load_study(self.storage(), self.suite, cell, row["trial"])
-        studies.fail_orphan(study, row.get("optuna_trial"))  # the trial of a driver that died holding this slot
+        study = studies.load_study(self.storage(), self.suite, cell, row.trial)
+        studies.fail_orphan(study, row.optuna_trial)  # the trial of a driver that died holding this slot
         trial = study.ask(studies.distributions(spec["space"]))
-        trial.set_user_attr("ffbench.slot", row["trial"])
-        trial.set_user_attr("ffbench.run_id", row["run_id"])
+        trial.set_user_attr("ffbench.slot", row.trial)
+        trial.set_user_attr("ffbench.run_id", row.run_id)
         trial.set_user_attr("ffbench.worker", self.worker)
         params = dict(trial.params)
-        repeat = repeat_of_slot(spec, row["trial"])
+        repeat = repeat_of_slot(spec, row.trial)
         seeds = tuning_seeds(spec, repeat)
-        base = replace(apply_params(RunConfig.from_dict(row["config"]), params), seed=seeds[0])
-        if not self.store.set_trial(row["run_id"], self.worker, trial.number, params, base.to_dict()):
+        base = replace(apply_params(RunConfig.from_dict(row.config), params), seed=seeds[0])
+        if not self.store.set_trial(row.run_id, self.worker, trial.number, params, base.to_dict()):
             study.tell(trial, state=TrialState.FAIL)
-            self.beats.held.discard(row["run_id"])
+            self.beats.held.discard(row.run_id)
             return None
         extras = {
             "code": code,
@@ -570,7 +572,7 @@ class Driver:
             "tuning_seeds": seeds,
             "tuning_repeat": repeat,
         }
-        return Flight(row["run_id"], dict(row, config=base.to_dict()), cell, extras, study, trial)
+        return Flight(row.run_id, replace(row, config=base.to_dict()), cell, extras, study, trial)
 
     def _judge(self) -> None:
         """The pruner's verdicts on the per-epoch values the trials posted since the last look."""
@@ -653,7 +655,7 @@ class Driver:
                     skip_if_finished=True,
                 )
         except Exception as exc:  # the store has the outcome; Optuna is reconciled when evaluation is registered
-            print(f"warning: telling Optuna about {flight.run_id} failed: {exc}", file=sys.stderr)
+            logger.warning(f"warning: telling Optuna about {flight.run_id} failed: {exc}")
 
     def _mirror(self, run_id: str) -> None:
         if self.s.tracker is None:
@@ -661,7 +663,7 @@ class Driver:
         try:  # what MLflow cannot take now stays in the store for the next sync
             tracking.mirror(self.store, self.s.tracker, run_id)
         except Exception as exc:
-            print(f"warning: MLflow mirror of {run_id} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            logger.warning(f"warning: MLflow mirror of {run_id} failed: {type(exc).__name__}: {exc}")
 
     # -------------------------------------------------------- stopping
     def _stop(self, flight: Flight, why: str) -> None:

@@ -20,7 +20,7 @@ from ffbench.plan.design import EVALUATION, TUNING, Design
 from ffbench.plan.suite import Suite
 from ffbench.plan.tuning import METRIC as TUNING_METRIC
 from ffbench.record import resultset
-from ffbench.record.store import DONE, FAILED, FINISHED, PRUNED, Store
+from ffbench.record.store import DONE, FAILED, FINISHED, PRUNED, RunRow, Store
 
 METRIC = "test_acc"
 NOT_APPLICABLE = "—"  # the level shown in the results table where an axis does not apply to a method
@@ -193,16 +193,16 @@ def failures(store: Store, suite: Suite, design: Design) -> list[dict[str, Any]]
     ids = {c.cell_id: c for c in design.cells}
     out = []
     for r in store.rows(suite.name, suite_version=suite.version, status=[FAILED, PRUNED]):
-        if r["cell_id"] in ids:
-            first = (r["error"] or "").strip().splitlines()
+        if r.cell_id in ids:
+            first = (r.error or "").strip().splitlines()
             out.append(
                 {
-                    "run_id": r["run_id"],
-                    "role": r["role"],
-                    "status": r["status"],
-                    "cell": ids[r["cell_id"]].label,
-                    "seed": r["seed"],
-                    "trial": r["trial"],
+                    "run_id": r.run_id,
+                    "role": r.role,
+                    "status": r.status,
+                    "cell": ids[r.cell_id].label,
+                    "seed": r.seed,
+                    "trial": r.trial,
                     "message": first[0] if first else "",
                 }
             )
@@ -210,16 +210,16 @@ def failures(store: Store, suite: Suite, design: Design) -> list[dict[str, Any]]
 
 
 # ---------------------------------------------------------------- tuning budget curves
-def _curves(trials: list[dict[str, Any]]) -> pd.DataFrame:
+def _curves(trials: list[RunRow]) -> pd.DataFrame:
     """``stats.budget_curves`` per cell over tuning rows of the store."""
     frame = pd.DataFrame(
         [
             {
-                "cell_id": r["cell_id"],
-                "trial": r["trial"],
-                "seed": r["seed"],
-                "status": r["status"],
-                TUNING_METRIC: (r.get("metrics") or {}).get(TUNING_METRIC, math.nan),
+                "cell_id": r.cell_id,
+                "trial": r.trial,
+                "seed": r.seed,
+                "status": r.status,
+                TUNING_METRIC: (r.metrics or {}).get(TUNING_METRIC, math.nan),
             }
             for r in trials
         ]
@@ -239,33 +239,33 @@ def budget_curves(store: Store, suite: Suite, design: Design | None = None) -> p
         if design is not None
         else resultset.declared_cells(store, suite.name, suite.version)
     )
-    rows = [r for r in rows if r["cell_id"] in cells]
+    rows = [r for r in rows if r.cell_id in cells]
     if not rows:
         return pd.DataFrame()
     curves = _curves(rows)
     by_cell: dict[str, dict[int, dict[str, Any]]] = {}
     for r in rows:
-        by_cell.setdefault(r["cell_id"], {})[r["trial"]] = r
+        by_cell.setdefault(r.cell_id, {})[r.trial] = r
     chosen = {}
     for cell_id, trials in by_cell.items():
-        if all(r["status"] in FINISHED for r in trials.values()):
+        if all(r.status in FINISHED for r in trials.values()):
             best = choose_best(list(trials.values()))
-            chosen[cell_id] = best["trial"] if best is not None else None
+            chosen[cell_id] = best.trial if best is not None else None
     out = []
     for c in curves.to_dict("records"):
         r = by_cell[c["cell_id"]][c["trial"]]
         out.append(
             {
                 "cell_id": c["cell_id"],
-                **r["factors"],
+                **r.factors,
                 "k": c["k"],
-                "trial": r["trial"],
-                "status": r["status"],
-                TUNING_METRIC: (r.get("metrics") or {}).get(TUNING_METRIC, math.nan),
+                "trial": r.trial,
+                "status": r.status,
+                TUNING_METRIC: (r.metrics or {}).get(TUNING_METRIC, math.nan),
                 "best_val_acc": c["best_so_far"],
                 "expected_best_val_acc": c["expected_max"],
-                "chosen": chosen.get(c["cell_id"]) == r["trial"],
-                **{f"param.{p}": v for p, v in (r.get("params") or {}).items()},
+                "chosen": chosen.get(c["cell_id"]) == r.trial,
+                **{f"param.{p}": v for p, v in (r.params or {}).items()},
             }
         )
     return pd.DataFrame(out)
@@ -285,15 +285,15 @@ def cell_aggregates(
         frame, factors = resultset.fold_variants(frame, design.factors, control)
     per_cell = stats.cell_summaries(frame, control=control, rope=rope, factors=factors) if len(frame) else {}
     rows = store.rows(suite.name, suite_version=suite.version)
-    by_cell: dict[str, list[dict]] = {}
+    by_cell: dict[str, list[RunRow]] = {}
     for r in rows:
-        by_cell.setdefault(r["cell_id"], []).append(r)
-    tuning_rows = [r for r in rows if r["role"] == TUNING]
+        by_cell.setdefault(r.cell_id, []).append(r)
+    tuning_rows = [r for r in rows if r.role == TUNING]
     curves = _curves(tuning_rows) if tuning_rows else pd.DataFrame()
     out = {}
     for cell in design.cells:
-        runs = [r for r in by_cell.get(cell.cell_id, []) if r["role"] == EVALUATION]
-        trials = sorted((r for r in by_cell.get(cell.cell_id, []) if r["role"] == TUNING), key=lambda r: r["trial"])
+        runs = [r for r in by_cell.get(cell.cell_id, []) if r.role == EVALUATION]
+        trials = sorted((r for r in by_cell.get(cell.cell_id, []) if r.role == TUNING), key=lambda r: r.trial)
         st = per_cell.get(cell.cell_id, {})
         n = int(st.get("n", 0))
         summary: dict[str, Any] = {"n": n, "failures": int(st.get("failures", 0))}
@@ -315,18 +315,18 @@ def cell_aggregates(
             summary["control"] = st["control"]
         curve = []
         if trials:
-            summary.update({f"tuning_{s}": sum(r["status"] == s for r in trials) for s in (DONE, PRUNED, FAILED)})
-            best = choose_best(trials) if all(r["status"] in FINISHED for r in trials) else None
+            summary.update({f"tuning_{s}": sum(r.status == s for r in trials) for s in (DONE, PRUNED, FAILED)})
+            best = choose_best(trials) if all(r.status in FINISHED for r in trials) else None
             if best is not None:
-                summary["tuning_best_trial"] = best["trial"]
-                summary["tuning_best_val_acc"] = best["metrics"][TUNING_METRIC]
-                summary.update({f"tuned.{k}": v for k, v in (best["params"] or {}).items()})
+                summary["tuning_best_trial"] = best.trial
+                summary["tuning_best_val_acc"] = best.metrics[TUNING_METRIC]
+                summary.update({f"tuned.{k}": v for k, v in (best.params or {}).items()})
             mine = curves[curves["cell_id"] == cell.cell_id]
             curve = [(int(k), float(b)) for k, b in zip(mine["k"], mine["best_so_far"]) if math.isfinite(b)]
-        done = all(r["status"] in FINISHED for r in runs) and len(runs) == len(suite.seeds)
+        done = all(r.status in FINISHED for r in runs) and len(runs) == len(suite.seeds)
         mine_all = by_cell.get(cell.cell_id, [])
-        starts = [r["started"] for r in mine_all if r.get("started")]
-        ends = [r["finished"] for r in mine_all if r.get("finished")]
+        starts = [r.started for r in mine_all if r.started]
+        ends = [r.finished for r in mine_all if r.finished]
         span = (min(starts) if starts else None, max(ends) if ends else None)  # the parent's own duration
         out[cell.cell_id] = {"summary": summary, "done": done, "budget_curve": curve, "span": span}
     return out

@@ -20,6 +20,7 @@ rows as superseded. The runner computes no statistics (``results.py`` reads them
 
 from __future__ import annotations
 
+import logging
 import socket
 import sys
 from collections import Counter
@@ -36,6 +37,8 @@ from ffbench.execution.workers import expected_ids, progress, progress_bar, work
 from ffbench.plan.design import EVALUATION, Design, code_changes, expand
 from ffbench.plan.suite import Suite, SuiteError, check_cells, load
 from ffbench.record.store import FINISHED, Store, worker_name
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -74,10 +77,10 @@ def prepare(
     where its outputs go; the suite's warnings and the checks of its cells come first."""
     suite = load(suite_ref)
     for line in suite.warnings:  # usable as it is, but probably not what was meant
-        print(f"warning: {line}", file=sys.stderr)
+        logger.warning(f"warning: {line}")
     design = expand(suite).select(cells, seeds)
     for line in design.warnings:  # a suite value that meets a method's recipe: never silently
-        print(f"warning: {line}", file=sys.stderr)
+        logger.warning(f"warning: {line}")
     check_cells(suite, design.cells)  # against the datasets' sizes, before any run is claimed
     if suite.transfer is not None:
         from ffbench.training.transfer import check_sources
@@ -144,15 +147,15 @@ def check_data(store: Store, suite: Suite, design: Design) -> None:
     cells = {c.cell_id: c for c in design.cells}
     checked: set[str] = set()
     for row in store.rows(suite.name, suite_version=suite.version, cell_id=list(cells)):
-        was = (row.get("manifest") or {}).get("data")
-        if not was or row["cell_id"] in checked:
+        was = (row.manifest or {}).get("data")
+        if not was or row.cell_id in checked:
             continue
-        checked.add(row["cell_id"])
-        c = cells[row["cell_id"]].config
+        checked.add(row.cell_id)
+        c = cells[row.cell_id].config
         now = identity(c.dataset, c.dataset_options.get("root"))
         if was.get("sha256") != now["sha256"]:
             raise DataError(
-                f"cell {cells[row['cell_id']].label}: its stored run {row['run_id']} trained on {was.get('dataset')} "
+                f"cell {cells[row.cell_id].label}: its stored run {row.run_id} trained on {was.get('dataset')} "
                 f"data {str(was.get('sha256'))[:12]} (root {was.get('root') or 'the default places'}), but "
                 f"{c.dataset} now reads data {now['sha256'][:12]} (root {now['root'] or 'the default places'}); "
                 f"runs on other data are never added to a cell: restore that data, or use another output folder "
@@ -318,10 +321,9 @@ def aggregates(s: Session, control: str | None = None, rope=None) -> Callable[[]
         try:
             summarize_cells(s.suite, s.design, s.store, s.tracker, control=control, rope=rope)
         except Exception as exc:
-            print(
+            logger.warning(
                 f"warning: the cells' aggregates were not written to MLflow ({type(exc).__name__}: {exc}); "
-                f"`ffbench sync {s.suite.name}` or `ffbench report` writes them later",
-                file=sys.stderr,
+                f"`ffbench sync {s.suite.name}` or `ffbench report` writes them later"
             )
 
     return refresh
@@ -336,15 +338,13 @@ def catch_up(s: Session, with_aggregates: bool = True) -> tuple[int, int]:
     try:
         return tracking.sync(s.store, s.suite.name, s.tracker, aggregates=aggregates(s) if with_aggregates else None)
     except Exception as exc:  # the store answered a moment ago; MLflow must never end a finished suite
-        print(f"warning: catching MLflow up failed ({type(exc).__name__}: {exc})", file=sys.stderr)
+        logger.warning(f"warning: catching MLflow up failed ({type(exc).__name__}: {exc})")
         return 0, 0
 
 
 def _interrupted(s: Session, exc: BaseException, close_parents: bool) -> None:
     """Note how many runs are left on the exception (the command prints it), and leave no MLflow parent
     RUNNING."""
-    import logging
-
     # stopping on purpose: an MLflow call cut short by the signal must not print its traceback (the
     # tracker's own line says what was not mirrored, and `ffbench sync` replays it)
     for name in ("mlflow", "alembic", "sqlalchemy"):
@@ -551,94 +551,3 @@ def backlog(tracker, store: Store, suite: Suite) -> None:
         line = tracker.backlog_message(store, suite.name)
         if line:
             print(line)
-
-
-# ---------------------------------------------------------------- the time a dry run announces
-PROBE_STEPS = 3  # timed training steps of a probe (after one untimed warm-up step)
-
-
-def probe(config, device: str = "auto") -> float:
-    """Seconds per training step of ``config``: the first steps of its first epoch, timed after one warm-up
-    step (nothing is recorded)."""
-    import time
-
-    from ffbench.core.seeds import Streams
-    from ffbench.training.train import build, resolve_device, run_data, run_loader, sync
-
-    dev = resolve_device(device)
-    streams = Streams(config.seed)
-    data = run_data(config, streams, dev)  # keep_classes too: the probe trains the run's own class count
-    method = build(config, data, streams, dev)
-    method.train()
-    loader = run_loader(config, data, streams, dev)
-    method.start_epoch(0)
-    times = []
-    for i, (x, y) in enumerate(loader):
-        sync(dev)
-        t0 = time.perf_counter()
-        method.train_step(x, y)
-        sync(dev)
-        times.append(time.perf_counter() - t0)
-        if i == PROBE_STEPS:
-            break
-    timed = times[1:] or times
-    return sum(timed) / len(timed) * len(loader)  # one epoch
-
-
-def estimate(
-    suite: Suite, design: Design, paths: Paths, store_url: str | None = None, device: str = "auto"
-) -> dict[str, Any]:
-    """The training time the suite's unfinished runs should take: per cell, the mean ``train_time_s`` of its
-    finished runs in the store (same cell ID: same configuration and code), else one short timed probe
-    per distinct (method, backbone, dataset), scaled to each cell's epochs (and tuning seeds). Returns
-    {seconds, rows (left to run), from_store (rows estimated from the store), from_probe, probes}."""
-    from ffbench.plan.design import TUNING
-    from ffbench.record.store import FINISHED
-
-    rows: list[dict[str, Any]] = []
-    location = store_url or (paths.store if paths.store.exists() else None)
-    if location is not None:
-        try:
-            rows = Store(location).rows(suite.name, suite_version=suite.version)
-        except Exception:  # a store that cannot be read estimates nothing; the probe does
-            rows = []
-    finished = {r["run_id"] for r in rows if r["status"] in FINISHED}
-    past: dict[tuple[str, str], list[float]] = {}
-    for r in rows:
-        t = (r.get("compute") or {}).get("train_time_s")
-        if r["status"] == "done" and isinstance(t, (int, float)) and t == t:
-            past.setdefault((r["cell_id"], r["role"]), []).append(float(t))
-    todo = [r for r in design.trials + design.runs if r.run_id not in finished]
-    from ffbench.data.datasets import DataError
-
-    trial_ids = {r.run_id for r in design.trials}
-    per_epoch: dict[tuple, float | None] = {}
-    unavailable: dict[str, str] = {}  # dataset -> why it cannot be probed here
-    seconds, from_store, from_probe = 0.0, 0, 0
-    for run in todo:
-        cell, role = run.cell, (TUNING if run.run_id in trial_ids else "evaluation")
-        known = past.get((cell.cell_id, role))
-        if known:
-            seconds += sum(known) / len(known)
-            from_store += 1
-            continue
-        key = (cell.factors["method"], cell.factors["backbone"], cell.factors["dataset"])
-        if key not in per_epoch:  # seconds per epoch, from the first cell of this triple
-            try:
-                per_epoch[key] = probe(cell.config, device)
-            except DataError as exc:  # a dry run plans without the data; the run itself stops on it
-                per_epoch[key] = None
-                unavailable[cell.config.dataset] = str(exc)
-        if per_epoch[key] is None:
-            continue
-        n_seeds = len(cell.tuning["seeds"]) if role == TUNING and cell.tuning else 1
-        seconds += per_epoch[key] * cell.config.epochs * n_seeds
-        from_probe += 1
-    return {
-        "seconds": seconds,
-        "rows": len(todo),
-        "from_store": from_store,
-        "from_probe": from_probe,
-        "probes": sum(v is not None for v in per_epoch.values()),
-        "unavailable": unavailable,
-    }

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ffbench.execution.studies import is_score, load_study, tell_outcome
 from ffbench.plan.design import EVALUATION, eval_run_id, repeat_run_id
 from ffbench.plan.tuning import METRIC, REPEAT, apply_params, repeat_of_slot, repeats_of
-from ffbench.record.store import DONE, FAILED, FINISHED, PRUNED
+from ffbench.record.store import DONE, FAILED, FINISHED, PRUNED, RunRow
 
 if TYPE_CHECKING:  # pragma: no cover
     from ffbench.plan.design import Cell
@@ -23,20 +23,20 @@ if TYPE_CHECKING:  # pragma: no cover
     from ffbench.record.store import Store
 
 
-def choose_best(tuning_rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+def choose_best(tuning_rows: list[RunRow]) -> RunRow | None:
     """The completed trial with the highest score; ties go to the earlier trial. None if none completed."""
-    done = [r for r in tuning_rows if r["status"] == DONE and r.get("metrics") and is_score(r["metrics"].get(METRIC))]
+    done = [r for r in tuning_rows if r.status == DONE and r.metrics and is_score(r.metrics.get(METRIC))]
     if not done:
         return None
-    return max(done, key=lambda r: (r["metrics"][METRIC], -r["trial"]))
+    return max(done, key=lambda r: (r.metrics[METRIC], -r.trial))
 
 
-def evaluation_rows(suite: Suite, cell: Cell, tuning_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def evaluation_rows(suite: Suite, cell: Cell, tuning_rows: list[RunRow]) -> list[dict[str, Any]]:
     """The cell's evaluation runs, configured with repeat 0's best trial (or failed, with the reason), and
     for each later repeat of the search the runs of its own best trial (role REPEAT)."""
     rows = []
     for repeat in range(repeats_of(cell.tuning)):
-        slots = [r for r in tuning_rows if repeat_of_slot(cell.tuning, r["trial"]) == repeat]
+        slots = [r for r in tuning_rows if repeat_of_slot(cell.tuning, r.trial) == repeat]
         best = choose_best(slots)
         for seed in suite.seeds:
             row = {
@@ -53,10 +53,10 @@ def evaluation_rows(suite: Suite, cell: Cell, tuning_rows: list[dict[str, Any]])
                 ),
             }
             if best is not None:
-                row["config"] = replace(apply_params(cell.config, best["params"] or {}), seed=seed).to_dict()
-                row["params"] = {**(best["params"] or {}), "_tuning_trial": best["trial"]}
+                row["config"] = replace(apply_params(cell.config, best.params or {}), seed=seed).to_dict()
+                row["params"] = {**(best.params or {}), "_tuning_trial": best.trial}
             else:
-                counts = {s: sum(r["status"] == s for r in slots) for s in (FAILED, PRUNED)}
+                counts = {s: sum(r.status == s for r in slots) for s in (FAILED, PRUNED)}
                 row["config"] = replace(cell.config, seed=seed).to_dict()
                 row["status"] = FAILED
                 row["error"] = (
@@ -72,7 +72,7 @@ def register_evaluation(store: Store, suite: Suite, cell: Cell, storage=None) ->
     from optuna.trial import TrialState
 
     rows = store.rows(suite.name, cell_id=cell.cell_id, role="tuning")
-    if len(rows) < cell.tuning["trials"] * repeats_of(cell.tuning) or any(r["status"] not in FINISHED for r in rows):
+    if len(rows) < cell.tuning["trials"] * repeats_of(cell.tuning) or any(r.status not in FINISHED for r in rows):
         return 0
     new = store.add_runs(evaluation_rows(suite, cell, rows))
     if new and storage is not None:  # tell Optuna the outcome of any trial whose worker died after the store
@@ -81,8 +81,8 @@ def register_evaluation(store: Store, suite: Suite, cell: Cell, storage=None) ->
                 study = load_study(storage, suite, cell, repeat * cell.tuning["trials"])
                 running = {t.number for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING}
                 for r in rows:
-                    if repeat_of_slot(cell.tuning, r["trial"]) == repeat and r.get("optuna_trial") in running:
-                        tell_outcome(study, r["optuna_trial"], r)
+                    if repeat_of_slot(cell.tuning, r.trial) == repeat and r.optuna_trial in running:
+                        tell_outcome(study, r.optuna_trial, r)
         except Exception:
             pass
     return new

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ffbench.core.config import canonical_json
 from ffbench.plan.tuning import METRIC, make_pruner, make_sampler, repeat_of_slot, repeats_of
-from ffbench.record.store import DONE, PRUNED
+from ffbench.record.store import DONE, PRUNED, RunRow
 
 if TYPE_CHECKING:  # pragma: no cover
     from ffbench.plan.design import Cell, Design
@@ -146,13 +146,13 @@ class Reporter:
             raise Pruned(step, value)
 
 
-def tell_outcome(study, number: int, row: dict[str, Any]) -> None:
+def tell_outcome(study, number: int, row: RunRow) -> None:
     """Tell Optuna a trial's outcome as the store recorded it (done with a value, pruned, or failed)."""
     from optuna.trial import TrialState
 
-    if row["status"] == DONE and is_score((row.get("metrics") or {}).get(METRIC)):
-        study.tell(number, row["metrics"][METRIC], skip_if_finished=True)
-    elif row["status"] == PRUNED:
+    if row.status == DONE and is_score((row.metrics or {}).get(METRIC)):
+        study.tell(number, row.metrics[METRIC], skip_if_finished=True)
+    elif row.status == PRUNED:
         study.tell(number, state=TrialState.PRUNED, skip_if_finished=True)
     else:
         study.tell(number, state=TrialState.FAIL, skip_if_finished=True)

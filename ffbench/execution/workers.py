@@ -23,6 +23,7 @@ method) is a recorded outcome with its message, never a crash of the worker.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -34,7 +35,9 @@ from ffbench.execution.execute import Env, batch_problem, execute_row, run_batch
 from ffbench.execution.selection import register_evaluation
 from ffbench.plan.design import TUNING, Design
 from ffbench.plan.suite import Suite
-from ffbench.record.store import FINISHED, PENDING, RUNNING, Store, is_stale, process_exists
+from ffbench.record.store import FINISHED, PENDING, RUNNING, RunRow, Store, is_stale, process_exists
+
+logger = logging.getLogger(__name__)
 
 
 def expected_ids(design: Design) -> list[str]:
@@ -110,11 +113,11 @@ class Shown:
         self.bar.n = finished
         self.bar.refresh()
 
-    def start(self, row: dict[str, Any]) -> None:
+    def start(self, row: RunRow) -> None:
         self.what = describe(row, self.cells)
         self.bar.set_postfix_str(self.what)
 
-    def epoch(self, row: dict[str, Any], done: int, total: int) -> None:
+    def epoch(self, row: RunRow, done: int, total: int) -> None:
         self.bar.n = self.finished + min(done / max(total, 1), 1.0)
         self.bar.set_postfix_str(f"{self.what} · epoch {done}/{total}", refresh=False)
         self.bar.refresh()
@@ -133,7 +136,7 @@ def release_dead_local(store: Store, suite: Suite, states) -> int:
         return 0
     gone = store.release_dead(suite.name, host)
     if gone:
-        print(f"gave back {len(gone)} run(s) held by a process on this host that no longer exists", file=sys.stderr)
+        logger.info(f"gave back {len(gone)} run(s) held by a process on this host that no longer exists")
     return len(gone)
 
 
@@ -165,10 +168,9 @@ def _work(env: Env, bar, wait: bool, max_runs: int | None) -> int:
     while max_runs is None or executed < max_runs:
         states = {s["run_id"]: s for s in store.states(suite.name, suite.version) if s["run_id"] in order}
         if not states and not warned and wait:
-            print(
+            logger.warning(
                 f"worker {env.worker}: the store {store.url} holds no runs of {suite.name} version {suite.version} "
-                f"yet; waiting for the launcher to initialise it (or start this worker without --no-init)",
-                file=sys.stderr,
+                f"yet; waiting for the launcher to initialise it (or start this worker without --no-init)"
             )
             warned = True
         changed = False
@@ -230,27 +232,24 @@ def tell_waiting(env: Env, held: list[dict[str, Any]], now: float) -> bool:
         if ahead
         else ""
     )
-    print(
+    logger.info(
         f"worker {env.worker}: waiting for {len(held)} run(s) held by {', '.join(holders[:3])}"
         f"{' and others' if len(holders) > 3 else ''} to finish; a run whose holder stops beating for the "
         f"{env.lease_s:g} s lease is taken over (the first at {time.strftime('%H:%M:%S', time.localtime(first))}, "
-        f"if its holder has stopped by then){skew}",
-        file=sys.stderr,
+        f"if its holder has stopped by then){skew}"
     )
     return True
 
 
-def claim_seeds(
-    env: Env, row: dict[str, Any], candidates: list[dict[str, Any]], room: int | None
-) -> list[dict[str, Any]]:
+def claim_seeds(env: Env, row: RunRow, candidates: list[dict[str, Any]], room: int | None) -> list[RunRow]:
     """The other pending evaluation runs of ``row``'s cell, claimed with it so that its seeds can train as
     one batch (none for a tuning trial, or where ``batch_problem`` keeps them apart: said once per cell)."""
-    if row["role"] == TUNING or env.suite.batch_seeds is False:
+    if row.role == TUNING or env.suite.batch_seeds is False:
         return []
     siblings = [
-        s for s in candidates if s["run_id"] != row["run_id"] and s["cell_id"] == row["cell_id"] and s["role"] != TUNING
+        s for s in candidates if s["run_id"] != row.run_id and s["cell_id"] == row.cell_id and s["role"] != TUNING
     ]
-    why = batch_problem(env, [RunConfig.from_dict(row["config"])]) if siblings else None
+    why = batch_problem(env, [RunConfig.from_dict(row.config)]) if siblings else None
     if why:
         tell_unbatched(env, row, why)
         return []
@@ -263,10 +262,10 @@ def claim_seeds(
     return out
 
 
-def describe(row: dict[str, Any], cells: dict[str, Any] | None = None) -> str:
+def describe(row: RunRow, cells: dict[str, Any] | None = None) -> str:
     """'method/dataset/backbone/axis=level · seed N' (or '· trial K') of a store row."""
-    cell = (cells or {}).get(row["cell_id"])
-    f = row["factors"]
+    cell = (cells or {}).get(row.cell_id)
+    f = row.factors
     label = (
         cell.label
         if cell is not None
@@ -274,5 +273,5 @@ def describe(row: dict[str, Any], cells: dict[str, Any] | None = None) -> str:
             str(v) if k in ("method", "dataset", "backbone") else f"{k}={v}" for k, v in f.items() if v is not None
         )
     )
-    what = f"trial {row['trial']}" if row["role"] == TUNING else f"seed {row['seed']}"
+    what = f"trial {row.trial}" if row.role == TUNING else f"seed {row.seed}"
     return f"{label} · {what}"

@@ -143,7 +143,7 @@ def _factors(store, suite: str) -> list[str]:
     """The factor names the rows were stored with: method, dataset, backbone first, then the axes."""
     names: dict[str, None] = {}
     for r in store.rows(suite, role="evaluation") or store.rows(suite):
-        names.update(dict.fromkeys(r["factors"] or {}))
+        names.update(dict.fromkeys(r.factors or {}))
     base = [f for f in ("method", "dataset", "backbone") if f in names]
     return base + [f for f in names if f not in base]
 

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from ffbench import stats
 from ffbench.core.config import canonical_json, content_hash
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ffbench.record.store import RunRow
 
 BASE_FACTORS, NA = stats.BASE_FACTORS, stats.NA
 
@@ -104,16 +107,16 @@ def apart(superseded: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def identity(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+def identity(rows: Sequence[RunRow]) -> pd.DataFrame:
     """Per run: its configuration hash (the resolved configuration without the seed) and code fingerprint
     (a hash of the modules its cell's numbers come from, ``design.code_fingerprint``)."""
     out = []
     for r in rows:
-        config = {k: v for k, v in (r.get("config") or {}).items() if k != "seed"}
-        code = {k: {f: v for f, v in fp.items() if f != "file"} for k, fp in (r.get("code") or {}).items()}
+        config = {k: v for k, v in (r.config or {}).items() if k != "seed"}
+        code = {k: {f: v for f, v in fp.items() if f != "file"} for k, fp in (r.code or {}).items()}
         out.append(
             {
-                "run_id": r["run_id"],
+                "run_id": r.run_id,
                 "config_hash": content_hash(config),
                 "code_fingerprint": content_hash(code) if code else None,
             }

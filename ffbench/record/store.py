@@ -28,7 +28,8 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,74 @@ _ADDED_COLUMNS = {
 _JSON = ("factors", "config", "metrics", "curves", "compute", "manifest", "params", "code")
 _CORE = {"run_id", "suite", "suite_version", "cell_id", "role", "status", "worker", "heartbeat", "config"}
 SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One stored run as readers see it (``Store.rows``): the table's columns, the JSON ones decoded.
+
+    ``row["status"]`` reads a field as well (the mapping style of readers written before the fields)."""
+
+    run_id: str
+    suite: str
+    suite_version: int
+    cell_id: str
+    role: str  # evaluation, tuning or repeat
+    seed: int
+    trial: int | None  # the tuning slot, if any
+    status: str
+    attempts: int
+    worker: str | None
+    heartbeat: float | None
+    started: float | None
+    finished: float | None
+    factors: dict[str, Any]  # the cell's factor levels (method, dataset, backbone, axes)
+    config: dict[str, Any]  # the resolved RunConfig
+    metrics: dict[str, Any] | None
+    curves: list[dict[str, Any]] | None
+    compute: dict[str, Any] | None
+    manifest: dict[str, Any] | None
+    error: str | None
+    mlflow_run_id: str | None
+    params: dict[str, Any] | None  # tuned / sampled parameters
+    optuna_trial: int | None
+    mirrored_to: str | None
+    host: str | None
+    pid: int | None
+    code: dict[str, Any] | None  # the cell's code fingerprints
+    generation: int | None
+    superseded: float | None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> RunRow:
+        """A row of the ``runs`` table as read (JSON columns as text)."""
+        return cls(**{k: (json.loads(v) if v else None) if k in _JSON else v for k, v in record.items()})
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in _FIELDS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in _FIELDS else default
+
+
+_FIELDS = tuple(f.name for f in fields(RunRow))
+# the bookkeeping columns of the tidy table (``Store.frame``), first
+_FRAME_COLUMNS = (
+    "run_id",
+    "suite",
+    "suite_version",
+    "cell_id",
+    "role",
+    "seed",
+    "trial",
+    "status",
+    "error",
+    "attempts",
+    "mlflow_run_id",
+    "optuna_trial",
+)
 
 
 class StoreError(RuntimeError):
@@ -576,8 +645,8 @@ class Store:
         return n
 
     # ------------------------------------------------------------ reading
-    def rows(self, suite: str | None = None, superseded: bool = False, **where: Any) -> list[dict[str, Any]]:
-        """Rows matching ``where`` (column = value, or in a list); superseded rows only if ``superseded``."""
+    def rows(self, suite: str | None = None, superseded: bool = False, **where: Any) -> list[RunRow]:
+        """Rows matching ``where`` (column = value, or in a list), by run ID; superseded rows only if ``superseded``."""
         q = sa.select(runs)
         if not superseded:
             q = q.where(runs.c.superseded.is_(None))
@@ -586,18 +655,14 @@ class Store:
         for k, v in where.items():
             q = q.where(runs.c[k].in_(v) if isinstance(v, (list, tuple, set)) else runs.c[k] == v)
         with self.engine.connect() as c:
-            out = [dict(r._mapping) for r in c.execute(q.order_by(runs.c.run_id))]
-        for r in out:
-            for k in _JSON:
-                r[k] = json.loads(r[k]) if r[k] else None
-        return out
+            return [RunRow.from_record(r._mapping) for r in c.execute(q.order_by(runs.c.run_id))]
 
     def suites(self) -> list[str]:
         """The names of the suites this store holds runs of, sorted."""
         with self.engine.connect() as c:
             return sorted(r for (r,) in c.execute(sa.select(runs.c.suite).distinct()))
 
-    def unmirrored(self, suite: str, target: str | None = None) -> list[dict[str, Any]]:
+    def unmirrored(self, suite: str, target: str | None = None) -> list[RunRow]:
         """Finished rows of ``suite`` not yet mirrored (to ``target``, a tracking URI, when given)."""
         q = (
             sa.select(runs.c.run_id)
@@ -663,33 +728,17 @@ class Store:
             where["suite_version"] = version
         records = []
         for r in self.rows(suite, **where):
-            rec = {
-                k: r[k]
-                for k in (
-                    "run_id",
-                    "suite",
-                    "suite_version",
-                    "cell_id",
-                    "role",
-                    "seed",
-                    "trial",
-                    "status",
-                    "error",
-                    "attempts",
-                    "mlflow_run_id",
-                    "optuna_trial",
-                )
-            }
-            rec.update(r["factors"])
-            rec.update({f"param.{k}": v for k, v in (r["params"] or {}).items()})
+            rec = {k: getattr(r, k) for k in _FRAME_COLUMNS}
+            rec.update(r.factors)
+            rec.update({f"param.{k}": v for k, v in (r.params or {}).items()})
             rec.update(
-                {f"cfg.{k}": (canonical_json(v) if isinstance(v, (dict, list)) else v) for k, v in r["config"].items()}
+                {f"cfg.{k}": (canonical_json(v) if isinstance(v, (dict, list)) else v) for k, v in r.config.items()}
             )
-            rec.update(r["metrics"] or {})
-            rec.update({k: v for k, v in (r["compute"] or {}).items() if not isinstance(v, (list, dict))})
-            batch = ((r["manifest"] or {}).get("batched") or {}).get("seeds")  # trained stacked with these seeds
+            rec.update(r.metrics or {})
+            rec.update({k: v for k, v in (r.compute or {}).items() if not isinstance(v, (list, dict))})
+            batch = ((r.manifest or {}).get("batched") or {}).get("seeds")  # trained stacked with these seeds
             rec["batched_seeds"] = ",".join(map(str, batch)) if batch else None
-            rec["curves"] = r["curves"] or []
+            rec["curves"] = r.curves or []
             records.append(rec)
         return pd.DataFrame.from_records(records)
 

@@ -32,12 +32,17 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from ffbench.core.config import canonical_json
 from ffbench.core.filelock import file_lock
 from ffbench.core.paths import OutsideError, inside
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ffbench.record.store import RunRow
+
+logger = logging.getLogger(__name__)
 
 MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 # MLflow's own defaults (120 s timeout, 7 retries with backoff) block about 4 minutes per call when the
@@ -258,22 +263,19 @@ class Tracker:
             reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
             if isinstance(exc, MlflowDatabaseError):
                 _DOWN[self.uri] = str(exc)
-                print(
-                    f"warning: {exc}; MLflow is off for the rest of this process (the results store keeps every run)",
-                    file=sys.stderr,
+                logger.warning(
+                    f"warning: {exc}; MLflow is off for the rest of this process (the results store keeps every run)"
                 )
                 return None
             if getattr(exc, "error_code", None) in _REFUSALS:
-                print(
-                    f"warning: MLflow at {self.uri} refused to {what} ({reason}); the results store keeps it",
-                    file=sys.stderr,
+                logger.warning(
+                    f"warning: MLflow at {self.uri} refused to {what} ({reason}); the results store keeps it"
                 )
                 return None
             _DOWN[self.uri] = reason
-            print(
+            logger.warning(
                 f"warning: MLflow at {self.uri} is unavailable ({what}: {reason}); mirroring is off for the "
-                f"rest of this process, the results store keeps every run and `ffbench sync` copies them later",
-                file=sys.stderr,
+                f"rest of this process, the results store keeps every run and `ffbench sync` copies them later"
             )
             return None
 
@@ -322,10 +324,9 @@ class Tracker:
             path.with_name(path.name + "-shm"),
         ):
             f.unlink(missing_ok=True)
-        print(
+        logger.info(
             f"note: the MLflow database {path} was left half-created ({why}) and holds no run: made again; "
-            f"the results store fills it",
-            file=sys.stderr,
+            f"the results store fills it"
         )
 
     # ------------------------------------------------------------ find or create, once
@@ -452,55 +453,55 @@ class Tracker:
         return len(self._parents)
 
     # ------------------------------------------------------------ children
-    def _child_tags(self, row: dict[str, Any], parent: str) -> dict[str, str]:
-        role = row["role"]
+    def _child_tags(self, row: RunRow, parent: str) -> dict[str, str]:
+        role = row.role
         tags = {
             "mlflow.parentRunId": parent,
-            "ffbench.run_id": row["run_id"],
-            "ffbench.cell_id": row["cell_id"],
+            "ffbench.run_id": row.run_id,
+            "ffbench.cell_id": row.cell_id,
             "ffbench.kind": role,
             "ffbench.role": role,
-            "ffbench.status": row["status"],
-            "seed": str(row["seed"]),
-            **_flat("", row["factors"]),
-            **_flat("cfg.", _config_tags(row["config"])),
+            "ffbench.status": row.status,
+            "seed": str(row.seed),
+            **_flat("", row.factors),
+            **_flat("cfg.", _config_tags(row.config)),
         }
-        if row.get("started") is not None:
-            tags[STARTED] = repr(float(row["started"]))
-        if row.get("trial") is not None:
-            tags["ffbench.trial"] = str(row["trial"])
-        if row.get("generation"):  # executed again on purpose (--rerun): a child of its own, not the old one
-            tags["ffbench.generation"] = str(row["generation"])
-        if row.get("optuna_trial") is not None:
-            tags["ffbench.optuna_trial"] = str(row["optuna_trial"])
-        for k, v in (row.get("params") or {}).items():
+        if row.started is not None:
+            tags[STARTED] = repr(float(row.started))
+        if row.trial is not None:
+            tags["ffbench.trial"] = str(row.trial)
+        if row.generation:  # executed again on purpose (--rerun): a child of its own, not the old one
+            tags["ffbench.generation"] = str(row.generation)
+        if row.optuna_trial is not None:
+            tags["ffbench.optuna_trial"] = str(row.optuna_trial)
+        for k, v in (row.params or {}).items():
             tags[f"{'tuning' if role == 'tuning' else 'tuned'}.{k}"] = str(v)
-        if row.get("error"):
-            tags["ffbench.error"] = row["error"][:4000]
-        manifest = row.get("manifest") or {}
+        if row.error:
+            tags["ffbench.error"] = row.error[:4000]
+        manifest = row.manifest or {}
         tags.update({f"manifest.{k}": str(v)[:4000] for k, v in manifest.items() if not isinstance(v, dict)})
         return tags
 
-    def _child(self, row: dict[str, Any]) -> tuple[str, Any, dict[str, str]]:
+    def _child(self, row: RunRow) -> tuple[str, Any, dict[str, str]]:
         """(MLflow run ID, the child found or None if created, its tags) of a store row: found by its
         ffbench run ID (and generation), created RUNNING at the run's start time when missing. A child of
         an abandoned attempt of the run (another start time, never completed) is deleted and made anew."""
         parent = self._parent_run(
-            row["cell_id"],
-            row["factors"],
-            row["config"],
-            row["suite_version"],
-            row.get("started") or row.get("finished"),
+            row.cell_id,
+            row.factors,
+            row.config,
+            row.suite_version,
+            row.started or row.finished,
         )
         tags = self._child_tags(row, parent)
-        name = f"seed {row['seed']}" if row["role"] == "evaluation" else f"trial {row['trial']} seed {row['seed']}"
-        key = f"tags.`ffbench.run_id` = '{row['run_id']}'"
-        if row.get("generation"):
-            key += f" and tags.`ffbench.generation` = '{row['generation']}'"
+        name = f"seed {row.seed}" if row.role == "evaluation" else f"trial {row.trial} seed {row.seed}"
+        key = f"tags.`ffbench.run_id` = '{row.run_id}'"
+        if row.generation:
+            key += f" and tags.`ffbench.generation` = '{row.generation}'"
 
         def create() -> str:
             return self.client.create_run(
-                self.experiment_id, run_name=name, tags=tags, start_time=_ms(row.get("started") or row.get("finished"))
+                self.experiment_id, run_name=name, tags=tags, start_time=_ms(row.started or row.finished)
             ).info.run_id
 
         rid, found = self._find_or_create(key, create)
@@ -514,37 +515,35 @@ class Tracker:
             rid, found = self._find_or_create(key, create)
         return rid, found, tags
 
-    def log_run(self, row: dict[str, Any]) -> str | None:
+    def log_run(self, row: RunRow) -> str | None:
         """Mirror one finished run (a store row) as a child of its cell's parent run; idempotent. Returns the
         MLflow run ID, or None when MLflow is down or refused (the row stays unmirrored)."""
         self.flush()  # the run's streamed epochs first: the mirror completes that child
-        return self._guard(f"mirror run {row.get('run_id')}", self._log_run, row)
+        return self._guard(f"mirror run {row.run_id}", self._log_run, row)
 
-    def _log_run(self, row: dict[str, Any]) -> str:
+    def _log_run(self, row: RunRow) -> str:
         from mlflow.entities import Metric, Param, RunTag
 
         rid, found, tags = self._child(row)
         # already complete: the store had not recorded it (a kill in between), or an older ffbench mirrored it
-        if found is not None and (found.data.tags.get(COMPLETE) == "1" or rid == row.get("mlflow_run_id")):
+        if found is not None and (found.data.tags.get(COMPLETE) == "1" or rid == row.mlflow_run_id):
             return rid
         # the same steps and timestamps as the streamed epochs (epoch_points): nothing is written twice
         metrics = [
-            Metric(k, v, ts, step)
-            for step, ts, m in epoch_points(row.get("curves") or [], row.get("started"))
-            for k, v in m.items()
+            Metric(k, v, ts, step) for step, ts, m in epoch_points(row.curves or [], row.started) for k, v in m.items()
         ]
-        ts = _ms(row.get("finished") or row.get("started")) or 0
-        finals = {**(row.get("metrics") or {}), **(row.get("compute") or {})}
+        ts = _ms(row.finished or row.started) or 0
+        finals = {**(row.metrics or {}), **(row.compute or {})}
         metrics += [Metric(f"final.{k}", float(v), ts, 0) for k, v in finals.items() if _finite(v)]
-        params = [Param(k[:250], str(v)[:6000]) for k, v in _config_tags(row["config"]).items()]
+        params = [Param(k[:250], str(v)[:6000]) for k, v in _config_tags(row.config).items()]
         self._batch(rid, metrics, params, [RunTag(k, v) for k, v in tags.items()])
-        state = {"done": "FINISHED", "pruned": "KILLED"}.get(row["status"], "FAILED")
+        state = {"done": "FINISHED", "pruned": "KILLED"}.get(row.status, "FAILED")
         self.client.set_terminated(rid, state, end_time=ts or None)
         self.client.set_tag(rid, COMPLETE, "1")
         return rid
 
     # ------------------------------------------------------------ streaming while a run trains
-    def live(self, row: dict[str, Any]) -> LiveRun:
+    def live(self, row: RunRow) -> LiveRun:
         """Stream a claimed row (``started`` set) while it trains: see ``LiveRun``."""
         return LiveRun(self, row)
 
@@ -715,12 +714,12 @@ class LiveRun:
     thread, in order, so the training thread only queues them; the mirror of the finished row completes
     the child (``Tracker.log_run`` waits for the queue first)."""
 
-    def __init__(self, tracker: Tracker, row: dict[str, Any]):
+    def __init__(self, tracker: Tracker, row: RunRow):
         self.tracker, self.row = tracker, row
         self.rows: list[dict[str, Any]] = []  # the epochs so far, as the store will hold them
         # the child (and its cell's parent) exist before training starts: one call per run, not per epoch
         tracker.flush()
-        found = tracker._guard(f"start the MLflow run of {row['run_id']}", tracker._child, row)
+        found = tracker._guard(f"start the MLflow run of {row.run_id}", tracker._child, row)
         self.run_id: str | None = found[0] if found else None
 
     def stop(self) -> None:
@@ -728,7 +727,7 @@ class LiveRun:
         self.tracker.flush()
         if self.run_id is not None:
             self.tracker._guard(
-                f"close the MLflow run of {self.row['run_id']}",
+                f"close the MLflow run of {self.row.run_id}",
                 self.tracker.client.set_terminated,
                 self.run_id,
                 "KILLED",
@@ -737,8 +736,8 @@ class LiveRun:
     def epoch(self, epoch_row: dict[str, Any]) -> None:
         """Queue one finished epoch (a row of the run's curves)."""
         self.rows.append(epoch_row)
-        step, ts, metrics = list(epoch_points(self.rows, self.row.get("started")))[-1]
-        self.tracker._submit(f"stream epoch {step} of {self.row['run_id']}", self._log, step, ts, metrics)
+        step, ts, metrics = list(epoch_points(self.rows, self.row.started))[-1]
+        self.tracker._submit(f"stream epoch {step} of {self.row.run_id}", self._log, step, ts, metrics)
 
     def _log(self, step: int, ts: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
@@ -755,7 +754,7 @@ def _forget_if_new(store, tracker: Tracker) -> None:
         tracker.created = False
 
 
-def mirror(store, tracker: Tracker, row: dict[str, Any] | str) -> bool:
+def mirror(store, tracker: Tracker, row: RunRow | str) -> bool:
     """Copy one finished store row (or run ID) into MLflow and record that in the store. False when MLflow
     is down or refused it: the row stays unmirrored for the next sync."""
     if tracker.degraded:
@@ -768,7 +767,7 @@ def mirror(store, tracker: Tracker, row: dict[str, Any] | str) -> bool:
     if rid is None:
         tracker.skipped += 1
         return False
-    store.mark_mirrored(row["run_id"], rid, tracker.uri)
+    store.mark_mirrored(row.run_id, rid, tracker.uri)
     return True
 
 
