@@ -44,6 +44,8 @@ CASES = {  # id: (method, backbone, backbone options, method options, training f
     "sff-mlp": ("sff", "mlp", MLP, {}, {}),
     "sff-cnn-augmented": ("sff", "cnn", CNN, {}, {"crop_padding": 1, "flip": True}),
     "asge": ("asge", "vgg.asge", CNN, {}, {}),
+    "cafo-cnn": ("cafo", "cnn", CNN, {}, {}),
+    "cafo-cnn-sl-batch-bn": ("cafo", "cnn", CNN, {"loss": "sl", "bn": "batch"}, {}),
 }
 
 
