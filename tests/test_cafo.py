@@ -90,7 +90,7 @@ def test_sparsemax_and_its_loss_by_hand():
 
 
 def test_closed_form_is_the_least_squares_predictor():
-    method, data = make("cafo.fullbatch", {"fit": "closed_form", "loss": "mse"}, batch_size=2000)
+    method, data = make("cafo.mse", {}, batch_size=2000)
     x, y = data.train.x, data.train.y
     stats = method.train_step(x, y)
     onehot = F.one_hot(y, 10).double()
@@ -102,16 +102,18 @@ def test_closed_form_is_the_least_squares_predictor():
         )
 
 
-def test_full_batch_steps_are_the_codes_gradient_descent():
-    method, data = make("cafo.fullbatch", {"fit_steps": 4}, batch_size=2000, optimizer="sgd", momentum=0.0, lr=0.01)
+@pytest.mark.parametrize("method", ["cafo.ce", "cafo.sl"])
+def test_full_batch_steps_are_the_codes_gradient_descent(method):
+    cafo, data = make(method, {"fit_steps": 4}, batch_size=2000, optimizer="sgd", momentum=0.0, lr=0.01)
     x, y = data.train.x, data.train.y
-    method.train_step(x, y)
+    cafo.train_step(x, y)
     onehot = F.one_hot(y, 10).float()
-    for k, z in enumerate(block_features(method, x)):
-        w = torch.ones(z.shape[1], 10)  # the code's start, then W <- W - step * Z'(softmax(ZW) - Y) / N
+    prob = (lambda s: sparsemax(s)[0]) if method == "cafo.sl" else (lambda s: s.softmax(1))
+    for k, z in enumerate(block_features(cafo, x)):
+        w = torch.ones(z.shape[1], 10)  # the code's start, then W <- W - step * Z'(prob(ZW) - Y) / N
         for _ in range(4):
-            w = w - 0.01 * z.T @ ((z @ w).softmax(1) - onehot) / len(z)
-        assert torch.allclose(method.heads[k][1].weight, w.T, atol=1e-5)
+            w = w - 0.01 * z.T @ (prob(z @ w) - onehot) / len(z)
+        assert torch.allclose(cafo.heads[k][1].weight, w.T, atol=1e-5)
 
 
 @pytest.mark.parametrize("loss", ["ce", "sl"])
@@ -138,7 +140,7 @@ def test_bn_batch_normalises_every_batch_by_its_own_statistics():
     "method,mopts,train",
     [
         ("cafo", {}, {"epochs": 3, "batch_size": 64}),
-        ("cafo.fullbatch", {"fit": "closed_form", "loss": "mse"}, {"epochs": 1, "batch_size": 2000}),
+        ("cafo.mse", {}, {"epochs": 1, "batch_size": 2000}),
     ],
 )
 def test_learns_digits(method, mopts, train):
@@ -149,11 +151,17 @@ def test_learns_digits(method, mopts, train):
 
 
 def test_refused_configurations():
-    full = METHODS.get("cafo.fullbatch").obj
-    assert full.skip(config("cafo.fullbatch", batch_size=1293)) is None  # exactly the training set
-    why = full.skip(config("cafo.fullbatch", batch_size=64))
+    full = METHODS.get("cafo.ce").obj
+    assert full.skip(config("cafo.ce", batch_size=1293)) is None  # exactly the training set
+    why = full.skip(config("cafo.ce", batch_size=64))
     assert "whole training set" in why and "batch_size >= 1293" in why
-    assert "loss = 'mse'" in full.skip(config("cafo.fullbatch", {"fit": "closed_form"}))
+    assert "loss = 'mse'" in full.skip(config("cafo.ce", {"fit": "closed_form"}))
     with pytest.raises(ValueError, match="whole training set"):
-        make("cafo.fullbatch", batch_size=64)
+        make("cafo.ce", batch_size=64)
     assert full.seed_batching is False and METHODS.get("cafo").obj.seed_batching is True
+    defaults = {m: METHODS.get(m).card.defaults for m in ("cafo.ce", "cafo.mse", "cafo.sl")}
+    assert [(d["loss"], d["fit"]) for d in defaults.values()] == [
+        ("ce", "steps"),
+        ("mse", "closed_form"),
+        ("sl", "steps"),
+    ]

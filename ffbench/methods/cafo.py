@@ -3,16 +3,18 @@
 The backbone's blocks (on ``cnn`` with channels [32, 128, 512], a pool after every layer: conv3x3 -> ReLU ->
 max-pool -> BatchNorm, as the official code) keep their random initialisation and are never trained. Each block
 has a bias-free linear predictor on its flattened, detached output, trained with cross-entropy, squared error or
-the sparsemax loss; labels reach the predictors only. Inference sums the predictors' probabilities (softmax, or
-sparsemax under the sparsemax loss). The BatchNorm layers normalise with the training set's statistics at test
-time by default (cumulative running averages); ``bn = "batch"`` is the code's transductive behaviour (every batch,
-the test set too, normalised by its own statistics).
+the sparsemax loss; labels reach the predictors only, and no gradient reaches a block. Inference sums the
+predictors' probabilities (softmax, or sparsemax under the sparsemax loss). BatchNorm normalises with the training
+set's statistics at test time by default (cumulative running averages, valid since the blocks are fixed);
+``bn = "batch"`` is the code's transductive behaviour (every batch, the test set too, by its own statistics).
 
-``cafo`` trains each predictor per mini-batch with the run's optimizer, an online approximation [INF] of the
-paper's offline fit that seeds can train stacked. ``cafo.fullbatch`` is the code's fit: its one training step per
-epoch reads the whole training set (``batch_size`` at least its size), computes each block's features for all of it
-block after block, and fits that block's predictor on them, in closed form (``fit = "closed_form"``, squared error)
-or by ``fit_steps`` full-batch steps of the run's optimizer (the code: plain gradient descent, lr 0.01, 5000 steps).
+``cafo`` trains each predictor per mini-batch with the run's optimizer: an online approximation [INF] of the
+code's offline fit, whose seeds train stacked. ``cafo.ce``, ``cafo.mse`` and ``cafo.sl`` are the code's fits
+(its ``--loss_fn`` CE, MSE, SL): one training step per epoch reads the whole training set (``batch_size`` at
+least its size; ``skip`` refuses less), computes each block's features for all of it, block after block, and
+fits that block's predictor on them: ``fit_steps`` full-batch steps of the run's optimizer (the code: plain
+gradient descent, lr 0.01, 5000 steps, weights from all ones) or, for the squared error, the closed form. The fit
+is inside the training step, so its time is training time.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ffbench.core.config import split_sizes
-from ffbench.core.method import LocalMethod, method_card, step
+from ffbench.core.method import LocalMethod, method_card, step, variant
 from ffbench.core.options import Option
 from ffbench.core.registry import DATASETS, ByDataset
 
@@ -55,10 +57,6 @@ def head_loss(kind: str, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (0.5 * ((scores**2 - tau**2) * support).sum(1) - (scores * onehot).sum(1) + 0.5).mean()
 
 
-def probabilities(kind: str, scores: torch.Tensor) -> torch.Tensor:
-    return sparsemax(scores)[0] if kind == "sl" else scores.softmax(1)
-
-
 _OPTIONS = {
     "loss": Option(str, "ce", "predictor loss: CE, squared error, sparsemax", choices=LOSSES, source="code --loss_fn"),
     "bn": Option(
@@ -69,10 +67,15 @@ _OPTIONS = {
         source="[INF] train; code: batch",
     ),
     "w_init": Option(
-        str, "ones", "predictor init: all ones (code), zeros, nn.Linear's", choices=("ones", "zeros", "linear")
+        str,
+        "ones",
+        "predictor init: all ones, zeros, nn.Linear's",
+        choices=("ones", "zeros", "linear"),
+        source="code: ones",
     ),
 }
 _FIT_OPTIONS = {
+    **_OPTIONS,
     "fit": Option(
         str, "steps", "whole-set fit: full-batch steps, or closed form (mse)", choices=("steps", "closed_form")
     ),
@@ -80,7 +83,6 @@ _FIT_OPTIONS = {
     "ridge": Option(float, 0.0, "ridge added to Z'Z in the closed form (fp64)", ge=0, source="[INF]; code: 0"),
 }
 _COMMON = {
-    "loss": ("ce", "§5.1: --loss_fn CE, the README's commands [CODE train.py]"),
     "w_init": ("ones", "§5.1: predictor weights start at all ones [CODE model.py]"),
     "bn": ("batch", "§5.6.1: BatchNorm in train mode, the test set as one batch [CODE model.py]"),
     "eval_batch_size": (10000, "§5.2: the test set as one batch [CODE loader.py]"),
@@ -93,17 +95,20 @@ _COMMON = {
     "backbone.kernel": (3, "§5.1: conv 3x3, padding 1 [CODE block.py]"),
     "backbone.bn": ("inside", "§5.1: conv -> ReLU -> max-pool -> BatchNorm(eps 1e-4) [CODE block.py]"),
 }
-_REFERENCE = {
+_WHOLE_SET = {
     **_COMMON,
-    "fit": ("steps", "§5.1: CE by full-batch gradient descent [CODE model.py]"),
+    "batch_size": (50000, "§5.2: the training set as one batch of 50,000 [CODE loader.py]"),
+    "val_size": (10000, "§5.2: a random 50k of the 60k (50k of CIFAR-10's 50k) train; the rest unused [CODE]"),
+    "epochs": (1, "§5.2: one feature pass, then each predictor's fit [CODE model.py]"),
+}
+_STEPS = {
+    **_WHOLE_SET,
+    "fit": ("steps", "§5.1: full-batch gradient descent with a hand-written gradient [CODE model.py]"),
     "fit_steps": (5000, "§5.2: 5000 full-batch epochs [README]"),
-    "optimizer": ("sgd", "§5.1: plain gradient descent, hand-written CE gradient [CODE model.py]"),
+    "optimizer": ("sgd", "§5.1: plain gradient descent [CODE model.py]"),
     "momentum": (0.0, "§5.1: no momentum [CODE model.py]"),
     "lr": (0.01, "§5.2: step 0.01 (--step is never passed) [CODE train.py]"),
     "weight_decay": (0.0, "§5.2: lambda = 0 (--lamda is never passed) [CODE train.py]"),
-    "batch_size": (50000, "§5.2: the training set as one batch of 50,000 [CODE loader.py]"),
-    "val_size": (10000, "§5.2: a random 50k of MNIST's 60k train; the rest unused, here validation [CODE]"),
-    "epochs": (1, "§5.2: one feature pass, then the predictors' fit [CODE model.py]"),
 }
 _CARD = dict(
     family="cafo",
@@ -118,10 +123,10 @@ _CARD = dict(
 @method_card(
     name="cafo",
     summary="Cascaded Forward: random blocks never trained, a bias-free linear predictor per block trained on its "
-    "detached features (per mini-batch [INF]); probabilities summed over blocks",
+    "detached features, per mini-batch with the run's optimizer [INF]; probabilities summed over blocks",
     options=_OPTIONS,
     defaults={"optimizer": "adam", "lr": 1e-3, "batch_size": 128, "schedule": "constant"},
-    recipes={"reference": _COMMON},
+    recipes={"reference": {**_COMMON, "loss": ("ce", "§5.1: --loss_fn CE in the README's commands [README]")}},
     tuning_space={"lr": ("log", 1e-4, 1e-2)},
     **_CARD,
 )
@@ -130,76 +135,66 @@ class CaFo(LocalMethod):
     probe_rule = "last"
 
     def __init__(self, backbone, num_classes, options, ctx):
-        for p in backbone.parameters():  # random blocks, in no optimizer (each unit's trains its predictor only)
+        for p in backbone.parameters():  # random blocks, in no optimizer: each unit's trains its predictor only
             p.requires_grad_(False)
         for m in backbone.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.momentum = None  # the statistics of every batch seen, equally weighted: the training set's
+                m.momentum = None  # every batch's statistics weighted equally: the training set's (fixed blocks)
                 if options["bn"] == "batch":
-                    m.track_running_stats, m.running_mean, m.running_var, m.num_batches_tracked = (
-                        False,
-                        None,
-                        None,
-                        None,
-                    )
+                    m.track_running_stats = False
+                    m.running_mean = m.running_var = m.num_batches_tracked = None
         super().__init__(backbone, num_classes, options, ctx)
 
     def make_head(self, k, shape):
         linear = nn.Linear(math.prod(shape), self.num_classes, bias=False)
         if self.options["w_init"] != "linear":
-            nn.init.constant_(linear.weight, 1.0 if self.options["w_init"] == "ones" else 0.0)
+            nn.init.constant_(linear.weight, float(self.options["w_init"] == "ones"))
         return nn.Sequential(nn.Flatten(), linear)
 
     def unit_loss(self, k, scores, y, h):
         return head_loss(self.options["loss"], scores, y)
 
     def rules(self, scores, features):
-        return {"sum": sum(probabilities(self.options["loss"], s) for s in scores), "last": scores[-1]}
-
-
-def _train_rows(config) -> int | None:
-    """The training images a run of ``config`` gets (its dataset card's sizes; None where the card has none)."""
-    sizes = DATASETS.get(config.dataset).card.defaults
-    if "n_train" not in sizes or config.classes or config.keep_classes:
-        return None
-    return (
-        config.train_subset
-        or split_sizes(config.val_size, None, None, n_train=sizes["n_train"], num_classes=sizes["num_classes"])[1]
-    )
+        sl = self.options["loss"] == "sl"
+        return {"sum": sum(sparsemax(s)[0] if sl else s.softmax(1) for s in scores), "last": scores[-1]}
 
 
 @method_card(
-    name="cafo.fullbatch",
-    summary="Cascaded Forward as the code fits it: per epoch one step on the whole training set, block after block "
-    "its features for all images, then its predictor by full-batch steps or in closed form",
-    options={**_OPTIONS, **_FIT_OPTIONS},
+    name="cafo.ce",
+    summary="Cascaded Forward as its code fits it (--loss_fn CE): per epoch one step on the whole training set, "
+    "block after block its features for every image, then its predictor by full-batch gradient descent on CE",
+    options=_FIT_OPTIONS,
     defaults={"optimizer": "sgd", "momentum": 0.0, "lr": 0.01, "batch_size": 60000, "epochs": 1},
-    recipes={"reference": _REFERENCE},
+    recipes={"reference": {**_STEPS, "loss": ("ce", "§5.1: --loss_fn CE [CODE train.py]")}},
     **_CARD,
 )
-class CaFoFullBatch(CaFo):
-    seed_batching = False  # its one step is the whole fit: a stacked first-step check would repeat the fit per seed
+class CaFoWholeSet(CaFo):
+    seed_batching = False  # its one step is the whole fit: a stacked first-step check would repeat it per seed
 
     @classmethod
     def skip(cls, config):
-        o = {**cls.card.defaults, **config.method_options}
+        o, sizes = {**cls.card.defaults, **config.method_options}, DATASETS.get(config.dataset).card.defaults
         if o["fit"] == "closed_form" and o["loss"] != "mse":
             return f"{config.method}: fit = 'closed_form' solves the squared error; set loss = 'mse' or fit = 'steps'"
-        rows = _train_rows(config)
-        if rows is not None and config.batch_size < rows:
-            return (
-                f"{config.method} fits on the whole training set in one step: batch_size {config.batch_size} is "
-                f"below its {rows} images; set batch_size >= {rows}"
+        if "n_train" in sizes and not (config.classes or config.keep_classes):
+            rows = (
+                config.train_subset
+                or split_sizes(config.val_size, None, None, n_train=sizes["n_train"], num_classes=sizes["num_classes"])[
+                    1
+                ]
             )
+            if config.batch_size < rows:
+                return (
+                    f"{config.method} fits on the whole training set in one step: batch_size {config.batch_size} "
+                    f"is below its {rows} images; set batch_size >= {rows}"
+                )
         return None
 
     def train_step(self, x, y):
         stats, h = {}, x
         for k, unit in enumerate(self.backbone.units):
             with torch.no_grad():
-                if any(
-                    isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in unit.modules()
-                ):
+                if any(getattr(m, "track_running_stats", False) for m in unit.modules()):
                     for rows in h.split(CHUNK):  # the training set's statistics first, then the features under them
                         unit(rows)
                     unit.eval()
@@ -222,8 +217,31 @@ class CaFoFullBatch(CaFo):
                 w = torch.linalg.pinv(gram, hermitian=True) @ target
             with torch.no_grad():
                 linear.weight.copy_(w.T)
-        else:
-            for _ in range(o["fit_steps"]):
-                step(self.opts[k], head_loss(o["loss"], linear(z), y))
+        for _ in range(o["fit_steps"] if o["fit"] == "steps" else 0):
+            step(self.opts[k], head_loss(o["loss"], linear(z), y))
         with torch.no_grad():
             return head_loss(o["loss"], linear(z), y)
+
+
+variant(
+    CaFoWholeSet,
+    name="cafo.mse",
+    summary="Cascaded Forward as its code fits it (--loss_fn MSE): each predictor in closed form, the least-squares "
+    "solution on the whole training set's features (fp64 normal equations)",
+    defaults={"loss": "mse", "fit": "closed_form"},
+    recipes={
+        "reference": {
+            **_WHOLE_SET,
+            "loss": ("mse", "§5.1: --loss_fn MSE [CODE train.py]"),
+            "fit": ("closed_form", "§5.1: W = (Z'Z)^-1 Z'Y, solve or pseudo-inverse [CODE model.py]"),
+        }
+    },
+)
+variant(
+    CaFoWholeSet,
+    name="cafo.sl",
+    summary="Cascaded Forward as its code fits it (--loss_fn SL): full-batch gradient descent on the sparsemax loss, "
+    "sparsemax probabilities summed over blocks",
+    defaults={"loss": "sl"},
+    recipes={"reference": {**_STEPS, "loss": ("sl", "§5.1: --loss_fn SL, gradient sparsemax(ZW) - Y [CODE model.py]")}},
+)
