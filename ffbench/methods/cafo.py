@@ -202,7 +202,10 @@ class CaFoWholeSet(CaFo):
                     for rows in h.split(CHUNK):  # the training set's statistics first, then the features under them
                         unit(rows)
                     unit.eval()
-                h = torch.cat([unit(rows) for rows in h.split(CHUNK)])
+                out = h.new_empty(len(h), *self.backbone.out_shapes[k])  # one copy of the features, filled
+                for i in range(0, len(h), CHUNK):
+                    out[i : i + CHUNK] = unit(h[i : i + CHUNK])
+                h = out
                 unit.train(self.training)
             stats[f"loss.unit{k + 1}"] = self.fit_head(k, h.flatten(1), y)
         return {"loss": sum(stats.values()), **stats}
