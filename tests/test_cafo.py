@@ -165,3 +165,14 @@ def test_refused_configurations():
         ("mse", "closed_form"),
         ("sl", "steps"),
     ]
+
+
+@pytest.mark.parametrize("method", ["cafo", "cafo.mse"])
+def test_linear_probe_fits_the_last_predictor_only(method):
+    cafo, data = make(method, batch_size=2000)
+    cafo.adapt("linear-probe", 1)
+    cafo.start_epoch(0)
+    stats = cafo.train_step(data.train.x, data.train.y)
+    assert set(stats) == {"loss", "loss.unit3"}
+    assert all(torch.equal(h[1].weight, torch.ones_like(h[1].weight)) for h in cafo.heads[:-1])
+    assert not torch.equal(cafo.heads[-1][1].weight, torch.ones_like(cafo.heads[-1][1].weight))

@@ -207,7 +207,8 @@ class CaFoWholeSet(CaFo):
                     out[i : i + CHUNK] = unit(h[i : i + CHUNK])
                 h = out
                 unit.train(self.training)
-            stats[f"loss.unit{k + 1}"] = self.fit_head(k, h.flatten(1), y)
+            if self.active[k]:  # a predictor held fixed (a transfer's linear probe) is not fitted again
+                stats[f"loss.unit{k + 1}"] = self.fit_head(k, h.flatten(1), y)
         return {"loss": sum(stats.values()), **stats}
 
     def fit_head(self, k, z, y):
