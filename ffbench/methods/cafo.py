@@ -114,7 +114,19 @@ _STEPS = {
     "lr": (0.01, "§5.2: step 0.01 (--step is never passed) [CODE train.py]"),
     "weight_decay": (0.0, "§5.2: lambda = 0 (--lamda is never passed) [CODE train.py]"),
 }
+_NOTES = (
+    "The blocks are the backbone's units, frozen at their random initialisation (in no optimizer); BatchNorm keeps "
+    "cumulative running averages (momentum None), i.e. the training set's statistics, used at test under bn='train' "
+    "[INF: the code normalises the test set by its own statistics, bn='batch']. cafo (online [INF]) trains each "
+    "predictor per mini-batch with the run's optimizer; third-party replications train such a head with Adam [SEC]. "
+    "cafo.ce/.mse/.sl fit on the whole training set in one step per epoch: features by chunks of 2000 images, under "
+    "bn='train' after a pass that gathers the statistics; under bn='batch' each chunk is normalised by its own "
+    "statistics (the code: the 50k batch's). The closed form accumulates Z'Z in fp64 and falls back to the "
+    "pseudo-inverse when Z'Z is singular (as the code); ridge [INF] adds lambda I. The code's 'BP' loss (Adam on a "
+    "CE head) is cafo.ce with optimizer adam. Blocks trained by DFA (a third-party variant [SEC]) are not offered."
+)
 _CARD = dict(
+    notes=_NOTES,
     family="cafo",
     paper="Zhao et al. 2023, 'The Cascaded Forward Algorithm for Neural Network Training', arXiv 2303.09728 "
     "(zoo.md §5)",
