@@ -77,7 +77,11 @@ _OPTIONS = {
 _FIT_OPTIONS = {
     **_OPTIONS,
     "fit": Option(
-        str, "steps", "whole-set fit: full-batch steps, or closed form (mse)", choices=("steps", "closed_form")
+        str,
+        "steps",
+        "whole-set fit: full-batch steps, or closed form (mse)",
+        choices=("steps", "closed_form"),
+        source="code: steps for CE and SL, closed form for MSE",
     ),
     "fit_steps": Option(int, 5000, "full-batch optimizer steps per epoch (fit = 'steps')", ge=1, source="code: 5000"),
     "ridge": Option(float, 0.0, "ridge added to Z'Z in the closed form (fp64)", ge=0, source="[INF]; code: 0"),
@@ -123,7 +127,7 @@ _NOTES = (
     "bn='train' after a pass that gathers the statistics; under bn='batch' each chunk is normalised by its own "
     "statistics (the code: the 50k batch's). The closed form accumulates Z'Z in fp64 and falls back to the "
     "pseudo-inverse when Z'Z is singular (as the code); ridge [INF] adds lambda I. The code's 'BP' loss (Adam on a "
-    "CE head) is cafo.ce with optimizer adam. Blocks trained by DFA (a third-party variant [SEC]) are not offered."
+    "CE head) is cafo.ce with optimizer adam (its eps 1e-4 aside). Blocks trained by DFA (a third-party variant [SEC]) are not offered."
 )
 _CARD = dict(
     notes=_NOTES,
