@@ -197,12 +197,8 @@ class CaFoWholeSet(CaFo):
         if o["fit"] == "closed_form" and o["loss"] != "mse":
             return f"{config.method}: fit = 'closed_form' solves the squared error; set loss = 'mse' or fit = 'steps'"
         if "n_train" in sizes and not (config.classes or config.keep_classes):
-            rows = (
-                config.train_subset
-                or split_sizes(config.val_size, None, None, n_train=sizes["n_train"], num_classes=sizes["num_classes"])[
-                    1
-                ]
-            )
+            n, k = sizes["n_train"], sizes["num_classes"]
+            rows = config.train_subset or split_sizes(config.val_size, None, None, n_train=n, num_classes=k)[1]
             if config.batch_size < rows:
                 return (
                     f"{config.method} fits on the whole training set in one step: batch_size {config.batch_size} "
