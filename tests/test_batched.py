@@ -55,6 +55,8 @@ CASES = {  # id: (method, backbone, backbone options, method options, training f
     ),
     "deepsup-match-monoforward": ("bp.deepsup", "mlp", MLP, {"head": "match:monoforward"}, {}),
     "scff": ("scff", "mlp", MLP, {}, {"epochs": 4}),
+    "cafo-cnn": ("cafo", "cnn", CNN, {}, {}),
+    "cafo-cnn-sl-batch-bn": ("cafo", "cnn", CNN, {"loss": "sl", "bn": "batch"}, {}),
 }
 
 

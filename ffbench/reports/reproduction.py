@@ -108,6 +108,21 @@ PUBLISHED: dict[tuple[str, str, str], Published] = {
         for dataset, value in zip(("mnist", "fashion-mnist", "cifar10"), row)
     },
     **{
+        ("cafo" + fit, "mnist", "cnn"): Published(
+            0.9880, "CaFo in DeeperForward Table 1: 98.80%, its loss not stated (zoo.md §5.4) [SEC]", ("test_acc.sum",)
+        )
+        for fit in (".ce", ".mse")
+    },
+    **{
+        ("cafo." + loss, "cifar10", "cnn"): Published(
+            1 - error,
+            f"Graph-ZKY/CaFo model.py comments: {error:.2%} test error with --loss_fn {loss.upper()}, the dataset "
+            "inferred (zoo.md §5.4) [CODE]",
+            ("test_acc.sum",),
+        )
+        for loss, error in (("ce", 0.3257), ("mse", 0.3486), ("sl", 0.3365))
+    },
+    **{
         ("sff", "cifar10", b): Published(
             0.09,
             "SFF paper, small-data experiment (1000 images): SFF about 9 pp above BP; the table itself is "
