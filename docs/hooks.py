@@ -1,16 +1,27 @@
 """Pages generated from the code before mkdocs builds the site, so they cannot drift from it: one page per
-method (from its card), the suite file reference (from the checker's schema), the command line (from the
-argument parser) and the results tables (from the committed per-seed CSVs). Written under docs/generated/."""
+method (from its card), the suite file reference (from the checker's schema and the registries), the command
+line (from the argument parser) and the results tables (from the committed per-seed CSVs, through the same
+statistics the reports use). Written under docs/generated/; the navigation lists every generated method page
+and every page of docs/methods/notes/, so a new method or a new notes page appears without editing mkdocs.yml.
+
+    python docs/hooks.py      # writes the pages without building the site
+"""
 
 from __future__ import annotations
 
 import argparse
 import io
+import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "docs" / "generated"
+DOCS = ROOT / "docs"
+OUT = DOCS / "generated"
+NOTES = DOCS / "methods" / "notes"
+ACCURACY = re.compile(r"^(test_acc|val_acc|best_test)(\.|$)")  # the CSVs' accuracy columns, in %
+# a citation of the method notes in the code: docs/methods/notes/<page>.md §<section>[, §<section>...]
+CITATION = re.compile(r"docs/methods/notes/([\w.-]+)\.md((?:,? ?§\d+(?:\.\d+)*(?:-§?\d+(?:\.\d+)*)?)*)")
 
 
 def _cell(text: object) -> str:
@@ -23,12 +34,87 @@ def _write(path: Path, text: str) -> None:
         path.write_text(text)
 
 
+def anchor(section: str) -> str:
+    """The anchor of a notes section heading (``## 2.3 Title {#s2.3}`` gives ``s2.3``)."""
+    return "s" + section
+
+
+def link_citations(text: str, prefix: str) -> str:
+    """Citations of the method notes (``docs/methods/notes/ff.md §2.3``) as links to their sections; ``prefix``
+    is the path from the page to docs/."""
+
+    def one(m: re.Match) -> str:
+        page, sections = m.group(1), re.findall(r"§(\d+(?:\.\d+)*)", m.group(2))
+        target = f"{prefix}methods/notes/{page}.md"
+        if not sections:
+            return f"[{page} notes]({target})"
+        return ", ".join(f"[{page} notes §{s}]({target}#{anchor(s)})" for s in sections)
+
+    return CITATION.sub(one, text)
+
+
 # ---------------------------------------------------------------- methods
-def method_page(entry) -> str:
+def _percent(df):
+    """A per-seed CSV's accuracies as fractions, as the store holds them (the CSVs hold %)."""
+    df = df.copy()
+    for c in df:
+        if ACCURACY.match(c):
+            df[c] = df[c] / 100
+    return df
+
+
+def committed(folder: str) -> dict[str, object]:
+    """The committed per-seed CSVs of benchmarks/<folder>/, by file name, accuracies as fractions."""
+    import pandas as pd
+
+    return {p.name: _percent(pd.read_csv(p)) for p in sorted((ROOT / "benchmarks" / folder).glob("*.csv"))}
+
+
+def reproduction_table(frames: dict[str, object], method: str | None = None) -> list[str]:
+    """The reproduction table of the committed CSVs, computed by the reproduction report's own function: each
+    published number, ffbench's mean with its t interval, and where the published number lies."""
+    import numpy as np
+    import pandas as pd
+
+    from ffbench.reports.reproduction import reproduction_rows
+
+    lines = [
+        "| suite | row (predictor) | published | ffbench mean [95% CI] (per seed) | best test epoch | seeds "
+        "| published vs CI |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    n = 0
+    for name, df in frames.items():
+        if method is not None and method not in set(df["method"]):
+            continue
+        table = reproduction_rows(df)
+        for r in table.to_dict("records") if len(table) else []:
+            if method is not None and r["row"].split(" − ")[0] != method:
+                continue
+            rule = r["metric"].removeprefix("test_acc").lstrip(".") or "default"
+            sel = df[(df["method"] == r["row"]) & (df["dataset"] == r["dataset"]) & (df["backbone"] == r["backbone"])]
+            seeds = pd.to_numeric(sel.get(r["metric"]), errors="coerce").dropna() * 100
+            per_seed = ", ".join(f"{v:.2f}" for v in seeds)
+            if r["n"] >= 2 and np.isfinite(r["ci_low"]):
+                mean = f"{r['mean'] * 100:.2f}% [{r['ci_low'] * 100:.2f}, {r['ci_high'] * 100:.2f}] ({per_seed})"
+            else:
+                mean = f"{r['mean'] * 100:.2f}% (one seed)" if r["n"] == 1 else "—"
+            best = pd.to_numeric(sel.get(r["metric"].replace("test_acc", "best_test", 1)), errors="coerce").mean()
+            best = f"{best * 100:.2f}%" if np.isfinite(best) else "—"
+            lines.append(
+                f"| `{name.removesuffix('.csv')}` | {r['row']}, {r['dataset']} / {r['backbone']}, {rule} "
+                f"| {r['published'] * 100:.2f}% | {mean} | {best} | {r['n']} | {r['published_vs_ci']} |"
+            )
+            n += 1
+    return lines if n else []
+
+
+def method_page(entry, reproductions: dict[str, object]) -> str:
     from ffbench.core.registry import RECIPE_DEFAULT
     from ffbench.reports.reproduction import PUBLISHED
 
     card, cls = entry.card, entry.obj
+    cite = lambda text: link_citations(_cell(text), "../../")
     lines = [f"# {card.name}", "", card.summary, ""]
     facts = [("family", card.family), ("paper", card.paper), ("code", card.code)]
     facts.append(("capabilities", ", ".join(f"`{c}`" for c in sorted(card.capabilities))))
@@ -41,13 +127,13 @@ def method_page(entry) -> str:
     facts.append(("adaptation modes", ", ".join(f"`{m}`" for m in getattr(cls, "adapt_modes", ()))))
     facts.append(("seeds trained together", "yes" if getattr(cls, "seed_batching", False) else "no (one at a time)"))
     facts.append(("defined in", f"`{cls.__module__.replace('.', '/')}.py`"))
-    lines += ["| | |", "|---|---|", *[f"| {k} | {_cell(v)} |" for k, v in facts if v], ""]
+    lines += ["| | |", "|---|---|", *[f"| {k} | {cite(v)} |" for k, v in facts if v], ""]
     if card.options:
         lines += ["## Options", "", "| option | accepts | default | what | source |", "|---|---|---|---|---|"]
         for name, opt in card.options.items():
-            default = repr(opt.default) if opt.has_default else "—"
+            value = repr(card.defaults.get(name, opt.default)) if opt.has_default or name in card.defaults else "—"
             lines.append(
-                f"| `{name}` | {_cell(opt.describe())} | `{_cell(default)}` | {_cell(opt.help)} | {_cell(opt.source)} |"
+                f"| `{name}` | {_cell(opt.describe())} | `{_cell(value)}` | {_cell(opt.help)} | {cite(opt.source)} |"
             )
         lines.append("")
     for name in sorted(card.recipes, key=lambda n: n != RECIPE_DEFAULT):
@@ -58,7 +144,7 @@ def method_page(entry) -> str:
             "| setting | value | source |",
             "|---|---|---|",
         ]
-        lines += [f"| `{k}` | `{_cell(repr(v))}` | {_cell(src)} |" for k, (v, src) in settings.items()]
+        lines += [f"| `{k}` | `{_cell(repr(v))}` | {cite(src)} |" for k, (v, src) in settings.items()]
         lines.append("")
     if card.tuning_space:
         lines += ["## Tuning space", "", ", ".join(f"`{k}`: {v}" for k, v in card.tuning_space.items()), ""]
@@ -67,10 +153,19 @@ def method_page(entry) -> str:
         lines += ["## Published numbers", "", "| dataset | backbone | published | source |", "|---|---|---|---|"]
         for (_, dataset, backbone), p in published:
             value = f"{p.value * 100:+.2f} pp vs {p.versus}" if p.versus else f"{p.value * 100:.2f}%"
-            lines.append(f"| {dataset} | {backbone} | {value} | {_cell(p.source)} |")
-        lines += ["", "The measured rows are on the [results](../results.md) page.", ""]
+            lines.append(f"| {dataset} | {backbone} | {value} | {cite(p.source)} |")
+        lines.append("")
+        measured = reproduction_table(reproductions, card.name)
+        if measured:
+            lines += [
+                "### Measured",
+                "",
+                "From the committed per-seed results (the [results](../results.md) page).",
+                "",
+            ]
+            lines += [*measured, ""]
     if card.notes:
-        lines += ["## Notes", "", card.notes, ""]
+        lines += ["## Notes", "", cite(card.notes), ""]
     return "\n".join(lines)
 
 
@@ -78,31 +173,45 @@ def methods() -> list[str]:
     from ffbench.core.registry import METHODS
 
     names = METHODS.names()
+    reproductions = committed("reproduction")
     index = [
         "# Methods",
         "",
-        "Every built-in method, generated from its card (`ffbench list methods NAME` prints the same).",
+        "Every built-in method, generated from its card (`ffbench list methods NAME` prints the same). The "
+        "facts behind the cards (formulas, reference code, published numbers, pitfalls) are in the "
+        "[method notes](../../methods/notes/index.md).",
         "",
         "| method | family | summary |",
         "|---|---|---|",
     ]
     for name in names:
         entry = METHODS.get(name)
-        _write(OUT / "methods" / f"{name}.md", method_page(entry))
+        _write(OUT / "methods" / f"{name}.md", method_page(entry, reproductions))
         index.append(f"| [{name}]({name}.md) | {entry.card.family} | {_cell(entry.card.summary)} |")
     _write(OUT / "methods" / "index.md", "\n".join(index) + "\n")
     return names
 
 
 # ---------------------------------------------------------------- the suite file
+def _options_table(options: dict, defaults: dict) -> list[str]:
+    rows = ["| key | accepts | default | what |", "|---|---|---|---|"]
+    for name, opt in options.items():
+        value = repr(defaults.get(name, opt.default)) if opt.has_default or name in defaults else "—"
+        rows.append(f"| `{name}` | {_cell(opt.describe())} | `{_cell(value)}` | {_cell(opt.help)} |")
+    return rows
+
+
 def suite_reference() -> None:
     from ffbench.core.config import TRAIN_FIELDS
+    from ffbench.core.registry import AXES, BACKBONES, DATASETS, METHODS
     from ffbench.plan import suite
 
     lines = [
         "# Suite file reference",
         "",
-        "Generated from the schema the suite checker uses: every field below is checked before anything trains.",
+        "Generated from the schema the suite checker uses and from the registries: every key below is checked "
+        "before anything trains, and a key not listed here is an error naming the file and the allowed keys. "
+        "The [guide](../../guide/suites.md) explains how the sections combine.",
         "",
         "## Sections",
         "",
@@ -116,9 +225,19 @@ def suite_reference() -> None:
         lines.append(f"| `{key}` | {' or '.join(k.__name__ for k in kinds)} |")
     lines += [
         "",
+        f"`batch_seeds` takes {', '.join(f'`{v!r}`' for v in suite.BATCH_SEEDS)}; `name`: {suite.NAME_RULE}.",
+        "",
+        "## `[design]`",
+        "",
+        f"Required: {', '.join(f'`{k}`' for k in suite._DESIGN_KEYS)} (lists of registered names; `seeds` a list "
+        f"of integers up to {suite.INT_MAX}). Optional: {', '.join(f'`{k}`' for k in suite._DESIGN_OPTIONAL)}: "
+        f"`plan` is one of {', '.join(f'`{p}`' for p in suite.PLANS)}; `only` and `exclude` are lists of tables "
+        "naming a level per factor or axis.",
+        "",
         "## Training fields",
         "",
-        'Set in `[train]`, per method in `[methods."NAME"]`, or as an axis or tuning parameter.',
+        'Set in `[train]`, per dataset in `[datasets."NAME"]`, per method in `[methods."NAME"]`, or as an axis or '
+        "tuning parameter.",
         "",
         "| field | accepts | default | what |",
         "|---|---|---|---|",
@@ -126,7 +245,57 @@ def suite_reference() -> None:
     for name, opt in TRAIN_FIELDS.items():
         default = repr(opt.default) if opt.has_default else "—"
         lines.append(f"| `{name}` | {_cell(opt.describe())} | `{_cell(default)}` | {_cell(opt.help)} |")
-    _write(OUT / "reference" / "suite.md", "\n".join(lines) + "\n")
+    lines += [
+        "",
+        '## `[methods."NAME"]`',
+        "",
+        "Training fields (above), `recipe`, and the method's options:",
+        "",
+    ]
+    for name in METHODS.names():
+        card = METHODS.get(name).card
+        if card.options:
+            lines += [f"### `{name}`", "", *_options_table(card.options, card.defaults), ""]
+    for title, reg, extra in (
+        ("backbones", BACKBONES, "the backbone's options"),
+        ("datasets", DATASETS, "`root` (a folder of the dataset's files), training fields, and the dataset's options"),
+    ):
+        lines += [f'## `[{title}."NAME"]`', "", f"{extra.capitalize()}:", ""]
+        for name in reg.names():
+            card = reg.get(name).card
+            lines += [f"### `{name}`", "", card.summary, ""]
+            if card.options:
+                lines += [*_options_table(card.options, card.defaults), ""]
+    lines += [
+        "## `[axes]`",
+        "",
+        'A registered axis takes a list of levels (`granularity = ["layer", "block"]`). A generic axis is a '
+        "table with `levels` and exactly one of "
+        + ", ".join(f"`{k}` (a {v} {'field' if v == 'train' else 'option'})" for k, v in suite._GENERIC_KEYS.items())
+        + ". The registered axes:",
+        "",
+        "| axis | sets | levels | what |",
+        "|---|---|---|---|",
+    ]
+    for name in AXES.names():
+        axis = AXES.get(name).obj
+        sets = f"{axis.target} {' / '.join(axis.keys)}"
+        lines.append(f"| `{name}` | {sets} | {_cell(axis.level.describe())} | {_cell(axis.summary)} |")
+    lines += [
+        "",
+        "## `[tuning]`",
+        "",
+        f"Keys: {', '.join(f'`{k}`' for k in suite._TUNING_KEYS)}; at most {suite.MAX_TRIALS:,} `trials`. "
+        '`space` maps a method to `{field = [kind, low, high]}` with kind `"log"`, `"float"` or `"int"`, or '
+        '`["choice", a, b, ...]`.',
+        "",
+        "## `[transfer]`",
+        "",
+        f"Keys: {', '.join(f'`{k}`' for k in suite._TRANSFER_KEYS)}, and training fields of the source stage; or "
+        '`[transfer."TARGET"]` per target dataset.',
+        "",
+    ]
+    _write(OUT / "reference" / "suite.md", "\n".join(lines))
 
 
 # ---------------------------------------------------------------- the command line
@@ -144,52 +313,98 @@ def cli_reference() -> None:
 
 
 # ---------------------------------------------------------------- results
-def results() -> None:
-    import pandas as pd
+def study_table(df, control: str = "bp") -> list[str]:
+    """Per cell: n, mean with its t interval, and the difference from the control with the verdict, from
+    ``stats.compare`` (paired by seed, one Holm family), as the comparison report computes them."""
+    import numpy as np
 
+    from ffbench import stats
+
+    factors = [c for c in ("method", "dataset", "backbone", "train_size", "adapt") if c in df]
+    strata = [f for f in factors if f != "method"]
+    comp = stats.compare(df, "test_acc", control=control, factors=factors, n_resamples=200, rng=0)
+    verdicts = {tuple(r[f] for f in factors): r for r in comp.to_dict("records")}
+    lines = [
+        "| " + " | ".join(strata) + f" | method | n | mean [95% CI] (%) | Δ vs {control} pp [decision CI] | verdict |",
+        "|" + "---|" * (len(strata) + 5),
+    ]
+    ok = df[df["status"] == "done"]
+    for key, cell in ok.groupby([*strata, "method"], sort=True):
+        values = cell["test_acc"].to_numpy(float)
+        ci = stats.t_interval(values)
+        mean = f"{values.mean() * 100:.2f}" + (
+            f" [{ci.low * 100:.2f}, {ci.high * 100:.2f}]" if np.isfinite(ci.low) else ""
+        )
+        row = dict(zip([*strata, "method"], key))
+        hit = verdicts.get(tuple(row[f] for f in factors))
+        delta = verdict = "control" if row["method"] == control else "—"
+        if hit is not None:
+            delta = f"{hit['delta'] * 100:+.2f} [{hit['dec_low'] * 100:+.2f}, {hit['dec_high'] * 100:+.2f}]"
+            verdict = hit["verdict"]
+        failed = int((df.set_index([*strata, "method"]).index == key).sum()) - len(values)
+        n = f"{len(values)}" + (f" ({failed} failed)" if failed else "")
+        lines.append(
+            "| " + " | ".join(str(row[s]) for s in strata) + f" | {key[-1]} | {n} | {mean} | {delta} | {verdict} |"
+        )
+    return lines
+
+
+def results() -> None:
     lines = [
         "# Results",
         "",
-        "Rendered from the committed per-seed CSVs (`benchmarks/reproduction/`, `benchmarks/studies/`) each "
-        "time the site is built: a rerun that rewrites a CSV updates these tables.",
+        "Rendered from the committed per-seed CSVs (`benchmarks/reproduction/`, `benchmarks/studies/`, written by "
+        "`benchmarks/studies/per_seed.py`) each time the site is built, with the statistics the reports use: a "
+        "rerun that rewrites a CSV updates these tables. [Reproduction](../reproduction.md) says how each was "
+        "run and what the rows mean.",
         "",
     ]
-    for folder, title in (("reproduction", "Reproductions"), ("studies", "Studies")):
-        csvs = sorted((ROOT / "benchmarks" / folder).glob("*.csv"))
-        if not csvs:
-            continue
-        lines += [f"## {title}", ""]
-        for path in csvs:
-            df = pd.read_csv(path)
-            keys = [k for k in ("method", "dataset", "backbone") if k in df]
-            acc = "test_acc" if "test_acc" in df else None
-            if not keys or acc is None:
-                continue
-            done = df[df.get("status", "done") == "done"] if "status" in df else df
-            table = done.groupby(keys, sort=False)[acc].agg(["count", "mean", "std"]).reset_index()
-            lines += [
-                f"### `{path.name}`",
-                "",
-                "| " + " | ".join(keys) + " | seeds | test accuracy (%) |",
-                "|" + "---|" * (len(keys) + 2),
-            ]
-            for r in table.to_dict("records"):
-                sd = "" if pd.isna(r["std"]) else f" ± {r['std']:.2f}"
-                lines.append("| " + " | ".join(str(r[k]) for k in keys) + f" | {r['count']} | {r['mean']:.2f}{sd} |")
-            lines.append("")
+    measured = reproduction_table(committed("reproduction"))
+    if measured:
+        lines += [
+            "## Reproductions",
+            "",
+            "Each published number against ffbench's mean over seeds with its 95% t interval (the reproduction "
+            "report's own rows), and where the published number lies. *best test epoch*: the mean of each seed's "
+            "best test accuracy over its evaluated epochs, the test-set selection some reference code makes "
+            "(optimistic by construction); ffbench's number selects the epoch on validation.",
+            "",
+            *measured,
+            "",
+        ]
+    studies = committed("studies")
+    if studies:
+        lines += ["## Studies", ""]
+        for name, df in studies.items():
+            lines += [f"### `{name.removesuffix('.csv')}`", "", *study_table(df), ""]
     _write(OUT / "results.md", "\n".join(lines))
 
 
-def generate() -> None:
+# ---------------------------------------------------------------- mkdocs
+def generate() -> list[str]:
     sys.path.insert(0, str(ROOT))
-    methods()
+    names = methods()
     suite_reference()
     cli_reference()
     results()
+    return names
 
 
-def on_pre_build(config, **kwargs) -> None:  # the mkdocs hook
-    generate()
+def _nav(names: list[str]) -> list:
+    notes = sorted(p.name for p in NOTES.glob("*.md") if p.name != "index.md")
+    return [
+        "generated/methods/index.md",
+        *[f"generated/methods/{n}.md" for n in names],
+        {"Method notes": ["methods/notes/index.md", *[f"methods/notes/{n}" for n in notes]]},
+    ]
+
+
+def on_config(config, **kwargs):  # the mkdocs hook: pages first, then the navigation that lists them
+    names = generate()
+    for entry in config["nav"] or []:
+        if isinstance(entry, dict) and "Methods" in entry:
+            entry["Methods"] = _nav(names)
+    return config
 
 
 if __name__ == "__main__":
