@@ -21,6 +21,7 @@ OUT = DOCS / "generated"
 NOTES = DOCS / "methods" / "notes"
 ACCURACY = re.compile(r"^(test_acc|val_acc|best_test)(\.|$)")  # the CSVs' accuracy columns, in %
 # a citation of the method notes in the code: docs/methods/notes/<page>.md §<section>[, §<section>...]
+TAG = re.compile(r"\[([A-Z][A-Z-]+(?: [^\]]*)?)\](?!\()")
 CITATION = re.compile(r"docs/methods/notes/([\w.-]+)\.md((?:,? ?§\d+(?:\.\d+)*(?:-§?\d+(?:\.\d+)*)?)*)")
 
 
@@ -39,18 +40,50 @@ def anchor(section: str) -> str:
     return "s" + section
 
 
-def link_citations(text: str, prefix: str) -> str:
-    """Citations of the method notes (``docs/methods/notes/ff.md §2.3``) as links to their sections; ``prefix``
-    is the path from the page to docs/."""
+def notes_sections() -> dict[str, str]:
+    """Section number -> the notes page that holds it, read from the pages' ``{#s<number>}`` anchors."""
+    found = {}
+    for page in sorted(NOTES.glob("*.md")):
+        for number in re.findall(r"\{#s(\d+(?:\.\d+)*)\}", page.read_text()):
+            found[number] = page.stem
+    return found
 
-    def one(m: re.Match) -> str:
-        page, sections = m.group(1), re.findall(r"§(\d+(?:\.\d+)*)", m.group(2))
-        target = f"{prefix}methods/notes/{page}.md"
-        if not sections:
-            return f"[{page} notes]({target})"
-        return ", ".join(f"[{page} notes §{s}]({target}#{anchor(s)})" for s in sections)
 
-    return CITATION.sub(one, text)
+def _section_link(number: str, page: str | None, prefix: str, sections: dict[str, str]) -> str:
+    """A link to the deepest section of the notes that holds ``number`` (§2.7.1 is an item of §2.7)."""
+    parts = number.split(".")
+    while parts and ".".join(parts) not in sections:
+        parts.pop()
+    held = ".".join(parts)
+    if not parts or (page is not None and sections[held] != page):
+        return f"{page + ' notes ' if page else ''}§{number}"  # cited but not (yet) in the notes: left as text
+    return f"[{sections[held]} notes §{number}]({prefix}methods/notes/{sections[held]}.md#{anchor(held)})"
+
+
+def link_citations(text: str, prefix: str, sections: dict[str, str] | None = None) -> str:
+    """Citations of the method notes as links to their sections: ``docs/methods/notes/ff.md §2.3``, and in a
+    card's text a bare ``§2.3`` (section numbers are unique across the notes). ``prefix`` is the path from
+    the page to docs/."""
+    sections = notes_sections() if sections is None else sections
+    text = TAG.sub(r"\\[\1\\]", text)  # a source's tag ([INF], [CODE Models.py]) is text, never a link reference
+
+    def full(m: re.Match) -> str:
+        page, numbers = m.group(1), re.findall(r"§(\d+(?:\.\d+)*)", m.group(2))
+        if not numbers:
+            return f"[{page} notes]({prefix}methods/notes/{page}.md)"
+        return ", ".join(_section_link(n, page, prefix, sections) for n in numbers)
+
+    out, last = [], 0
+    for m in CITATION.finditer(text):  # full citations first; bare section numbers in the text between them
+        out.append(
+            re.sub(
+                r"§(\d+(?:\.\d+)*)", lambda b: _section_link(b.group(1), None, prefix, sections), text[last : m.start()]
+            )
+        )
+        out.append(full(m))
+        last = m.end()
+    out.append(re.sub(r"§(\d+(?:\.\d+)*)", lambda b: _section_link(b.group(1), None, prefix, sections), text[last:]))
+    return "".join(out)
 
 
 # ---------------------------------------------------------------- methods
@@ -380,10 +413,19 @@ def results() -> None:
     _write(OUT / "results.md", "\n".join(lines))
 
 
+# ---------------------------------------------------------------- snippets included by hand-written pages
+def references() -> None:
+    """The papers the reports cite (``REFERENCES``), for the statistics page."""
+    from ffbench.analysis.report_context import REFERENCES
+
+    _write(OUT / "snippets" / "references.md", "\n".join(f"- {v}" for v in sorted(REFERENCES.values())) + "\n")
+
+
 # ---------------------------------------------------------------- mkdocs
 def generate() -> list[str]:
     sys.path.insert(0, str(ROOT))
     names = methods()
+    references()
     suite_reference()
     cli_reference()
     results()
