@@ -22,7 +22,10 @@ NOTES = DOCS / "methods" / "notes"
 ACCURACY = re.compile(r"^(test_acc|val_acc|best_test)(\.|$)")  # the CSVs' accuracy columns, in %
 # a citation of the method notes in the code: docs/methods/notes/<page>.md §<section>[, §<section>...]
 TAG = re.compile(r"\[([A-Z][A-Z-]+(?: [^\]]*)?)\](?!\()")
-CITATION = re.compile(r"docs/methods/notes/([\w.-]+)\.md((?:,? ?§\d+(?:\.\d+)*(?:-§?\d+(?:\.\d+)*)?)*)")
+_SECTIONS = r"((?:,? ?§\d+(?:\.\d+)*(?:-§?\d+(?:\.\d+)*)?)*)"
+CITATION = re.compile(r"docs/methods/notes/([\w.-]+)\.md" + _SECTIONS)
+# any file's section citation (``zoo.md §3.2``): sections of files other than the notes are not linked
+ANY_CITATION = re.compile(r"[\w./-]+\.md" + _SECTIONS)
 
 
 def _cell(text: object) -> str:
@@ -73,16 +76,15 @@ def link_citations(text: str, prefix: str, sections: dict[str, str] | None = Non
             return f"[{page} notes]({prefix}methods/notes/{page}.md)"
         return ", ".join(_section_link(n, page, prefix, sections) for n in numbers)
 
+    def bare(span: str) -> str:
+        return re.sub(r"§(\d+(?:\.\d+)*)", lambda b: _section_link(b.group(1), None, prefix, sections), span)
+
     out, last = [], 0
-    for m in CITATION.finditer(text):  # full citations first; bare section numbers in the text between them
-        out.append(
-            re.sub(
-                r"§(\d+(?:\.\d+)*)", lambda b: _section_link(b.group(1), None, prefix, sections), text[last : m.start()]
-            )
-        )
-        out.append(full(m))
+    for m in ANY_CITATION.finditer(text):  # the notes' citations linked, another file's left as they are
+        ours = CITATION.fullmatch(m.group(0))
+        out += [bare(text[last : m.start()]), full(ours) if ours else m.group(0)]
         last = m.end()
-    out.append(re.sub(r"§(\d+(?:\.\d+)*)", lambda b: _section_link(b.group(1), None, prefix, sections), text[last:]))
+    out.append(bare(text[last:]))
     return "".join(out)
 
 
