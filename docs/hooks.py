@@ -357,8 +357,10 @@ def study_table(df, control: str = "bp") -> list[str]:
 
     factors = [c for c in ("method", "dataset", "backbone", "train_size", "adapt") if c in df]
     strata = [f for f in factors if f != "method"]
-    comp = stats.compare(df, "test_acc", control=control, factors=factors, n_resamples=200, rng=0)
-    verdicts = {tuple(r[f] for f in factors): r for r in comp.to_dict("records")}
+    verdicts = {}
+    if control in set(df["method"]):
+        comp = stats.compare(df, "test_acc", control=control, factors=factors, n_resamples=200, rng=0)
+        verdicts = {tuple(r[f] for f in factors): r for r in comp.to_dict("records")}
     lines = [
         "| " + " | ".join(strata) + f" | method | n | mean [95% CI] (%) | Δ vs {control} pp [decision CI] | verdict |",
         "|" + "---|" * (len(strata) + 5),
@@ -407,11 +409,12 @@ def results() -> None:
             *measured,
             "",
         ]
-    studies = committed("studies")
-    if studies:
-        lines += ["## Studies", ""]
-        for name, df in studies.items():
-            lines += [f"### `{name.removesuffix('.csv')}`", "", *study_table(df), ""]
+    for folder in sorted(p.name for p in (ROOT / "benchmarks").iterdir() if p.is_dir() and p.name != "reproduction"):
+        studies = {k: v for k, v in committed(folder).items() if {"method", "seed", "status", "test_acc"} <= set(v)}
+        if studies:  # every folder of per-seed CSVs (benchmarks/studies/, and any added beside it)
+            lines += [f"## {folder.replace('-', ' ').capitalize()} (`benchmarks/{folder}/`)", ""]
+            for name, df in studies.items():
+                lines += [f"### `{name.removesuffix('.csv')}`", "", *study_table(df), ""]
     _write(OUT / "results.md", "\n".join(lines))
 
 

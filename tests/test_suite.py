@@ -22,9 +22,7 @@ def write(tmp_path, extra="", base=GOOD):
 
 
 def test_good_suite_loads(tmp_path):
-    s = load(
-        write(tmp_path, '[train]\nepochs = 2\n[backbones.mlp]\nwidths = [8]\n[methods.bp]\nhead = "goodness"\n')
-    )
+    s = load(write(tmp_path, '[train]\nepochs = 2\n[backbones.mlp]\nwidths = [8]\n[methods.bp]\nhead = "goodness"\n'))
     assert s.name == "t" and s.train == {"epochs": 2} and s.method_settings == {"bp": {"head": "goodness"}}
 
 
