@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import re
 import sys
 from pathlib import Path
@@ -30,6 +31,16 @@ ANY_CITATION = re.compile(r"[\w./-]+\.md" + _SECTIONS)
 
 def _cell(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def as_toml(value: object) -> str:
+    """A value as a suite file writes it (``"adam"``, ``true``, ``[256, 256]``); unset is ``(unset)``."""
+    if value is None:
+        return "(unset)"
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except TypeError:  # a per-dataset value (ByDataset) and the like: as the code states it
+        return repr(value)
 
 
 def _write(path: Path, text: str) -> None:
@@ -166,7 +177,7 @@ def method_page(entry, reproductions: dict[str, object]) -> str:
     if card.options:
         lines += ["## Options", "", "| option | accepts | default | what | source |", "|---|---|---|---|---|"]
         for name, opt in card.options.items():
-            value = repr(card.defaults.get(name, opt.default)) if opt.has_default or name in card.defaults else "—"
+            value = as_toml(card.defaults.get(name, opt.default)) if opt.has_default or name in card.defaults else "—"
             lines.append(
                 f"| `{name}` | {_cell(opt.describe())} | `{_cell(value)}` | {_cell(opt.help)} | {cite(opt.source)} |"
             )
@@ -179,7 +190,7 @@ def method_page(entry, reproductions: dict[str, object]) -> str:
             "| setting | value | source |",
             "|---|---|---|",
         ]
-        lines += [f"| `{k}` | `{_cell(repr(v))}` | {cite(src)} |" for k, (v, src) in settings.items()]
+        lines += [f"| `{k}` | `{_cell(as_toml(v))}` | {cite(src)} |" for k, (v, src) in settings.items()]
         lines.append("")
     if card.tuning_space:
         lines += ["## Tuning space", "", ", ".join(f"`{k}`: {v}" for k, v in card.tuning_space.items()), ""]
@@ -231,7 +242,7 @@ def methods() -> list[str]:
 def _options_table(options: dict, defaults: dict) -> list[str]:
     rows = ["| key | accepts | default | what |", "|---|---|---|---|"]
     for name, opt in options.items():
-        value = repr(defaults.get(name, opt.default)) if opt.has_default or name in defaults else "—"
+        value = as_toml(defaults.get(name, opt.default)) if opt.has_default or name in defaults else "—"
         rows.append(f"| `{name}` | {_cell(opt.describe())} | `{_cell(value)}` | {_cell(opt.help)} |")
     return rows
 
@@ -260,7 +271,7 @@ def suite_reference() -> None:
         lines.append(f"| `{key}` | {' or '.join(k.__name__ for k in kinds)} |")
     lines += [
         "",
-        f"`batch_seeds` takes {', '.join(f'`{v!r}`' for v in suite.BATCH_SEEDS)}; `name`: {suite.NAME_RULE}.",
+        f"`batch_seeds` takes {', '.join(f'`{json.dumps(v)}`' for v in suite.BATCH_SEEDS)}; `name`: {suite.NAME_RULE}.",
         "",
         "## `[design]`",
         "",
@@ -278,7 +289,7 @@ def suite_reference() -> None:
         "|---|---|---|---|",
     ]
     for name, opt in TRAIN_FIELDS.items():
-        default = repr(opt.default) if opt.has_default else "—"
+        default = as_toml(opt.default) if opt.has_default else "—"
         lines.append(f"| `{name}` | {_cell(opt.describe())} | `{_cell(default)}` | {_cell(opt.help)} |")
     lines += [
         "",
@@ -314,7 +325,8 @@ def suite_reference() -> None:
     ]
     for name in AXES.names():
         axis = AXES.get(name).obj
-        sets = f"{axis.target} {' / '.join(axis.keys)}"
+        what = "training field" if axis.target == "train" else f"{axis.target} option"
+        sets = f"{what} {' / '.join(f'`{k}`' for k in axis.keys)}"
         lines.append(f"| `{name}` | {sets} | {_cell(axis.level.describe())} | {_cell(axis.summary)} |")
     lines += [
         "",

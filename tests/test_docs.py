@@ -153,7 +153,7 @@ def test_the_pages_fit_a_desktop_and_a_phone(site, tmp_path):
                 "--hide-scrollbars",
                 "--allow-file-access-from-files",
                 f"--user-data-dir={tmp_path / f'profile-{width}'}",
-                "--virtual-time-budget=30000",
+                "--virtual-time-budget=5000",
                 f"--window-size={max(width, 500)},2000",
                 "--dump-dom",
                 wrapper.as_uri(),
