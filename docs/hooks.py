@@ -10,6 +10,7 @@ and every page of docs/methods/notes/, so a new method or a new notes page appea
 from __future__ import annotations
 
 import argparse
+import inspect
 import io
 import json
 import re
@@ -63,21 +64,38 @@ def notes_sections() -> dict[str, str]:
     return found
 
 
-def _section_link(number: str, page: str | None, prefix: str, sections: dict[str, str]) -> str:
-    """A link to the deepest section of the notes that holds ``number`` (§2.7.1 is an item of §2.7)."""
+def _section_link(number: str, pages: set[str] | None, prefix: str, sections: dict[str, str]) -> str | None:
+    """A link to the deepest section of the notes that holds ``number`` (§2.7.1 is an item of §2.7), when one of
+    ``pages`` holds it (None: any page); None otherwise (another document's section, or one not in the notes)."""
     parts = number.split(".")
     while parts and ".".join(parts) not in sections:
         parts.pop()
     held = ".".join(parts)
-    if not parts or (page is not None and sections[held] != page):
-        return f"{page + ' notes ' if page else ''}§{number}"  # cited but not (yet) in the notes: left as text
+    if not parts or (pages is not None and sections[held] not in pages):
+        return None
     return f"[{sections[held]} notes §{number}]({prefix}methods/notes/{sections[held]}.md#{anchor(held)})"
 
 
-def link_citations(text: str, prefix: str, sections: dict[str, str] | None = None) -> str:
-    """Citations of the method notes as links to their sections: ``docs/methods/notes/ff.md §2.3``, and in a
-    card's text a bare ``§2.3`` (section numbers are unique across the notes). ``prefix`` is the path from
-    the page to docs/."""
+def module_text(cls: type) -> str:
+    """The source of the module defining ``cls`` ("" for a class made at run time, e.g. by exec)."""
+    try:
+        return Path(inspect.getsourcefile(cls) or "").read_text()
+    except (TypeError, OSError):
+        return ""
+
+
+def cited_pages(text: str) -> set[str]:
+    """The notes pages ``text`` cites in full (``docs/methods/notes/<page>.md``)."""
+    return {m.group(1) for m in CITATION.finditer(text)}
+
+
+def link_citations(
+    text: str, prefix: str, sections: dict[str, str] | None = None, context: set[str] | None = None
+) -> str:
+    """Citations of the method notes as links to their sections: ``docs/methods/notes/ff.md §2.3``, and a bare
+    ``§2.3`` when a page of ``context`` holds it (a card's recipe sources cite the sections of the notes page its
+    paper field names; None: any page). Another file's sections (``zoo.md §3.2``) stay text. ``prefix`` is the
+    path from the page to docs/."""
     sections = notes_sections() if sections is None else sections
     text = TAG.sub(r"\\[\1\\]", text)  # a source's tag ([INF], [CODE Models.py]) is text, never a link reference
 
@@ -85,10 +103,12 @@ def link_citations(text: str, prefix: str, sections: dict[str, str] | None = Non
         page, numbers = m.group(1), re.findall(r"§(\d+(?:\.\d+)*)", m.group(2))
         if not numbers:
             return f"[{page} notes]({prefix}methods/notes/{page}.md)"
-        return ", ".join(_section_link(n, page, prefix, sections) for n in numbers)
+        return ", ".join(_section_link(n, {page}, prefix, sections) or f"{page} notes §{n}" for n in numbers)
 
     def bare(span: str) -> str:
-        return re.sub(r"§(\d+(?:\.\d+)*)", lambda b: _section_link(b.group(1), None, prefix, sections), span)
+        return re.sub(
+            r"§(\d+(?:\.\d+)*)", lambda b: _section_link(b.group(1), context, prefix, sections) or b.group(0), span
+        )
 
     out, last = [], 0
     for m in ANY_CITATION.finditer(text):  # the notes' citations linked, another file's left as they are
@@ -160,7 +180,12 @@ def method_page(entry, reproductions: dict[str, object]) -> str:
     from ffbench.reports.reproduction import PUBLISHED
 
     card, cls = entry.card, entry.obj
-    cite = lambda text: link_citations(_cell(text), "../../")
+    texts = [card.paper, card.notes, *(o.source for o in card.options.values())]
+    texts += [src for settings in card.recipes.values() for _, src in settings.values()]
+    texts += [p.source for k, p in PUBLISHED.items() if k[0] == card.name]
+    texts.append(module_text(cls))
+    context = set().union(*(cited_pages(str(t)) for t in texts))  # the notes pages the card or its module name
+    cite = lambda text: link_citations(_cell(text), "../../", context=context)
     lines = [f"# {card.name}", "", card.summary, ""]
     facts = [("family", card.family), ("paper", card.paper), ("code", card.code)]
     facts.append(("capabilities", ", ".join(f"`{c}`" for c in sorted(card.capabilities))))
