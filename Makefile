@@ -3,13 +3,14 @@
 #   make test    install everything (with the test tools and data), then run the tests
 #   make board   the leaderboard page of the committed studies (ffbench-out/board)
 #   make lint    ruff (lint and format check) and the import-layer contract, as CI runs them
+#   make docs    the documentation site, built with --strict into site/ (open site/index.html)
 VENV    ?= .venv
 PYTHON  ?= python3
 BIN     := $(VENV)/bin
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PKGS := postgresql chromium dataset-fashion-mnist
 
-.PHONY: quick test lint install system-packages data board clean
+.PHONY: quick test lint docs install system-packages data board clean
 
 quick: install
 	$(BIN)/ffbench run quick
@@ -22,6 +23,10 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_layers.py
+
+# the site: generated pages (methods, suite and command-line references, results) and the hand-written ones
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 install: $(VENV)/.installed
 
@@ -48,4 +53,4 @@ board: install
 	$(BIN)/ffbench board benchmarks/studies/*.csv benchmarks/reproduction/*.csv --to ffbench-out/board
 
 clean:
-	rm -rf ffbench-out .pytest_cache
+	rm -rf ffbench-out .pytest_cache site docs/generated

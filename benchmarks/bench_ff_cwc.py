@@ -1,5 +1,5 @@
 """Benchmark ``ff.hinton`` (3x1000 MLP, MNIST) and ``cwc`` (CFSE CNN, Fashion-MNIST) against the published
-numbers (methods.md §2.3, §3.5) and the reference implementations' epoch times on 2 CPU threads
+numbers (docs/methods/notes/ff.md §2.3, §3.5) and the reference implementations' epoch times on 2 CPU threads
 (loeweX FF: ~49 s per epoch; CwComp CwC: ~476 s per epoch).
 
     .venv/bin/python benchmarks/bench_ff_cwc.py --epochs 2            # both, at their reference datasets

@@ -1,5 +1,5 @@
 """The import-layer contract: each subpackage of ffbench imports only from the layers below it (or its own),
-and no module imports itself back through a circle. The order is the README's architecture section."""
+and no module imports itself back through a circle. The order is the architecture page's (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -1,46 +1,48 @@
-"""The README's method examples are real code: they register, train and learn."""
+"""The README stays a short front page whose commands are real: every `ffbench` command of its shell blocks
+parses with the command's own parser, and its suite plans. The manual's examples are tested in test_docs.py."""
 
 import re
+import shlex
 from pathlib import Path
 
-from ffbench.core.config import RunConfig
-from ffbench.training.train import fit
+import pytest
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+from ffbench.cli import build_parser
 
-
-def test_readme_method_example_runs_and_learns():
-    code = re.search(r"```python\n(# mypkg/myff.py\n.*?)```", README.read_text(), re.S).group(1)
-    namespace = {"__name__": "readme_example"}
-    exec(compile(code, "README.md", "exec"), namespace)
-    r = fit(
-        RunConfig(
-            method="myff.greedy",
-            dataset="digits",
-            backbone="cnn",
-            epochs=4,
-            backbone_options={"channels": [16, 32, 32, 32]},
-        ),
-        "cpu",
-    )
-    assert r.status == "done" and r.metrics["test_acc"] > 0.8, r.metrics
-    assert r.metrics["test_acc.last"] > 0.5 and r.metrics["test_acc.unit1"] > 0.15  # chance: 0.1
-    assert r.curves[0]["train_loss.unit2"] > 0
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+PAGES = [README, *sorted(p for p in (ROOT / "docs").rglob("*.md") if "generated" not in p.parts)]
 
 
-def test_readme_non_local_example_runs_and_learns():
-    code = re.search(r"```python\n(# mypkg/negff.py\n.*?)```", README.read_text(), re.S).group(1)
-    exec(compile(code, "README.md", "exec"), {"__name__": "readme_negff"})
-    r = fit(
-        RunConfig(
-            method="negff.e2e",
-            dataset="digits",
-            backbone="mlp",
-            epochs=4,
-            lr=3e-3,
-            backbone_options={"widths": [128, 128]},
-        ),
-        "cpu",
-    )
-    assert r.status == "done" and r.metrics["test_acc"] > 0.6, r.metrics  # chance: 0.1
-    assert set(r.metrics) >= {"test_acc.goodness", "val_acc.goodness"}
+def ffbench_commands(path: Path) -> list[str]:
+    """The `ffbench ...` command lines of the shell blocks of ``path`` (continuations joined, comments cut)."""
+    out = []
+    for code in re.findall(r"^```sh\n(.*?)^```", path.read_text(), re.S | re.M):
+        for line in code.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words and words[0].endswith("ffbench"):
+                out.append(words[1:])
+    return out
+
+
+def test_the_readme_is_a_short_front_page():
+    text = README.read_text()
+    assert len(text.encode()) <= 12_000, len(text.encode())
+    for must in ("make quick", "make test", "pip install", "make docs", "ffbench report", "ffbench ui", "| family |"):
+        assert must in text, must
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_ffbench_command_on_the_pages_parses(page):
+    parser = build_parser()
+    for argv in ffbench_commands(page):
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # argparse's own error: an option or a choice that does not exist
+            raise AssertionError(f"{page.name}: ffbench {' '.join(argv)} (exit {e.code})") from None
+        assert args is not None
+
+
+def test_the_readme_commands_cover_the_first_steps():
+    subcommands = {argv[0] for argv in ffbench_commands(README) if argv}
+    assert {"run", "report", "ui"} <= subcommands, subcommands

@@ -1,4 +1,4 @@
-"""Recipes: each method's `reference` recipe equals the spec (methods.md), resolves per dataset, and meets the
+"""Recipes: each method's `reference` recipe equals the method notes (docs/methods/notes/), resolves per dataset, and meets the
 suite's values with a warning; CwC's ILT windows per dataset and budget; the CIFAR-100 class-group model;
 the harness options the recipes set (normalisation, last-N validation split, loeweX's cool-down)."""
 
@@ -38,7 +38,7 @@ def reference(m):
     return f'[methods."{m}"]\nrecipe = "reference"\n'
 
 
-# (method, dataset, backbone) -> the settings methods.md gives for the reference code (section in the comment)
+# (method, dataset, backbone) -> the settings the method notes give for the reference code (section in the comment)
 SPEC = {
     ("ff.hinton", "mnist", "mlp"): {  # §2.3 loeweX
         "optimizer": "sgd",
@@ -200,7 +200,7 @@ def test_a_dataset_without_reference_values_is_reported(write_suite):
 def test_cwc_ilt_windows_per_dataset_and_budget(write_suite):
     from ffbench.methods import cwc
 
-    want = {  # methods.md §3.3, cut at the budget as the reference cuts them at its 20-epoch default
+    want = {  # docs/methods/notes/cwc.md §3.3, cut at the budget as the reference cuts them at its 20-epoch default
         ("mnist", 20): [(0, 2), (0, 3), (0, 4), (0, 5)],
         ("fashion-mnist", 20): [(0, 10), (0, 15), (0, 19), (0, 20)],
         ("fashion-mnist", 23): [(0, 10), (0, 15), (0, 19), (0, 23)],
@@ -251,7 +251,7 @@ def test_cifar100_class_group_model_shapes_and_targets():
 
 
 def test_loewex_cooldown_formula():
-    """lr * 2 (1 + E - e) / E for 0-based e > E // 2 (methods.md §2.3), one epoch later than `cooldown`."""
+    """lr * 2 (1 + E - e) / E for 0-based e > E // 2 (docs/methods/notes/ff.md §2.3), one epoch later than `cooldown`."""
     got = [lr_factor("cooldown-loewex", e, 100) for e in (0, 50, 51, 52, 99)]
     assert got == [1.0, 1.0, 1.0, pytest.approx(0.98), pytest.approx(0.04)]
     assert lr_factor("cooldown", 51, 100) == pytest.approx(0.98)

@@ -1,4 +1,4 @@
-"""One definition of each schema: the training fields (``config.TRAIN_FIELDS``), which RunConfig and the README
+"""One definition of each schema: the training fields (``config.TRAIN_FIELDS``), which RunConfig and the docs
 cannot drift from, and the store's run rows (``store.RunRow``, the table's columns)."""
 
 import re
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ffbench.core.config import LATER_FIELDS, TRAIN_FIELDS, RunConfig
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
 # RunConfig's fields that are not training fields: the run's factors and seed, its source, the card options
 NOT_TRAINING = {
     "method",
@@ -43,22 +43,30 @@ def test_run_config_fields_are_the_schema():
     }
 
 
-def test_readme_names_every_training_field_and_choice():
-    text = re.search(r"Training fields: (.*?)\n\n", README.read_text(), re.S).group(1)
-    named = set(re.findall(r"`(\w+)`", text))
-    assert set(TRAIN_FIELDS) <= named, sorted(set(TRAIN_FIELDS) - named)
+def test_the_suite_reference_lists_every_training_field_and_choice(tmp_path, monkeypatch):
+    """The docs' suite reference is generated from the schema: every field and choice is on it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    monkeypatch.setattr(hooks, "OUT", tmp_path)
+    hooks.suite_reference()
+    text = (tmp_path / "reference" / "suite.md").read_text()
     for name, option in TRAIN_FIELDS.items():
+        assert f"`{name}`" in text, name
         for choice in option.choices or ():
-            assert re.search(rf"`{name}` \([^)]*\b{re.escape(choice)}\b", text), (name, choice)
+            assert str(choice) in text, (name, choice)
 
 
-def test_readme_bounds_are_the_schema():
-    text = README.read_text()
-    bounds = re.findall(r"`(\w+)` in ([(\[][^)\]]*[)\]])", text)
-    assert {name for name, _ in bounds} >= {"lr", "weight_decay"}
-    for name, interval in bounds:
-        if name in TRAIN_FIELDS:
-            assert TRAIN_FIELDS[name].describe().endswith(f" in {interval}"), (name, interval)
+def test_written_bounds_are_the_schema():
+    """Where the guide and the changelog state a bound in words, it is the schema's."""
+    for path in (ROOT / "docs" / "guide" / "suites.md", ROOT / "CHANGELOG.md"):
+        bounds = re.findall(r"`(\w+)` in ([(\[][^)\]]*[)\]])", path.read_text())
+        assert {name for name, _ in bounds} >= {"lr", "weight_decay"}, path
+        for name, interval in bounds:
+            if name in TRAIN_FIELDS:
+                assert TRAIN_FIELDS[name].describe().endswith(f" in {interval}"), (path, name, interval)
 
 
 def test_run_rows_are_the_store_table_with_json_decoded(tmp_path):

@@ -1,4 +1,4 @@
-"""ASGE, Adaptive Spatial Goodness Encoding (Gong, Staszewski, Xu; arXiv 2509.12394), following methods.md §5;
+"""ASGE, Adaptive Spatial Goodness Encoding (Gong, Staszewski, Xu; arXiv 2509.12394), following docs/methods/notes/asge.md §5;
 its VGG-like backbone is ``vgg.asge`` (``ffbench.training.backbones``).
 
 A block is conv -> ReLU -> RMS pooling -> LayerNorm over channels. The goodness of block l is read from its
@@ -25,7 +25,7 @@ def _round(p: float) -> int:
     return int(math.floor(p + 0.5))
 
 
-# P_l from (C_l, C_L, alpha); pluggable: add a rule here and to the `grid` option. methods.md §5.2 readings.
+# P_l from (C_l, C_L, alpha); pluggable: add a rule here and to the `grid` option. docs/methods/notes/asge.md §5.2 readings.
 GRID_RULES = {
     "sqrt": lambda c, c_last, alpha: _round((c_last / c) ** (alpha / 2)),  # (a): C_l * P_l^2 ~ C_L at alpha=1
     "linear": lambda c, c_last, alpha: _round((c_last / c) ** alpha),  # (b)
@@ -51,7 +51,7 @@ def patch_goodness(y: torch.Tensor, p: int, fit: str, reduce: str = "mean") -> t
 
 # ---------------------------------------------------------------- the method
 _NOTES = (
-    "Defaults and why ([INF] per methods.md §5): grid='sqrt' is reading (a), P_l = round((C_L/C_l)^(alpha/2)) "
+    "Defaults and why ([INF] per docs/methods/notes/asge.md §5): grid='sqrt' is reading (a), P_l = round((C_L/C_l)^(alpha/2)) "
     "(keeps C_l*P_l^2 ~ C_L, 'decoupling classification complexity from channel dimensionality'); 'linear' is "
     "reading (b), P_l = round((C_L/C_l)^alpha); alpha=1 (reported best); both rounded half up and clipped to "
     "[1, H_l]; `patches` (a list, one per block) overrides the rule. fit='adaptive': maps P_l does not divide "
@@ -67,7 +67,7 @@ _NOTES = (
 )
 
 
-# No readable code or paper body (methods.md §5): the reference recipe takes what the digest states; the
+# No readable code or paper body (docs/methods/notes/asge.md §5): the reference recipe takes what the digest states; the
 # grid rule, fit, projection scale, optimizer, lr and budget are [INF] / [NOT FOUND] (ffbench's values).
 _REFERENCE = {
     "goodness": ("sum", "§5.2: patch goodness = sum of squares inside the patch [SEC digest]"),
@@ -83,7 +83,7 @@ _REFERENCE = {
     summary="Adaptive Spatial Goodness Encoding: per-block patch-grid goodness of the ReLU maps, fixed random "
     "projection to class scores, layer-wise cross-entropy, detached between blocks",
     paper="Gong, Staszewski, Xu 2025, arXiv 2509.12394 (v2: three prediction strategies; code "
-    "KAI-Laboratory/ASGE not readable; methods.md §5)",
+    "KAI-Laboratory/ASGE not readable; docs/methods/notes/asge.md §5)",
     options={
         "grid": Option(str, "sqrt", "patch-grid rule P_l", choices=tuple(GRID_RULES), source="[INF] §5.2"),
         "alpha": Option(float, 1.0, "grid exponent", gt=0, source="paper: best reported"),

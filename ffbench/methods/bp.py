@@ -1,5 +1,5 @@
 """Backpropagation baselines: ``bp`` (one head at the end) and ``bp.deepsup`` (a head on every unit,
-losses summed, gradients end to end), following methods.md §1.
+losses summed, gradients end to end), following docs/methods/notes/bp.md §1.
 
 Heads: ``linear`` (GAP, or with ``pool = "flatten"`` flatten, then a linear layer), ``goodness`` (SFF's aux
 conv), or ``match:<method>``: the heads of a local method (cwc, asge, sff, monoforward), borrowed from an
@@ -45,7 +45,7 @@ _OPTIONS = {
         choices=POOLS,
     ),
 }
-# CwComp src/Backprop.py (methods.md §1.2): the CNN baseline as shipped
+# CwComp src/Backprop.py (docs/methods/notes/bp.md §1.2): the CNN baseline as shipped
 _REFERENCE = {
     "optimizer": ("adam", "§1.2 CwComp Backprop.py: Adam"),
     "lr": (1e-3, "§1.2 CwComp Backprop.py: lr 1e-3"),
@@ -112,7 +112,7 @@ def _skip(config) -> str | None:
     name="bp",
     family="bp",
     summary="End-to-end backpropagation, cross-entropy on one head after the last unit",
-    paper="Rumelhart et al. 1986; baseline setup per methods.md §1",
+    paper="Rumelhart et al. 1986; baseline setup per docs/methods/notes/bp.md §1",
     code="andreaspapac/CwComp src/Backprop.py (CNN baseline)",
     options=_OPTIONS,
     rules=("head",),

@@ -1,5 +1,5 @@
 """Channel-wise competitive forward-forward, ``cwc`` and ``cwc.nocfse`` (Papachristodoulou et al., AAAI 2024),
-following methods.md §3.
+following docs/methods/notes/cwc.md §3.
 
 Each conv unit (conv -> ReLU -> [max-pool] -> BN, from the ``cnn`` backbones) is a standalone classifier: its
 channels split into K class groups, the class goodness G[b, k] is the mean square of group k, and the CwC loss
@@ -24,7 +24,7 @@ from ffbench.core.method import LocalMethod, method_card
 from ffbench.core.options import Option
 from ffbench.core.registry import ByDataset
 
-# ILT windows [start, end) per conv layer 1-4, from CwComp src/Models.py (methods.md §3.3)
+# ILT windows [start, end) per conv layer 1-4, from CwComp src/Models.py (docs/methods/notes/cwc.md §3.3)
 ILT_TABLES = {
     "mnist": {"acc": [(0, 2), (0, 3), (0, 4), (0, 5)], "fast": [(0, 3), (1, 4), (2, 5), (3, 6)]},
     "fashion-mnist": {"acc": [(0, 10), (0, 15), (0, 19), (0, 23)], "fast": [(0, 7), (1, 10), (2, 13), (3, 16)]},
@@ -40,7 +40,7 @@ ILT_HEAD_START = {
     "cifar100": {"acc": 85},
 }
 ILT_FULL = {"cifar100": 100}  # epochs of the full schedule where the Sf head trains after the last window
-# CwComp's CIFAR-100 class-group model (methods.md §3.1, §3.3)
+# CwComp's CIFAR-100 class-group model (docs/methods/notes/cwc.md §3.1, §3.3)
 CLASS_GROUP_MODEL = {
     "channels": [60, 120, 240, 400, 800, 1600],
     "pool": [1, 3, 5],
@@ -121,7 +121,7 @@ _OPTIONS = {
 _IMAGENET = [[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]
 _TABLE_OF = ByDataset({d: d for d in ILT_TABLES})
 _FOUR_LAYERS = [d for d in ILT_TABLES if d != "cifar100"]  # the reference's default model on these
-# the reference code (CwComp @254960a), per dataset where it differs: methods.md §3.1-§3.6
+# the reference code (CwComp @254960a), per dataset where it differs: docs/methods/notes/cwc.md §3.1-§3.6
 _REFERENCE = {
     "optimizer": ("adam", "§3.3: own Adam per layer [CODE Layer_cnn.py]"),
     "lr": (0.01, "§3.3: Adam lr 0.01 [CODE Layer_cnn.py]"),
@@ -180,7 +180,7 @@ _NOTES = (
     family="cwc",
     summary="CwC-FF with CFSE (needs backbone cnn.cfse): channel-wise class goodness per conv layer, CwC loss, "
     "one Adam per layer with stop-gradient, ILT windows; Avg and Sf predictors",
-    paper="Papachristodoulou et al., AAAI 2024, arXiv 2312.12668 (methods.md §3)",
+    paper="Papachristodoulou et al., AAAI 2024, arXiv 2312.12668 (docs/methods/notes/cwc.md §3)",
     code="andreaspapac/CwComp @254960a src/Layer_cnn.py, src/Models.py",
     defaults=_RECIPE,
     options=_OPTIONS,
@@ -261,7 +261,7 @@ class CwC(LocalMethod):
     name="cwc.nocfse",
     family="cwc",
     summary="CwC-FF without CFSE, the FF-CNN ablation (needs backbone cnn: ordinary convolutions only)",
-    paper="Papachristodoulou et al., AAAI 2024, arXiv 2312.12668 (methods.md §3.1, --CFSE False)",
+    paper="Papachristodoulou et al., AAAI 2024, arXiv 2312.12668 (docs/methods/notes/cwc.md §3.1, --CFSE False)",
     code="andreaspapac/CwComp @254960a src/Models.py",
     defaults=_RECIPE,
     options=_OPTIONS,

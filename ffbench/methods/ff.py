@@ -1,5 +1,5 @@
-"""Original forward-forward, ``ff.hinton`` (Hinton 2022), following methods.md §2: the official MATLAB recipe
-(2a, read through ff-py) and loeweX (2b), combined as in §2.6, with the §2.7 / §9 pitfalls made options.
+"""Original forward-forward, ``ff.hinton`` (Hinton 2022), following docs/methods/notes/ff.md §2: the official MATLAB recipe
+(2a, read through ff-py) and loeweX (2b), combined as in §2.6, with the §2.7 / docs/methods/notes/rules.md §9 pitfalls made options.
 
 Per layer: RMS-normalise the (detached) input -> linear -> ReLU; goodness g = sum h^2; loss = BCE-with-logits
 on g - theta (positives 1, negatives 0, mean over the 2B rows) + peer normalisation on the positive half.
@@ -99,7 +99,7 @@ def _problem(o: dict, n_layers: int, epochs: int, name: str) -> str | None:
     return None
 
 
-# loeweX/Forward-Forward @da516f09 (methods.md §2.3), the PyTorch reference with a published 1.45% (its
+# loeweX/Forward-Forward @da516f09 (docs/methods/notes/ff.md §2.3), the PyTorch reference with a published 1.45% (its
 # softmax read-out: the `softmax` rule); ffbench's recipe mixes the official init with this optimizer.
 _REFERENCE = {
     "optimizer": ("sgd", "§2.3 config.yaml: SGD"),
@@ -134,7 +134,7 @@ _REFERENCE = {
     "goodness with theta = N, logistic loss, peer normalisation, per-layer losses on detached inputs "
     "summed and stepped once; inference "
     "by goodness per label (default) and by a neutral-label softmax read-out",
-    paper="Hinton 2022, arXiv 2212.13345 (methods.md §2)",
+    paper="Hinton 2022, arXiv 2212.13345 (docs/methods/notes/ff.md §2)",
     code="official ffcode.zip via jesper-olsen/ff-py main.py; loeweX/Forward-Forward src/ff_model.py",
     defaults={
         "optimizer": "sgd",

@@ -70,7 +70,7 @@ def sample_negatives(
 
 
 def resolve_scale(scale: str, goodness: str, norm: str) -> tuple[str, str]:
-    """The scale conventions travel together (§9.1): ``goodness``/``norm`` may only restate ``scale``."""
+    """The scale conventions travel together (docs/methods/notes/rules.md §9.1): ``goodness``/``norm`` may only restate ``scale``."""
     want_g, want_n = SCALES[scale]
     if goodness not in ("auto", want_g) or norm not in ("auto", want_n):
         g, n = (want_g if goodness == "auto" else goodness), (want_n if norm == "auto" else norm)

@@ -1,4 +1,4 @@
-"""SFF, Scalable Forward-Forward (Krutsylo 2025, arXiv 2501.03176), following methods.md §4.
+"""SFF, Scalable Forward-Forward (Krutsylo 2025, arXiv 2501.03176), following docs/methods/notes/sff.md §4.
 
 Each unit of the backbone (a layer, a residual block or a stage, as the backbone's ``granularity`` option
 partitions it) gets an auxiliary k x k convolution with one output channel per class; the class goodness
@@ -50,7 +50,7 @@ _OPTIONS = {
     ),
 }
 _NOTES = (
-    "All [INF] choices of methods.md §4.2 are options, defaults first. loss='ce' (softmax cross-entropy on "
+    "All [INF] choices of docs/methods/notes/sff.md §4.2 are options, defaults first. loss='ce' (softmax cross-entropy on "
     "the goodness vector: the plain reading of 'log-sum-exp over class goodness'); 'margin' adds `margin` to "
     "every wrong-class goodness, i.e. log(1+sum_{k!=y} exp(g_k-g_y+m)), equal to 'ce' at m=0. "
     "ln='sample' (F.layer_norm over (C,H,W) per sample, no affine; 'channel' normalises over C per position). "
@@ -94,7 +94,7 @@ def _not_layers(method: str, backbone: str, granularity: str) -> str | None:
     )
 
 
-# No public code and no readable paper body (methods.md §4): the reference recipe is what the author states,
+# No public code and no readable paper body (docs/methods/notes/sff.md §4): the reference recipe is what the author states,
 # and the [INF] readings of §4.2 where nothing is stated; optimizer, lr and budget are [NOT FOUND] (ffbench's).
 _REFERENCE = {
     "kernel": (1, "§4.1: aux conv 1x1 'or slightly larger' [ABS-author]"),
@@ -111,7 +111,7 @@ _REFERENCE = {
     recipes={"reference": _REFERENCE},
     summary="Scalable Forward-Forward, hybrid: per-unit aux conv (K channels) goodness, log-sum-exp loss, "
     "backprop inside a unit (block), LN + detach between units, step-and-free",
-    paper="Krutsylo 2025, 'Scalable Forward-Forward', arXiv 2501.03176 (no public code; methods.md §4)",
+    paper="Krutsylo 2025, 'Scalable Forward-Forward', arXiv 2501.03176 (no public code; docs/methods/notes/sff.md §4)",
     options=_OPTIONS,
     rules=("average", "last"),
     rule_option="rule",

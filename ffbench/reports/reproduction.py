@@ -1,14 +1,14 @@
 """Report kind 'reproduction': each row a published number next to what ffbench measured.
 
-Per (method, dataset, backbone) that has a published number (``PUBLISHED``, taken from methods.md §2-§7 and
-zoo.md; where a paper's own number is not readable, a named replication's, labelled as such):
-the number and its source, ffbench's mean with a t interval over the seeds, the budget actually run
+Per (method, dataset, backbone) that has a published number (``PUBLISHED``, taken from the method notes,
+docs/methods/notes/, and zoo.md; where a paper's own number is not readable, a named replication's, labelled as
+such): the number and its source, ffbench's mean with a t interval over the seeds, the budget actually run
 (epochs, batch, training images), seconds per epoch, and where the published number lies: inside, above or
 below the interval. A published difference (SFF against BP on 1000 images) is compared with the mean
 paired difference over seeds. Where the source does not say which predictor its number refers to (CwC's
 Avg or Sf; ASGE's three strategies), there is one row per candidate predictor. Beside ffbench's number
 (the test accuracy at the best-validation epoch) each row gives the mean of each seed's best test accuracy
-over its evaluated epochs: the selection CwC's reference code makes (§3.6.1), optimistic by construction,
+over its evaluated epochs: the selection CwC's reference code makes (docs/methods/notes/cwc.md §3.6, item 1), optimistic by construction,
 shown so a gap can be read as selection or as training.
 """
 
@@ -45,28 +45,40 @@ _df = _any_rule(
     "the paper sums the units SIP picks on validation (not built); the pre-SIP range and all units are compared",
 )
 _asge = _any_rule(
-    ("test_acc.last", "test_acc.sum", "test_acc.linear"),  # methods.md §5.3's three candidates
-    "which of the three prediction strategies is not stated (§5.3), so each is compared",
+    ("test_acc.last", "test_acc.sum", "test_acc.linear"),  # docs/methods/notes/asge.md §5.3's three candidates
+    "which of the three prediction strategies is not stated (docs/methods/notes/asge.md §5.3), so each is compared",
 )
 
-# (method, dataset, backbone) -> the published number (methods.md, section and tag in the source)
+# (method, dataset, backbone) -> the published number (the method notes' page and section, and the source's tag)
 PUBLISHED: dict[tuple[str, str, str], Published] = {
     ("ff.hinton", "mnist", "mlp"): Published(
         1 - 0.0145,
         "loeweX/Forward-Forward README: 1.45% error, 3x1000, 100 epochs, softmax read-out "
-        "(methods.md §2.3, §7) [README]",
+        "(docs/methods/notes/ff.md §2.3) [README]",
         ("test_acc.softmax",),
     ),
-    ("cwc", "mnist", "cnn.cfse"): _cwc(1 - 0.0058, "CwC-FF abstract/README: 0.58% error (methods.md §3.5) [ABS]"),
-    ("cwc", "fashion-mnist", "cnn.cfse"): _cwc(1 - 0.0769, "CwC-FF abstract/README: 7.69% error (§3.5) [ABS]"),
-    ("cwc", "cifar10", "cnn.cfse"): _cwc(1 - 0.2189, "CwC-FF abstract/README: 21.89% error (§3.5) [ABS]"),
-    ("cwc", "cifar100", "cnn.cfse"): _cwc(
-        1 - 0.4877, "CwC-FF abstract/README: 48.77% error, class-group model (§3.5) [ABS]"
+    ("cwc", "mnist", "cnn.cfse"): _cwc(
+        1 - 0.0058, "CwC-FF abstract/README: 0.58% error (docs/methods/notes/cwc.md §3.5) [ABS]"
     ),
-    ("asge", "mnist", "vgg.asge"): _asge(0.9965, "ASGE abstract v1/v2: 99.65% (methods.md §5.4) [ABS]"),
-    ("asge", "fashion-mnist", "vgg.asge"): _asge(0.9341, "ASGE abstract v1/v2: 93.41% (§5.4) [ABS]"),
-    ("asge", "cifar10", "vgg.asge"): _asge(0.9062, "ASGE abstract v1/v2: 90.62% (§5.4) [ABS]"),
-    ("asge", "cifar100", "vgg.asge"): _asge(0.6542, "ASGE abstract v1/v2: 65.42% (§5.4) [ABS]"),
+    ("cwc", "fashion-mnist", "cnn.cfse"): _cwc(
+        1 - 0.0769, "CwC-FF abstract/README: 7.69% error (docs/methods/notes/cwc.md §3.5) [ABS]"
+    ),
+    ("cwc", "cifar10", "cnn.cfse"): _cwc(
+        1 - 0.2189, "CwC-FF abstract/README: 21.89% error (docs/methods/notes/cwc.md §3.5) [ABS]"
+    ),
+    ("cwc", "cifar100", "cnn.cfse"): _cwc(
+        1 - 0.4877, "CwC-FF abstract/README: 48.77% error, class-group model (docs/methods/notes/cwc.md §3.5) [ABS]"
+    ),
+    ("asge", "mnist", "vgg.asge"): _asge(0.9965, "ASGE abstract v1/v2: 99.65% (docs/methods/notes/asge.md §5.4) [ABS]"),
+    ("asge", "fashion-mnist", "vgg.asge"): _asge(
+        0.9341, "ASGE abstract v1/v2: 93.41% (docs/methods/notes/asge.md §5.4) [ABS]"
+    ),
+    ("asge", "cifar10", "vgg.asge"): _asge(
+        0.9062, "ASGE abstract v1/v2: 90.62% (docs/methods/notes/asge.md §5.4) [ABS]"
+    ),
+    ("asge", "cifar100", "vgg.asge"): _asge(
+        0.6542, "ASGE abstract v1/v2: 65.42% (docs/methods/notes/asge.md §5.4) [ABS]"
+    ),
     # the paper's MNIST number is not readable and its F-MNIST numbers name no architecture (zoo.md §6.4): the rows
     # are the third-party replication's on the 2x1000 MLP, labelled as such
     ("monoforward", "mnist", "mlp"): Published(
@@ -126,7 +138,7 @@ PUBLISHED: dict[tuple[str, str, str], Published] = {
         ("sff", "cifar10", b): Published(
             0.09,
             "SFF paper, small-data experiment (1000 images): SFF about 9 pp above BP; the table itself is "
-            "not in methods.md (§4.3 [NOT FOUND])",
+            "not available (docs/methods/notes/sff.md §4.3 [NOT FOUND])",
             versus="bp",
         )
         for b in ("resnet18", "mobilenetv3")
@@ -284,7 +296,7 @@ class Reproduction(ReportKind):
             "no bootstrap); a difference row is the mean paired difference over the seeds both methods "
             "finished. 'published vs CI': where the published number lies relative to the interval. "
             "ffbench selects the epoch on validation; 'best test epoch' is the mean of each seed's best test "
-            "accuracy over its evaluated epochs, the selection CwC's code makes (§3.6.1): optimistic, "
+            "accuracy over its evaluated epochs, the selection CwC's code makes (docs/methods/notes/cwc.md §3.6, item 1): optimistic, "
             "shown only to tell a selection gap from a training gap.",
         )
         counts = table["published_vs_ci"].value_counts()
