@@ -44,6 +44,7 @@ CASES = {  # id: (method, backbone, backbone options, method options, training f
     "sff-mlp": ("sff", "mlp", MLP, {}, {}),
     "sff-cnn-augmented": ("sff", "cnn", CNN, {}, {"crop_padding": 1, "flip": True}),
     "asge": ("asge", "vgg.asge", CNN, {}, {}),
+    "trifecta": ("trifecta", "cnn.trifecta", {"channels": [8, 8, 16], "pool": [0, 2]}, {}, {"batch_size": 32}),
 }
 
 

@@ -41,6 +41,12 @@ def ff_loss(g_pos: torch.Tensor, g_neg: torch.Tensor, theta: float) -> torch.Ten
     return F.softplus(torch.cat([theta - g_pos, g_neg - theta])).mean()
 
 
+def symba_loss(g_pos: torch.Tensor, g_neg: torch.Tensor, alpha: float) -> torch.Tensor:
+    """SymBa's loss on paired rows (zoo.md §1.1): mean over b of softplus(-alpha (g_pos[b] - g_neg[b])), no
+    threshold; its gradient is symmetric in the positive and negative goodness."""
+    return F.softplus(-alpha * (g_pos - g_neg)).mean()
+
+
 def peer_loss(running_mean: torch.Tensor) -> torch.Tensor:
     """Peer normalisation: mean over units of (mean_j m_j - m_j)^2; its gradient is 2(m_j - mean m)/N."""
     return (running_mean.mean() - running_mean).pow(2).mean()
