@@ -167,3 +167,9 @@ def test_refusals():
     assert "runs only on backbones cnn.trifecta" in incompatibility("trifecta", "cnn")
     with pytest.raises(ValueError, match="symba"):
         method_options(RunConfig("trifecta", "digits", "cnn.trifecta", method_options={"loss": "bce"}))
+
+
+def test_the_strict_variant_detaches_every_block_under_each_recipe():
+    strict, olu = METHODS.get("trifecta.local").obj.card, METHODS.get("trifecta").obj.card
+    assert strict.defaults["olu"] is False and strict.recipe("reference", "mnist")[0]["olu"] is False
+    assert olu.defaults["olu"] is True and olu.recipe("reference", "mnist")[0]["olu"] is True

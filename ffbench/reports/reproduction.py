@@ -63,6 +63,14 @@ PUBLISHED: dict[tuple[str, str, str], Published] = {
     ("asge", "cifar10", "vgg.asge"): _asge(0.9062, "ASGE abstract v1/v2: 90.62% (§5.4) [ABS]"),
     ("asge", "cifar100", "vgg.asge"): _asge(0.6542, "ASGE abstract v1/v2: 65.42% (§5.4) [ABS]"),
     **{
+        ("trifecta", d, "cnn.trifecta"): Published(
+            v,
+            f"DeeperForward Table 1 (ICLR 2025), quoting Trifecta: {v:.2%}, 12-layer CNN with overlapping local "
+            "updates ('with block-wise backprop'), epochs not stated (zoo.md §2.4) [SEC]",
+        )
+        for d, v in (("mnist", 0.9958), ("fashion-mnist", 0.9144), ("cifar10", 0.8351))
+    },
+    **{
         ("sff", "cifar10", b): Published(
             0.09,
             "SFF paper, small-data experiment (1000 images): SFF about 9 pp above BP; the table itself is "
