@@ -173,3 +173,13 @@ def test_the_strict_variant_detaches_every_block_under_each_recipe():
     strict, olu = METHODS.get("trifecta.local").obj.card, METHODS.get("trifecta").obj.card
     assert strict.defaults["olu"] is False and strict.recipe("reference", "mnist")[0]["olu"] is False
     assert olu.defaults["olu"] is True and olu.recipe("reference", "mnist")[0]["olu"] is True
+
+
+def test_the_backbone_adds_the_label_channel_and_bp_runs_without_it():
+    small = {"channels": [4, 4, 6], "pool": [0, 2]}
+    bb = backbones.build("cnn.trifecta", (1, 8, 8), K, small)
+    assert bb.in_shape == (2, 8, 8) and bb.out_shapes == [(4, 4, 4), (4, 4, 4), (6, 2, 2)]
+    ln = backbones.build("cnn.trifecta", (1, 8, 8), K, {**small, "norm": "ln"})
+    assert isinstance(ln.units[1][0], torch.nn.LayerNorm) and ln.units[1][0].normalized_shape == (4, 4, 4)
+    config = RunConfig("bp", "digits", "cnn.trifecta", epochs=1, backbone_options={**small, "label_channels": 0})
+    assert fit(config, "cpu").status == "done"
