@@ -378,6 +378,9 @@ TRIFECTA_LARGE = {"channels": [64, 128, 128, 128, 128, 256, 256, 256, 256, 512, 
             "label_channels": Option(
                 int, 1, "channels a method adds to the input (Trifecta's label embedding; 0 for any other method)", ge=0
             ),
+            "granularity": Option(
+                str, "block", "a unit is a block (one conv each: the same as a layer)", choices=("block", "layer")
+            ),
         },
         capabilities=frozenset({"conv"}),
         notes="Defaults: the 'small' model. 'large': channels "
@@ -385,7 +388,13 @@ TRIFECTA_LARGE = {"channels": [64, 128, 128, 128, 128, 256, 256, 256, 256, 512, 
     )
 )
 def cnn_trifecta(
-    in_shape, num_classes, channels=(128, 128, 256, 256, 256, 512), pool=(0, 2, 5), norm="bn", label_channels=1
+    in_shape,
+    num_classes,
+    channels=(128, 128, 256, 256, 256, 512),
+    pool=(0, 2, 5),
+    norm="bn",
+    label_channels=1,
+    granularity="block",
 ) -> Backbone:
     (c_in, *hw), units = in_shape, []
     c_in += label_channels
@@ -398,7 +407,7 @@ def cnn_trifecta(
         units.append(nn.Sequential(*mods))
         c_in = int(c)
     return Backbone(
-        units, [f"block{i + 1}" for i in range(len(units))], (in_shape[0] + label_channels, *in_shape[1:]), "block"
+        units, [f"block{i + 1}" for i in range(len(units))], (in_shape[0] + label_channels, *in_shape[1:]), granularity
     )
 
 
