@@ -57,6 +57,7 @@ CASES = {  # id: (method, backbone, backbone options, method options, training f
     "scff": ("scff", "mlp", MLP, {}, {"epochs": 4}),
     "cafo-cnn": ("cafo", "cnn", CNN, {}, {}),
     "cafo-cnn-sl-batch-bn": ("cafo", "cnn", CNN, {"loss": "sl", "bn": "batch"}, {}),
+    "trifecta": ("trifecta", "cnn.trifecta", {"channels": [8, 8, 16], "pool": [0, 2]}, {}, {"batch_size": 32}),
 }
 
 

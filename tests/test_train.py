@@ -141,3 +141,65 @@ def test_step_sums_equal_adding_each_key_alone():
         got = sums.totals()
         assert list(got) == list(each)  # first-logged order
         assert all(torch.equal(got[k], each[k]) for k in each), i
+
+
+class Overlapping(Greedy):
+    """Greedy heads with overlapping local updates: unit k's optimizer holds unit k-1 and unit k (and k's head)."""
+
+    grad_window = 2
+
+    def unit_params(self, k):
+        prev = list(self.backbone.units[k - 1].parameters()) if k else []
+        return [*prev, *super().unit_params(k)]
+
+
+def _overlapping(update="local"):
+    from ffbench.core.method import Context
+    from ffbench.training.backbones import build
+
+    torch.manual_seed(0)
+    backbone = build("mlp", (1, 4, 4), 3, {"widths": [6, 5, 4]})
+    cls = type("O", (Overlapping,), {"update": update}) if update != "local" else Overlapping
+    return cls(backbone, 3, {}, Context(device=torch.device("cpu"), generator=torch.Generator()))
+
+
+def test_grad_window_units_step_in_turns_and_a_loss_reaches_the_unit_before():
+    import copy
+
+    method = _overlapping()
+    x, y = torch.randn(8, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    for t in range(2):  # batch 0: unit 1 steps (k + t + 1 even, 0-based); batch 1: units 0 and 2
+        before = copy.deepcopy(method)
+        stats = method.train_step(x, y)
+        assert set(stats) == {"loss", "loss.unit1", "loss.unit2", "loss.unit3"}  # every unit logs its loss
+        steppers = [k for k in range(3) if (k + t) % 2 == 1]
+        expected = copy.deepcopy(before)
+        h, units = x, expected.backbone.units
+        for k in range(3):
+            out = units[k](h)
+            if k in steppers:  # by hand: the loss back-propagates through unit k and unit k-1, one Adam step
+                params = expected.unit_params(k)
+                opt = torch.optim.Adam(params, lr=1e-3)
+                opt.zero_grad()
+                F.cross_entropy(expected.heads[k](out), y).backward()
+                opt.step()
+                out = out.detach()
+            h = out
+        for (name, got), want in zip(method.named_parameters(), expected.parameters()):
+            assert torch.equal(got, want), (t, name)
+        changed = {
+            n.split(".")[1]
+            for n, p in method.backbone.named_parameters()
+            if not torch.equal(p, before.get_parameter(f"backbone.{n}"))
+        }
+        assert changed == ({"0", "1"} if t == 0 else {"0", "1", "2"}), (t, changed)
+    assert method.turn == 2
+    method.start_epoch(1)
+    assert method.turn == 0  # the turns restart with each epoch
+
+
+def test_grad_window_needs_local_updates():
+    import pytest
+
+    with pytest.raises(ValueError, match="grad_window 2: .* under update 'local' only"):
+        _overlapping("joint")

@@ -9,7 +9,8 @@ A **local method** (``LocalMethod``) trains a backbone unit by unit. It writes:
 * ``rules(scores, features)``: the inference rules, class scores per rule;
 * where it differs from the default: ``pass_on(k, h)`` (the hand-off), ``unit_outputs(k, x)`` (what the head
   reads and what is handed on), ``readouts(features)`` (read-outs trained on the detached features, with the
-  optimizer ``readout_opt``), ``windows`` (a layer schedule) and ``update`` (below);
+  optimizer ``readout_opt``), ``windows`` (a layer schedule), ``update`` (below) and ``grad_window``
+  (overlapping local updates: a unit's loss reaches back over the units before it, ``LocalMethod``);
 * and on its card (``@method_card``), its options (``Option``), rules and capabilities; ``skip(config)``
   says why a configuration cannot run, before anything trains.
 
@@ -240,11 +241,18 @@ class LocalMethod(Method):
     each read-out of ``readouts`` gets its cross-entropy per seed, stepped by ``readout_opt``. Under ``joint``
     and ``end-to-end`` every loss is summed and stepped once by ``self.opt`` (``make_joint_optimizer``).
     Logged: ``loss`` (the sum), ``loss.unit<k>``, ``loss.<read-out>`` and what ``unit_loss`` adds.
+
+    Overlapping local updates (``grad_window`` W > 1, ``update = "local"`` only): the units take turns, unit k
+    stepping on the batches t (counted from each epoch's start) with (k + t + 1) % W == 0. A unit off its turn
+    logs its loss without stepping and hands on inside the graph, so the next unit on its turn back-propagates
+    through up to W units; ``unit_params(k)`` says which of them unit k's optimizer updates (a parameter may be
+    in several optimizers, each with its own state). At most W units' graphs are alive at a time.
     """
 
     update: ClassVar[str] = "local"  # how the loop steps: local, joint or end-to-end (module docstring)
     seed_batching = True  # the loop computes every loss per seed
     readouts_read_all: ClassVar[bool] = False  # the read-outs read every unit's features (run them all)
+    grad_window: int = 1  # units a unit's loss reaches back over (overlapping local updates, above)
 
     # the 0.1 contract's hooks, and what replaces each (CHANGELOG.md: porting a 0.1 plugin)
     _PORTED: ClassVar[dict[str, str]] = {
@@ -269,6 +277,9 @@ class LocalMethod(Method):
 
     def __init__(self, backbone: Backbone, num_classes: int, options: dict[str, Any], ctx: Context):
         super().__init__(backbone, num_classes, options, ctx)
+        if self.grad_window != 1 and (self.update != "local" or self.grad_window < 1):
+            raise ValueError(f"grad_window {self.grad_window}: an integer >= 1, above 1 under update 'local' only")
+        self.turn = 0  # the batch's index in its epoch (overlapping local updates)
         self.heads = nn.ModuleList(self.make_head(k, shape) for k, shape in enumerate(self.head_shapes()))
         if self.update == "local":
             self.opts = [ctx.make_optimizer(self.unit_params(k)) for k in range(len(backbone.units))]
@@ -326,18 +337,23 @@ class LocalMethod(Method):
         head = self.heads[k]
         if k + 1 == len(self.backbone.units):
             hand = None
-        elif self.update == "end-to-end":
+        elif self.update == "end-to-end" or not self.unit_steps(k):
             hand = self.pass_on(k, out)
         else:  # cut from the graph: computed without recording a graph no loss reaches
             with torch.no_grad():
                 hand = self.pass_on(k, out.detach())
         return (head(feat) if head is not None else None), feat, hand
 
+    def unit_steps(self, k: int) -> bool:
+        """Whether unit k steps on this batch: always, but in turns under overlapping local updates."""
+        return (k + self.turn + 1) % self.grad_window == 0
+
     frozen_bn: str = "eval"  # a unit outside its window keeps BatchNorm's statistics ("train": updates them)
 
     def start_epoch(self, epoch: int) -> None:
         """A layer schedule: unit k trains in the epochs of ``windows[k]``."""
         self.active = [s <= epoch < e for s, e in self.windows]
+        self.turn = 0
         self.train(self.training)
 
     def train(self, mode: bool = True) -> LocalMethod:
@@ -394,7 +410,8 @@ class LocalMethod(Method):
                     logged.update({f"{name}.unit{k + 1}": v for name, v in loss.items() if name != "loss"})
                     loss = loss["loss"]
                 if self.update == "local":
-                    step(self.opts[k], loss)  # unit k's graph is freed before unit k+1 runs
+                    if self.unit_steps(k):
+                        step(self.opts[k], loss)  # unit k's graph is freed before unit k+1 runs
                     loss = loss.detach()
                 stats[f"loss.unit{k + 1}"] = loss
             features.append(feat.detach() if keep else None)
@@ -417,6 +434,7 @@ class LocalMethod(Method):
             if total.requires_grad:
                 step(self.opt, total)
             total, stats = total.detach(), {k: v.detach() for k, v in stats.items()}
+        self.turn += 1
         return {"loss": total, **stats, **{k: v.detach() for k, v in logged.items()}}
 
     def evaluate(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:

@@ -135,6 +135,14 @@ PUBLISHED: dict[tuple[str, str, str], Published] = {
         for loss, error in (("ce", 0.3257), ("mse", 0.3486), ("sl", 0.3365))
     },
     **{
+        ("trifecta", d, "cnn.trifecta"): Published(
+            v,
+            f"DeeperForward Table 1 (ICLR 2025), quoting Trifecta: {v:.2%}, 12-layer CNN with overlapping local "
+            "updates ('with block-wise backprop'), epochs not stated (zoo.md §2.4) [SEC]",
+        )
+        for d, v in (("mnist", 0.9958), ("fashion-mnist", 0.9144), ("cifar10", 0.8351))
+    },
+    **{
         ("sff", "cifar10", b): Published(
             0.09,
             "SFF paper, small-data experiment (1000 images): SFF about 9 pp above BP; the table itself is "

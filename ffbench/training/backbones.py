@@ -508,6 +508,58 @@ def tinycnn_df(in_shape, num_classes, channels=(100, 200, 400, 400), dropout=0.2
 # ---------------------------------------------------------------- spatial goodness
 
 
+# ---------------------------------------------------------------- Trifecta's CNN
+TRIFECTA_LARGE = {"channels": [64, 128, 128, 128, 128, 256, 256, 256, 256, 512, 512, 512], "pool": [1, 5, 9]}
+
+
+@BACKBONES.register(
+    Card(
+        name="cnn.trifecta",
+        family="cnn",
+        summary="Trifecta's CNN: blocks norm(input) -> conv3x3 (no bias) -> ReLU -> [max-pool]; the normalisation "
+        "(BatchNorm, or LayerNorm over (C, H, W)) sits at the block's input; a unit is a block",
+        paper="Dooms, Tsang, Oramas 2023, arXiv 2311.18130",
+        code="tdooms/trifecta main.py (no licence: facts only)",
+        options={
+            "channels": _layers([128, 128, 256, 256, 256, 512], "output channels per block (default: 'small')"),
+            "pool": Option(list, [0, 2, 5], "blocks (0-based) followed by 2x2 max-pooling", item=Option(int, ge=0)),
+            "norm": Option(str, "bn", "the block input's normalisation: BatchNorm or LayerNorm", choices=("bn", "ln")),
+            "label_channels": Option(
+                int, 1, "channels a method adds to the input (Trifecta's label embedding; 0 for any other method)", ge=0
+            ),
+            "granularity": Option(
+                str, "block", "a unit is a block (one conv each: the same as a layer)", choices=("block", "layer")
+            ),
+        },
+        capabilities=frozenset({"conv"}),
+        notes="Defaults: the 'small' model. 'large': channels "
+        f"{TRIFECTA_LARGE['channels']}, pool {TRIFECTA_LARGE['pool']}. The reference's `scale` multiplies the widths.",
+    )
+)
+def cnn_trifecta(
+    in_shape,
+    num_classes,
+    channels=(128, 128, 256, 256, 256, 512),
+    pool=(0, 2, 5),
+    norm="bn",
+    label_channels=1,
+    granularity="block",
+) -> Backbone:
+    (c_in, *hw), units = in_shape, []
+    c_in += label_channels
+    for i, c in enumerate(channels):
+        first = nn.BatchNorm2d(c_in) if norm == "bn" else nn.LayerNorm([c_in, *hw])
+        mods = [first, nn.Conv2d(c_in, int(c), 3, padding=1, bias=False), nn.ReLU()]
+        if i in set(pool):
+            mods.append(nn.MaxPool2d(2))
+            hw = [s // 2 for s in hw]
+        units.append(nn.Sequential(*mods))
+        c_in = int(c)
+    return Backbone(
+        units, [f"block{i + 1}" for i in range(len(units))], (in_shape[0] + label_channels, *in_shape[1:]), granularity
+    )
+
+
 def build(name: str, in_shape: tuple[int, ...], num_classes: int, options: dict | None = None) -> Backbone:
     """The backbone ``name`` with ``options`` checked against its card (the one place they are checked)."""
     entry = BACKBONES.get(name)
