@@ -337,14 +337,14 @@ class LocalMethod(Method):
         head = self.heads[k]
         if k + 1 == len(self.backbone.units):
             hand = None
-        elif self.update == "end-to-end" or not self.unit_steps(k):
+        elif self.update == "end-to-end" or not self.steps_now(k):
             hand = self.pass_on(k, out)
         else:  # cut from the graph: computed without recording a graph no loss reaches
             with torch.no_grad():
                 hand = self.pass_on(k, out.detach())
         return (head(feat) if head is not None else None), feat, hand
 
-    def unit_steps(self, k: int) -> bool:
+    def steps_now(self, k: int) -> bool:
         """Whether unit k steps on this batch: always, but in turns under overlapping local updates."""
         return (k + self.turn + 1) % self.grad_window == 0
 
@@ -410,7 +410,7 @@ class LocalMethod(Method):
                     logged.update({f"{name}.unit{k + 1}": v for name, v in loss.items() if name != "loss"})
                     loss = loss["loss"]
                 if self.update == "local":
-                    if self.unit_steps(k):
+                    if self.steps_now(k):
                         step(self.opts[k], loss)  # unit k's graph is freed before unit k+1 runs
                     loss = loss.detach()
                 stats[f"loss.unit{k + 1}"] = loss
