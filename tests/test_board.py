@@ -23,7 +23,7 @@ STUDY = ROOT / "benchmarks" / "studies" / "small-data.csv"
 SUITE = suite_toml(
     "boardtest",
     version=2,
-    suite={"control": "bp"},
+    suite={"control": "bp", "batch_seeds": False},  # every run alone: the cost ratio compares runs executed alike
     methods=["bp", "bp.deepsup", "ff.hinton"],
     seeds=[0, 1, 2],
     widths=[16, 16],

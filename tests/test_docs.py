@@ -100,8 +100,9 @@ def test_the_site_builds_strict_with_every_section(site):
 
 
 def test_every_builtin_method_has_a_generated_page(site):
-    names = METHODS.names()
-    assert {"bp", "bp.deepsup", "ff.hinton", "cwc", "sff", "asge"} <= set(names)
+    # the built-in ones (other test modules register test methods in this process; the site is built apart)
+    names = [n for n in METHODS.names() if METHODS.get(n).obj.__module__.startswith("ffbench.methods.")]
+    assert {"bp", "bp.deepsup", "ff.hinton", "cwc", "sff", "asge", "symba", "pepita", "scff"} <= set(names)
     index = (site / "generated" / "methods" / "index.html").read_text()
     for name in names:
         page = site / "generated" / "methods" / name / "index.html"

@@ -115,9 +115,16 @@ def cluster():
 
 @pytest.fixture
 def write(write_suite):
-    def make(name, methods=("bp",), seeds=(0, 1), epochs=2, width=16, dataset="synthetic", extra=""):
+    def make(name, methods=("bp",), seeds=(0, 1), epochs=2, width=16, dataset="synthetic", extra="", suite=None):
         text = suite_toml(
-            name, methods=methods, datasets=[dataset], seeds=seeds, epochs=epochs, widths=[width], extra=extra
+            name,
+            methods=methods,
+            datasets=[dataset],
+            seeds=seeds,
+            epochs=epochs,
+            widths=[width],
+            extra=extra,
+            suite=suite,
         )
         return write_suite(text, name)
 
@@ -279,7 +286,8 @@ def _driver_until(cluster, path, out, done: int, store=None):
 
 @pytest.mark.slow
 def test_a_killed_driver_resumes_with_only_the_missing_runs(cluster, tmp_path, write):
-    path = write("crash", seeds=[0, 1, 2, 3, 4, 5], epochs=120, width=64)  # about 1.5 s per run
+    # a few seconds per run, one task each: the driver is still running when it is stopped
+    path = write("crash", seeds=[0, 1, 2, 3, 4, 5], epochs=400, width=64, suite={"batch_seeds": False})
     out = tmp_path / "out"
     driver, store = _driver_until(cluster, path, out, 1)
     driver.send_signal(signal.SIGTERM)  # stops cleanly: tasks cancelled, their rows given back

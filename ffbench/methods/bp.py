@@ -165,6 +165,10 @@ class BP(LocalMethod):
     def rules(self, scores, features):
         return {"head": scores[-1]}
 
+    def evaluate(self, x):
+        rules, units = super().evaluate(x)
+        return rules, units if self.deep else []  # one head: no per-unit accuracy, whatever the depth
+
 
 @method_card(
     name="bp.deepsup",
