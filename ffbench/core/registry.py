@@ -1,9 +1,10 @@
 """One registry mechanism for methods, datasets, backbones and axes.
 
 Plugins register with a decorator and are discovered through ``importlib.metadata`` entry points
-(groups ``ffbench.methods``, ``ffbench.data.datasets``, ``ffbench.training.backbones``, ``ffbench.plan.axes``).
-ffbench's own plugins are declared the same way in ``pyproject.toml``, so a lookup never depends on
-what happened to be imported first. A plugin whose import fails (any exception, ``SystemExit`` included) is
+(groups ``ffbench.methods``, ``ffbench.datasets``, ``ffbench.backbones``, ``ffbench.axes``). ffbench's own
+entries are found in the package itself (every module of ``ffbench.methods``, the built-in datasets,
+backbones and axes), whatever an installation's metadata says, so a lookup never depends on what happened to
+be imported first. A plugin whose import fails (any exception, ``SystemExit`` included) is
 reported once on stderr (entry point and error) and left out whole: whatever it registered before failing is
 rolled back. Everything else still works, and looking up a name that is missing while some plugin
 failed names that failure.

@@ -1,6 +1,6 @@
 """Ablation axes: typed factors that a suite crosses with methods, datasets and backbones.
 
-An axis is a plugin in the ``AXES`` registry (entry point group ``ffbench.plan.axes``), like methods and
+An axis is a plugin in the ``AXES`` registry (entry point group ``ffbench.axes``), like methods and
 backbones. It declares
 
 * a name and a level type (``int``, ``str``, ...), and the allowed levels (or a range check);
