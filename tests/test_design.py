@@ -301,3 +301,12 @@ def test_shipped_suites_load(capsys):
     for name in ("sff-ablation", "class-count", "small-data", "paper-cifar", "smoke", "quick"):
         assert main(["run", name, "--dry-run", "--no-estimate"]) == 0, name
     assert "budget:" in capsys.readouterr().out
+
+
+def test_a_design_that_leaves_no_cell_is_an_error_naming_the_reasons(tmp_path):
+    # every combination dropped: ff.hinton needs a flat backbone, cnn is not; an empty suite is a mistake
+    path = tmp_path / "none.toml"
+    path.write_text(suite_toml("none", methods=["ff.hinton"], backbones=["cnn"], widths=None))
+    match = r"none\.toml: \[design\] leaves no cell to run: every combination was dropped \(ff\.hinton needs"
+    with pytest.raises(SuiteError, match=match):
+        expand(load(str(path)))

@@ -543,6 +543,9 @@ def expand(suite: Suite) -> Design:
             cell = Cell(cid, factors, config, tuning, code)
             seen[cid] = cell
             cells.append(cell)
+    if not cells:  # a suite that trains nothing is a mistake in it, not an empty result
+        why = "; ".join(f"{reason} ({n}x)" for reason, n in Counter(r for _, r in dropped).most_common())
+        raise SuiteError(f"{suite.path}: [design] leaves no cell to run: every combination was dropped ({why})")
     if suite.transfer is not None and not any(c.config.adapt for c in cells):
         raise SuiteError(
             f"{suite.path}: [transfer] names a source but no run adapts from it; set adapt in [train] "
