@@ -385,9 +385,12 @@ def test_figures_are_large_clipped_shared_with_legends_outside():
 
 def test_one_colour_per_method_everywhere():
     from ffbench.analysis import figures as F
+    from ffbench.core.registry import METHODS
 
     builtins = list(F.BUILTIN_COLORS)
     assert len({F.method_color(m) for m in builtins}) == len(builtins)  # the built-ins never share a colour
+    shipped = {n for n in METHODS.names() if METHODS.get(n).obj.__module__.startswith("ffbench.methods.")}
+    assert shipped <= set(builtins), f"built-in methods without a fixed colour: {sorted(shipped - set(builtins))}"
     assert F.method_color("bp") == F.method_color("bp[classes=5]")  # a treatment keeps its method's colour
     # a name outside the built-ins gets the same colour in every process (a digest, not Python's hash())
     import subprocess

@@ -23,6 +23,7 @@ import matplotlib
 
 if "matplotlib.pyplot" not in sys.modules:  # headless by default; never switch an interactive session's backend
     matplotlib.use("Agg")
+import matplotlib.colors as mcolors  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -53,6 +54,18 @@ BUILTIN_COLORS = {
     "asge": _CB[5],
     "cwc.nocfse": _CB[6],
     "sff.layer": _CB[9],
+    # the zoo: hues apart from the palette above and from each other (a variant near its method)
+    "symba": "#8b0000",
+    "trifecta": "#4b0082",
+    "trifecta.local": "#9370db",
+    "deeperforward": "#1b1b1b",
+    "cafo": "#6b8e23",
+    "cafo.ce": "#556b2f",
+    "cafo.mse": "#9acd32",
+    "cafo.sl": "#bdb76b",
+    "monoforward": "#17becf",
+    "scff": "#b8860b",
+    "pepita": "#7b3294",
 }
 _HASHED = sns.color_palette("husl", 24)
 
@@ -62,7 +75,7 @@ def method_color(name: str) -> tuple[float, float, float]:
     method's colour."""
     base = str(name).split("[", 1)[0].strip()
     if base in BUILTIN_COLORS:
-        return tuple(BUILTIN_COLORS[base])
+        return tuple(float(c) for c in mcolors.to_rgb(BUILTIN_COLORS[base]))
     h = int(hashlib.sha1(base.encode()).hexdigest(), 16)  # stable across processes (unlike hash())
     return tuple(_HASHED[h % len(_HASHED)])
 
