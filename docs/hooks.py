@@ -26,7 +26,7 @@ ACCURACY = re.compile(r"^(test_acc|val_acc|best_test)(\.|$)")  # the CSVs' accur
 TAG = re.compile(r"\[([A-Z][A-Z-]+(?: [^\]]*)?)\](?!\()")
 _SECTIONS = r"((?:,? ?§\d+(?:\.\d+)*(?:-§?\d+(?:\.\d+)*)?)*)"
 CITATION = re.compile(r"docs/methods/notes/([\w.-]+)\.md" + _SECTIONS)
-# any file's section citation (``zoo.md §3.2``): sections of files other than the notes are not linked
+# any file's section citation (``other.md §3.2``): sections of files other than the notes are not linked
 ANY_CITATION = re.compile(r"[\w./-]+\.md" + _SECTIONS)
 
 
@@ -94,7 +94,7 @@ def link_citations(
 ) -> str:
     """Citations of the method notes as links to their sections: ``docs/methods/notes/ff.md §2.3``, and a bare
     ``§2.3`` when a page of ``context`` holds it (a card's recipe sources cite the sections of the notes page its
-    paper field names; None: any page). Another file's sections (``zoo.md §3.2``) stay text. ``prefix`` is the
+    paper field names; None: any page). Another file's sections (``other.md §3.2``) stay text. ``prefix`` is the
     path from the page to docs/."""
     sections = notes_sections() if sections is None else sections
     text = TAG.sub(r"\\[\1\\]", text)  # a source's tag ([INF], [CODE Models.py]) is text, never a link reference

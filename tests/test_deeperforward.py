@@ -53,7 +53,8 @@ def test_hand_off_is_group_norm_of_own_channels():
 
 
 def test_resnet17_wiring_matches_a_hand_written_forward():
-    """Stage unit 2 adds the (pooled) stage input, unit 4 concatenates what was saved after unit 2 (zoo.md §3.1)."""
+    """Stage unit 2 adds the (pooled) stage input, unit 4 concatenates what was saved after unit 2
+    (docs/methods/notes/deeperforward.md §12.1)."""
     torch.manual_seed(1)
     m = make(shape=(1, 16, 16)).eval()
     x = torch.randn(2, 1, 16, 16)

@@ -90,7 +90,7 @@ SPEC = {
     ("cwc.nocfse", "fashion-mnist", "cnn"): {"opt.ilt_table": "fashion-mnist", "opt.sf_double_softmax": True},
     ("asge", "mnist", "vgg.asge"): {"opt.goodness": "sum", "opt.alpha": 1.0},  # §5.2 digest
     ("sff", "mnist", "cnn"): {"opt.kernel": 1, "opt.loss": "ce", "opt.ln": "sample", "opt.rule": "average"},
-    ("pepita", "mnist", "mlp"): {  # zoo.md §8.1-8.2, the README command
+    ("pepita", "mnist", "mlp"): {  # docs/methods/notes/pepita.md §16.1-§16.2, the README command
         "optimizer": "sgd",
         "lr": 0.1,
         "momentum": 0.9,
@@ -103,8 +103,8 @@ SPEC = {
         "data.normalize": "none",
         "bb.widths": [1024],
     },
-    ("pepita", "cifar10", "mlp"): {"lr": 0.01, "bb.widths": [1024]},  # §8.2 notebook
-    ("trifecta", "mnist", "cnn.trifecta"): {  # zoo.md §2.1-§2.2, tdooms/trifecta main.py
+    ("pepita", "cifar10", "mlp"): {"lr": 0.01, "bb.widths": [1024]},  # §16.2 notebook
+    ("trifecta", "mnist", "cnn.trifecta"): {  # docs/methods/notes/trifecta.md §11.1-§11.2, tdooms/trifecta main.py
         "optimizer": "adam",
         "lr": 1e-3,
         "weight_decay": 0.0,

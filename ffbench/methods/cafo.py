@@ -1,4 +1,5 @@
-"""CaFo, Cascaded Forward (Zhao, Wang, Li, Jin, Lang, Ling 2023, arXiv 2303.09728), following zoo.md §5.
+"""CaFo, Cascaded Forward (Zhao, Wang, Li, Jin, Lang, Ling 2023, arXiv 2303.09728), following
+docs/methods/notes/cafo.md §13.
 
 The backbone's blocks (on ``cnn`` with channels [32, 128, 512], a pool after every layer: conv3x3 -> ReLU ->
 max-pool -> BatchNorm, as the official code) keep their random initialisation and are never trained. Each block
@@ -87,36 +88,36 @@ _FIT_OPTIONS = {
     "ridge": Option(float, 0.0, "ridge added to Z'Z in the closed form (fp64)", ge=0, source="[INF]; code: 0"),
 }
 _COMMON = {
-    "w_init": ("ones", "§5.1: predictor weights start at all ones [CODE model.py]"),
-    "bn": ("batch", "§5.6.1: BatchNorm in train mode, the test set as one batch [CODE model.py]"),
-    "eval_batch_size": (10000, "§5.2: the test set as one batch [CODE loader.py]"),
+    "w_init": ("ones", "§13.1: predictor weights start at all ones [CODE model.py]"),
+    "bn": ("batch", "§13.6.1: BatchNorm in train mode, the test set as one batch [CODE model.py]"),
+    "eval_batch_size": (10000, "§13.2: the test set as one batch [CODE loader.py]"),
     "dataset.normalize": (
         ByDataset({"mnist": [[0.1307], [0.3081]], "cifar10": [[0.5] * 3, [0.5] * 3]}),
-        "§5.2: Normalize per dataset, no augmentation [CODE loader.py]",
+        "§13.2: Normalize per dataset, no augmentation [CODE loader.py]",
     ),
-    "backbone.channels": ([32, 128, 512], "§5.1: 3 blocks, 32 * 4^(i-1) channels [CODE block.py]"),
-    "backbone.pool": ([0, 1, 2], "§5.1: a 2x2 max-pool in every block [CODE block.py]"),
-    "backbone.kernel": (3, "§5.1: conv 3x3, padding 1 [CODE block.py]"),
-    "backbone.bn": ("inside", "§5.1: conv -> ReLU -> max-pool -> BatchNorm(eps 1e-4) [CODE block.py]"),
+    "backbone.channels": ([32, 128, 512], "§13.1: 3 blocks, 32 * 4^(i-1) channels [CODE block.py]"),
+    "backbone.pool": ([0, 1, 2], "§13.1: a 2x2 max-pool in every block [CODE block.py]"),
+    "backbone.kernel": (3, "§13.1: conv 3x3, padding 1 [CODE block.py]"),
+    "backbone.bn": ("inside", "§13.1: conv -> ReLU -> max-pool -> BatchNorm(eps 1e-4) [CODE block.py]"),
 }
 _WHOLE_SET = {
     **_COMMON,
-    "batch_size": (60000, "§5.2: the whole training set as one batch (the code's 50,000: all it trains on) [CODE]"),
+    "batch_size": (60000, "§13.2: the whole training set as one batch (the code's 50,000: all it trains on) [CODE]"),
     "val_size": (
         ByDataset({"mnist": 10000, "fashion-mnist": 10000, "cifar10": 5000}),
-        "§5.2: MNIST: a random 50k of the 60k, the rest unused [CODE loader.py]; CIFAR-10: all 50k, no "
+        "§13.2: MNIST: a random 50k of the 60k, the rest unused [CODE loader.py]; CIFAR-10: all 50k, no "
         "validation (here 5k held out) [CODE]",
     ),
-    "epochs": (1, "§5.2: one feature pass, then each predictor's fit [CODE model.py]"),
+    "epochs": (1, "§13.2: one feature pass, then each predictor's fit [CODE model.py]"),
 }
 _STEPS = {
     **_WHOLE_SET,
-    "fit": ("steps", "§5.1: full-batch gradient descent with a hand-written gradient [CODE model.py]"),
-    "fit_steps": (5000, "§5.2: 5000 full-batch epochs [README]"),
-    "optimizer": ("sgd", "§5.1: plain gradient descent [CODE model.py]"),
-    "momentum": (0.0, "§5.1: no momentum [CODE model.py]"),
-    "lr": (0.01, "§5.2: step 0.01 (--step is never passed) [CODE train.py]"),
-    "weight_decay": (0.0, "§5.2: lambda = 0 (--lamda is never passed) [CODE train.py]"),
+    "fit": ("steps", "§13.1: full-batch gradient descent with a hand-written gradient [CODE model.py]"),
+    "fit_steps": (5000, "§13.2: 5000 full-batch epochs [README]"),
+    "optimizer": ("sgd", "§13.1: plain gradient descent [CODE model.py]"),
+    "momentum": (0.0, "§13.1: no momentum [CODE model.py]"),
+    "lr": (0.01, "§13.2: step 0.01 (--step is never passed) [CODE train.py]"),
+    "weight_decay": (0.0, "§13.2: lambda = 0 (--lamda is never passed) [CODE train.py]"),
 }
 _NOTES = (
     "The blocks are the backbone's units, frozen at their random initialisation (in no optimizer); BatchNorm keeps "
@@ -133,7 +134,7 @@ _CARD = dict(
     notes=_NOTES,
     family="cafo",
     paper="Zhao et al. 2023, 'The Cascaded Forward Algorithm for Neural Network Training', arXiv 2303.09728 "
-    "(zoo.md §5)",
+    "(docs/methods/notes/cafo.md §13)",
     code="Graph-ZKY/CaFo @b2cccf3a (no licence: facts only)",
     rules=("sum", "last"),
     capabilities=frozenset({"any-backbone", "unit-heads", "fixed-projection"}),
@@ -146,7 +147,7 @@ _CARD = dict(
     "detached features, per mini-batch with the run's optimizer [INF]; probabilities summed over blocks",
     options=_OPTIONS,
     defaults={"optimizer": "adam", "lr": 1e-3, "batch_size": 128, "schedule": "constant"},
-    recipes={"reference": {**_COMMON, "loss": ("ce", "§5.1: --loss_fn CE in the README's commands [README]")}},
+    recipes={"reference": {**_COMMON, "loss": ("ce", "§13.1: --loss_fn CE in the README's commands [README]")}},
     tuning_space={"lr": ("log", 1e-4, 1e-2)},
     **_CARD,
 )
@@ -185,7 +186,7 @@ class CaFo(LocalMethod):
     "block after block its features for every image, then its predictor by full-batch gradient descent on CE",
     options=_FIT_OPTIONS,
     defaults={"optimizer": "sgd", "momentum": 0.0, "lr": 0.01, "batch_size": 60000, "epochs": 1},
-    recipes={"reference": {**_STEPS, "loss": ("ce", "§5.1: --loss_fn CE [CODE train.py]")}},
+    recipes={"reference": {**_STEPS, "loss": ("ce", "§13.1: --loss_fn CE [CODE train.py]")}},
     **_CARD,
 )
 class CaFoWholeSet(CaFo):
@@ -254,8 +255,8 @@ variant(
     recipes={
         "reference": {
             **_WHOLE_SET,
-            "loss": ("mse", "§5.1: --loss_fn MSE [CODE train.py]"),
-            "fit": ("closed_form", "§5.1: W = (Z'Z)^-1 Z'Y, solve or pseudo-inverse [CODE model.py]"),
+            "loss": ("mse", "§13.1: --loss_fn MSE [CODE train.py]"),
+            "fit": ("closed_form", "§13.1: W = (Z'Z)^-1 Z'Y, solve or pseudo-inverse [CODE model.py]"),
         }
     },
 )
@@ -265,5 +266,7 @@ variant(
     summary="Cascaded Forward as its code fits it (--loss_fn SL): full-batch gradient descent on the sparsemax loss, "
     "sparsemax probabilities summed over blocks",
     defaults={"loss": "sl"},
-    recipes={"reference": {**_STEPS, "loss": ("sl", "§5.1: --loss_fn SL, gradient sparsemax(ZW) - Y [CODE model.py]")}},
+    recipes={
+        "reference": {**_STEPS, "loss": ("sl", "§13.1: --loss_fn SL, gradient sparsemax(ZW) - Y [CODE model.py]")}
+    },
 )

@@ -1,4 +1,5 @@
-"""DeeperForward (Sun, Zhang, He, Wen, Shen, Xie, ICLR 2025), following zoo.md §3.
+"""DeeperForward (Sun, Zhang, He, Wen, Shen, Xie, ICLR 2025), following
+docs/methods/notes/deeperforward.md §12.
 
 Each unit is a CW-Conv layer ``y = Dropout(ReLU(Conv(x)))`` of the ``resnet.df`` or ``tinycnn.df`` backbone whose
 channels split into K consecutive class groups. The class score is the *mean* of each group's activity (not
@@ -45,48 +46,46 @@ _OPTIONS = {
         "mean",
         "class score: group mean (paper) or mean square (ablation)",
         choices=("mean", "square"),
-        source="zoo.md §3.1 [CODE cwconv.py; PAPER Fig. 2c]; square: §3.5 ablation [INF]",
+        source="§12.1 [CODE cwconv.py; PAPER Fig. 2c]; square: §12.5 ablation [INF]",
     ),
     "post_norm": Option(
         str,
         "groupnorm",
         "hand-off: GroupNorm over each class group, LayerNorm over the unit, or none",
         choices=("groupnorm", "layernorm", "none"),
-        source="zoo.md §3.1 [CODE; PAPER Fig. 2c]; layernorm, none: §3.5 ablations [INF]",
+        source="§12.1 [CODE; PAPER Fig. 2c]; layernorm, none: §12.5 ablations [INF]",
     ),
     "input_norm": Option(
         str,
         "layernorm",
         "input LayerNorm over (C, H, W) per sample",
         choices=("layernorm", "none"),
-        source="zoo.md §3.1 [CODE]",
+        source="§12.1 [CODE]",
     ),
     "resize": Option(
         (int, type(None)),
         None,
         "resize the input to this side (bilinear) first; unset: as loaded",
         ge=1,
-        source="zoo.md §3.1: MNIST/F-MNIST resized to 32x32 [CODE]",
+        source="§12.1: MNIST/F-MNIST resized to 32x32 [CODE]",
     ),
-    "start": Option(
-        int, 1, "first unit (0-based) the range rule sums", ge=0, source="zoo.md §3.3: s = 1 before SIP [CODE]"
-    ),
-    "end": Option(int, -1, "last unit (0-based) the range rule sums; -1: the last", ge=-1, source="zoo.md §3.3 [CODE]"),
+    "start": Option(int, 1, "first unit (0-based) the range rule sums", ge=0, source="§12.3: s = 1 before SIP [CODE]"),
+    "end": Option(int, -1, "last unit (0-based) the range rule sums; -1: the last", ge=-1, source="§12.3 [CODE]"),
     "rule": Option(str, "range", "default inference rule", choices=("range", "all", "last"), source="[INF]"),
 }
 _REFERENCE = {
-    "optimizer": ("adamw", "zoo.md §3.2: AdamW per unit [CODE main.py]"),
-    "lr": (0.08, "zoo.md §3.2: lr 0.08 [CODE main.py]"),
-    "weight_decay": (5e-4, "zoo.md §3.2: 5e-4 for ResNet (main.py; test.py 1e-4) [CODE]"),
-    "schedule": ("cosine", "zoo.md §3.2: cosine per epoch, T_max = epochs, to 0.008 [CODE]; ffbench's ends at 0"),
-    "batch_size": (128, "zoo.md §3.2: batch 128 [CODE]"),
-    "epochs": (150, "zoo.md §3.2: test.py rebuilds with 150 epochs [CODE; INF]"),
+    "optimizer": ("adamw", "§12.2: AdamW per unit [CODE main.py]"),
+    "lr": (0.08, "§12.2: lr 0.08 [CODE main.py]"),
+    "weight_decay": (5e-4, "§12.2: 5e-4 for ResNet (main.py; test.py 1e-4) [CODE]"),
+    "schedule": ("cosine", "§12.2: cosine per epoch, T_max = epochs, to 0.008 [CODE]; ffbench's ends at 0"),
+    "batch_size": (128, "§12.2: batch 128 [CODE]"),
+    "epochs": (150, "§12.2: test.py rebuilds with 150 epochs [CODE; INF]"),
     "val_size": (
         ByDataset({"mnist": 10000, "fashion-mnist": 10000, "cifar10": 5000}),
-        "zoo.md §3.2: 50k/10k, 45k/5k [CODE]",
+        "§12.2: 50k/10k, 45k/5k [CODE]",
     ),
-    "resize": (ByDataset({"mnist": 32, "fashion-mnist": 32, "cifar10": None}), "zoo.md §3.1: 32x32 [CODE]"),
-    "backbone.dropout": (0.2, "zoo.md §3.2: dropout 0.2 [CODE main.py]"),
+    "resize": (ByDataset({"mnist": 32, "fashion-mnist": 32, "cifar10": None}), "§12.1: 32x32 [CODE]"),
+    "backbone.dropout": (0.2, "§12.2: dropout 0.2 [CODE main.py]"),
 }
 
 
@@ -96,7 +95,7 @@ _REFERENCE = {
     summary="DeeperForward: per-unit CE on the class-group means of a CW-Conv layer's activity, GroupNorm_K "
     "hand-off, detached residual skips (resnet.df) or plain stacks (tinycnn.df); sum of units start..end",
     paper="Sun et al., 'DeeperForward: Enhanced Forward-Forward Training for Deeper and Better Performance', "
-    "ICLR 2025, OpenReview kOYnXVQCtA (zoo.md §3)",
+    "ICLR 2025, OpenReview kOYnXVQCtA (docs/methods/notes/deeperforward.md §12)",
     code="tobysunsun/deeperforward, read in the unlicensed copy BasitHussain5/project_1 @b31a58b (facts only)",
     defaults={"optimizer": "adamw", "lr": 0.08, "weight_decay": 5e-4, "batch_size": 128, "schedule": "cosine"},
     options=_OPTIONS,

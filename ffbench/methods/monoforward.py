@@ -1,4 +1,5 @@
-"""Mono-Forward, ``monoforward`` (Gong, Li, Abdulla 2025, arXiv 2501.09238), following zoo.md §6.
+"""Mono-Forward, ``monoforward`` (Gong, Li, Abdulla 2025, arXiv 2501.09238), following
+docs/methods/notes/monoforward.md §14.
 
 Each unit l has a learnable projection M_l (no bias) from its output a_l to class scores G_l = a_l M_l^T, and its
 own loss, the softmax cross-entropy CE(G_l, y): no negatives, no label in the input, one forward pass. A unit's
@@ -10,7 +11,8 @@ the last unit's G_L, or of the sum over units. It is BP-DeepSup with a detach be
 
 No official code and no readable paper body: the definition rests on abstracts and secondary summaries
 ([ABS]/[SEC]); every choice they leave open is an option ([INF]), and the reference recipe takes the rest from
-the third-party replication whose numbers the reproduction compares with (zoo.md §6.2, §6.4).
+the third-party replication whose numbers the reproduction compares with (docs/methods/notes/monoforward.md §14.2,
+§14.4).
 """
 
 from __future__ import annotations
@@ -67,24 +69,25 @@ _OPTIONS = {
     ),
 }
 _MNISTS = ("mnist", "fashion-mnist")
-# The paper's body is not readable (zoo.md §6): what its summaries state, and where they are silent the third-party
-# replication (Przemyslaw11/BeyondBackpropagation, MIT) whose MNIST / F-MNIST numbers the reproduction uses.
+# The paper's body is not readable (docs/methods/notes/monoforward.md §14): what its summaries state, and where they
+# are silent the third-party replication (Przemyslaw11/BeyondBackpropagation, MIT) whose MNIST / F-MNIST numbers the
+# reproduction uses.
 _REFERENCE = {
-    "training": ("greedy", "§6.2: 'purely local, layerwise greedy' [SEC TL;DR]; greedy in the replication [CODE-3rd]"),
-    "predict": ("last", "§6.3: the final layer's class scores [SEC]; the replication's prediction [CODE-3rd]"),
-    "m0_input_head": (False, "§6.1: not in the paper's summaries; the replication's M_0 changes no layer [INF]"),
-    "optimizer": ("adam", "§6.2: Adam [CODE-3rd]"),
-    "lr": (ByDataset({"mnist": 1.57e-3, "fashion-mnist": 3.87e-4}), "§6.2: MNIST 1.57e-3, F-MNIST 3.87e-4 [CODE-3rd]"),
-    "batch_size": (128, "§6.2: batch 128 [CODE-3rd]"),
+    "training": ("greedy", "§14.2: 'purely local, layerwise greedy' [SEC TL;DR]; greedy in the replication [CODE-3rd]"),
+    "predict": ("last", "§14.3: the final layer's class scores [SEC]; the replication's prediction [CODE-3rd]"),
+    "m0_input_head": (False, "§14.1: not in the paper's summaries; the replication's M_0 changes no layer [INF]"),
+    "optimizer": ("adam", "§14.2: Adam [CODE-3rd]"),
+    "lr": (ByDataset({"mnist": 1.57e-3, "fashion-mnist": 3.87e-4}), "§14.2: MNIST 1.57e-3, F-MNIST 3.87e-4 [CODE-3rd]"),
+    "batch_size": (128, "§14.2: batch 128 [CODE-3rd]"),
     "epochs": (
         ByDataset({"mnist": 28, "fashion-mnist": 24}),
-        "§6.2: 14 (MNIST) / 12 (F-MNIST) epochs per layer, 2 layers [CODE-3rd]; the paper's budget [NOT FOUND]",
+        "§14.2: 14 (MNIST) / 12 (F-MNIST) epochs per layer, 2 layers [CODE-3rd]; the paper's budget [NOT FOUND]",
     ),
-    "val_size": (0.1, "§6.2: 10% validation split [CODE-3rd]"),
-    "act": ("relu", "§6.2: ReLU [CODE-3rd]"),
-    "bias": (True, "§6.1: b_l [SEC]; bias true [CODE-3rd]"),
-    "init": ("kaiming", "§6.2: Kaiming-uniform, zero biases [CODE-3rd]"),
-    "backbone.widths": (ByDataset({d: [1000, 1000] for d in _MNISTS}), "§6.4: MLP 2x1000 [CODE-3rd]"),
+    "val_size": (0.1, "§14.2: 10% validation split [CODE-3rd]"),
+    "act": ("relu", "§14.2: ReLU [CODE-3rd]"),
+    "bias": (True, "§14.1: b_l [SEC]; bias true [CODE-3rd]"),
+    "init": ("kaiming", "§14.2: Kaiming-uniform, zero biases [CODE-3rd]"),
+    "backbone.widths": (ByDataset({d: [1000, 1000] for d in _MNISTS}), "§14.4: MLP 2x1000 [CODE-3rd]"),
 }
 _NOTES = (
     "[INF] defaults: training='simultaneous' (each unit steps on its own loss every batch, as the other local "
@@ -93,8 +96,8 @@ _NOTES = (
     "anywhere readable and is left out. M_l has no bias (G = a M^T [SEC]) and torch's Linear initialisation; on "
     "conv units it reads the flattened map (pool='flatten', the literal a_l) or its spatial mean (pool='avg'). "
     "act, bias and init change the backbone's units; m0_input_head adds an input unit (Identity) whose head is "
-    "M_0, a stage of its own under greedy. The replication stops early on validation (§6.6 pitfall 2); ffbench trains "
-    "the budget and reports the best-validation epoch. Recipe reference: the paper's stated choices, the rest "
+    "M_0, a stage of its own under greedy. The replication stops early on validation (§14.6 pitfall 2); ffbench "
+    "trains the budget and reports the best-validation epoch. Recipe reference: the paper's stated choices, the rest "
     "from the replication (MNIST / F-MNIST 2x1000 MLP), each value with its source."
 )
 
@@ -133,7 +136,7 @@ def _adapt_units(units: nn.Module, act: str, bias: bool, init: str) -> None:
     summary="Mono-Forward: a learnable projection M_l per unit to class scores, local softmax cross-entropy, "
     "no negatives, detached between units, step-and-free; prediction from the last unit (or the sum)",
     paper="Gong, Li, Abdulla 2025, arXiv 2501.09238 (v2 'Revisiting Forward-Forward through Objective-Locality "
-    "Decomposition'); abstracts and secondary summaries only (zoo.md §6)",
+    "Decomposition'); abstracts and secondary summaries only (docs/methods/notes/monoforward.md §14)",
     code="no official code; third-party replication Przemyslaw11/BeyondBackpropagation src/algorithms/mf.py (MIT)",
     defaults={"optimizer": "adam", "lr": 1e-3},
     options=_OPTIONS,

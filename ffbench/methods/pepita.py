@@ -1,4 +1,5 @@
-"""PEPITA, error-driven input modulation (Dellaferrera & Kreiman, ICML 2022, arXiv 2201.11665), following zoo.md §8.
+"""PEPITA, error-driven input modulation (Dellaferrera & Kreiman, ICML 2022, arXiv 2201.11665), following
+docs/methods/notes/pepita.md §16.
 
 Two forward passes per batch and no backward pass. Pass 1 runs the clean input x through the MLP (hidden
 layers ReLU, dropout masks m_l, a bias-free output layer, softmax) and gives the error e = softmax - onehot(y).
@@ -31,7 +32,7 @@ _OPTIONS = {
         "uniform",
         "F's entries: zero-mean uniform, or their absolute values (all positive)",
         choices=("uniform", "positive"),
-        source="code: uniform; positive [INF] (zoo.md §8.5)",
+        source="code: uniform; positive [INF] (§16.5)",
     ),
     "error": Option(
         str,
@@ -72,20 +73,20 @@ _OPTIONS = {
     ),
 }
 _REFERENCE = {
-    "optimizer": ("sgd", "§8.1 functions.py: momentum update v = 0.9 v + eta dW / B, W -= v"),
-    "momentum": (0.9, "§8.1 functions.py: gamma 0.9"),
+    "optimizer": ("sgd", "§16.1 functions.py: momentum update v = 0.9 v + eta dW / B, W -= v"),
+    "momentum": (0.9, "§16.1 functions.py: gamma 0.9"),
     "lr": (
         ByDataset({"mnist": 0.1, "cifar10": 0.01}),
-        "§8.2 README command: eta 0.1 (MNIST); notebook: 0.01 (CIFAR-10)",
+        "§16.2 README command: eta 0.1 (MNIST); notebook: 0.01 (CIFAR-10)",
     ),
-    "batch_size": (64, "§8.2 README command: batch 64"),
-    "epochs": (100, "§8.2 README command: 100 epochs"),
-    "decay_at": ([0.6, 0.9], "§8.2 main.py: eta x 0.1 at epochs 60 and 90 (decay forced on)"),
-    "keep": (0.9, "§8.2 README command: --dropout 0.9 (keep probability)"),
-    "feedback_scale": (0.05, "§8.1 functions.py: F He-uniform x 0.05"),
-    "init": ("he-uniform", "§8.2 README command: --w_init he_uniform"),
-    "backbone.widths": ([1024], "§8.1 README command: one hidden layer of 1024, ReLU, softmax output"),
-    "dataset.normalize": ("none", "§8.6: raw [0, 1] pixels, flattened"),
+    "batch_size": (64, "§16.2 README command: batch 64"),
+    "epochs": (100, "§16.2 README command: 100 epochs"),
+    "decay_at": ([0.6, 0.9], "§16.2 main.py: eta x 0.1 at epochs 60 and 90 (decay forced on)"),
+    "keep": (0.9, "§16.2 README command: --dropout 0.9 (keep probability)"),
+    "feedback_scale": (0.05, "§16.1 functions.py: F He-uniform x 0.05"),
+    "init": ("he-uniform", "§16.2 README command: --w_init he_uniform"),
+    "backbone.widths": ([1024], "§16.1 README command: one hidden layer of 1024, ReLU, softmax output"),
+    "dataset.normalize": ("none", "§16.6: raw [0, 1] pixels, flattened"),
 }
 
 
@@ -97,7 +98,7 @@ _REFERENCE = {
     "random F (same dropout masks); each hidden layer updated by the difference of its two activities times its "
     "modulated input, the output layer by the modulated error; no backward pass",
     paper="Dellaferrera & Kreiman, 'Error-driven Input Modulation: Solving the Credit Assignment Problem without "
-    "a Backward Pass', ICML 2022, arXiv 2201.11665 (zoo.md §8)",
+    "a Backward Pass', ICML 2022, arXiv 2201.11665 (docs/methods/notes/pepita.md §16)",
     code="GiorgiaD/PEPITA (no licence: facts only)",
     defaults={"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "batch_size": 64},
     options=_OPTIONS,
@@ -108,7 +109,7 @@ _REFERENCE = {
     "Hidden differences are masked again (the code multiplies h - h~ by the inverted-dropout mask). "
     "The decay scales the update before the momentum (v = 0.9 v + eta d dW / B, the code's form), so it is "
     "refused with adam/adamw, which normalise it away. On standardised inputs (the ffbench recipe) F e is "
-    "about 3x smaller relative to the input than on raw [0, 1] pixels (zoo.md §8.6): feedback_scale rescales "
+    "about 3x smaller relative to the input than on raw [0, 1] pixels (§16.6): feedback_scale rescales "
     "it. The code validates on the test set; ffbench carves its "
     "validation split from the training set. Not implemented: weight mirroring (arXiv 2302.05440, abstract "
     "only) and the conv model (Net1conv1fcXL).",

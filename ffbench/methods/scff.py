@@ -1,5 +1,5 @@
 """SCFF, Self-Contrastive Forward-Forward (Chen, Liu, Laydevant, Grollier; Nat. Commun. 16:5978, 2025), following
-zoo.md §7.
+docs/methods/notes/scff.md §15.
 
 No label reaches the units. Every image is paired with itself: a positive row holds two views of the same image
 (independent random translations), a negative row a view of image i and a view of image i + r (one random shift
@@ -85,7 +85,7 @@ _OPTIONS = {
         item=Option(int, ge=0),
         source="[CODE] MNIST all",
     ),  # fmt: skip
-    "probe_dropout": Option(float, 0.2, "dropout before the probe", ge=0, lt=1, source="zoo.md §7.3"),
+    "probe_dropout": Option(float, 0.2, "dropout before the probe", ge=0, lt=1, source="§15.3"),
     "probe_lr": Option(float, 1e-3, "probe Adam learning rate", gt=0, source="[CODE] Adam 1e-3"),
     "probe_decay": Option(
         str,
@@ -99,27 +99,29 @@ _OPTIONS = {
     "gamma": _per_unit("unit lr x gamma every `period` of the unit's batches", [1.0], "[CODE] ExponentialLR"),
     "period": _per_unit("batches between two lr decays", [1000], "[CODE] period", _COUNTS),
 }
-_REFERENCE = {  # neurophysics-cnrsthales/contrastive-forward-forward config.json and ContrastFF_MNIST.py (zoo.md §7)
-    "optimizer": ("adamw", "§7.2: AdamW per layer [CODE]"),
-    "batch_size": (100, "§7.2: batch 100 [CODE] (the probe's batch of 64 is not kept: one batch size per run)"),
-    "schedule": ("constant", "§7.2: the decay is per unit, gamma every period batches [CODE]"),
-    "epochs": (79, "§7.2-7.3: 20 + 9 unit epochs, then 50 probe epochs [CODE]"),
-    "unit_epochs": ([20, 9], "§7.2: MNIST L1 20, L2 9 [CODE config.json]"),
-    "probe_epochs": (50, "§7.3: 50 probe epochs [CODE]"),
-    "unit_lr": ([3e-3, 2e-3], "§7.2: MNIST lr 3e-3, 2e-3 [CODE config.json]"),
-    "unit_weight_decay": ([1e-4, 1e-4], "§7.2: MNIST wd 1e-4 [CODE config.json]"),
-    "gamma": ([0.9, 0.6], "§7.2: ExponentialLR gamma 0.9, 0.6 [CODE config.json]"),
-    "period": ([1000, 1500], "§7.2: every 1000, 1500 batches [CODE config.json]"),
-    "theta_pos": ([4.0, 1.0], "§7.2: MNIST theta+ 4, 1 [CODE config.json]"),
-    "theta_neg": ([6.0, 1.0], "§7.2: MNIST theta- 6, 1 [CODE config.json]"),
-    "lam": ([1e-4, 0.0], "§7.2: MNIST lambda 1e-4, 0 [CODE config.json]"),
-    "views": ("translate", "§7.1/§7.6.3: two independently translated views, 2 px [CODE]"),
-    "shift": (2, "§7.1: RandomAffine translate 2/28 [CODE]"),
-    "act": ("triangle", "§7.1: triangle on both MNIST layers [CODE]"),
-    "probe_dropout": (0.2, "§7.3: Dropout(0.2) + Linear"),
-    "probe_lr": (1e-3, "§7.3: Adam 1e-3 [CODE]"),
-    "probe_decay": ("halving", "§7.3: x 0.5 at 20/35/50/60/70/80/90 % [CODE]"),
-    "backbone.widths": ([2000, 2000], "§7.1: MLP 784 -> 2000 -> 2000 [CODE; PAPER Table 4]"),
+# neurophysics-cnrsthales/contrastive-forward-forward config.json and ContrastFF_MNIST.py
+# (docs/methods/notes/scff.md §15)
+_REFERENCE = {
+    "optimizer": ("adamw", "§15.2: AdamW per layer [CODE]"),
+    "batch_size": (100, "§15.2: batch 100 [CODE] (the probe's batch of 64 is not kept: one batch size per run)"),
+    "schedule": ("constant", "§15.2: the decay is per unit, gamma every period batches [CODE]"),
+    "epochs": (79, "§15.2-§15.3: 20 + 9 unit epochs, then 50 probe epochs [CODE]"),
+    "unit_epochs": ([20, 9], "§15.2: MNIST L1 20, L2 9 [CODE config.json]"),
+    "probe_epochs": (50, "§15.3: 50 probe epochs [CODE]"),
+    "unit_lr": ([3e-3, 2e-3], "§15.2: MNIST lr 3e-3, 2e-3 [CODE config.json]"),
+    "unit_weight_decay": ([1e-4, 1e-4], "§15.2: MNIST wd 1e-4 [CODE config.json]"),
+    "gamma": ([0.9, 0.6], "§15.2: ExponentialLR gamma 0.9, 0.6 [CODE config.json]"),
+    "period": ([1000, 1500], "§15.2: every 1000, 1500 batches [CODE config.json]"),
+    "theta_pos": ([4.0, 1.0], "§15.2: MNIST theta+ 4, 1 [CODE config.json]"),
+    "theta_neg": ([6.0, 1.0], "§15.2: MNIST theta- 6, 1 [CODE config.json]"),
+    "lam": ([1e-4, 0.0], "§15.2: MNIST lambda 1e-4, 0 [CODE config.json]"),
+    "views": ("translate", "§15.1/§15.6.3: two independently translated views, 2 px [CODE]"),
+    "shift": (2, "§15.1: RandomAffine translate 2/28 [CODE]"),
+    "act": ("triangle", "§15.1: triangle on both MNIST layers [CODE]"),
+    "probe_dropout": (0.2, "§15.3: Dropout(0.2) + Linear"),
+    "probe_lr": (1e-3, "§15.3: Adam 1e-3 [CODE]"),
+    "probe_decay": ("halving", "§15.3: x 0.5 at 20/35/50/60/70/80/90 % [CODE]"),
+    "backbone.widths": ([2000, 2000], "§15.1: MLP 784 -> 2000 -> 2000 [CODE; PAPER Table 4]"),
 }
 
 
@@ -168,7 +170,8 @@ def standardise(x: torch.Tensor) -> torch.Tensor:
     summary="Self-contrastive forward-forward: label-free units trained on positive pairs (two views of an image) "
     "and negative pairs (views of two images), goodness mean ReLU(u)^2, greedy; then a linear probe on the frozen "
     "features",
-    paper="Chen, Liu, Laydevant, Grollier, Nat. Commun. 16:5978 (2025), arXiv 2409.11593 (zoo.md §7)",
+    paper="Chen, Liu, Laydevant, Grollier, Nat. Commun. 16:5978 (2025), arXiv 2409.11593 "
+    "(docs/methods/notes/scff.md §15)",
     code="neurophysics-cnrsthales/contrastive-forward-forward (ContrastFF_MNIST.py, config.json; facts only)",
     defaults={"optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "batch_size": 100, "schedule": "constant"},
     options=_OPTIONS,

@@ -1,5 +1,5 @@
-"""Trifecta (Dooms, Tsang, Oramas 2023, arXiv 2311.18130), following zoo.md §2: SymBa's loss, batch
-normalisation at each block's input, and overlapping local updates (OLU); its CNN is ``cnn.trifecta``
+"""Trifecta (Dooms, Tsang, Oramas 2023, arXiv 2311.18130), following docs/methods/notes/trifecta.md §11: SymBa's
+loss, batch normalisation at each block's input, and overlapping local updates (OLU); its CNN is ``cnn.trifecta``
 (``ffbench.training.backbones``).
 
 A learned label embedding (one H x W map per class) is concatenated to the image as an extra channel. Each
@@ -39,23 +39,24 @@ _OPTIONS = {
 }
 _NORMALIZE = {"mnist": [[0.1307], [0.3081]], "fashion-mnist": [[0.2860], [0.3530]]}
 _NORMALIZE["cifar10"] = [[0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]]
-# tdooms/trifecta @6890438e main.py (zoo.md §2.1-§2.3). Not expressible here, so left out: RandomRotation(15),
-# 16-bit mixed precision, drop_last, and validation on the test set (ffbench validates on a split of train).
+# tdooms/trifecta @6890438e main.py (docs/methods/notes/trifecta.md §11.1-§11.3). Not expressible here, so left out:
+# RandomRotation(15), 16-bit mixed precision, drop_last, and validation on the test set (ffbench validates on a split
+# of train).
 # The model is the suite's: cnn.trifecta's defaults are the reference's 'small', its notes give 'large'.
 _REFERENCE = {
-    "optimizer": ("adam", "§2.2: Adam per block"),
-    "lr": (1e-3, "§2.2: Config.lr 1e-3"),
-    "weight_decay": (0.0, "§2.2: no weight decay"),
-    "schedule": ("constant", "§2.2: no schedule"),
-    "batch_size": (512, "§2.2: Config.batch_size 512"),
-    "crop_padding": (4, "§2.2: RandomCrop(pad 4) on every dataset (its RandomRotation(15) is not available)"),
-    "dataset.normalize": (ByDataset(_NORMALIZE), "§2.2: Normalize with the listed mean and std"),
-    "backbone.norm": ("bn", "§2.1: Config.bn true"),
-    "olu": (True, "§2.1: Config.olu true"),
-    "loss": ("symba", "§2.1: Config.alpha 4 (None would be FF's loss)"),
-    "alpha": (4.0, "§2.1: Config.alpha 4"),
-    "embedding": ("learned", "§2.1: Config.learned true"),
-    "rule": ("last", "§2.3: ensemble slice(-1, None), the last block"),
+    "optimizer": ("adam", "§11.2: Adam per block"),
+    "lr": (1e-3, "§11.2: Config.lr 1e-3"),
+    "weight_decay": (0.0, "§11.2: no weight decay"),
+    "schedule": ("constant", "§11.2: no schedule"),
+    "batch_size": (512, "§11.2: Config.batch_size 512"),
+    "crop_padding": (4, "§11.2: RandomCrop(pad 4) on every dataset (its RandomRotation(15) is not available)"),
+    "dataset.normalize": (ByDataset(_NORMALIZE), "§11.2: Normalize with the listed mean and std"),
+    "backbone.norm": ("bn", "§11.1: Config.bn true"),
+    "olu": (True, "§11.1: Config.olu true"),
+    "loss": ("symba", "§11.1: Config.alpha 4 (None would be FF's loss)"),
+    "alpha": (4.0, "§11.1: Config.alpha 4"),
+    "embedding": ("learned", "§11.1: Config.learned true"),
+    "rule": ("last", "§11.3: ensemble slice(-1, None), the last block"),
 }
 
 
@@ -67,7 +68,7 @@ _REFERENCE = {
     "aligned positive/negative pairs, BatchNorm at each block's input, overlapping local updates (a block's "
     "loss reaches the block before it, blocks stepping in turns); inference by goodness per label",
     paper="Dooms, Tsang, Oramas 2023, 'The Trifecta: Three simple techniques for training deeper Forward-Forward "
-    "networks', arXiv 2311.18130 (zoo.md §2)",
+    "networks', arXiv 2311.18130 (docs/methods/notes/trifecta.md §11)",
     code="tdooms/trifecta main.py (no licence: facts only)",
     defaults={"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 512, "schedule": "constant"},
     options=_OPTIONS,
@@ -145,7 +146,7 @@ variant(
     summary="Trifecta without overlapping local updates (the reference's olu = false): every block detached, "
     "strict forward-forward; the ablation OLU is measured against",
     defaults={"olu": False},
-    recipes={"reference": {**_REFERENCE, "olu": (False, "§2.1: Config.olu false, 'layer-wise'")}},
+    recipes={"reference": {**_REFERENCE, "olu": (False, "§11.1: Config.olu false, 'layer-wise'")}},
 )
 
 

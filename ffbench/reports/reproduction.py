@@ -1,8 +1,8 @@
 """Report kind 'reproduction': each row a published number next to what ffbench measured.
 
 Per (method, dataset, backbone) that has a published number (``PUBLISHED``, taken from the method notes,
-docs/methods/notes/, and zoo.md; where a paper's own number is not readable, a named replication's, labelled as
-such): the number and its source, ffbench's mean with a t interval over the seeds, the budget actually run
+docs/methods/notes/; where a paper's own number is not readable, a named replication's, labelled as such): the
+number and its source, ffbench's mean with a t interval over the seeds, the budget actually run
 (epochs, batch, training images), seconds per epoch, and where the published number lies: inside, above or
 below the interval. A published difference (SFF against BP on 1000 images) is compared with the mean
 paired difference over seeds. Where the source does not say which predictor its number refers to (CwC's
@@ -79,39 +79,52 @@ PUBLISHED: dict[tuple[str, str, str], Published] = {
     ("asge", "cifar100", "vgg.asge"): _asge(
         0.6542, "ASGE abstract v1/v2: 65.42% (docs/methods/notes/asge.md §5.4) [ABS]"
     ),
-    # the paper's MNIST number is not readable and its F-MNIST numbers name no architecture (zoo.md §6.4): the rows
-    # are the third-party replication's on the 2x1000 MLP, labelled as such
+    # the paper's MNIST number is not readable and its F-MNIST numbers name no architecture
+    # (docs/methods/notes/monoforward.md §14.4): the rows are the third-party replication's on the 2x1000 MLP, labelled
+    # as such
     ("monoforward", "mnist", "mlp"): Published(
         0.9814,
         "not the paper's (its MNIST number is not readable): the third-party replication Przemyslaw11/"
-        "BeyondBackpropagation, 98.15 / 98.12 / 98.15% in its logs, MLP 2x1000, 14 epochs per layer (zoo.md §6.4) [SEC]",
+        "BeyondBackpropagation, 98.15 / 98.12 / 98.15% in its logs, MLP 2x1000, 14 epochs per layer "
+        "(docs/methods/notes/monoforward.md §14.4) [SEC]",
     ),
     ("monoforward", "fashion-mnist", "mlp"): Published(
         0.8972,
         "not the paper's (its 93.98 / 90.51 / 90.52% name no architecture): the third-party replication, "
-        "89.62 / 89.69 / 89.84% in its logs, MLP 2x1000, 12 epochs per layer (zoo.md §6.4) [SEC]",
+        "89.62 / 89.69 / 89.84% in its logs, MLP 2x1000, 12 epochs per layer "
+        "(docs/methods/notes/monoforward.md §14.4) [SEC]",
     ),
     **{
         ("symba", d, "mlp"): _any_rule(
             ("test_acc.goodness", "test_acc.softmax"), "SymBa's predictor is not stated, so both rules are compared"
-        )(value, f"SymBa, MLP with 3 layers, as quoted by DeeperForward Table 1: {value:.2%} (zoo.md §1.4) [SEC]")
+        )(
+            value,
+            f"SymBa, MLP with 3 layers, as quoted by DeeperForward Table 1: {value:.2%} "
+            "(docs/methods/notes/symba.md §10.4) [SEC]",
+        )
         for d, value in (("mnist", 0.9858), ("cifar10", 0.5909))
     },
     ("pepita", "mnist", "mlp"): Published(
-        0.9801, "DeeperForward Table 1: 98.01 +- 0.09%, FC 1x1024 (listed 'CNN, 2 layers'; zoo.md §8.4) [SEC]"
+        0.9801,
+        "DeeperForward Table 1: 98.01 +- 0.09%, FC 1x1024 (listed 'CNN, 2 layers'; "
+        "docs/methods/notes/pepita.md §16.4) [SEC]",
     ),
     ("pepita", "cifar10", "mlp"): Published(
-        0.5257, "DeeperForward Table 1: 52.57 +- 0.36%; the FC notebook's one run 52.58% (zoo.md §8.4) [SEC]"
+        0.5257,
+        "DeeperForward Table 1: 52.57 +- 0.36%; the FC notebook's one run 52.58% (docs/methods/notes/pepita.md §16.4) "
+        "[SEC]",
     ),
     ("scff", "mnist", "mlp"): Published(
         0.987,
         "SCFF abstract and Nat. Commun. Tables 2, 4: 98.7%, MLP 2x2000, 20 + 9 unit epochs, linear probe "
-        "(zoo.md §7.4) [ABS] [PAPER]",
+        "(docs/methods/notes/scff.md §15.4) [ABS] [PAPER]",
         ("test_acc.probe",),
     ),
     **{
         ("deeperforward", dataset, backbone): _df(
-            value, f"DeeperForward Table 1 (ICLR 2025), {name}: {value:.2%} (5 runs; zoo.md §3.4) [PAPER]"
+            value,
+            f"DeeperForward Table 1 (ICLR 2025), {name}: {value:.2%} "
+            "(5 runs; docs/methods/notes/deeperforward.md §12.4) [PAPER]",
         )
         for backbone, name, row in (
             ("tinycnn.df", "TinyCNN-4", (0.9950, 0.9183, 0.7949)),
@@ -121,7 +134,9 @@ PUBLISHED: dict[tuple[str, str, str], Published] = {
     },
     **{
         ("cafo" + fit, "mnist", "cnn"): Published(
-            0.9880, "CaFo in DeeperForward Table 1: 98.80%, its loss not stated (zoo.md §5.4) [SEC]", ("test_acc.sum",)
+            0.9880,
+            "CaFo in DeeperForward Table 1: 98.80%, its loss not stated (docs/methods/notes/cafo.md §13.4) [SEC]",
+            ("test_acc.sum",),
         )
         for fit in (".ce", ".mse")
     },
@@ -129,7 +144,7 @@ PUBLISHED: dict[tuple[str, str, str], Published] = {
         ("cafo." + loss, "cifar10", "cnn"): Published(
             1 - error,
             f"Graph-ZKY/CaFo model.py comments: {error:.2%} test error with --loss_fn {loss.upper()}, the dataset "
-            "inferred (zoo.md §5.4) [CODE]",
+            "inferred (docs/methods/notes/cafo.md §13.4) [CODE]",
             ("test_acc.sum",),
         )
         for loss, error in (("ce", 0.3257), ("mse", 0.3486), ("sl", 0.3365))
@@ -138,7 +153,7 @@ PUBLISHED: dict[tuple[str, str, str], Published] = {
         ("trifecta", d, "cnn.trifecta"): Published(
             v,
             f"DeeperForward Table 1 (ICLR 2025), quoting Trifecta: {v:.2%}, 12-layer CNN with overlapping local "
-            "updates ('with block-wise backprop'), epochs not stated (zoo.md §2.4) [SEC]",
+            "updates ('with block-wise backprop'), epochs not stated (docs/methods/notes/trifecta.md §11.4) [SEC]",
         )
         for d, v in (("mnist", 0.9958), ("fashion-mnist", 0.9144), ("cifar10", 0.8351))
     },

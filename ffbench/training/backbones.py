@@ -361,7 +361,7 @@ def vgg_asge(
 
 # ---------------------------------------------------------------- DeeperForward's residual FF blocks
 class DFUnit(nn.Module):
-    """DeeperForward's CW-Conv unit (zoo.md §3.1) with its share of the residual wiring.
+    """DeeperForward's CW-Conv unit (docs/methods/notes/deeperforward.md §12.1) with its share of the residual wiring.
 
     Its input is the previous unit's output, optionally followed by ``carried_in`` channels that an earlier
     unit passes along (the skip input, cut from the graph between units like any hand-off). The unit first
@@ -414,7 +414,7 @@ _DF_DROPOUT = Option(
     "dropout on each unit's activity (before its goodness)",
     ge=0,
     lt=1,
-    source="zoo.md §3.2: dropout 0.2 [CODE main.py]",
+    source="docs/methods/notes/deeperforward.md §12.2: dropout 0.2 [CODE main.py]",
 )
 
 
@@ -425,7 +425,7 @@ _DF_DROPOUT = Option(
         summary="DeeperForward's ResNet-17: a 3x3 stem and 4 stages of 4 CW-Conv units (stride 2 opening stages "
         "2-4); unit 2 of a stage adds the stage input, unit 4 concatenates the tensor saved after unit 2; a "
         "unit is a conv layer, the skip inputs travel as detached extra channels",
-        paper="Sun et al., DeeperForward, ICLR 2025 (Table 1, Fig. 3; zoo.md §3.1)",
+        paper="Sun et al., DeeperForward, ICLR 2025 (Table 1, Fig. 3; docs/methods/notes/deeperforward.md §12.1)",
         code="tobysunsun/deeperforward model/resnet.py, read in a third-party copy (facts only)",
         options={
             "planes": Option(
@@ -436,7 +436,7 @@ _DF_DROPOUT = Option(
                 item=Option(int, ge=1),
                 check=lambda v: len(v) >= 1,
                 check_doc="a non-empty list",
-                source="zoo.md §3.1 [CODE]; resnet_large triples them",
+                source="docs/methods/notes/deeperforward.md §12.1 [CODE]; resnet_large triples them",
             ),
             "dropout": _DF_DROPOUT,
             "granularity": _granularity(("layer",), "layer"),
@@ -480,7 +480,7 @@ def resnet_df(in_shape, num_classes, planes=(100, 200, 400, 800), dropout=0.2, g
         family="df",
         summary="DeeperForward's TinyCNN-4: CW-Conv 5x5 -> [AvgPool2] 5x5 -> [AvgPool2] 3x3 -> 3x3 (the pools open "
         "the following unit); a unit is a conv layer",
-        paper="Sun et al., DeeperForward, ICLR 2025 (Table 1; zoo.md §3.1)",
+        paper="Sun et al., DeeperForward, ICLR 2025 (Table 1; docs/methods/notes/deeperforward.md §12.1)",
         code="tobysunsun/deeperforward model/tinycnn.py, read in a third-party copy (facts only)",
         options={
             "channels": Option(
@@ -490,7 +490,7 @@ def resnet_df(in_shape, num_classes, planes=(100, 200, 400, 800), dropout=0.2, g
                 item=Option(int, ge=1),
                 check=lambda v: len(v) == 4,
                 check_doc="a list of four",
-                source="zoo.md §3.1 [CODE]",
+                source="docs/methods/notes/deeperforward.md §12.1 [CODE]",
             ),
             "dropout": _DF_DROPOUT,
             "granularity": _granularity(("layer",), "layer"),
