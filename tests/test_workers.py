@@ -264,3 +264,21 @@ def test_spawned_workers_keep_to_the_part_asked_for(tmp_path, write, capsys):
     states = Store(out / "results.db").states("w", 1)
     assert sorted((r["run_id"].endswith(("-s0", "-s1")), r["status"]) for r in states) == [(True, DONE)] * 2
     assert "ran 2 of 2 runs" in capsys.readouterr().out
+
+
+def test_a_seed_list_shortened_within_a_version_leaves_no_run_pending(tmp_path, write):
+    # seeds [0, 1, 2] planned, then the suite lists [0, 1]: seed 2's never-started run goes, the rest stays
+    path = write(name="r", methods=["bp"], epochs=1)
+    path.write_text(path.read_text().replace("seeds = [0, 1]", "seeds = [0, 1, 2]"))
+    store = Store(tmp_path / "out" / "results.db")
+    suite, design, _ = runner.prepare(str(path), tmp_path / "out")
+    runner.init_suite(suite, design, store)
+    assert store.claim(design.runs[1].run_id, "vm:4242", 600)  # seed 1 running: kept whatever the list says
+    path.write_text(path.read_text().replace("seeds = [0, 1, 2]", "seeds = [0]"))
+    suite, design, _ = runner.prepare(str(path), tmp_path / "out")
+    runner.init_suite(suite, design, store)
+    assert sorted((r["seed"], r["status"]) for r in store.rows("r")) == [(0, "pending"), (1, "running")]
+    path.write_text(path.read_text().replace("seeds = [0]", "seeds = [0, 1, 2]"))  # listed again: planned again
+    suite, design, _ = runner.prepare(str(path), tmp_path / "out")
+    runner.init_suite(suite, design, store)
+    assert sorted(r["seed"] for r in store.rows("r")) == [0, 1, 2]

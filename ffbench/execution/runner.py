@@ -35,6 +35,7 @@ from ffbench.execution.execute import Env
 from ffbench.execution.lease import timing
 from ffbench.execution.workers import expected_ids, progress, progress_bar, work
 from ffbench.plan.design import EVALUATION, Design, code_changes, expand
+from ffbench.plan.tuning import REPEAT
 from ffbench.plan.suite import Suite, SuiteError, check_cells, load
 from ffbench.record.store import FINISHED, Store, worker_name
 
@@ -122,6 +123,9 @@ def init_suite(suite: Suite, design: Design, store: Store, tracker=None, optuna_
     """Make the store, the Optuna studies and the MLflow parents ready. Idempotent; returns new rows."""
     new = store.add_runs(r.store_row(suite) for r in design.initial_runs())
     store.record_design(suite.name, suite.version, design.declared)  # whose runs are the suite's results
+    dropped = store.drop_unlisted_seeds(suite.name, suite.version, suite.seeds, (EVALUATION, REPEAT))
+    if dropped:
+        logger.info(f"note: {dropped} pending run(s) of seeds no longer in [design].seeds dropped (none had started)")
     if any(c.tuning for c in design.cells):
         from ffbench.execution.studies import ensure_studies, open_storage
 

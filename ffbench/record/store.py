@@ -627,6 +627,20 @@ class Store:
             ).rowcount:
                 c.execute(designs.insert().values(suite=suite, suite_version=version, **values))
 
+    def drop_unlisted_seeds(self, suite: str, version: int, seeds: Iterable[int], roles: Iterable[str]) -> int:
+        """Delete the never-started runs (``roles``: evaluation and repeat runs) of seeds this suite version no
+        longer lists, so a seed list shortened within a version leaves no run pending forever. Nothing computed
+        is lost: finished and running rows are kept, and a seed listed again is planned again."""
+        with self.engine.begin() as c:
+            return c.execute(
+                runs.delete()
+                .where(runs.c.suite == suite)
+                .where(runs.c.suite_version == version)
+                .where(runs.c.status == PENDING)
+                .where(runs.c.role.in_(list(roles)))
+                .where(runs.c.seed.notin_(list(seeds)))
+            ).rowcount
+
     def declared_cells(self, suite: str, version: int) -> set[str] | None:
         """The cell IDs recorded by ``record_design`` for this suite version, or None if none was recorded."""
         with self.engine.connect() as c:
