@@ -35,8 +35,8 @@ from ffbench.execution.execute import Env
 from ffbench.execution.lease import timing
 from ffbench.execution.workers import expected_ids, progress, progress_bar, work
 from ffbench.plan.design import EVALUATION, Design, code_changes, expand
-from ffbench.plan.tuning import REPEAT
 from ffbench.plan.suite import Suite, SuiteError, check_cells, load
+from ffbench.plan.tuning import REPEAT
 from ffbench.record.store import FINISHED, Store, worker_name
 
 logger = logging.getLogger(__name__)
