@@ -405,3 +405,24 @@ def test_one_colour_per_method_everywhere():
         env={"PYTHONHASHSEED": "123", "PATH": ""},
     ).stdout.strip()
     assert other == str(F.method_color("my.method"))
+
+
+def test_a_panel_of_many_methods_slants_their_names_so_none_overlap():
+    import pandas as pd
+
+    from ffbench.analysis import figures as F
+    from ffbench.analysis.document import png_bytes
+
+    def cells(methods):
+        return pd.DataFrame(
+            [{"task": "t", "method": m, "mean": 0.9, "ci_low": 0.85, "ci_high": 0.95, "n": 5} for m in methods]
+        )
+
+    many = ["bp", "bp.deepsup", "ff.hinton", "symba", "sff", "asge", "cafo", "monoforward", "scff", "pepita"]
+    for methods, slanted in ((["bp", "sff"], False), (many, True)):
+        fig = F.accuracy_by_method(cells(methods), control="bp")
+        png_bytes(fig)  # drawn, so the labels have their extents
+        labels = [t for t in fig.axes[0].get_xticklabels() if t.get_text()]
+        assert len(labels) == len(methods) and all((t.get_rotation() > 0) == slanted for t in labels)
+        boxes = [t.get_window_extent() for t in labels]
+        assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:])), [t.get_text() for t in labels]

@@ -40,6 +40,7 @@ WIDTH = 10.0  # inches: 1000 px at DPI, so text stays legible when the page show
 PANEL_HEIGHT = 3.4
 ACCURACY = (0.0, 1.0)  # the range of an accuracy (before scaling to %)
 LINESTYLES = ("-", "--", ":", "-.")
+CROWDED = 4  # more columns than this in a panel of a three-panel row: their labels are slanted
 
 # ---------------------------------------------------------------- one colour per method
 # The built-in methods keep a fixed colour (colour-blind-safe); any other name gets a colour from its hash,
@@ -215,12 +216,16 @@ def accuracy_by_method(
                 ax.errorbar(
                     xs[i] + 0.22, mean[i], yerr=err[:, i : i + 1], fmt="o", color=method_color(m), capsize=4, ms=7, lw=2
                 )
+            crowded = len(order) > CROWDED  # names side by side would overlap: one slanted line each
             labels = [
-                f"{m}{' (control)' if control and m == control else ''}\n"
+                f"{m}{' (control)' if control and m == control else ''}{' ' if crowded else chr(10)}"
                 f"(n={int(n)}{', ' + str(int(f)) + ' failed' if f else ''})"
                 for m, n, f in zip(order, g["n"], g.get("failures", pd.Series(0, index=g.index)))
             ]
-            ax.set_xticks(xs, labels, fontsize=8)
+            if crowded:
+                ax.set_xticks(xs, labels, fontsize=8, rotation=45, ha="right", rotation_mode="anchor")
+            else:
+                ax.set_xticks(xs, labels, fontsize=8)
             ax.set_xlabel("")
             ax.set_ylabel(ylabel)
             ax.set_title(name, fontsize=9)
