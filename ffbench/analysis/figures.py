@@ -217,8 +217,9 @@ def accuracy_by_method(
                     xs[i] + 0.22, mean[i], yerr=err[:, i : i + 1], fmt="o", color=method_color(m), capsize=4, ms=7, lw=2
                 )
             crowded = len(order) > CROWDED  # names side by side would overlap: one slanted line each
+            sep = " " if crowded else "\n"
             labels = [
-                f"{m}{' (control)' if control and m == control else ''}{' ' if crowded else chr(10)}"
+                f"{m}{' (control)' if control and m == control else ''}{sep}"
                 f"(n={int(n)}{', ' + str(int(f)) + ' failed' if f else ''})"
                 for m, n, f in zip(order, g["n"], g.get("failures", pd.Series(0, index=g.index)))
             ]

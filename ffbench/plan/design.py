@@ -102,6 +102,11 @@ class Run:
         }
 
 
+def tally(pairs: Sequence[tuple[dict[str, Any], str]]) -> list[tuple[str, int]]:
+    """(reason, how many) of (factors, reason) pairs, the commonest first."""
+    return Counter(reason for _, reason in pairs).most_common()
+
+
 @dataclass
 class Design:
     cells: list[Cell]
@@ -150,10 +155,10 @@ class Design:
         return replace(self, cells=keep, runs=runs, trials=[r for r in self.trials if r.cell.cell_id in ids])
 
     def dropped_summary(self) -> list[tuple[str, int]]:
-        return Counter(reason for _, reason in self.dropped).most_common()
+        return tally(self.dropped)
 
     def merged_summary(self) -> list[tuple[str, int]]:
-        return Counter(reason for _, reason in self.merged).most_common()
+        return tally(self.merged)
 
     def sources(self) -> list[tuple[dict[str, Any], list[int]]]:
         """The source stage: each distinct source task of the runs that adapt, with the seeds it is trained on."""
@@ -544,7 +549,7 @@ def expand(suite: Suite) -> Design:
             seen[cid] = cell
             cells.append(cell)
     if not cells:  # a suite that trains nothing is a mistake in it, not an empty result
-        why = "; ".join(f"{reason} ({n}x)" for reason, n in Counter(r for _, r in dropped).most_common())
+        why = "; ".join(f"{reason} ({n}x)" for reason, n in tally(dropped))
         raise SuiteError(f"{suite.path}: [design] leaves no cell to run: every combination was dropped ({why})")
     if suite.transfer is not None and not any(c.config.adapt for c in cells):
         raise SuiteError(
